@@ -103,8 +103,9 @@ def write_json(path: Path, data: dict) -> None:
     """Compact lists (one case's ids on one line) but readable structure."""
     text = json.dumps(data, indent=1, ensure_ascii=False)
     # json.dumps puts every list element on its own line; fold lists of numbers back onto one line.
+    # The raw newline after "[" cannot occur inside a JSON string, so string contents are never touched.
     text = re.sub(
-        r"\[\s*([-0-9.e+,\s]+?)\s*\]",
+        r"\[\n\s*([-0-9.e+,\s]+?)\n\s*\]",
         lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]",
         text,
     )
