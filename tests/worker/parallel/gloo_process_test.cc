@@ -1,0 +1,141 @@
+// GlooCommunicator across real processes: this test hosts the coordinator's Cluster service
+// (the rendezvous store over gRPC) and starts each rank as a child process (gloo_rank_child.cc).
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "coordinator/cluster/cluster_server.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+extern char** environ;
+
+namespace tpserve {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kExitStatusError = 3;
+
+std::string UniquePrefix() {
+  static std::atomic<int> n{0};
+  return absl::StrCat("proc", getpid(), "-", n++, "/");
+}
+
+pid_t Spawn(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ);
+  EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
+  return rc == 0 ? pid : -1;
+}
+
+// The exit code of `pid`, or -1 if it is still running after `timeout` (it is then killed).
+int WaitExit(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    int status = 0;
+    const pid_t done = waitpid(pid, &status, WNOHANG);
+    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+class GlooProcessTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<ClusterServer>> server =
+        ClusterServer::Start("127.0.0.1:0", registry_, store_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+  }
+
+  std::vector<pid_t> StartRanks(int world, const std::string& prefix, int timeout_ms,
+                                const std::string& mode) {
+    std::vector<pid_t> pids;
+    for (int r = 0; r < world; ++r) {
+      pids.push_back(Spawn({GLOO_RANK_CHILD, server_->address(), std::to_string(r),
+                            std::to_string(world), prefix, std::to_string(timeout_ms), mode}));
+    }
+    return pids;
+  }
+
+  WorkerRegistry registry_{1, "", ""};  // unused by these tests; the service needs one
+  InMemoryKvStore store_;
+  std::unique_ptr<ClusterServer> server_;
+};
+
+TEST_F(GlooProcessTest, CollectivesAcrossTwoAndThreeProcesses) {
+  for (int world : {2, 3}) {
+    SCOPED_TRACE(absl::StrCat(world, " processes"));
+    std::vector<pid_t> pids = StartRanks(world, UniquePrefix(), 20000, "collectives");
+    for (int r = 0; r < world; ++r) {
+      EXPECT_EQ(WaitExit(pids[r], absl::Seconds(60)), 0) << "rank " << r;
+    }
+  }
+}
+
+// `stop_signal` on the last rank while all ranks all-reduce in a loop: the survivors' collective
+// must fail (not hang) within the timeout, with a status that names the op.
+void ExpectSurvivorsFail(InMemoryKvStore& store, const std::vector<pid_t>& pids,
+                         const std::string& prefix, int stop_signal, absl::Duration timeout,
+                         absl::StatusCode code) {
+  const int world = static_cast<int>(pids.size());
+  std::vector<std::string> ready;
+  for (int r = 0; r < world; ++r) ready.push_back(absl::StrCat(prefix, "ready/", r));
+  ASSERT_TRUE(store.Wait(ready, absl::Seconds(30)).ok());
+  absl::SleepFor(absl::Milliseconds(100));  // let a few all-reduces run
+  const pid_t victim = pids[world - 1];
+  ASSERT_EQ(kill(victim, stop_signal), 0);
+  const absl::Time stopped = absl::Now();
+  for (int r = 0; r < world - 1; ++r) {
+    SCOPED_TRACE(absl::StrCat("survivor rank ", r));
+    EXPECT_EQ(WaitExit(pids[r], timeout + absl::Seconds(10)), kExitStatusError);
+    EXPECT_LT(absl::Now() - stopped, timeout + absl::Seconds(10));
+    absl::StatusOr<std::string> result =
+        store.Get(absl::StrCat(prefix, "result/", r), absl::Seconds(1));
+    ASSERT_TRUE(result.ok()) << result.status();
+    // "<ms since the last successful all-reduce> <status>"
+    const size_t space = result->find(' ');
+    int64_t ms = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(result->substr(0, space), &ms)) << *result;
+    EXPECT_LE(absl::Milliseconds(ms), timeout + absl::Seconds(3)) << *result;
+    EXPECT_THAT(*result, HasSubstr("AllReduceSum"));
+    EXPECT_THAT(*result, HasSubstr(absl::StrCat("rank ", r, " of ", world)));
+    EXPECT_THAT(*result, HasSubstr(absl::StatusCodeToString(code))) << *result;
+  }
+  kill(victim, SIGKILL);
+  WaitExit(victim, absl::Seconds(10));
+}
+
+TEST_F(GlooProcessTest, KilledPeerMakesSurvivorsFailFast) {
+  const std::string prefix = UniquePrefix();
+  std::vector<pid_t> pids = StartRanks(3, prefix, 10000, "hold");
+  // A killed process's sockets close at once: UNAVAILABLE well before the 10 s timeout.
+  ExpectSurvivorsFail(store_, pids, prefix, SIGKILL, absl::Seconds(10),
+                      absl::StatusCode::kUnavailable);
+}
+
+TEST_F(GlooProcessTest, StoppedPeerMakesSurvivorsTimeOut) {
+  const std::string prefix = UniquePrefix();
+  std::vector<pid_t> pids = StartRanks(2, prefix, 1500, "hold");
+  // A stopped process keeps its sockets open: the survivor fails when the op's deadline passes.
+  ExpectSurvivorsFail(store_, pids, prefix, SIGSTOP, absl::Milliseconds(1500),
+                      absl::StatusCode::kDeadlineExceeded);
+}
+
+}  // namespace
+}  // namespace tpserve
