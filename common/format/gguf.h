@@ -88,6 +88,8 @@ class GgufFile : public TensorSource {
   uint32_t version() const { return version_; }
   uint64_t alignment() const { return alignment_; }
   const std::string& path() const { return file_->path(); }
+  // The mapping (tensor data pointers point into it).
+  const MappedFile& file() const { return *file_; }
 
   const GgufValue* FindMeta(std::string_view key) const;  // nullptr if absent
   std::vector<std::string> MetaKeys() const;              // sorted
