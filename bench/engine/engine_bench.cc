@@ -1,0 +1,214 @@
+// Engine micro-benchmark on a real model (default: SmolLM2-135M-Instruct Q4_1). Prints decode and
+// prefill tokens/s and puts them against this machine's limits measured in the same run:
+//   decode:  memory read bandwidth / bytes of weights read per token (the roofline of a
+//            bandwidth-bound decoder at batch 1);
+//   prefill: GFLOP/s of the forward's matmuls vs cblas_sgemm GFLOP/s on the same shapes.
+// Nothing here is asserted; see the final report / README for recorded numbers.
+//
+// Usage: engine_bench [--model PATH] [--threads N] [--prompt-tokens N] [--decode-tokens N]
+#include <cblas.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "worker/backend/cpu/cpu_backend.h"
+#include "worker/backend/cpu/thread_pool.h"
+#include "worker/kv/kv_cache.h"
+#include "worker/model/llama.h"
+#include "worker/model/model_loader.h"
+#include "worker/parallel/communicator.h"
+#include "worker/runtime/model_runner.h"
+
+namespace tpserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Sum of a float buffer with wide loads: bytes read / second, best of `reps`.
+double ReadBandwidth(ThreadPool& pool, const float* data, int64_t n, int reps) {
+  double best = 0.0;
+  std::vector<float> sink(pool.size());
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto start = Clock::now();
+    pool.ParallelFor(n, 4096, [&](int64_t begin, int64_t end) {
+#if defined(__AVX512F__)
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t i = begin; i < end; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_load_ps(data + i));
+        a1 = _mm512_add_ps(a1, _mm512_load_ps(data + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_load_ps(data + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_load_ps(data + i + 48));
+      }
+      sink[begin * pool.size() / n] =
+          _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#else
+      float s = 0.0f;
+      for (int64_t i = begin; i < end; ++i) s += data[i];
+      sink[begin * pool.size() / n] = s;
+#endif
+    });
+    best = std::max(best, n * sizeof(float) / Seconds(Clock::now() - start));
+  }
+  return best;
+}
+
+// GFLOP/s of y[m, n] = x[m, k] · w[n, k]ᵀ split over the pool by columns of y, each thread one
+// single-threaded sgemm: the way CpuBackend runs prefill matmuls.
+double SgemmGflops(ThreadPool& pool, int64_t m, int64_t n, int64_t k, int reps) {
+  std::vector<float> x(m * k, 0.5f), w(n * k, 0.25f), y(m * n);
+  double best = 0.0;
+  for (int rep = 0; rep < reps; ++rep) {
+    const auto start = Clock::now();
+    pool.ParallelFor(n, 64, [&](int64_t begin, int64_t end) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, end - begin, k, 1.0f, x.data(), k,
+                  w.data() + begin * k, k, 0.0f, y.data() + begin, n);
+    });
+    best = std::max(best, 2.0 * m * n * k / Seconds(Clock::now() - start) / 1e9);
+  }
+  return best;
+}
+
+int Run(const std::string& model_path, int threads, int prompt_tokens, int decode_tokens) {
+  const char* coretype = std::getenv("OPENBLAS_CORETYPE");
+  std::printf("OpenBLAS: core %s (OPENBLAS_CORETYPE=%s), config %s\n", openblas_get_corename(),
+              coretype ? coretype : "<unset>", openblas_get_config());
+
+  // ---- machine limits ----
+  const int64_t bw_floats = int64_t{256} << 20;  // 1 GiB buffer, far beyond the caches
+  float* buf = static_cast<float*>(std::aligned_alloc(64, bw_floats * sizeof(float)));
+  std::fill(buf, buf + bw_floats, 1.0f);
+  ThreadPool pool1(1), pool_n(threads);
+  const double bw1 = ReadBandwidth(pool1, buf, bw_floats, 5);
+  const double bw_n = ReadBandwidth(pool_n, buf, bw_floats, 5);
+  std::free(buf);
+  std::printf("memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n", bw1 / 1e9,
+              bw_n / 1e9, threads);
+
+  auto files = OpenModelFiles(model_path);
+  if (!files.ok()) {
+    std::fprintf(stderr, "%s\n", files.status().ToString().c_str());
+    return 1;
+  }
+  const ModelConfig& c = files->config;
+  const double sgemm = SgemmGflops(pool_n, prompt_tokens, c.intermediate_size, c.hidden_size, 5);
+  std::printf("cblas_sgemm [%d x %lld x %lld], %d threads: %.1f GFLOP/s\n", prompt_tokens,
+              static_cast<long long>(c.intermediate_size), static_cast<long long>(c.hidden_size),
+              threads, sgemm);
+
+  // ---- the model ----
+  CpuBackend backend(threads);
+  LocalCommunicator comm;
+  auto model = LoadCausalLm(*files, SingleRankPlan(c), backend, comm);
+  if (!model.ok()) {
+    std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
+    return 1;
+  }
+  // Bytes a decode step reads: every matrix once (the tied embedding as LM head), norms aside.
+  size_t weight_bytes = 0;
+  for (const std::string& name : files->source->Names()) {
+    const TensorInfo* t = files->source->Find(name);
+    if (t->shape.size() == 2) weight_bytes += t->nbytes;
+  }
+  const bool tied = files->source->Find("output.weight") == nullptr &&
+                    files->source->Find("lm_head.weight") == nullptr;
+  if (!tied) {  // the embedding matrix is only looked up (one row per token)
+    const TensorInfo* e = files->source->Find("token_embd.weight");
+    if (e == nullptr) e = files->source->Find("model.embed_tokens.weight");
+    if (e != nullptr) weight_bytes -= e->nbytes;
+  }
+  // Matmul FLOPs per token: 2 per weight of every matrix applied (q,k,v,o,gate,up,down, head).
+  const double layer_weights = static_cast<double>(c.hidden_size) *
+                               (2.0 * c.num_heads * c.head_dim + 2.0 * c.num_kv_heads * c.head_dim +
+                                3.0 * c.intermediate_size);
+  const double flops_per_token =
+      2.0 * (c.num_layers * layer_weights + static_cast<double>(c.vocab_size) * c.hidden_size);
+
+  const int64_t block_size = 16;
+  const int64_t blocks = (prompt_tokens + decode_tokens + block_size - 1) / block_size + 1;
+  auto runner = ModelRunner::Create(**model, backend, true, blocks, block_size);
+  if (!runner.ok()) {
+    std::fprintf(stderr, "%s\n", runner.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<int32_t> table(blocks);
+  for (int64_t i = 0; i < blocks; ++i) table[i] = static_cast<int32_t>(i);
+  std::vector<int32_t> prompt(prompt_tokens);
+  for (int i = 0; i < prompt_tokens; ++i) prompt[i] = 1 + (i * 7919) % (c.vocab_size - 1);
+
+  // Prefill, best of 3 (the cache is simply overwritten).
+  double prefill_s = 1e30;
+  int32_t next = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    Step step{.sequences = {StepSequence{.tokens = prompt, .start_pos = 0, .block_table = table}}};
+    const auto start = Clock::now();
+    auto r = (*runner)->Execute(step);
+    prefill_s = std::min(prefill_s, Seconds(Clock::now() - start));
+    if (!r.ok()) {
+      std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+      return 1;
+    }
+    next = r->tokens[0];
+  }
+  // Prefill FLOPs: matmuls for every token except the LM head (last position only) + attention.
+  const double attn_flops = 4.0 * c.num_layers * c.num_heads * c.head_dim * 0.5 *
+                            static_cast<double>(prompt_tokens) * prompt_tokens;
+  const double prefill_flops =
+      prompt_tokens * (flops_per_token - 2.0 * c.vocab_size * c.hidden_size) +
+      2.0 * c.vocab_size * c.hidden_size + attn_flops;
+
+  const auto decode_start = Clock::now();
+  for (int i = 0; i < decode_tokens; ++i) {
+    Step step{.sequences = {StepSequence{
+                  .tokens = {next}, .start_pos = prompt_tokens + i, .block_table = table}}};
+    auto r = (*runner)->Execute(step);
+    if (!r.ok()) {
+      std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+      return 1;
+    }
+    next = r->tokens[0];
+  }
+  const double decode_s = Seconds(Clock::now() - decode_start);
+  const double decode_tps = decode_tokens / decode_s;
+  const double roofline = bw_n / weight_bytes;
+
+  std::printf("model: %s, %d threads\n", model_path.c_str(), threads);
+  std::printf("weights read per decoded token: %.1f MB\n", weight_bytes / 1e6);
+  std::printf("decode: %d tokens after a %d-token prompt: %.1f tok/s (%.2f ms/token)\n",
+              decode_tokens, prompt_tokens, decode_tps, 1e3 / decode_tps);
+  std::printf("decode roofline (%d-thread bandwidth / bytes per token): %.1f tok/s -> %.0f%%\n",
+              threads, roofline, 100.0 * decode_tps / roofline);
+  std::printf("prefill: %d tokens in %.3f s: %.1f tok/s, %.1f GFLOP/s = %.0f%% of sgemm\n",
+              prompt_tokens, prefill_s, prompt_tokens / prefill_s, prefill_flops / prefill_s / 1e9,
+              100.0 * prefill_flops / prefill_s / 1e9 / sgemm);
+  return 0;
+}
+
+}  // namespace
+}  // namespace tpserve
+
+int main(int argc, char** argv) {
+  CLI::App app{"tpserve engine benchmark"};
+  const char* models = std::getenv("TPSERVE_MODELS");
+  std::string model =
+      std::string(models ? models : std::string(std::getenv("HOME")) + "/.cache/tpserve/models") +
+      "/SmolLM2-135M-Instruct.Q4_1.gguf";
+  int threads = 2, prompt_tokens = 128, decode_tokens = 64;
+  app.add_option("--model", model, "a .gguf file or a Hugging Face model folder");
+  app.add_option("--threads", threads, "CPU threads");
+  app.add_option("--prompt-tokens", prompt_tokens, "prefill length");
+  app.add_option("--decode-tokens", decode_tokens, "tokens to decode");
+  CLI11_PARSE(app, argc, argv);
+  return tpserve::Run(model, threads, prompt_tokens, decode_tokens);
+}

@@ -1,0 +1,107 @@
+#include "tools/generate.h"
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
+#include "worker/backend/cpu/cpu_backend.h"
+#include "worker/kv/kv_cache.h"
+#include "worker/model/llama.h"
+#include "worker/model/model_loader.h"
+#include "worker/parallel/communicator.h"
+#include "worker/runtime/model_runner.h"
+
+namespace tpserve {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// The prompt as token ids: given ids, or the text tokenized (and chat-templated).
+absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateOptions& o, const ModelFiles& files) {
+  if (!o.prompt_ids.empty()) return o.prompt_ids;
+  if (o.prompt.empty()) return absl::InvalidArgumentError("give --prompt-ids or --prompt");
+  return absl::UnimplementedError(
+      "--prompt: text prompts need the tokenizer, which is not available in this build yet; "
+      "use --prompt-ids");
+}
+
+absl::Status Generate(const GenerateOptions& o) {
+  ASSIGN_OR_RETURN(ModelFiles files, OpenModelFiles(o.model));
+  const ModelConfig& c = files.config;
+  CpuBackend backend(o.threads);
+  LocalCommunicator comm;
+  const auto load_start = Clock::now();
+  ASSIGN_OR_RETURN(std::unique_ptr<CausalLm> model,
+                   LoadCausalLm(files, SingleRankPlan(c), backend, comm));
+  std::fprintf(stderr, "model: %s (%s, %lld layers, hidden %lld, vocab %lld), loaded in %.2f s\n",
+               o.model.c_str(), c.architecture.c_str(), static_cast<long long>(c.num_layers),
+               static_cast<long long>(c.hidden_size), static_cast<long long>(c.vocab_size),
+               Seconds(Clock::now() - load_start));
+
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(o, files));
+  const int64_t block_size = 16;
+  const int64_t positions = static_cast<int64_t>(prompt.size()) + o.max_tokens;
+  const int64_t num_blocks = (positions + block_size - 1) / block_size;
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner,
+                   ModelRunner::Create(*model, backend, /*is_rank0=*/true, num_blocks, block_size));
+  BlockAllocator blocks(num_blocks);
+
+  StepSequence seq{.seq_id = 0,
+                   .tokens = prompt,
+                   .start_pos = 0,
+                   .sampling = SamplingParams{.temperature = o.temperature,
+                                              .top_k = o.top_k,
+                                              .top_p = o.top_p,
+                                              .min_p = o.min_p,
+                                              .seed = o.seed}};
+  std::printf("prompt (%zu tokens):", prompt.size());
+  for (int32_t t : prompt) std::printf(" %d", t);
+  std::printf("\ngenerated:");
+  std::fflush(stdout);
+
+  double prefill_s = 0.0, decode_s = 0.0;
+  int generated = 0;
+  for (int i = 0; i < o.max_tokens; ++i) {
+    RETURN_IF_ERROR(blocks.EnsureCapacity(seq.start_pos + static_cast<int64_t>(seq.tokens.size()),
+                                          block_size, &seq.block_table));
+    seq.sample_step = i;
+    const auto start = Clock::now();
+    ASSIGN_OR_RETURN(StepResult r, runner->Execute(Step{.sequences = {seq}}));
+    (i == 0 ? prefill_s : decode_s) += Seconds(Clock::now() - start);
+    const int32_t token = r.tokens[0];
+    ++generated;
+    std::printf(" %d", token);
+    std::fflush(stdout);
+    seq.start_pos += static_cast<int64_t>(seq.tokens.size());
+    seq.tokens = {token};
+    bool eos = false;
+    for (int64_t e : c.eos_token_ids) eos |= (e == token);
+    if (eos && !o.ignore_eos) break;
+  }
+  std::printf("\n");
+  std::printf("prefill: %zu tokens in %.3f s = %.1f tok/s\n", prompt.size(), prefill_s,
+              prompt.size() / prefill_s);
+  if (generated > 1) {
+    std::printf("decode: %d tokens in %.3f s = %.1f tok/s (threads %d)\n", generated - 1, decode_s,
+                (generated - 1) / decode_s, backend.num_threads());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunGenerate(const GenerateOptions& options) {
+  absl::Status st = Generate(options);
+  if (!st.ok()) {
+    std::fprintf(stderr, "tpserve generate: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace tpserve

@@ -1,0 +1,104 @@
+// The operations a model is written in (DESIGN.md §6). One implementation per device; the CPU
+// backend (fp32 compute) is the oracle the others are tested against.
+//
+// Shapes: T = tokens of this step over all sequences, H = hidden size, heads/kv_heads = this
+// rank's heads, hd = head dim, V = this rank's vocabulary rows. All activations are fp32 Tensors
+// of this backend's device; token ids, positions and block tables are host arrays.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/format/tensor_source.h"
+#include "worker/backend/tensor.h"
+#include "worker/backend/weight.h"
+
+namespace tpserve {
+
+// One layer of a paged KV pool: K and V are each [num_blocks, block_size, kv_heads, hd]. Token
+// position p of a sequence lives in block block_table[p / block_size], row p % block_size.
+struct KvLayerView {
+  float* k = nullptr;
+  float* v = nullptr;
+  int64_t num_blocks = 0;
+  int64_t block_size = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+};
+
+// One sequence's part of a step: rows [token_begin, token_begin + num_tokens) of q/k/v are its
+// positions start_pos .. start_pos + num_tokens - 1; earlier positions are already in the cache.
+struct AttentionSeq {
+  int64_t token_begin = 0;
+  int64_t num_tokens = 0;
+  int64_t start_pos = 0;
+  std::span<const int32_t> block_table;
+};
+
+struct AttentionParams {
+  float scale = 1.0f;  // usually 1 / sqrt(hd)
+  // GQA: global query head g reads global KV head g / group_size. This rank's first query head
+  // and first KV head are global heads q_head_begin and kv_head_begin.
+  int64_t group_size = 1;
+  int64_t q_head_begin = 0;
+  int64_t kv_head_begin = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+
+  // ---- memory ----
+  virtual Tensor Alloc(std::vector<int64_t> shape) = 0;  // zero-filled
+  virtual Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) = 0;
+  virtual std::vector<float> ToHost(const Tensor& t) = 0;
+  // A weight matrix ([out, in] window of a file tensor). Kept in its dtype where the matmul
+  // kernels read it, converted to fp32 otherwise. INVALID_ARGUMENT for unusable views.
+  virtual absl::StatusOr<Weight> LoadWeight(const TensorView& view) = 0;
+  // A 1-D parameter (norm weight, bias) as an fp32 tensor [rows * cols].
+  virtual absl::StatusOr<Tensor> LoadVector(const TensorView& view) = 0;
+
+  // ---- dense math ----
+  // y[n, out] = x[n, in] · wᵀ with w = [out, in].
+  virtual void MatMul(const Tensor& x, const Weight& w, Tensor* y) = 0;
+  // y[r, :] += bias for every row r.
+  virtual void AddBias(const Tensor& bias, Tensor* y) = 0;
+  // y += x, elementwise, same shape.
+  virtual void Add(const Tensor& x, Tensor* y) = 0;
+  // y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight. y may alias x.
+  virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) = 0;
+  // out = silu(gate) * up, elementwise. out may alias gate.
+  virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) = 0;
+
+  // ---- positions ----
+  // cos_sin[t, i] = cos(positions[t] * inv_freq[i]) and cos_sin[t, hd/2 + i] = sin(...):
+  // a [T, hd] table shared by every layer of a step.
+  virtual void RopeTable(std::span<const int32_t> positions, std::span<const float> inv_freq,
+                         Tensor* cos_sin) = 0;
+  // Rotates x [T, heads, hd] in place by the table (see rope.h for the two pairings).
+  virtual void Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) = 0;
+
+  // ---- vocabulary ----
+  // out[t, :] = table[tokens[t] - vocab_begin, :] when the token is in this rank's rows
+  // [vocab_begin, vocab_begin + table.rows), else zeros (summed across ranks afterwards).
+  virtual void Embedding(std::span<const int32_t> tokens, const Weight& table, int64_t vocab_begin,
+                         Tensor* out) = 0;
+
+  // ---- attention over the paged cache ----
+  // Stores k/v [T, kv_heads, hd] rows at cache slots (block * block_size + offset), one per token.
+  virtual void WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
+                       const KvLayerView& cache) = 0;
+  // Causal attention: out[t, h, :] = softmax(q[t, h] · K[0..pos(t)]ᵀ * scale) · V for each
+  // sequence, reading K/V through its block table (the new tokens must already be written).
+  // q, out: [T, heads, hd].
+  virtual void Attention(const Tensor& q, const KvLayerView& cache,
+                         std::span<const AttentionSeq> seqs, const AttentionParams& params,
+                         Tensor* out) = 0;
+};
+
+}  // namespace tpserve

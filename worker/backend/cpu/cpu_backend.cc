@@ -1,0 +1,172 @@
+// Memory, elementwise, position and vocabulary ops of the CPU backend (matmul and attention live
+// in cpu_matmul.cc and cpu_attention.cc).
+#include "worker/backend/cpu/cpu_backend.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "worker/backend/check.h"
+#include "worker/backend/cpu/quant_kernels.h"
+
+namespace tpserve {
+namespace {
+
+void CheckSameShape(const Tensor& a, const Tensor& b, const char* op) {
+  TPSERVE_CHECK(a.shape() == b.shape(), "%s: %s vs %s", op, a.ShapeString().c_str(),
+                b.ShapeString().c_str());
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int num_threads) : pool_(num_threads) {
+  // Prefill calls sgemm from every pool thread at once, one tile each.
+  openblas_set_num_threads(1);
+}
+
+Tensor CpuBackend::Alloc(std::vector<int64_t> shape) { return Tensor(std::move(shape)); }
+
+Tensor CpuBackend::FromHost(std::span<const float> values, std::vector<int64_t> shape) {
+  Tensor t(std::move(shape));
+  TPSERVE_CHECK(static_cast<int64_t>(values.size()) == t.numel(), "FromHost: %zu values for %s",
+                values.size(), t.ShapeString().c_str());
+  std::memcpy(t.data(), values.data(), values.size() * sizeof(float));
+  return t;
+}
+
+std::vector<float> CpuBackend::ToHost(const Tensor& t) {
+  return std::vector<float>(t.data(), t.data() + t.numel());
+}
+
+absl::StatusOr<Weight> CpuBackend::LoadWeight(const TensorView& view) {
+  if (view.data == nullptr || view.rows <= 0 || view.cols <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight view is empty (", view.rows, " x ", view.cols, ")"));
+  }
+  Weight w{.dtype = view.dtype,
+           .rows = view.rows,
+           .cols = view.cols,
+           .data = view.data,
+           .row_stride_bytes = view.row_stride_bytes,
+           .owned = nullptr};
+  if (CpuKernelReads(view.dtype)) return w;  // zero copy: reads the mapping
+  // K-quants and other types: fp32 copy, row by row (the view may be a column window).
+  auto buffer = std::shared_ptr<float[]>(new float[view.rows * view.cols]);
+  for (int64_t r = 0; r < view.rows; ++r) {
+    absl::Status st = ToFloat(view.dtype, view.row(r), buffer.get() + r * view.cols, view.cols);
+    if (!st.ok()) return st;
+  }
+  w.dtype = DType::kF32;
+  w.data = reinterpret_cast<const uint8_t*>(buffer.get());
+  w.row_stride_bytes = view.cols * sizeof(float);
+  w.owned = std::static_pointer_cast<void>(std::shared_ptr<float[]>(buffer));
+  return w;
+}
+
+absl::StatusOr<Tensor> CpuBackend::LoadVector(const TensorView& view) {
+  absl::StatusOr<std::vector<float>> values = ViewToFloat(view);
+  if (!values.ok()) return values.status();
+  return FromHost(*values, {static_cast<int64_t>(values->size())});
+}
+
+void CpuBackend::AddBias(const Tensor& bias, Tensor* y) {
+  TPSERVE_CHECK(bias.numel() == y->cols(), "AddBias: bias %s for %s", bias.ShapeString().c_str(),
+                y->ShapeString().c_str());
+  const int64_t n = y->cols();
+  for (int64_t r = 0; r < y->rows(); ++r) {
+    float* row = y->row(r);
+    for (int64_t i = 0; i < n; ++i) row[i] += bias.data()[i];
+  }
+}
+
+void CpuBackend::Add(const Tensor& x, Tensor* y) {
+  CheckSameShape(x, *y, "Add");
+  const int64_t n = y->numel();
+  for (int64_t i = 0; i < n; ++i) y->data()[i] += x.data()[i];
+}
+
+void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) {
+  CheckSameShape(x, *y, "RmsNorm");
+  const int64_t n = x.cols();
+  TPSERVE_CHECK(weight.numel() == n, "RmsNorm: weight %s for %s", weight.ShapeString().c_str(),
+                x.ShapeString().c_str());
+  pool_.ParallelFor(x.rows(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = x.row(r);
+      float* yr = y->row(r);
+      double ss = 0.0;
+      for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+      const float inv = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+      for (int64_t i = 0; i < n; ++i) yr[i] = weight.data()[i] * (xr[i] * inv);
+    }
+  });
+}
+
+void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
+  CheckSameShape(gate, up, "SiluMul");
+  CheckSameShape(gate, *out, "SiluMul");
+  pool_.ParallelFor(gate.numel(), 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float g = gate.data()[i];
+      out->data()[i] = g / (1.0f + std::exp(-g)) * up.data()[i];
+    }
+  });
+}
+
+void CpuBackend::RopeTable(std::span<const int32_t> positions, std::span<const float> inv_freq,
+                           Tensor* cos_sin) {
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+  TPSERVE_CHECK(
+      cos_sin->rows() == static_cast<int64_t>(positions.size()) && cos_sin->cols() == 2 * half,
+      "RopeTable: %s for %zu positions, %lld pairs", cos_sin->ShapeString().c_str(),
+      positions.size(), static_cast<long long>(half));
+  for (size_t t = 0; t < positions.size(); ++t) {
+    float* row = cos_sin->row(t);
+    for (int64_t i = 0; i < half; ++i) {
+      // fp32 product like the reference (inv_freq @ positions in fp32), then cos/sin of it.
+      const float angle = static_cast<float>(positions[t]) * inv_freq[i];
+      row[i] = std::cos(angle);
+      row[half + i] = std::sin(angle);
+    }
+  }
+}
+
+void CpuBackend::Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) {
+  TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
+                "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
+  const int64_t heads = x->dim(1), hd = x->dim(2), half = hd / 2;
+  for (int64_t t = 0; t < x->dim(0); ++t) {
+    const float* c = cos_sin.row(t);
+    const float* s = c + half;
+    for (int64_t h = 0; h < heads; ++h) {
+      float* v = x->data() + (t * heads + h) * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        // Rotate-half pairs (i, i + d/2); interleaved pairs (2i, 2i + 1).
+        float* a = interleaved ? v + 2 * i : v + i;
+        float* b = interleaved ? v + 2 * i + 1 : v + i + half;
+        const float x0 = *a, x1 = *b;
+        *a = x0 * c[i] - x1 * s[i];
+        *b = x1 * c[i] + x0 * s[i];
+      }
+    }
+  }
+}
+
+void CpuBackend::Embedding(std::span<const int32_t> tokens, const Weight& table,
+                           int64_t vocab_begin, Tensor* out) {
+  TPSERVE_CHECK(out->rows() == static_cast<int64_t>(tokens.size()) && out->cols() == table.cols,
+                "Embedding: out %s for %zu tokens of width %lld", out->ShapeString().c_str(),
+                tokens.size(), static_cast<long long>(table.cols));
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    const int64_t local = static_cast<int64_t>(tokens[t]) - vocab_begin;
+    if (local >= 0 && local < table.rows) {
+      DequantizeRow(table.dtype, table.row(local), table.cols, out->row(t));
+    } else {
+      std::memset(out->row(t), 0, table.cols * sizeof(float));
+    }
+  }
+}
+
+}  // namespace tpserve

@@ -1,0 +1,55 @@
+#include "worker/backend/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <numeric>
+
+#include "absl/strings/str_join.h"
+#include "worker/backend/check.h"
+
+namespace tpserve {
+namespace {
+
+int64_t Product(const std::vector<int64_t>& shape) {
+  return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
+}
+
+}  // namespace
+
+Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
+  const int64_t n = Product(shape_);
+  // 64-byte alignment: one AVX-512 register, one cache line.
+  const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  TPSERVE_CHECK(p != nullptr, "out of memory allocating %zu bytes", bytes);
+  std::memset(p, 0, bytes);
+  storage_ = std::shared_ptr<void>(p, std::free);
+  data_ = static_cast<float*>(p);
+}
+
+Tensor::Tensor(std::shared_ptr<void> storage, float* data, std::vector<int64_t> shape,
+               Device device)
+    : storage_(std::move(storage)), data_(data), shape_(std::move(shape)), device_(device) {}
+
+int64_t Tensor::numel() const { return shape_.empty() && data_ == nullptr ? 0 : Product(shape_); }
+
+Tensor Tensor::Reshaped(std::vector<int64_t> shape) const {
+  TPSERVE_CHECK(Product(shape) == numel(), "reshape %s -> [%s]", ShapeString().c_str(),
+                absl::StrJoin(shape, ", ").c_str());
+  return Tensor(storage_, data_, std::move(shape), device_);
+}
+
+Tensor Tensor::Slice0(int64_t begin, int64_t end) const {
+  TPSERVE_CHECK(!shape_.empty() && 0 <= begin && begin <= end && end <= shape_[0],
+                "slice [%lld, %lld) of %s", static_cast<long long>(begin),
+                static_cast<long long>(end), ShapeString().c_str());
+  std::vector<int64_t> shape = shape_;
+  const int64_t inner = shape_[0] == 0 ? 0 : numel() / shape_[0];
+  shape[0] = end - begin;
+  return Tensor(storage_, data_ + begin * inner, std::move(shape), device_);
+}
+
+std::string Tensor::ShapeString() const { return "[" + absl::StrJoin(shape_, ", ") + "]"; }
+
+}  // namespace tpserve

@@ -1,0 +1,208 @@
+#include "worker/model/llama.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
+#include "worker/backend/rope.h"
+
+namespace tpserve {
+namespace {
+
+RopeParams RopeParamsOf(const ModelConfig& c) {
+  RopeParams p{.head_dim = c.head_dim,
+               .theta = c.rope_theta,
+               .interleaved = c.rope_interleaved,
+               .factor = c.rope_scaling.factor,
+               .low_freq_factor = c.rope_scaling.low_freq_factor,
+               .high_freq_factor = c.rope_scaling.high_freq_factor,
+               .original_max_position = c.rope_scaling.original_max_position};
+  switch (c.rope_scaling.type) {
+    case RopeScaling::Type::kNone:
+      p.scaling = RopeParams::Scaling::kNone;
+      break;
+    case RopeScaling::Type::kLinear:
+      p.scaling = RopeParams::Scaling::kLinear;
+      break;
+    case RopeScaling::Type::kLlama3:
+      p.scaling = RopeParams::Scaling::kLlama3;
+      break;
+  }
+  return p;
+}
+
+}  // namespace
+
+ShardPlan SingleRankPlan(const ModelConfig& c) {
+  return ShardPlan{.ranks = {WholeModelShard(ShardInputs{.num_heads = c.num_heads,
+                                                         .num_kv_heads = c.num_kv_heads,
+                                                         .ffn_size = c.intermediate_size,
+                                                         .vocab_size = c.vocab_size,
+                                                         .world_size = 1})}};
+}
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(const TensorSource& source,
+                                                             const ModelConfig& config,
+                                                             const ShardPlan& plan,
+                                                             Backend& backend, Communicator& comm) {
+  RETURN_IF_ERROR(ValidateConfig(config));
+  if (static_cast<int>(plan.ranks.size()) != comm.world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("shard plan has ", plan.ranks.size(),
+                                                   " ranks, the group has ", comm.world_size()));
+  }
+  const RankShard& shard = plan.ranks[comm.rank()];
+  ASSIGN_OR_RETURN(LlamaWeights weights, LoadLlamaWeights(source, config, shard, backend));
+  return std::unique_ptr<LlamaModel>(
+      new LlamaModel(config, plan, shard, std::move(weights), backend, comm));
+}
+
+LlamaModel::LlamaModel(ModelConfig config, ShardPlan plan, RankShard shard, LlamaWeights weights,
+                       Backend& backend, Communicator& comm)
+    : config_(std::move(config)),
+      plan_(std::move(plan)),
+      shard_(shard),
+      w_(std::move(weights)),
+      backend_(backend),
+      comm_(comm),
+      inv_freq_(RopeInverseFrequencies(RopeParamsOf(config_))) {}
+
+absl::Status LlamaModel::AllReduce(Tensor& t) {
+  if (comm_.world_size() == 1) return absl::OkStatus();
+  return comm_.AllReduceSum(t.data(), t.numel());
+}
+
+absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cache, Tensor* logits) {
+  Backend& be = backend_;
+  const ModelConfig& c = config_;
+  const int64_t H = c.hidden_size, hd = c.head_dim;
+  const int64_t nq = shard_.q_heads.size(), nkv = shard_.kv_heads.size();
+  const int64_t Fl = shard_.ffn_columns.size();
+  const int64_t block_size = cache.config().block_size;
+
+  // Flatten the batch: T rows, one per fed token, sequences back to back.
+  std::vector<int32_t> tokens, positions;
+  std::vector<int64_t> slots;
+  std::vector<AttentionSeq> attn_seqs;
+  std::vector<int64_t> logit_rows;  // rows of the final hidden state that need logits
+  for (const ForwardSeq& s : seqs) {
+    const int64_t begin = static_cast<int64_t>(tokens.size());
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    for (int64_t i = 0; i < n; ++i) {
+      tokens.push_back(s.tokens[i]);
+      positions.push_back(static_cast<int32_t>(s.start_pos + i));
+      slots.push_back(KvCache::Slot(s.block_table, block_size, s.start_pos + i));
+      if (s.all_logits || i == n - 1) logit_rows.push_back(begin + i);
+    }
+    attn_seqs.push_back(AttentionSeq{.token_begin = begin,
+                                     .num_tokens = n,
+                                     .start_pos = s.start_pos,
+                                     .block_table = s.block_table});
+  }
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T == 0) return absl::InvalidArgumentError("forward: no tokens");
+
+  // x: the residual stream [T, H], replicated on every rank.
+  Tensor x = be.Alloc({T, H});
+  be.Embedding(tokens, w_.embedding, shard_.vocab.begin, &x);  // zeros outside our vocab rows
+  RETURN_IF_ERROR(AllReduce(x));
+
+  Tensor cos_sin = be.Alloc({T, hd});  // [T, hd]: cos | sin of each pair's angle
+  be.RopeTable(positions, inv_freq_, &cos_sin);
+
+  const AttentionParams attn_params{.scale = 1.0f / std::sqrt(static_cast<float>(hd)),
+                                    .group_size = c.num_heads / c.num_kv_heads,
+                                    .q_head_begin = shard_.q_heads.begin,
+                                    .kv_head_begin = shard_.kv_heads.begin};
+
+  Tensor h = be.Alloc({T, H});       // normed input of each block
+  Tensor q = be.Alloc({T, nq, hd});  // this rank's query heads
+  Tensor k = be.Alloc({T, nkv, hd});
+  Tensor v = be.Alloc({T, nkv, hd});
+  Tensor attn = be.Alloc({T, nq, hd});  // attention output per head
+  Tensor proj = be.Alloc({T, H});       // o_proj / down_proj output, partial sum over ranks
+  Tensor gate = be.Alloc({T, Fl});
+  Tensor up = be.Alloc({T, Fl});
+  // 2-D views for the matmuls.
+  Tensor q2 = q.Reshaped({T, nq * hd}), k2 = k.Reshaped({T, nkv * hd}),
+         v2 = v.Reshaped({T, nkv * hd}), attn2 = attn.Reshaped({T, nq * hd});
+
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LlamaLayerWeights& L = w_.layers[l];
+    const KvLayerView kv = cache.layer(l);
+
+    // ---- attention block: x += o_proj(attention(rope(q), rope(k), v)) ----
+    be.RmsNorm(x, L.attn_norm, c.rms_norm_eps, &h);
+    be.MatMul(h, L.wq, &q2);  // [T, nq*hd]
+    be.MatMul(h, L.wk, &k2);  // [T, nkv*hd]
+    be.MatMul(h, L.wv, &v2);
+    if (!L.bq.empty()) {
+      be.AddBias(L.bq, &q2);
+      be.AddBias(L.bk, &k2);
+      be.AddBias(L.bv, &v2);
+    }
+    be.Rope(cos_sin, c.rope_interleaved, &q);
+    be.Rope(cos_sin, c.rope_interleaved, &k);
+    be.WriteKv(k, v, slots, kv);
+    be.Attention(q, kv, attn_seqs, attn_params, &attn);
+    be.MatMul(attn2, L.wo, &proj);  // [T, H], this rank's heads only
+    RETURN_IF_ERROR(AllReduce(proj));
+    if (!L.bo.empty()) be.AddBias(L.bo, &proj);
+    be.Add(proj, &x);
+
+    // ---- feed-forward block: x += down(silu(gate(h)) * up(h)) ----
+    be.RmsNorm(x, L.ffn_norm, c.rms_norm_eps, &h);
+    be.MatMul(h, L.w_gate, &gate);  // [T, Fl]
+    be.MatMul(h, L.w_up, &up);
+    if (!L.b_gate.empty()) {
+      be.AddBias(L.b_gate, &gate);
+      be.AddBias(L.b_up, &up);
+    }
+    be.SiluMul(gate, up, &gate);
+    be.MatMul(gate, L.w_down, &proj);  // [T, H], this rank's FFN columns only
+    RETURN_IF_ERROR(AllReduce(proj));
+    if (!L.b_down.empty()) be.AddBias(L.b_down, &proj);
+    be.Add(proj, &x);
+  }
+
+  // ---- LM head on the rows that need logits ----
+  const int64_t R = static_cast<int64_t>(logit_rows.size());
+  Tensor last = be.Alloc({R, H});
+  for (int64_t i = 0; i < R; ++i) {
+    std::copy(x.row(logit_rows[i]), x.row(logit_rows[i]) + H, last.row(i));
+  }
+  be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);
+  Tensor local_logits = be.Alloc({R, shard_.vocab.size()});  // [R, Vl]
+  be.MatMul(last, w_.lm_head, &local_logits);
+  return GatherLogits(local_logits, logits);
+}
+
+absl::Status LlamaModel::GatherLogits(const Tensor& local, Tensor* logits) {
+  const int64_t R = local.rows(), V = config_.vocab_size;
+  if (comm_.world_size() == 1) {
+    *logits = local;
+    return absl::OkStatus();
+  }
+  // GatherV concatenates each rank's [R, Vr] block; rank 0 then interleaves them into [R, V].
+  std::vector<size_t> counts;
+  for (const RankShard& r : plan_.ranks) counts.push_back(R * r.vocab.size());
+  const bool root = comm_.rank() == 0;
+  std::vector<float> gathered(root ? R * V : 0);
+  RETURN_IF_ERROR(comm_.GatherV(local.data(), counts, gathered.data(), 0));
+  if (!root) {
+    *logits = Tensor();
+    return absl::OkStatus();
+  }
+  *logits = backend_.Alloc({R, V});
+  size_t offset = 0;
+  for (const RankShard& r : plan_.ranks) {
+    const int64_t Vr = r.vocab.size();
+    for (int64_t i = 0; i < R; ++i) {
+      std::copy(&gathered[offset + i * Vr], &gathered[offset + (i + 1) * Vr],
+                logits->row(i) + r.vocab.begin);
+    }
+    offset += R * Vr;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tpserve
