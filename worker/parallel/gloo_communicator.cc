@@ -1,8 +1,11 @@
 #include "worker/parallel/gloo_communicator.h"
 
+#include <signal.h>
+
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -38,6 +41,15 @@ absl::StatusCode CodeFor(const std::string& gloo_message) {
              : absl::StatusCode::kUnavailable;
 }
 
+// Gloo writes to its sockets without MSG_NOSIGNAL: a write to a peer that just died raises
+// SIGPIPE, whose default action kills this process before Gloo can report EPIPE. Ignoring it
+// process-wide turns a dead peer into an error status (gRPC and the rest of the code do not rely
+// on SIGPIPE).
+void IgnoreSigpipeOnce() {
+  static std::once_flag once;
+  std::call_once(once, []() { signal(SIGPIPE, SIG_IGN); });
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
@@ -52,6 +64,7 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
   const std::string where =
       absl::StrCat("gloo rendezvous (rank ", options.rank, " of ", options.world_size,
                    ", store prefix '", options.store_prefix, "')");
+  IgnoreSigpipeOnce();
   try {
     gloo::transport::tcp::attr attr;
     if (!options.interface.empty()) {
@@ -93,6 +106,11 @@ absl::Status GlooCommunicator::Run(const std::string& what, Op&& op) {
         CodeFor(msg),
         absl::StrCat("gloo ", what, " failed on rank ", options_.rank, " of ", options_.world_size,
                      " (timeout ", absl::FormatDuration(options_.timeout), "): ", msg));
+    // Close every pair so peers blocked on this rank fail now instead of at their deadline.
+    try {
+      context_->closeConnections();
+    } catch (const std::exception&) {
+    }
     return broken_status_;
   }
 }

@@ -8,6 +8,9 @@
 // broken: every later call fails at once with the first error, and the owner rebuilds the group.
 //
 // Not thread-safe: one collective at a time, called in the same order on every rank.
+//
+// Create() sets SIGPIPE to be ignored in the whole process: Gloo writes without MSG_NOSIGNAL,
+// and a write to a dead peer would otherwise kill the surviving rank instead of failing the op.
 #pragma once
 
 #include <memory>

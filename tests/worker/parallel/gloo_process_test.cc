@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -92,7 +93,7 @@ TEST_F(GlooProcessTest, CollectivesAcrossTwoAndThreeProcesses) {
 // must fail (not hang) within the timeout, with a status that names the op.
 void ExpectSurvivorsFail(InMemoryKvStore& store, const std::vector<pid_t>& pids,
                          const std::string& prefix, int stop_signal, absl::Duration timeout,
-                         absl::StatusCode code) {
+                         const std::vector<absl::StatusCode>& codes) {
   const int world = static_cast<int>(pids.size());
   std::vector<std::string> ready;
   for (int r = 0; r < world; ++r) ready.push_back(absl::StrCat(prefix, "ready/", r));
@@ -115,18 +116,24 @@ void ExpectSurvivorsFail(InMemoryKvStore& store, const std::vector<pid_t>& pids,
     EXPECT_LE(absl::Milliseconds(ms), timeout + absl::Seconds(3)) << *result;
     EXPECT_THAT(*result, HasSubstr("AllReduceSum"));
     EXPECT_THAT(*result, HasSubstr(absl::StrCat("rank ", r, " of ", world)));
-    EXPECT_THAT(*result, HasSubstr(absl::StatusCodeToString(code))) << *result;
+    bool code_ok = false;
+    for (absl::StatusCode c : codes) {
+      code_ok = code_ok || absl::StrContains(*result, absl::StatusCodeToString(c));
+    }
+    EXPECT_TRUE(code_ok) << *result;
   }
   kill(victim, SIGKILL);
   WaitExit(victim, absl::Seconds(10));
 }
 
-TEST_F(GlooProcessTest, KilledPeerMakesSurvivorsFailFast) {
+TEST_F(GlooProcessTest, KilledPeerMakesSurvivorsFailWithinTheTimeout) {
   const std::string prefix = UniquePrefix();
-  std::vector<pid_t> pids = StartRanks(3, prefix, 10000, "hold");
-  // A killed process's sockets close at once: UNAVAILABLE well before the 10 s timeout.
-  ExpectSurvivorsFail(store_, pids, prefix, SIGKILL, absl::Seconds(10),
-                      absl::StatusCode::kUnavailable);
+  std::vector<pid_t> pids = StartRanks(3, prefix, 3000, "hold");
+  // A killed process's sockets close at once: a survivor reading from it fails with
+  // UNAVAILABLE at once; one whose send waits for a peer's receive may only see its deadline
+  // (Gloo does not fail pending sends when a pair closes).
+  ExpectSurvivorsFail(store_, pids, prefix, SIGKILL, absl::Seconds(3),
+                      {absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded});
 }
 
 TEST_F(GlooProcessTest, StoppedPeerMakesSurvivorsTimeOut) {
@@ -134,7 +141,7 @@ TEST_F(GlooProcessTest, StoppedPeerMakesSurvivorsTimeOut) {
   std::vector<pid_t> pids = StartRanks(2, prefix, 1500, "hold");
   // A stopped process keeps its sockets open: the survivor fails when the op's deadline passes.
   ExpectSurvivorsFail(store_, pids, prefix, SIGSTOP, absl::Milliseconds(1500),
-                      absl::StatusCode::kDeadlineExceeded);
+                      {absl::StatusCode::kDeadlineExceeded});
 }
 
 }  // namespace
