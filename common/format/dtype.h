@@ -11,30 +11,12 @@
 namespace tpserve {
 
 // Dense types first, then GGML block-quantised types (names as in ggml / gguf-py).
+// clang-format off
 enum class DType {
-  kF32,
-  kF16,
-  kBF16,
-  kF64,
-  kI8,
-  kI16,
-  kI32,
-  kI64,
-  kU8,
-  kBool,
-  kQ4_0,
-  kQ4_1,
-  kQ5_0,
-  kQ5_1,
-  kQ8_0,
-  kQ8_1,
-  kQ2_K,
-  kQ3_K,
-  kQ4_K,
-  kQ5_K,
-  kQ6_K,
-  kQ8_K,
+  kF32, kF16, kBF16, kF64, kI8, kI16, kI32, kI64, kU8, kBool,
+  kQ4_0, kQ4_1, kQ5_0, kQ5_1, kQ8_0, kQ8_1, kQ2_K, kQ3_K, kQ4_K, kQ5_K, kQ6_K, kQ8_K,
 };
+// clang-format on
 
 // Storage layout of a type: `block_elems` elements are stored in `block_bytes` bytes (1 and
 // sizeof(element) for dense types; e.g. 32 and 20 for Q4_1).

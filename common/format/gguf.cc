@@ -178,7 +178,7 @@ class GgufParser {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": not a GGUF file (the first 4 bytes are not \"GGUF\")"));
     }
-    c.Read<uint32_t>("magic").IgnoreError();
+    RETURN_IF_ERROR(c.Read<uint32_t>("magic").status());
     ASSIGN_OR_RETURN(f.version_, c.Read<uint32_t>("version"));
     if (f.version_ == 1) {
       return c.Error("GGUF version 1 is not supported (re-convert the model to GGUF v3)");
@@ -401,7 +401,7 @@ absl::StatusOr<std::vector<float>> GgufFile::GetFloatArray(std::string_view key)
 
 absl::StatusOr<std::vector<int64_t>> GgufFile::GetIntArray(std::string_view key) const {
   TPSERVE_GGUF_LOOKUP_(v, key);
-  if (!v->is_array() || !GgufValue::Unsigned(v->array_type(), 0).is_integer()) {
+  if (!v->is_array() || !IsIntegerType(v->array_type())) {
     return WrongType(path(), key, "an array of integers", *v);
   }
   std::vector<int64_t> out;

@@ -21,22 +21,14 @@
 namespace tpserve {
 
 // GGUF metadata value type ids (as stored in the file).
+// clang-format off
 enum class GgufType : uint32_t {
-  kU8 = 0,
-  kI8 = 1,
-  kU16 = 2,
-  kI16 = 3,
-  kU32 = 4,
-  kI32 = 5,
-  kF32 = 6,
-  kBool = 7,
-  kString = 8,
-  kArray = 9,
-  kU64 = 10,
-  kI64 = 11,
-  kF64 = 12,
+  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
+  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
 };
+// clang-format on
 const char* GgufTypeName(GgufType t);  // "u32", "string", "array", ...
+bool IsIntegerType(GgufType t);        // u8..i64
 
 // One metadata value: a scalar, a string, or an array (of scalars, strings or nested arrays).
 class GgufValue {
@@ -50,7 +42,7 @@ class GgufValue {
   static GgufValue Array(GgufType elem_type, std::vector<GgufValue> elems);
 
   GgufType type() const { return type_; }
-  bool is_integer() const;  // u8..i64
+  bool is_integer() const { return IsIntegerType(type_); }
   bool is_float() const { return type_ == GgufType::kF32 || type_ == GgufType::kF64; }
   bool is_string() const { return type_ == GgufType::kString; }
   bool is_array() const { return type_ == GgufType::kArray; }

@@ -48,8 +48,8 @@ GgufValue GgufValue::Array(GgufType elem_type, std::vector<GgufValue> elems) {
   return r;
 }
 
-bool GgufValue::is_integer() const {
-  switch (type_) {
+bool IsIntegerType(GgufType t) {
+  switch (t) {
     case GgufType::kU8:
     case GgufType::kI8:
     case GgufType::kU16:
