@@ -1,0 +1,246 @@
+// CPU element-wise, position, vocabulary and attention ops against scalar double references on
+// random inputs with odd sizes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "tests/worker/backend/random_weights.h"
+#include "worker/backend/cpu/cpu_backend.h"
+#include "worker/backend/cpu/thread_pool.h"
+#include "worker/backend/rope.h"
+
+namespace tpserve {
+namespace {
+
+using testing::MakeRandomMatrix;
+using testing::RandomFloats;
+
+TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {1, 2, 7, 64, 1000, 4097}) {
+      for (int64_t grain : {1, 16, 128}) {
+        std::vector<std::atomic<int>> hits(n);
+        pool.ParallelFor(n, grain, [&](int64_t b, int64_t e) {
+          EXPECT_TRUE(b % grain == 0) << b;
+          for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+        });
+        for (int64_t i = 0; i < n; ++i)
+          ASSERT_EQ(hits[i].load(), 1) << n << " " << grain << " " << i;
+      }
+    }
+  }
+}
+
+TEST(CpuOps, RmsNorm) {
+  std::mt19937 rng(2);
+  CpuBackend be(2);
+  const int64_t rows = 5, n = 77;
+  Tensor x = be.FromHost(RandomFloats(rows * n, rng, 3.0f), {rows, n});
+  Tensor w = be.FromHost(RandomFloats(n, rng), {n});
+  Tensor y = be.Alloc({rows, n});
+  const float eps = 1e-5f;
+  be.RmsNorm(x, w, eps, &y);
+  for (int64_t r = 0; r < rows; ++r) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; ++i) ss += double(x.row(r)[i]) * x.row(r)[i];
+    const double inv = 1.0 / std::sqrt(ss / n + eps);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_NEAR(y.row(r)[i], x.row(r)[i] * inv * w.data()[i], 1e-5) << r << " " << i;
+    }
+  }
+  be.RmsNorm(x, w, eps, &x);  // in place gives the same
+  for (int64_t i = 0; i < rows * n; ++i) EXPECT_EQ(x.data()[i], y.data()[i]);
+}
+
+TEST(CpuOps, SiluMulAddAndBias) {
+  std::mt19937 rng(3);
+  CpuBackend be(2);
+  const int64_t rows = 3, n = 1001;
+  Tensor g = be.FromHost(RandomFloats(rows * n, rng, 4.0f), {rows, n});
+  Tensor u = be.FromHost(RandomFloats(rows * n, rng), {rows, n});
+  Tensor out = be.Alloc({rows, n});
+  be.SiluMul(g, u, &out);
+  for (int64_t i = 0; i < rows * n; ++i) {
+    const double gi = g.data()[i];
+    EXPECT_NEAR(out.data()[i], gi / (1.0 + std::exp(-gi)) * u.data()[i], 1e-5) << i;
+  }
+  Tensor bias = be.FromHost(RandomFloats(n, rng), {n});
+  Tensor y = be.FromHost(be.ToHost(u), {rows, n});
+  be.AddBias(bias, &y);
+  be.Add(g, &y);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_FLOAT_EQ(y.row(r)[i], u.row(r)[i] + bias.data()[i] + g.row(r)[i]);
+    }
+  }
+}
+
+TEST(Rope, InverseFrequencies) {
+  RopeParams p{.head_dim = 16, .theta = 10000.0};
+  const std::vector<float> plain = RopeInverseFrequencies(p);
+  ASSERT_EQ(plain.size(), 8u);
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(plain[i], std::pow(10000.0, -2.0 * i / 16), 1e-6);
+  p.scaling = RopeParams::Scaling::kLinear;
+  p.factor = 4.0;
+  const std::vector<float> linear = RopeInverseFrequencies(p);
+  for (int i = 0; i < 8; ++i) EXPECT_FLOAT_EQ(linear[i], plain[i] / 4.0f);
+  // llama3: wavelengths above original/low are divided by factor, below original/high kept,
+  // and in between interpolated (Llama 3.1 rule).
+  p.scaling = RopeParams::Scaling::kLlama3;
+  p.factor = 8.0;
+  p.low_freq_factor = 1.0;
+  p.high_freq_factor = 4.0;
+  p.original_max_position = 64;
+  const std::vector<float> l3 = RopeInverseFrequencies(p);
+  for (int i = 0; i < 8; ++i) {
+    const double wavelen = 2 * M_PI / plain[i];
+    if (wavelen < 64.0 / 4.0) {
+      EXPECT_FLOAT_EQ(l3[i], plain[i]) << i;
+    } else if (wavelen > 64.0) {
+      EXPECT_FLOAT_EQ(l3[i], plain[i] / 8.0f) << i;
+    } else {
+      const double smooth = (64.0 / wavelen - 1.0) / (4.0 - 1.0);
+      EXPECT_NEAR(l3[i], (1 - smooth) * plain[i] / 8.0 + smooth * plain[i], 1e-6 * plain[i]) << i;
+    }
+  }
+}
+
+TEST(CpuOps, RopeBothPairings) {
+  std::mt19937 rng(4);
+  CpuBackend be(1);
+  const int64_t T = 4, heads = 3, hd = 12;
+  const std::vector<int32_t> pos = {0, 1, 17, 250};
+  const std::vector<float> inv = RopeInverseFrequencies({.head_dim = hd, .theta = 500.0});
+  Tensor table = be.Alloc({T, hd});
+  be.RopeTable(pos, inv, &table);
+  for (bool interleaved : {false, true}) {
+    const std::vector<float> x0 = RandomFloats(T * heads * hd, rng);
+    Tensor x = be.FromHost(x0, {T, heads, hd});
+    be.Rope(table, interleaved, &x);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* in = &x0[(t * heads + h) * hd];
+        const float* out = x.data() + (t * heads + h) * hd;
+        for (int64_t i = 0; i < hd / 2; ++i) {
+          const double a = double(pos[t]) * inv[i];
+          const int64_t j0 = interleaved ? 2 * i : i, j1 = interleaved ? 2 * i + 1 : i + hd / 2;
+          EXPECT_NEAR(out[j0], in[j0] * std::cos(a) - in[j1] * std::sin(a), 1e-4);
+          EXPECT_NEAR(out[j1], in[j1] * std::cos(a) + in[j0] * std::sin(a), 1e-4);
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuOps, EmbeddingOverAVocabRange) {
+  std::mt19937 rng(5);
+  CpuBackend be(1);
+  for (DType t : {DType::kF32, DType::kBF16, DType::kQ8_0, DType::kQ4_1}) {
+    SCOPED_TRACE(DTypeName(t));
+    auto table = MakeRandomMatrix(t, 10, 64, rng);  // vocab rows [100, 110)
+    const std::vector<int32_t> tokens = {100, 5, 109, 110, 104};
+    Tensor out = be.Alloc({5, 64});
+    be.Embedding(tokens, table.weight, 100, &out);
+    for (int64_t r = 0; r < 5; ++r) {
+      const int64_t local = tokens[r] - 100;
+      for (int64_t i = 0; i < 64; ++i) {
+        const float want = (local >= 0 && local < 10) ? table.dense[local * 64 + i] : 0.0f;
+        EXPECT_NEAR(out.row(r)[i], want, 1e-6f * (1 + std::fabs(want))) << r << " " << i;
+      }
+    }
+  }
+}
+
+// Two sequences (one continuing after cached positions, one fresh), GQA with 3 query heads per
+// KV head, a rank's slice of heads, scattered block tables; reference in double over contiguous
+// K/V.
+TEST(CpuOps, PagedCausalAttentionMatchesReference) {
+  std::mt19937 rng(6);
+  CpuBackend be(2);
+  const int64_t hd = 8, block = 4, num_blocks = 12;
+  const int64_t rank_q_heads = 3, rank_kv_heads = 1;  // global q heads 3..5 -> global KV head 1
+  const AttentionParams params{
+      .scale = 0.35f, .group_size = 3, .q_head_begin = 3, .kv_head_begin = 1};
+  Tensor kpool = be.Alloc({num_blocks, block, rank_kv_heads, hd});
+  Tensor vpool = be.Alloc({num_blocks, block, rank_kv_heads, hd});
+  KvLayerView cache{.k = kpool.data(),
+                    .v = vpool.data(),
+                    .num_blocks = num_blocks,
+                    .block_size = block,
+                    .kv_heads = rank_kv_heads,
+                    .head_dim = hd};
+  struct Seq {
+    std::vector<int32_t> table;
+    int64_t start, n;
+  };
+  const std::vector<Seq> seqs = {{{7, 2, 9}, 5, 6}, {{0, 11}, 0, 7}};
+  // Full K/V histories per sequence: [positions, hd].
+  std::vector<std::vector<float>> K, V;
+  for (const Seq& s : seqs) {
+    K.push_back(RandomFloats((s.start + s.n) * hd, rng));
+    V.push_back(RandomFloats((s.start + s.n) * hd, rng));
+  }
+  // Cached history of sequence 0 first (one write), then the step's new rows of both.
+  {
+    std::vector<int64_t> slots;
+    for (int64_t p = 0; p < seqs[0].start; ++p)
+      slots.push_back(seqs[0].table[p / block] * block + p % block);
+    Tensor k = be.FromHost(std::span(K[0]).first(seqs[0].start * hd), {seqs[0].start, 1, hd});
+    Tensor v = be.FromHost(std::span(V[0]).first(seqs[0].start * hd), {seqs[0].start, 1, hd});
+    be.WriteKv(k, v, slots, cache);
+  }
+  const int64_t T = seqs[0].n + seqs[1].n;
+  std::vector<float> knew, vnew;
+  std::vector<int64_t> slots;
+  std::vector<AttentionSeq> aseqs;
+  int64_t row = 0;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (int64_t i = 0; i < seqs[s].n; ++i) {
+      const int64_t p = seqs[s].start + i;
+      knew.insert(knew.end(), &K[s][p * hd], &K[s][(p + 1) * hd]);
+      vnew.insert(vnew.end(), &V[s][p * hd], &V[s][(p + 1) * hd]);
+      slots.push_back(seqs[s].table[p / block] * block + p % block);
+    }
+    aseqs.push_back({.token_begin = row,
+                     .num_tokens = seqs[s].n,
+                     .start_pos = seqs[s].start,
+                     .block_table = seqs[s].table});
+    row += seqs[s].n;
+  }
+  be.WriteKv(be.FromHost(knew, {T, 1, hd}), be.FromHost(vnew, {T, 1, hd}), slots, cache);
+  Tensor q = be.FromHost(RandomFloats(T * rank_q_heads * hd, rng), {T, rank_q_heads, hd});
+  Tensor out = be.Alloc({T, rank_q_heads, hd});
+  be.Attention(q, cache, aseqs, params, &out);
+
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (int64_t i = 0; i < seqs[s].n; ++i) {
+      const int64_t t = aseqs[s].token_begin + i, ctx = seqs[s].start + i + 1;
+      for (int64_t h = 0; h < rank_q_heads; ++h) {
+        const float* qv = q.data() + (t * rank_q_heads + h) * hd;
+        std::vector<double> w(ctx);
+        double mx = -1e300, sum = 0;
+        for (int64_t p = 0; p < ctx; ++p) {
+          double d = 0;
+          for (int64_t j = 0; j < hd; ++j) d += double(qv[j]) * K[s][p * hd + j];
+          w[p] = d * params.scale;
+          mx = std::max(mx, w[p]);
+        }
+        for (double& x : w) sum += (x = std::exp(x - mx));
+        for (int64_t j = 0; j < hd; ++j) {
+          double o = 0;
+          for (int64_t p = 0; p < ctx; ++p) o += w[p] / sum * V[s][p * hd + j];
+          EXPECT_NEAR(out.data()[(t * rank_q_heads + h) * hd + j], o, 1e-5)
+              << "seq " << s << " token " << i << " head " << h;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tpserve
