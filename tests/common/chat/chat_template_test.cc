@@ -1,0 +1,203 @@
+// Chat templates render byte-identically to transformers' apply_chat_template, and the
+// interpreter's pieces (expressions, filters, loops, whitespace control) match jinja2. Expected
+// strings come from tests/data/golden/chat/chat_goldens.json, written by
+// scripts/reference/make_chat_goldens.py.
+#include "common/chat/chat_template.h"
+
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace tpserve {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+const char kGoldenDir[] = "tests/data/golden/chat/";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in) << "cannot open " << path << " (tests run from the repository root)";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const nlohmann::ordered_json& Goldens() {
+  static const auto* goldens = new nlohmann::ordered_json(
+      nlohmann::ordered_json::parse(ReadFile(std::string(kGoldenDir) + "chat_goldens.json")));
+  return *goldens;
+}
+
+// Python's message for a TemplateError raised by raise_exception(), e.g.
+// "TemplateError: Conversation roles must alternate ..." → "Conversation roles must alternate ...".
+std::string RaisedMessage(const std::string& python_error) {
+  const std::string prefix = "TemplateError: ";
+  return python_error.rfind(prefix, 0) == 0 ? python_error.substr(prefix.size()) : "";
+}
+
+TEST(ChatTemplateGoldenTest, RealTemplatesMatchTransformers) {
+  const auto& cases = Goldens()["cases"];
+  ASSERT_GT(cases.size(), 300u);
+  int rendered = 0, errors = 0;
+  for (const auto& c : cases) {
+    const std::string name = c["template"];
+    SCOPED_TRACE(name + " / " + c["conversation"].get<std::string>() +
+                 " / add_generation_prompt=" + c["context"]["add_generation_prompt"].dump());
+    auto t =
+        ChatTemplate::Parse(ReadFile(std::string(kGoldenDir) + "templates/" + name + ".jinja"));
+    ASSERT_TRUE(t.ok()) << t.status();
+    auto out = t->RenderOrdered(c["context"]);
+    if (c.contains("expected")) {
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ(*out, c["expected"].get<std::string>());
+      ++rendered;
+    } else {
+      ASSERT_FALSE(out.ok()) << "expected an error like: " << c["error"] << "\ngot: " << *out;
+      const std::string raised = RaisedMessage(c["error"]);
+      if (!raised.empty()) {
+        EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_THAT(std::string(out.status().message()),
+                    HasSubstr("chat template raised an exception: " + raised));
+      }
+      ++errors;
+    }
+  }
+  EXPECT_GT(rendered, 250);
+  EXPECT_GT(errors, 20);
+}
+
+// RenderChat (the server's entry point) passes exactly what transformers passes.
+TEST(ChatTemplateGoldenTest, RenderChatMatchesTransformers) {
+  int checked = 0;
+  for (const auto& c : Goldens()["cases"]) {
+    const auto& ctx = c["context"];
+    if (!c.contains("expected") || !ctx["tools"].is_null() || ctx.contains("date_string")) continue;
+    const std::string name = c["template"];
+    auto t =
+        ChatTemplate::Parse(ReadFile(std::string(kGoldenDir) + "templates/" + name + ".jinja"));
+    ASSERT_TRUE(t.ok()) << t.status();
+    // Messages here are flat {role, content} dicts, so key order does not matter.
+    auto out = RenderChat(*t, nlohmann::json::parse(ctx["messages"].dump()),
+                          ctx["add_generation_prompt"].get<bool>(),
+                          ctx["bos_token"].get<std::string>(), ctx["eos_token"].get<std::string>());
+    ASSERT_TRUE(out.ok()) << name << ": " << out.status();
+    EXPECT_EQ(*out, c["expected"].get<std::string>()) << name << " / " << c["conversation"];
+    ++checked;
+  }
+  EXPECT_GT(checked, 200);
+}
+
+TEST(ChatTemplateGoldenTest, SnippetsMatchJinja2) {
+  const auto& snippets = Goldens()["snippets"];
+  ASSERT_GT(snippets.size(), 80u);
+  for (const auto& s : snippets) {
+    const std::string name = s["name"];
+    SCOPED_TRACE(name + ": " + s["template"].get<std::string>());
+    auto t = ChatTemplate::Parse(s["template"].get<std::string>());
+    ASSERT_TRUE(t.ok()) << t.status();
+    auto out = t->RenderOrdered(s["context"]);
+    if (s.contains("expected")) {
+      ASSERT_TRUE(out.ok()) << out.status();
+      EXPECT_EQ(*out, s["expected"].get<std::string>());
+    } else {
+      EXPECT_FALSE(out.ok()) << "jinja2 raised " << s["error"] << " but we rendered: " << *out;
+      if (!out.ok()) {
+        EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_THAT(std::string(out.status().message()), StartsWith("chat template"));
+      }
+    }
+  }
+}
+
+// Llama 3.2 prints today's date through strftime_now("%d %b %Y") when date_string is not given.
+TEST(ChatTemplateTest, StrftimeNowPrintsADate) {
+  auto t =
+      ChatTemplate::Parse(ReadFile(std::string(kGoldenDir) + "templates/llama-3.2-instruct.jinja"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto out = RenderChat(*t, nlohmann::json::array({{{"role", "user"}, {"content", "hi"}}}), true,
+                        "<|begin_of_text|>", "<|eot_id|>");
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_TRUE(std::regex_search(*out, std::regex("Today Date: \\d\\d [A-Z][a-z]{2} \\d{4}\n\n")))
+      << *out;
+}
+
+struct BadTemplate {
+  const char* source;
+  const char* construct;  // Must appear in the error message.
+  const char* position;   // "line L:C" of the offending token.
+};
+
+TEST(ChatTemplateTest, UnsupportedConstructsFailAtParseTimeWithPosition) {
+  const BadTemplate cases[] = {
+      {"{% extends 'base.html' %}", "'{% extends %}'", "line 1:4"},
+      {"ok\n  {% include 'x.jinja' %}", "'{% include %}'", "line 2:6"},
+      {"{% import 'm' as m %}", "'{% import %}'", "line 1:4"},
+      {"{% from 'm' import f %}", "'{% from %}'", "line 1:4"},
+      {"{% block body %}x{% endblock %}", "'{% block %}'", "line 1:4"},
+      {"{% call f() %}x{% endcall %}", "'{% call %}'", "line 1:4"},
+      {"{% for x in y recursive %}{% endfor %}", "recursive", "line 1:15"},
+      {"{{ x | frobnicate }}", "filter 'frobnicate'", "line 1:8"},
+      {"{{ x is frobbed }}", "test 'frobbed'", "line 1:9"},
+      {"{{ f(*args) }}", "'*args'", "line 1:6"},
+      {"{% frob %}", "tag 'frob'", "line 1:4"},
+  };
+  for (const auto& c : cases) {
+    auto t = ChatTemplate::Parse(c.source);
+    ASSERT_FALSE(t.ok()) << c.source;
+    EXPECT_EQ(t.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr(c.construct)) << c.source;
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr(c.position)) << c.source;
+  }
+}
+
+TEST(ChatTemplateTest, SyntaxErrorsNameTheProblem) {
+  const BadTemplate cases[] = {
+      {"{% if x %}never closed", "expected elif, else, endif", "line 1:23"},
+      {"{{ 'unterminated }}", "unterminated string", "line 1:4"},
+      {"{{ x ", "never closed", "line 1:1"},
+      {"{# comment", "'#}'", "line 1:1"},
+      {"{% for x in %}{% endfor %}", "expected an expression", "line 1:13"},
+      {"{{ (1, 2] }}", "unexpected ']'", "line 1:9"},
+      {"{% endfor %}", "unexpected tag 'endfor'", "line 1:4"},
+  };
+  for (const auto& c : cases) {
+    auto t = ChatTemplate::Parse(c.source);
+    ASSERT_FALSE(t.ok()) << c.source;
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr(c.construct)) << c.source;
+    EXPECT_THAT(std::string(t.status().message()), HasSubstr(c.position)) << c.source;
+  }
+}
+
+TEST(ChatTemplateTest, RuntimeErrorsCarryPosition) {
+  auto t = ChatTemplate::Parse("line one\n{{ 1 + 'a' }}");
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto out = t->Render(nlohmann::json::object());
+  ASSERT_FALSE(out.ok());
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("line 2:"));
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("unsupported operand type(s) for +"));
+}
+
+TEST(ChatTemplateTest, ContextMustBeAnObject) {
+  auto t = ChatTemplate::Parse("x");
+  ASSERT_TRUE(t.ok());
+  EXPECT_FALSE(t->Render(nlohmann::json::array()).ok());
+  EXPECT_FALSE(RenderChat(*t, nlohmann::json::object(), true, "", "").ok());
+}
+
+TEST(ChatTemplateTest, RecursionIsBounded) {
+  auto t = ChatTemplate::Parse("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto out = t->Render(nlohmann::json::object());
+  ASSERT_FALSE(out.ok());
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("recursed deeper than"));
+}
+
+}  // namespace
+}  // namespace tpserve
