@@ -24,6 +24,7 @@ namespace {
 
 using tok::Json;
 
+constexpr int kTokenTypeUnknown = 2;
 constexpr int kTokenTypeControl = 3;
 constexpr int kTokenTypeUserDefined = 4;
 
@@ -74,35 +75,49 @@ Json AddedTokenJson(const std::string& content, int32_t id, bool special) {
               {"rstrip", false}, {"normalized", false}, {"special", special}};
 }
 
-// SentencePiece merges recovered from the vocabulary: every split of a token into two tokens that
-// are both in the vocabulary, ordered by the score of the merged token (best first), then by the
-// ids of the parts; transformers' generate_merges.
+// SentencePiece merges recovered from the vocabulary, as transformers' generate_merges does: for
+// each token (file order) every split into two tokens that are both in the vocabulary, ordered by
+// the parts' ids; then all of them stably sorted by (score of the merged token, length of the left
+// part, length of the right part), descending. Lengths count characters.
 Json MergesFromScores(const std::vector<std::string>& tokens, const std::vector<float>& scores,
                       const absl::flat_hash_map<std::string, int32_t>& vocab) {
   struct M {
     float score;
+    size_t left_chars, right_chars;
     int32_t left_id, right_id;
     std::string left, right;
   };
+  auto chars = [](std::string_view s) {
+    size_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+    return n;
+  };
+  absl::flat_hash_map<std::string, float> score_of;  // the last score given to a token wins
+  for (size_t i = 0; i < tokens.size(); ++i)
+    score_of[tokens[i]] = i < scores.size() ? scores[i] : 0.f;
+  absl::flat_hash_map<std::string, bool> seen;
   std::vector<M> merges;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    const std::string& t = tokens[i];
-    auto self = vocab.find(t);
-    if (self == vocab.end() || self->second != static_cast<int32_t>(i)) continue;
-    float score = i < scores.size() ? scores[i] : 0.f;
+  for (const std::string& t : tokens) {
+    if (!seen.emplace(t, true).second) continue;
+    std::vector<M> local;
     for (size_t cut = 1; cut < t.size(); ++cut) {
       if ((static_cast<unsigned char>(t[cut]) & 0xC0) == 0x80) continue;
       auto l = vocab.find(t.substr(0, cut));
       auto r = vocab.find(t.substr(cut));
       if (l != vocab.end() && r != vocab.end()) {
-        merges.push_back(M{score, l->second, r->second, l->first, r->first});
+        local.push_back(M{score_of[t], chars(l->first), chars(r->first), l->second, r->second,
+                          l->first, r->first});
       }
     }
+    std::stable_sort(local.begin(), local.end(), [](const M& a, const M& b) {
+      return a.left_id != b.left_id ? a.left_id < b.left_id : a.right_id < b.right_id;
+    });
+    for (M& m : local) merges.push_back(std::move(m));
   }
   std::stable_sort(merges.begin(), merges.end(), [](const M& a, const M& b) {
     if (a.score != b.score) return a.score > b.score;
-    if (a.left_id != b.left_id) return a.left_id < b.left_id;
-    return a.right_id < b.right_id;
+    if (a.left_chars != b.left_chars) return a.left_chars > b.left_chars;
+    return a.right_chars > b.right_chars;
   });
   Json out = Json::array();
   for (const M& m : merges) out.push_back(Json::array({m.left, m.right}));
@@ -209,13 +224,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
                           {"replacement", "\u2581"},
                           {"prepend_scheme", "first"},
                           {"split", false}};
-    std::string unk_token = unk ? token_at(unk) : "<unk>";
     j["model"] = {{"type", "BPE"},
                   {"vocab", vocab},
                   {"merges", merges_json},
                   {"byte_fallback", true},
                   {"fuse_unk", true}};
-    if (vocab_map.contains(unk_token)) j["model"]["unk_token"] = unk_token;
+    // No unk_token in the model, as transformers builds it: byte fallback covers every character.
     j["decoder"] = {
         {"type", "Sequence"},
         {"decoders",
@@ -256,23 +270,35 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const GgufFile& g
     }
   }
   if (model_type != "bert" && (add_bos || add_eos)) {
-    Json single = Json::array();
+    // transformers' update_post_processor: "<bos> $A <eos>" and "<bos> $A <eos> <bos> $B <eos>".
+    Json single = Json::array(), pair = Json::array();
     Json specials = Json::object();
     auto special_item = [&](int32_t id) {
       const std::string& t = spelled[id];
       specials[t] = {{"id", t}, {"ids", {id}}, {"tokens", {t}}};
       return Json{{"SpecialToken", {{"id", t}, {"type_id", 0}}}};
     };
-    if (add_bos && bos && *bos >= 0 && static_cast<size_t>(*bos) < tokens.size())
-      single.push_back(special_item(*bos));
-    single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
-    if (add_eos && eos && *eos >= 0 && static_cast<size_t>(*eos) < tokens.size())
-      single.push_back(special_item(*eos));
-    j["post_processor"] = {
-        {"type", "TemplateProcessing"}, {"single", single}, {"special_tokens", specials}};
+    auto valid = [&](std::optional<int32_t> id) {
+      return id && *id >= 0 && static_cast<size_t>(*id) < tokens.size();
+    };
+    for (const char* seq : {"A", "B"}) {
+      Json& items = std::string_view(seq) == "A" ? single : pair;
+      if (add_bos && valid(bos)) items.push_back(special_item(*bos));
+      items.push_back({{"Sequence", {{"id", seq}, {"type_id", 0}}}});
+      if (add_eos && valid(eos)) items.push_back(special_item(*eos));
+    }
+    Json pair_all = single;
+    for (const Json& item : pair) pair_all.push_back(item);
+    j["post_processor"] = {{"type", "TemplateProcessing"},
+                           {"single", single},
+                           {"pair", pair_all},
+                           {"special_tokens", specials}};
   }
   for (size_t i = 0; i < tokens.size() && i < types.size(); ++i) {
-    if (types[i] == kTokenTypeControl && (model_type != "gpt2" || InByteAlphabet(tokens[i]))) {
+    // transformers also registers the unknown token as special (it is the tokenizer's unk_token).
+    bool control =
+        types[i] == kTokenTypeControl || (model_type == "llama" && types[i] == kTokenTypeUnknown);
+    if (control && (model_type != "gpt2" || InByteAlphabet(tokens[i]))) {
       added.push_back(AddedTokenJson(spelled[i], vocab_map.at(spelled[i]), true));
     } else if (types[i] == kTokenTypeUserDefined) {
       added.push_back(AddedTokenJson(spelled[i], vocab_map.at(spelled[i]), false));

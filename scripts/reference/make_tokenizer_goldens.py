@@ -137,6 +137,94 @@ def minilm(corpus):
 TRAINED = [gpt2_bpe, llama3_bpe, qwen2_bpe, sp_bpe, sp_bpe_metaspace]
 
 
+def write_gguf(path, arch, model, tokens, types, scores=None, merges=None, **ids):
+    """A GGUF holding only tokenizer metadata (and the few model keys transformers reads)."""
+    import gguf
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(512)
+    w.add_embedding_length(64)
+    w.add_block_count(1)
+    w.add_feed_forward_length(128)
+    w.add_head_count(2)
+    w.add_tokenizer_model(model)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    if scores is not None:
+        w.add_token_scores(scores)
+    if merges is not None:
+        w.add_token_merges(merges)
+    for key, value in ids.items():
+        w.add_uint32(f"tokenizer.ggml.{key}", value)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def sp_bpe_gguf(sp_tok):
+    """llama.cpp's SentencePiece layout of the sp_bpe vocabulary: no merges (they are recovered from
+    the scores), token types 2 = unknown, 3 = control, 6 = byte."""
+    data = json.loads(sp_tok.to_str())["model"]
+    by_id = sorted(data["vocab"].items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in by_id]
+    merged_rank = {}
+    for rank, m in enumerate(data["merges"]):
+        a, b = m if isinstance(m, list) else m.split(" ")
+        merged_rank.setdefault(a + b, rank)
+    scores = [-float(merged_rank.get(t, 0)) for t in tokens]
+    types = [2 if t == "<unk>" else 3 if t in ("<s>", "</s>") else 6 if t.startswith("<0x") else 1 for t in tokens]
+    path = OUT / "sp_bpe.gguf"
+    write_gguf(path, "llama", "llama", tokens, types, scores=scores, bos_token_id=1, eos_token_id=2,
+               unknown_token_id=0)
+    return path
+
+
+def minilm_gguf():
+    """llama.cpp's BERT layout of all-MiniLM-L6-v2's vocabulary: "▁word" for word starts,
+    "piece" for "##piece", [X] tokens as they are (control)."""
+    vocab = json.loads((MODELS / "all-MiniLM-L6-v2/tokenizer.json").read_text())["model"]["vocab"]
+    tokens = []
+    for t, _ in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if t.startswith("[") and t.endswith("]"):
+            tokens.append(t)
+        elif t.startswith("##"):
+            tokens.append(t[2:])
+        else:
+            tokens.append("▁" + t)
+    specials = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    types = [3 if t in specials else 1 for t in tokens]
+    path = OUT / "minilm_bert.gguf"
+    write_gguf(path, "bert", "bert", tokens, types, bos_token_id=101, eos_token_id=102,
+               unknown_token_id=100, padding_token_id=0, seperator_token_id=102, cls_token_id=101,
+               mask_token_id=103)
+    return path
+
+
+def write_pairs(name, corpus, encode_pair):
+    """encode(a, b) for 300 fixed pairs of corpus entries: {"a": index, "b": index, "ids": [...]}."""
+    import random
+    rng = random.Random(7)
+    path = OUT / f"{name}_pairs.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(300):
+            a, b = rng.randrange(len(corpus)), rng.randrange(len(corpus))
+            f.write(json.dumps({"a": a, "b": b, "ids": encode_pair(corpus[a], corpus[b])}) + "\n")
+    print(f"{path}: {path.stat().st_size} bytes")
+
+
+INVALID_UTF8 = [b"abc\xff\xfe def", b"\xe6\x97", b"ok \xe6\x97\xa5\xe6", b"\xc0\xaf", b"\xed\xa0\x80 x",
+                b"\xf4\x90\x80\x80", b"\x80\x80\x80", b"\xf0\x9f\x98", b"a\xf0\x9f\x98b", b"\xe0\x80\xaf",
+                b"<|im_start|>\xff<|im_end|>", b"[CLS]\xc3 \xa9", b"\xfe\xff", b"x\xc3\x28y"]
+
+
+def write_invalid_utf8():
+    """Invalid UTF-8 inputs and Python's errors="replace" decoding (the policy of Tokenizer::Encode)."""
+    path = OUT / "invalid_utf8.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for raw in INVALID_UTF8:
+            f.write(json.dumps({"hex": raw.hex(), "text": raw.decode("utf-8", "replace")}, ensure_ascii=False) + "\n")
+
+
 def write_golden(name, corpus, encode, decode):
     path = OUT / f"{name}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
@@ -162,8 +250,11 @@ def main():
     with open(OUT / "corpus.jsonl", "w", encoding="utf-8") as f:
         for entry in corpus:
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    write_invalid_utf8()
+    built = {}
     for build in TRAINED + [minilm]:
         tok, special = build(corpus)
+        built[build.__name__] = tok
         if special is not None:
             folder = OUT / build.__name__
             folder.mkdir(exist_ok=True)
@@ -175,11 +266,26 @@ def main():
                      lambda s, sp: tok.encode(s, add_special_tokens=sp).ids,
                      lambda ids, sk: tok.decode(ids, skip_special_tokens=sk))
 
+    for name in ("minilm", "llama3_bpe"):
+        tok = built[name]
+        write_pairs(name, corpus, lambda a, b: tok.encode(a, b).ids)
+
     from transformers import AutoTokenizer
-    smol = AutoTokenizer.from_pretrained(str(MODELS), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    write_golden("smollm2_gguf", corpus,
-                 lambda s, sp: smol(s, add_special_tokens=sp)["input_ids"],
-                 lambda ids, sk: smol.decode(ids, skip_special_tokens=sk))
+
+    def transformers_golden(name, folder, gguf_file):
+        t = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+        write_golden(name, corpus, lambda s, sp: t(s, add_special_tokens=sp)["input_ids"],
+                     lambda ids, sk: t.decode(ids, skip_special_tokens=sk))
+        return t
+
+    transformers_golden("smollm2_gguf", MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    sp_path = sp_bpe_gguf(built["sp_bpe"])
+    t = transformers_golden("sp_bpe_gguf", sp_path.parent, sp_path.name)
+    if os.environ.get("TOKENIZER_DUMP"):
+        t.save_pretrained(os.environ["TOKENIZER_DUMP"])
+    # transformers has no BERT GGUF tokenizer; the reference for our FromGguf on a llama.cpp BERT
+    # vocabulary is the original tokenizer.json, i.e. minilm.jsonl.
+    minilm_gguf()
 
 
 if __name__ == "__main__":

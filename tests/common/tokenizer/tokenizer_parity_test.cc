@@ -7,6 +7,7 @@
 
 #include "common/format/gguf.h"
 #include "common/tokenizer/tokenizer.h"
+#include "common/tokenizer/unicode.h"
 #include "gtest/gtest.h"
 #include "tests/common/tokenizer/golden_test_util.h"
 
@@ -16,7 +17,8 @@ namespace {
 using testing::GoldenEntry;
 
 struct Kind {
-  const char* name;
+  const char* name;    // test name
+  const char* golden;  // <golden>.jsonl
   enum { kFolder, kJsonInModels, kGguf } source;
   const char* path;  // folder under the golden dir, or file under TPSERVE_MODELS
 };
@@ -43,7 +45,7 @@ class TokenizerParityTest : public ::testing::TestWithParam<Kind> {
       case Kind::kGguf: {
         path = std::string(k.path).find('/') == std::string::npos
                    ? testing::ModelsDir() + "/" + k.path
-                   : k.path;
+                   : std::string(testing::kGoldenDir) + "/" + (k.path + 1);  // "/x.gguf": committed
         if (!std::filesystem::exists(path))
           GTEST_SKIP() << path << " not found (scripts/fetch-models.sh)";
         auto gguf = GgufFile::Open(path);
@@ -54,13 +56,15 @@ class TokenizerParityTest : public ::testing::TestWithParam<Kind> {
     }
     ASSERT_TRUE(tok.ok()) << tok.status();
     tok_ = std::move(*tok);
-    entries_ = testing::LoadGolden(k.name);
+    entries_ = testing::LoadGolden(k.golden);
     ASSERT_GT(entries_.size(), 3000u) << "golden files for " << k.name << " missing or short";
   }
 
   std::unique_ptr<Tokenizer> tok_;
   std::vector<GoldenEntry> entries_;
 };
+
+using tok::IsValidUtf8;
 
 std::string Ids(const std::vector<int32_t>& ids) {
   std::string s;
@@ -123,6 +127,7 @@ TEST_P(TokenizerParityTest, IncrementalDetokenizerMatchesDecode) {
       for (int32_t id : e.ids) {
         auto delta = inc.Push(id);
         ASSERT_TRUE(delta.ok()) << delta.status();
+        ASSERT_TRUE(IsValidUtf8(*delta)) << "entry " << i << ": a delta splits a character";
         all += *delta;
       }
       all += inc.Flush();
@@ -139,13 +144,18 @@ TEST_P(TokenizerParityTest, IncrementalDetokenizerMatchesDecode) {
 
 INSTANTIATE_TEST_SUITE_P(
     Kinds, TokenizerParityTest,
-    ::testing::Values(Kind{"gpt2_bpe", Kind::kFolder, "gpt2_bpe"},
-                      Kind{"llama3_bpe", Kind::kFolder, "llama3_bpe"},
-                      Kind{"qwen2_bpe", Kind::kFolder, "qwen2_bpe"},
-                      Kind{"sp_bpe", Kind::kFolder, "sp_bpe"},
-                      Kind{"sp_bpe_metaspace", Kind::kFolder, "sp_bpe_metaspace"},
-                      Kind{"minilm", Kind::kJsonInModels, "all-MiniLM-L6-v2/tokenizer.json"},
-                      Kind{"smollm2_gguf", Kind::kGguf, "SmolLM2-135M-Instruct.Q4_1.gguf"}),
+    ::testing::Values(
+        Kind{"gpt2_bpe", "gpt2_bpe", Kind::kFolder, "gpt2_bpe"},
+        Kind{"llama3_bpe", "llama3_bpe", Kind::kFolder, "llama3_bpe"},
+        Kind{"qwen2_bpe", "qwen2_bpe", Kind::kFolder, "qwen2_bpe"},
+        Kind{"sp_bpe", "sp_bpe", Kind::kFolder, "sp_bpe"},
+        Kind{"sp_bpe_metaspace", "sp_bpe_metaspace", Kind::kFolder, "sp_bpe_metaspace"},
+        Kind{"minilm", "minilm", Kind::kJsonInModels, "all-MiniLM-L6-v2/tokenizer.json"},
+        Kind{"smollm2_gguf", "smollm2_gguf", Kind::kGguf, "SmolLM2-135M-Instruct.Q4_1.gguf"},
+        // llama.cpp SentencePiece layout (merges recovered from scores) vs transformers.
+        Kind{"sp_bpe_gguf", "sp_bpe_gguf", Kind::kGguf, "/sp_bpe.gguf"},
+        // llama.cpp BERT layout of all-MiniLM's vocabulary vs the original tokenizer.json.
+        Kind{"minilm_bert_gguf", "minilm", Kind::kGguf, "/minilm_bert.gguf"}),
     PrintKind);
 
 }  // namespace
