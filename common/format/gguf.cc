@@ -183,6 +183,9 @@ class GgufParser {
     if (f.version_ == 1) {
       return c.Error("GGUF version 1 is not supported (re-convert the model to GGUF v3)");
     }
+    if (const uint32_t swapped = __builtin_bswap32(f.version_); swapped == 2 || swapped == 3) {
+      return c.Error("big-endian GGUF files are not supported (convert with gguf-convert-endian)");
+    }
     if (f.version_ != 2 && f.version_ != 3) {
       return c.Error(absl::StrCat("unsupported GGUF version ", f.version_, " (expected 2 or 3)"));
     }

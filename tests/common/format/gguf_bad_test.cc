@@ -60,6 +60,8 @@ TEST_F(GgufBadFileTest, UnknownVersion) {
   EXPECT_THAT(Msg(OpenBad(good_)), HasSubstr("unsupported GGUF version 99"));
   Poke<uint32_t>(good_, 4, 1);
   EXPECT_THAT(Msg(OpenBad(good_)), HasSubstr("version 1 is not supported"));
+  Poke<uint32_t>(good_, 4, 0x03000000);
+  EXPECT_THAT(Msg(OpenBad(good_)), HasSubstr("big-endian"));
 }
 
 TEST_F(GgufBadFileTest, TruncatedAnywhere) {
