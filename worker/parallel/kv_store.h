@@ -1,6 +1,6 @@
 // The rendezvous key-value store (DESIGN.md §1): ranks publish their data-plane addresses (the
 // Gloo pairs, later the NCCL unique id) and wait for each other's. The coordinator hosts it
-// (coordinator/cluster/rendezvous_service.h); workers reach it through a KvStore client, tests
+// (coordinator/cluster/cluster_service.h); workers reach it through MakeRendezvousClient, tests
 // use InMemoryKvStore. Keys are plain strings; values are opaque bytes.
 #pragma once
 
