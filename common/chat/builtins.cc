@@ -16,17 +16,9 @@ absl::Status TypeError(std::string_view message) {
   return absl::InvalidArgumentError(std::string(message));
 }
 
-const Value* Arg(const CallArgs& args, size_t index, std::string_view name) {
-  if (index < args.positional.size()) return &args.positional[index];
-  for (const auto& [k, v] : args.keyword) {
-    if (k == name) return &v;
-  }
-  return nullptr;
-}
-
 absl::StatusOr<std::string> StrArg(const CallArgs& args, size_t index, std::string_view name,
                                    std::string_view method) {
-  const Value* v = Arg(args, index, name);
+  const Value* v = FindArg(args, index, name);
   if (v == nullptr) return TypeError(Cat(method, "() missing argument '", name, "'"));
   if (!v->is_string()) {
     return TypeError(Cat(method, "() argument '", name, "' must be str, not ", v->TypeName()));
@@ -37,7 +29,7 @@ absl::StatusOr<std::string> StrArg(const CallArgs& args, size_t index, std::stri
 // Optional str argument: null when absent or None.
 absl::StatusOr<const std::string*> OptStrArg(const CallArgs& args, size_t index,
                                              std::string_view name, std::string_view method) {
-  const Value* v = Arg(args, index, name);
+  const Value* v = FindArg(args, index, name);
   if (v == nullptr || v->is_none()) return nullptr;
   if (!v->is_string()) {
     return TypeError(
@@ -47,7 +39,7 @@ absl::StatusOr<const std::string*> OptStrArg(const CallArgs& args, size_t index,
 }
 
 int64_t IntArg(const CallArgs& args, size_t index, std::string_view name, int64_t def) {
-  const Value* v = Arg(args, index, name);
+  const Value* v = FindArg(args, index, name);
   return v != nullptr && v->is_number() ? v->as_int() : def;
 }
 
@@ -109,7 +101,7 @@ absl::StatusOr<Value> StringMethod(const std::string& s, const std::string& name
   if (name == "startswith" || name == "endswith") {
     const bool prefix = name == "startswith";
     return Method(qualified, [self, prefix, name](const CallArgs& a) -> absl::StatusOr<Value> {
-      const Value* affix = Arg(a, 0, "prefix");
+      const Value* affix = FindArg(a, 0, "prefix");
       if (affix == nullptr) return TypeError(Cat(name, "() takes at least 1 argument"));
       ASSIGN_OR_RETURN(bool m, AffixMatch(*self, *affix, prefix));
       return Value::Bool(m);
@@ -142,7 +134,7 @@ absl::StatusOr<Value> StringMethod(const std::string& s, const std::string& name
   }
   if (name == "join") {
     return Method(qualified, [self](const CallArgs& a) -> absl::StatusOr<Value> {
-      const Value* seq = Arg(a, 0, "iterable");
+      const Value* seq = FindArg(a, 0, "iterable");
       if (seq == nullptr) return TypeError("join() takes exactly one argument");
       ASSIGN_OR_RETURN(std::vector<Value> items, Iterate(*seq));
       std::string out;
@@ -177,9 +169,9 @@ absl::StatusOr<Value> DictMethod(const Value& obj, const std::string& name) {
   }
   if (name == "get") {
     return Method(qualified, [obj](const CallArgs& a) -> absl::StatusOr<Value> {
-      const Value* key = Arg(a, 0, "key");
+      const Value* key = FindArg(a, 0, "key");
       if (key == nullptr) return TypeError("get expected at least 1 argument, got 0");
-      const Value* def = Arg(a, 1, "default");
+      const Value* def = FindArg(a, 1, "default");
       if (key->is_string()) {
         if (const Value* v = obj.as_dict().Find(key->as_string())) return *v;
       }
@@ -193,7 +185,7 @@ absl::StatusOr<Value> ListMethod(const Value& obj, const std::string& name) {
   if (name == "index" || name == "count") {
     const bool index = name == "index";
     return Method("list." + name, [obj, index](const CallArgs& a) -> absl::StatusOr<Value> {
-      const Value* x = Arg(a, 0, "value");
+      const Value* x = FindArg(a, 0, "value");
       if (x == nullptr) return TypeError("list method takes exactly one argument");
       int64_t n = 0;
       const auto& items = obj.as_list();
@@ -234,6 +226,14 @@ absl::StatusOr<std::vector<int64_t>> SliceIndices(int64_t n, const Value& start,
 }
 
 }  // namespace
+
+const Value* FindArg(const CallArgs& args, size_t index, std::string_view name) {
+  if (index < args.positional.size()) return &args.positional[index];
+  for (const auto& [k, v] : args.keyword) {
+    if (k == name) return &v;
+  }
+  return nullptr;
+}
 
 absl::StatusOr<Value> GetAttr(const Value& obj, const std::string& name) {
   switch (obj.kind()) {

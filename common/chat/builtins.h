@@ -11,6 +11,9 @@
 
 namespace tpserve::chat {
 
+// Argument `index` if passed positionally, else keyword `name`; null when absent.
+const Value* FindArg(const CallArgs& args, size_t index, std::string_view name);
+
 // `obj.name`: a dict key, a namespace attribute or a bound str/dict/list method. Missing →
 // Undefined; any access on an Undefined is an error, as in jinja2's default Undefined.
 absl::StatusOr<Value> GetAttr(const Value& obj, const std::string& name);

@@ -1,8 +1,6 @@
-// Jinja filters, tests and the globals of transformers' chat-template environment.
+// Jinja filters: the subset of jinja2 3.1's builtin filters chat templates use.
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <ctime>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
@@ -14,22 +12,13 @@ namespace tpserve::chat {
 namespace {
 
 using Filter = absl::StatusOr<Value> (*)(const Value&, const CallArgs&);
-using Test = absl::StatusOr<bool> (*)(const Value&, const CallArgs&);
 
 absl::Status Error(std::string_view message) {
   return absl::InvalidArgumentError(std::string(message));
 }
 
-const Value* Arg(const CallArgs& args, size_t index, std::string_view name) {
-  if (index < args.positional.size()) return &args.positional[index];
-  for (const auto& [k, v] : args.keyword) {
-    if (k == name) return &v;
-  }
-  return nullptr;
-}
-
 bool BoolArg(const CallArgs& args, size_t index, std::string_view name, bool def) {
-  const Value* v = Arg(args, index, name);
+  const Value* v = FindArg(args, index, name);
   return v == nullptr ? def : v->Truthy();
 }
 
@@ -56,7 +45,7 @@ absl::StatusOr<Value> FLength(const Value& v, const CallArgs&) {
 }
 
 absl::StatusOr<Value> FDefault(const Value& v, const CallArgs& a) {
-  const Value* def = Arg(a, 0, "default_value");
+  const Value* def = FindArg(a, 0, "default_value");
   if (v.is_undefined() || (BoolArg(a, 1, "boolean", false) && !v.Truthy())) {
     return def != nullptr ? *def : Value::String("");
   }
@@ -64,7 +53,7 @@ absl::StatusOr<Value> FDefault(const Value& v, const CallArgs& a) {
 }
 
 absl::StatusOr<Value> FTrim(const Value& v, const CallArgs& a) {
-  const Value* chars = Arg(a, 0, "chars");
+  const Value* chars = FindArg(a, 0, "chars");
   std::string set = chars != nullptr && !chars->is_none() ? ToStr(*chars) : "";
   return Value::String(
       PyStrip(ToStr(v), chars != nullptr && !chars->is_none() ? &set : nullptr, true, true));
@@ -97,12 +86,12 @@ absl::StatusOr<Value> FTitle(const Value& v, const CallArgs&) {
 }
 
 absl::StatusOr<Value> FJoin(const Value& v, const CallArgs& a) {
-  const Value* sep = Arg(a, 0, "d");
+  const Value* sep = FindArg(a, 0, "d");
   ASSIGN_OR_RETURN(std::vector<Value> items, Iterate(v));
   std::string out;
   for (size_t i = 0; i < items.size(); ++i) {
     if (i > 0 && sep != nullptr) out += ToStr(*sep);
-    ASSIGN_OR_RETURN(Value item, Attribute(items[i], Arg(a, 1, "attribute")));
+    ASSIGN_OR_RETURN(Value item, Attribute(items[i], FindArg(a, 1, "attribute")));
     out += ToStr(item);
   }
   return Value::String(std::move(out));
@@ -149,10 +138,10 @@ absl::StatusOr<Value> FReverse(const Value& v, const CallArgs&) {
 absl::StatusOr<Value> FSafe(const Value& v, const CallArgs&) { return Value::String(ToStr(v)); }
 
 absl::StatusOr<Value> FReplace(const Value& v, const CallArgs& a) {
-  const Value* old_s = Arg(a, 0, "old");
-  const Value* new_s = Arg(a, 1, "new");
+  const Value* old_s = FindArg(a, 0, "old");
+  const Value* new_s = FindArg(a, 1, "new");
   if (old_s == nullptr || new_s == nullptr) return Error("replace() needs 'old' and 'new'");
-  const Value* count = Arg(a, 2, "count");
+  const Value* count = FindArg(a, 2, "count");
   return Value::String(PyReplace(ToStr(v), ToStr(*old_s), ToStr(*new_s),
                                  count != nullptr && count->is_number() ? count->as_int() : -1));
 }
@@ -162,16 +151,16 @@ absl::StatusOr<Value> FToJson(const Value& v, const CallArgs& a) {
   if (BoolArg(a, 0, "ensure_ascii", false))
     return Error("tojson(ensure_ascii=True) is not supported");
   JsonDumpOptions o;
-  if (const Value* indent = Arg(a, 1, "indent"); indent != nullptr && !indent->is_none()) {
+  if (const Value* indent = FindArg(a, 1, "indent"); indent != nullptr && !indent->is_none()) {
     o.has_indent = true;
     if (indent->is_string()) {
       o.indent = indent->as_string();
     } else {
       o.indent.assign(static_cast<size_t>(std::clamp<int64_t>(indent->as_int(), 0, 4096)), ' ');
     }
-    o.item_separator = ",";
+    o.item_separator.erase(1);  // ", " → ","; as json.dumps does when indenting.
   }
-  if (const Value* seps = Arg(a, 2, "separators"); seps != nullptr && !seps->is_none()) {
+  if (const Value* seps = FindArg(a, 2, "separators"); seps != nullptr && !seps->is_none()) {
     if (!seps->is_list() || seps->as_list().size() != 2) {
       return Error("tojson separators must be an (item_separator, key_separator) pair");
     }
@@ -184,7 +173,7 @@ absl::StatusOr<Value> FToJson(const Value& v, const CallArgs& a) {
 }
 
 absl::StatusOr<Value> FInt(const Value& v, const CallArgs& a) {
-  const Value* def = Arg(a, 0, "default");
+  const Value* def = FindArg(a, 0, "default");
   const Value fallback = def != nullptr ? *def : Value::Int(0);
   if (v.is_number())
     return Value::Int(v.is_float() ? static_cast<int64_t>(std::trunc(v.as_double())) : v.as_int());
@@ -193,7 +182,7 @@ absl::StatusOr<Value> FInt(const Value& v, const CallArgs& a) {
   try {
     size_t used = 0;
     const long long i = std::stoll(
-        s, &used, static_cast<int>(Arg(a, 1, "base") ? Arg(a, 1, "base")->as_int() : 10));
+        s, &used, static_cast<int>(FindArg(a, 1, "base") ? FindArg(a, 1, "base")->as_int() : 10));
     if (used == s.size()) return Value::Int(i);
     const double d = std::stod(s, &used);
     if (used == s.size() && std::isfinite(d))
@@ -204,7 +193,7 @@ absl::StatusOr<Value> FInt(const Value& v, const CallArgs& a) {
 }
 
 absl::StatusOr<Value> FFloat(const Value& v, const CallArgs& a) {
-  const Value* def = Arg(a, 0, "default");
+  const Value* def = FindArg(a, 0, "default");
   const Value fallback = def != nullptr ? *def : Value::Float(0.0);
   if (v.is_number()) return Value::Float(v.as_double());
   if (!v.is_string()) return fallback;
@@ -225,8 +214,8 @@ absl::StatusOr<Value> FAbs(const Value& v, const CallArgs&) {
 
 absl::StatusOr<Value> FRound(const Value& v, const CallArgs& a) {
   if (!v.is_number()) return Error("round() needs a number");
-  const int64_t precision = Arg(a, 0, "precision") ? Arg(a, 0, "precision")->as_int() : 0;
-  const Value* method = Arg(a, 1, "method");
+  const int64_t precision = FindArg(a, 0, "precision") ? FindArg(a, 0, "precision")->as_int() : 0;
+  const Value* method = FindArg(a, 1, "method");
   const std::string m = method != nullptr ? ToStr(*method) : "common";
   const double scale = std::pow(10.0, static_cast<double>(precision));
   const double x = v.as_double() * scale;
@@ -270,8 +259,8 @@ absl::Status SortKeyed(std::vector<std::pair<Value, Value>>* keyed, bool reverse
 
 absl::StatusOr<Value> FSort(const Value& v, const CallArgs& a) {
   ASSIGN_OR_RETURN(std::vector<Value> items, Iterate(v));
-  ASSIGN_OR_RETURN(auto keyed,
-                   Keyed(items, Arg(a, 2, "attribute"), BoolArg(a, 1, "case_sensitive", false)));
+  ASSIGN_OR_RETURN(
+      auto keyed, Keyed(items, FindArg(a, 2, "attribute"), BoolArg(a, 1, "case_sensitive", false)));
   RETURN_IF_ERROR(SortKeyed(&keyed, BoolArg(a, 0, "reverse", false)));
   std::vector<Value> out;
   for (auto& [_, item] : keyed) out.push_back(std::move(item));
@@ -280,7 +269,7 @@ absl::StatusOr<Value> FSort(const Value& v, const CallArgs& a) {
 
 absl::StatusOr<Value> FDictSort(const Value& v, const CallArgs& a) {
   ASSIGN_OR_RETURN(Value pairs, FItems(v, {}));
-  const Value* by = Arg(a, 1, "by");
+  const Value* by = FindArg(a, 1, "by");
   const bool by_value = by != nullptr && ToStr(*by) == "value";
   const Value index = Value::Int(by_value ? 1 : 0);
   ASSIGN_OR_RETURN(auto keyed,
@@ -293,8 +282,8 @@ absl::StatusOr<Value> FDictSort(const Value& v, const CallArgs& a) {
 
 absl::StatusOr<Value> FUnique(const Value& v, const CallArgs& a) {
   ASSIGN_OR_RETURN(std::vector<Value> items, Iterate(v));
-  ASSIGN_OR_RETURN(auto keyed,
-                   Keyed(items, Arg(a, 1, "attribute"), BoolArg(a, 0, "case_sensitive", false)));
+  ASSIGN_OR_RETURN(
+      auto keyed, Keyed(items, FindArg(a, 1, "attribute"), BoolArg(a, 0, "case_sensitive", false)));
   std::vector<Value> seen, out;
   for (auto& [key, item] : keyed) {
     if (std::any_of(seen.begin(), seen.end(), [&](const Value& s) { return Equal(s, key); }))
@@ -308,8 +297,8 @@ absl::StatusOr<Value> FUnique(const Value& v, const CallArgs& a) {
 absl::StatusOr<Value> MinMax(const Value& v, const CallArgs& a, bool max) {
   ASSIGN_OR_RETURN(std::vector<Value> items, Iterate(v));
   if (items.empty()) return Value::Undefined(max ? "No largest item" : "No smallest item");
-  ASSIGN_OR_RETURN(auto keyed,
-                   Keyed(items, Arg(a, 1, "attribute"), BoolArg(a, 0, "case_sensitive", false)));
+  ASSIGN_OR_RETURN(
+      auto keyed, Keyed(items, FindArg(a, 1, "attribute"), BoolArg(a, 0, "case_sensitive", false)));
   size_t best = 0;
   for (size_t i = 1; i < keyed.size(); ++i) {
     ASSIGN_OR_RETURN(bool better, max ? Less(keyed[best].first, keyed[i].first)
@@ -323,16 +312,16 @@ absl::StatusOr<Value> FMin(const Value& v, const CallArgs& a) { return MinMax(v,
 
 absl::StatusOr<Value> FSum(const Value& v, const CallArgs& a) {
   ASSIGN_OR_RETURN(std::vector<Value> items, Iterate(v));
-  Value total = Arg(a, 1, "start") ? *Arg(a, 1, "start") : Value::Int(0);
+  Value total = FindArg(a, 1, "start") ? *FindArg(a, 1, "start") : Value::Int(0);
   for (const Value& item : items) {
-    ASSIGN_OR_RETURN(Value x, Attribute(item, Arg(a, 0, "attribute")));
+    ASSIGN_OR_RETURN(Value x, Attribute(item, FindArg(a, 0, "attribute")));
     ASSIGN_OR_RETURN(total, BinaryOp("+", total, x));
   }
   return total;
 }
 
 absl::StatusOr<Value> FAttr(const Value& v, const CallArgs& a) {
-  const Value* name = Arg(a, 0, "name");
+  const Value* name = FindArg(a, 0, "name");
   if (name == nullptr) return Error("attr() needs a name");
   return GetAttr(v, ToStr(*name));
 }
@@ -350,13 +339,13 @@ CallArgs Rest(const CallArgs& a, size_t skip) {
 absl::StatusOr<Value> FMap(const Value& v, const CallArgs& a) {
   ASSIGN_OR_RETURN(std::vector<Value> items, Iterate(v));
   std::vector<Value> out;
-  const Value* attr = Arg(a, 99, "attribute");
+  const Value* attr = FindArg(a, 99, "attribute");
   if (a.positional.empty() && attr == nullptr)
     return Error("map() needs a filter name or attribute=");
   for (const Value& item : items) {
     if (attr != nullptr) {
       ASSIGN_OR_RETURN(Value x, Attribute(item, attr));
-      const Value* def = Arg(a, 99, "default");
+      const Value* def = FindArg(a, 99, "default");
       out.push_back(x.is_undefined() && def != nullptr ? *def : x);
     } else {
       const std::string name = ToStr(a.positional[0]);
@@ -406,7 +395,7 @@ absl::StatusOr<Value> FRejectAttr(const Value& v, const CallArgs& a) {
 
 // Jinja's indent(width=4, first=False, blank=False).
 absl::StatusOr<Value> FIndent(const Value& v, const CallArgs& a) {
-  const Value* width = Arg(a, 0, "width");
+  const Value* width = FindArg(a, 0, "width");
   const std::string pad = width == nullptr ? "    "
                           : width->is_string()
                               ? width->as_string()
@@ -474,225 +463,14 @@ const absl::flat_hash_map<std::string_view, Filter>& Filters() {
   return *filters;
 }
 
-// ---- tests ----
-
-absl::StatusOr<bool> TDefined(const Value& v, const CallArgs&) { return !v.is_undefined(); }
-absl::StatusOr<bool> TUndefined(const Value& v, const CallArgs&) { return v.is_undefined(); }
-absl::StatusOr<bool> TNone(const Value& v, const CallArgs&) { return v.is_none(); }
-absl::StatusOr<bool> TBoolean(const Value& v, const CallArgs&) { return v.is_bool(); }
-absl::StatusOr<bool> TTrue(const Value& v, const CallArgs&) { return v.is_bool() && v.as_bool(); }
-absl::StatusOr<bool> TFalse(const Value& v, const CallArgs&) { return v.is_bool() && !v.as_bool(); }
-absl::StatusOr<bool> TInteger(const Value& v, const CallArgs&) { return v.is_int(); }
-absl::StatusOr<bool> TFloat(const Value& v, const CallArgs&) { return v.is_float(); }
-absl::StatusOr<bool> TNumber(const Value& v, const CallArgs&) { return v.is_number(); }
-absl::StatusOr<bool> TString(const Value& v, const CallArgs&) { return v.is_string(); }
-absl::StatusOr<bool> TMapping(const Value& v, const CallArgs&) { return v.is_dict(); }
-absl::StatusOr<bool> TCallable(const Value& v, const CallArgs&) { return v.is_callable(); }
-// Undefined iterates (as empty) and has a len(), so jinja2 calls it iterable and a sequence.
-absl::StatusOr<bool> TIterable(const Value& v, const CallArgs&) {
-  return v.is_undefined() || v.is_string() || v.is_list() || v.is_dict();
-}
-absl::StatusOr<bool> TSequence(const Value& v, const CallArgs& a) { return TIterable(v, a); }
-absl::StatusOr<bool> TLower(const Value& v, const CallArgs&) {
-  const std::string s = ToStr(v);
-  return PyLower(s) == s && PyUpper(s) != s;
-}
-absl::StatusOr<bool> TUpper(const Value& v, const CallArgs&) {
-  const std::string s = ToStr(v);
-  return PyUpper(s) == s && PyLower(s) != s;
-}
-
-absl::StatusOr<const Value*> Other(const CallArgs& a, std::string_view test) {
-  const Value* other = Arg(a, 0, "b");
-  if (other == nullptr) return Error(Cat("test '", test, "' needs an argument"));
-  return other;
-}
-
-absl::StatusOr<bool> TEq(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(const Value* o, Other(a, "eq"));
-  return Equal(v, *o);
-}
-absl::StatusOr<bool> TNe(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(const Value* o, Other(a, "ne"));
-  return !Equal(v, *o);
-}
-absl::StatusOr<bool> TLt(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(const Value* o, Other(a, "lt"));
-  return Less(v, *o);
-}
-absl::StatusOr<bool> TGt(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(const Value* o, Other(a, "gt"));
-  return Less(*o, v);
-}
-absl::StatusOr<bool> TLe(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(bool gt, TGt(v, a));
-  return !gt;
-}
-absl::StatusOr<bool> TGe(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(bool lt, TLt(v, a));
-  return !lt;
-}
-absl::StatusOr<bool> TIn(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(const Value* o, Other(a, "in"));
-  return Contains(*o, v);
-}
-absl::StatusOr<bool> TSameAs(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(const Value* o, Other(a, "sameas"));
-  if (v.is_none() || o->is_none()) return v.is_none() && o->is_none();
-  if (v.is_bool() || o->is_bool())
-    return v.is_bool() && o->is_bool() && v.as_bool() == o->as_bool();
-  return false;
-}
-
-absl::StatusOr<int64_t> IntOf(const Value& v, std::string_view test) {
-  if (v.is_undefined()) return Error(v.undefined_message());
-  if (!v.is_int() && !v.is_bool()) {
-    return Error(Cat("test '", test, "' needs an integer, got ", v.TypeName()));
-  }
-  return v.as_int();
-}
-absl::StatusOr<bool> TEven(const Value& v, const CallArgs&) {
-  ASSIGN_OR_RETURN(int64_t i, IntOf(v, "even"));
-  return i % 2 == 0;
-}
-absl::StatusOr<bool> TOdd(const Value& v, const CallArgs&) {
-  ASSIGN_OR_RETURN(int64_t i, IntOf(v, "odd"));
-  return i % 2 != 0;
-}
-absl::StatusOr<bool> TDivisibleBy(const Value& v, const CallArgs& a) {
-  ASSIGN_OR_RETURN(int64_t i, IntOf(v, "divisibleby"));
-  ASSIGN_OR_RETURN(const Value* o, Other(a, "divisibleby"));
-  ASSIGN_OR_RETURN(int64_t n, IntOf(*o, "divisibleby"));
-  if (n == 0) return Error("integer modulo by zero");
-  return i % n == 0;
-}
-
-const absl::flat_hash_map<std::string_view, Test>& Tests() {
-  static const auto* tests = new absl::flat_hash_map<std::string_view, Test>{
-      {"defined", TDefined},
-      {"undefined", TUndefined},
-      {"none", TNone},
-      {"boolean", TBoolean},
-      {"true", TTrue},
-      {"false", TFalse},
-      {"integer", TInteger},
-      {"float", TFloat},
-      {"number", TNumber},
-      {"string", TString},
-      {"mapping", TMapping},
-      {"callable", TCallable},
-      {"iterable", TIterable},
-      {"sequence", TSequence},
-      {"lower", TLower},
-      {"upper", TUpper},
-      {"eq", TEq},
-      {"equalto", TEq},
-      {"==", TEq},
-      {"ne", TNe},
-      {"!=", TNe},
-      {"lt", TLt},
-      {"lessthan", TLt},
-      {"<", TLt},
-      {"gt", TGt},
-      {"greaterthan", TGt},
-      {">", TGt},
-      {"le", TLe},
-      {"<=", TLe},
-      {"ge", TGe},
-      {">=", TGe},
-      {"in", TIn},
-      {"sameas", TSameAs},
-      {"even", TEven},
-      {"odd", TOdd},
-      {"divisibleby", TDivisibleBy},
-  };
-  return *tests;
-}
-
 }  // namespace
 
 bool IsKnownFilter(std::string_view name) { return Filters().contains(name); }
-bool IsKnownTest(std::string_view name) { return Tests().contains(name); }
 
 absl::StatusOr<Value> ApplyFilter(std::string_view name, const Value& input, const CallArgs& args) {
   auto it = Filters().find(name);
   if (it == Filters().end()) return Error(Cat("unknown filter '", name, "'"));
   return it->second(input, args);
-}
-
-absl::StatusOr<bool> ApplyTest(std::string_view name, const Value& input, const CallArgs& args) {
-  auto it = Tests().find(name);
-  if (it == Tests().end()) return Error(Cat("unknown test '", name, "'"));
-  return it->second(input, args);
-}
-
-Dict MakeGlobals() {
-  Dict g;
-  g.Set("range", Value::Callable("range", [](const CallArgs& a) -> absl::StatusOr<Value> {
-          std::vector<int64_t> p;
-          for (const Value& v : a.positional) {
-            if (!v.is_int() && !v.is_bool()) return Error("range() arguments must be integers");
-            p.push_back(v.as_int());
-          }
-          if (p.empty() || p.size() > 3) return Error("range() takes 1 to 3 arguments");
-          const int64_t start = p.size() == 1 ? 0 : p[0], stop = p.size() == 1 ? p[0] : p[1];
-          const int64_t step = p.size() == 3 ? p[2] : 1;
-          if (step == 0) return Error("range() arg 3 must not be zero");
-          std::vector<Value> out;
-          for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-            // jinja2's sandbox caps ranges at MAX_RANGE items.
-            if (out.size() >= 100000)
-              return Error(
-                  "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
-            out.push_back(Value::Int(i));
-          }
-          return Value::List(std::move(out));
-        }));
-  auto kwargs_dict = [](const CallArgs& a) -> absl::StatusOr<Dict> {
-    Dict d;
-    for (const Value& v : a.positional) {
-      if (!v.is_dict()) return Error("dict()/namespace() positional arguments must be mappings");
-      for (const auto& [k, x] : v.as_dict().items()) d.Set(k, x);
-    }
-    for (const auto& [k, x] : a.keyword) d.Set(k, x);
-    return d;
-  };
-  g.Set("dict", Value::Callable("dict", [kwargs_dict](const CallArgs& a) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Dict d, kwargs_dict(a));
-          return Value::MakeDict(std::move(d));
-        }));
-  g.Set("namespace",
-        Value::Callable("namespace", [kwargs_dict](const CallArgs& a) -> absl::StatusOr<Value> {
-          ASSIGN_OR_RETURN(Dict d, kwargs_dict(a));
-          for (const auto& [k, _] : d.items()) {
-            if (!k.empty() && k[0] == '_') {
-              return Error(
-                  Cat("Chat templates cannot store underscore-prefixed attributes on a "
-                      "namespace, but got '",
-                      k, "'"));
-            }
-          }
-          return Value::Namespace(std::move(d));
-        }));
-  g.Set("raise_exception",
-        Value::Callable("raise_exception", [](const CallArgs& a) -> absl::StatusOr<Value> {
-          const Value* msg = Arg(a, 0, "message");
-          return Error(Cat(kRaisedPrefix, msg != nullptr ? ToStr(*msg) : ""));
-        }));
-  g.Set("strftime_now",
-        Value::Callable("strftime_now", [](const CallArgs& a) -> absl::StatusOr<Value> {
-          const Value* fmt = Arg(a, 0, "format");
-          if (fmt == nullptr || !fmt->is_string())
-            return Error("strftime_now() needs a format string");
-          const std::time_t now =
-              std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-          std::tm tm;
-          localtime_r(&now, &tm);
-          char buf[256];
-          const size_t n = std::strftime(buf, sizeof(buf), fmt->as_string().c_str(), &tm);
-          return Value::String(std::string(buf, n));
-        }));
-  return g;
 }
 
 }  // namespace tpserve::chat
