@@ -285,6 +285,7 @@ absl::StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& g) {
   // llama.cpp's converter permutes q/k rows of llama models for NORM (interleaved) RoPE; qwen2
   // and most others run NEOX style on unpermuted weights.
   c.rope_interleaved = c.architecture == "llama";
+  if (g.Find("rope_freqs.weight") != nullptr) c.rope_freqs_tensor = "rope_freqs.weight";
   c.hidden_act = "silu";
   if (g.FindMeta("tokenizer.ggml.bos_token_id") != nullptr) {
     ASSIGN_OR_RETURN(c.bos_token_id, g.GetInt("tokenizer.ggml.bos_token_id"));

@@ -39,6 +39,10 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   int64_t sliding_window = 0;  // 0 = none
   std::string hidden_act;      // "silu", "gelu", ... ("" when the file does not say)
+  // GGUF Llama 3.x files carry their RoPE scaling as a tensor instead of keys:
+  // "rope_freqs.weight", F32 [head_dim / 2], divisors of the per-pair inverse frequencies
+  // (rope_scaling.type stays kNone). Names that tensor when present, else "".
+  std::string rope_freqs_tensor;
 };
 
 // config.json of a HF model folder (Llama / Mistral / Qwen2; BERT-style names are accepted too).

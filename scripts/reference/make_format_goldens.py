@@ -231,7 +231,7 @@ def make_safetensors():
             "v.bool": np.array([True, False]), "s.scalar": np.array(2.5, np.float32)}
     tiny = {k: torch.from_numpy(v) for k, v in tiny.items()}
     tiny["w.bf16"] = torch.from_numpy(x).to(torch.bfloat16)
-    save_torch(tiny, str(OUT / "tiny.safetensors"), metadata={"format": "pt", "note": "tiny"})
+    save_torch(tiny, str(OUT / "tiny.safetensors"), metadata={"note": "tiny"})
     for k, v in load_torch(str(OUT / "tiny.safetensors")).items():
         expected[k] = {"dtype": str(v.dtype).replace("torch.", ""), "shape": list(v.shape),
                        "values": f32list(v.to(torch.float32).numpy())}

@@ -138,6 +138,7 @@ TEST_F(SmolLM2Test, ModelConfig) {
   EXPECT_EQ(c->attention_bias, golden_["has_attn_q_bias"].get<bool>());
   EXPECT_TRUE(c->rope_interleaved);  // llama GGUF: q/k permuted for NORM RoPE
   EXPECT_EQ(c->rope_scaling.type, RopeScaling::Type::kNone);
+  EXPECT_EQ(c->rope_freqs_tensor, "");  // SmolLM2 has no Llama 3 RoPE scaling
   EXPECT_TRUE(ValidateConfig(*c).ok()) << ValidateConfig(*c);
 }
 
