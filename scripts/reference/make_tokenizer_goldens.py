@@ -3,7 +3,8 @@
 Run with the reference stack:  .venv-ref/bin/python scripts/reference/make_tokenizer_goldens.py
 (TPSERVE_MODELS, default ~/.cache/tpserve/models, must hold all-MiniLM-L6-v2/ and the SmolLM2 GGUF.)
 
-For each tokenizer kind it writes <name>.jsonl, one JSON object per corpus entry:
+For each tokenizer kind it writes <name>.jsonl.gz (gzip, mtime 0, so reruns are byte-identical when
+the data is), one JSON object per corpus entry:
   {"ids": [...]}          Tokenizer.encode(entry).ids (add_special_tokens=True)
   "ns": [...]             encode(entry, add_special_tokens=False).ids, when it differs from "ids"
   "dec": "..."            decode(ids), when it differs from the entry
@@ -17,6 +18,7 @@ loading the SmolLM2 GGUF's tokenizer). The trained tokenizer.json files are comm
 goldens (<name>/tokenizer.json); the two real ones are read from TPSERVE_MODELS by the tests.
 """
 
+import gzip
 import json
 import os
 import pathlib
@@ -200,15 +202,24 @@ def minilm_gguf():
     return path
 
 
+def open_gz(path):
+    """A text stream writing a reproducible gzip file (no name, mtime 0)."""
+    import io
+    raw = open(path, "wb")
+    return io.TextIOWrapper(gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0), encoding="utf-8"), raw
+
+
 def write_pairs(name, corpus, encode_pair):
     """encode(a, b) for 300 fixed pairs of corpus entries: {"a": index, "b": index, "ids": [...]}."""
     import random
     rng = random.Random(7)
-    path = OUT / f"{name}_pairs.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(300):
-            a, b = rng.randrange(len(corpus)), rng.randrange(len(corpus))
-            f.write(json.dumps({"a": a, "b": b, "ids": encode_pair(corpus[a], corpus[b])}) + "\n")
+    path = OUT / f"{name}_pairs.jsonl.gz"
+    f, raw = open_gz(path)
+    for _ in range(300):
+        a, b = rng.randrange(len(corpus)), rng.randrange(len(corpus))
+        f.write(json.dumps({"a": a, "b": b, "ids": encode_pair(corpus[a], corpus[b])}) + "\n")
+    f.close()
+    raw.close()
     print(f"{path}: {path.stat().st_size} bytes")
 
 
@@ -226,22 +237,24 @@ def write_invalid_utf8():
 
 
 def write_golden(name, corpus, encode, decode):
-    path = OUT / f"{name}.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for i, entry in enumerate(corpus):
-            ids = encode(entry, True)
-            rec = {"ids": ids}
-            if i < FULL_ENTRIES:
-                ns = encode(entry, False)
-                if ns != ids:
-                    rec["ns"] = ns
-                dec = decode(ids, False)
-                if dec != entry:
-                    rec["dec"] = dec
-            skip = decode(ids, True)
-            if skip != entry:
-                rec["skip"] = skip
-            f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+    path = OUT / f"{name}.jsonl.gz"
+    f, raw = open_gz(path)
+    for i, entry in enumerate(corpus):
+        ids = encode(entry, True)
+        rec = {"ids": ids}
+        if i < FULL_ENTRIES:
+            ns = encode(entry, False)
+            if ns != ids:
+                rec["ns"] = ns
+            dec = decode(ids, False)
+            if dec != entry:
+                rec["dec"] = dec
+        skip = decode(ids, True)
+        if skip != entry:
+            rec["skip"] = skip
+        f.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
+    f.close()
+    raw.close()
     print(f"{path}: {path.stat().st_size} bytes")
 
 

@@ -1,17 +1,38 @@
 #include "tests/common/tokenizer/golden_test_util.h"
 
-#include <fstream>
+#include <zlib.h>
 
 #include "nlohmann/json.hpp"
 
 namespace tpserve::testing {
 
+std::vector<std::string> ReadLines(const std::string& path) {
+  std::vector<std::string> lines;
+  gzFile f = gzopen(path.c_str(), "rb");  // reads plain files too
+  if (f == nullptr) return lines;
+  std::string line;
+  char buf[1 << 16];
+  while (gzgets(f, buf, sizeof(buf)) != nullptr) {
+    line += buf;
+    if (!line.empty() && line.back() == '\n') {
+      line.pop_back();
+      lines.push_back(std::move(line));
+      line.clear();
+    }
+  }
+  if (!line.empty()) lines.push_back(std::move(line));
+  gzclose(f);
+  return lines;
+}
+
 std::vector<GoldenEntry> LoadGolden(const std::string& name) {
-  std::ifstream corpus(std::string(kGoldenDir) + "/corpus.jsonl");
-  std::ifstream golden(std::string(kGoldenDir) + "/" + name + ".jsonl");
+  std::vector<std::string> corpus = ReadLines(std::string(kGoldenDir) + "/corpus.jsonl");
+  std::vector<std::string> golden = ReadLines(std::string(kGoldenDir) + "/" + name + ".jsonl.gz");
   std::vector<GoldenEntry> out;
-  std::string cline, gline;
-  while (std::getline(corpus, cline) && std::getline(golden, gline)) {
+  if (corpus.size() != golden.size()) return out;
+  for (size_t i = 0; i < corpus.size(); ++i) {
+    const std::string& cline = corpus[i];
+    const std::string& gline = golden[i];
     GoldenEntry e;
     e.text = nlohmann::json::parse(cline).get<std::string>();
     auto g = nlohmann::json::parse(gline);

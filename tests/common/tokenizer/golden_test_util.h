@@ -18,8 +18,11 @@ struct GoldenEntry {
   bool has_full = false;                   // ns/dec were recorded for this entry
 };
 
-// tests/data/golden/tokenizer/corpus.jsonl joined with <name>.jsonl. Empty on a read error.
+// tests/data/golden/tokenizer/corpus.jsonl joined with <name>.jsonl.gz. Empty on a read error.
 std::vector<GoldenEntry> LoadGolden(const std::string& name);
+
+// The lines of a text file, gzip-compressed or not.
+std::vector<std::string> ReadLines(const std::string& path);
 
 inline std::string ModelsDir() {
   const char* env = std::getenv("TPSERVE_MODELS");

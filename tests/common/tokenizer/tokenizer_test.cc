@@ -39,9 +39,9 @@ std::unique_ptr<Tokenizer> LoadFolder(const std::string& name) {
 
 void CheckPairs(const Tokenizer& tok, const std::string& golden) {
   auto corpus = Corpus();
-  std::ifstream in(Golden(golden));
   int n = 0, mismatches = 0;
-  for (std::string line; std::getline(in, line); ++n) {
+  for (const std::string& line : testing::ReadLines(Golden(golden))) {
+    ++n;
     Json g = Json::parse(line);
     auto ids = tok.EncodePair(corpus[g["a"].get<size_t>()], corpus[g["b"].get<size_t>()]);
     ASSERT_TRUE(ids.ok()) << ids.status();
@@ -56,13 +56,13 @@ TEST(TokenizerPairs, BertPairsMatchReference) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not found";
   auto tok = Tokenizer::FromTokenizerJson(path);
   ASSERT_TRUE(tok.ok()) << tok.status();
-  CheckPairs(**tok, "minilm_pairs.jsonl");
+  CheckPairs(**tok, "minilm_pairs.jsonl.gz");
 }
 
 TEST(TokenizerPairs, TemplatePairsMatchReference) {
   auto tok = LoadFolder("llama3_bpe");
   ASSERT_NE(tok, nullptr);
-  CheckPairs(*tok, "llama3_bpe_pairs.jsonl");
+  CheckPairs(*tok, "llama3_bpe_pairs.jsonl.gz");
 }
 
 TEST(TokenizerMetadata, HfFolderGivesBosEosFromTokenizerConfig) {
