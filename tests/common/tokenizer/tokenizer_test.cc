@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 
 #include "absl/strings/str_format.h"
 #include "common/format/gguf.h"
@@ -191,6 +192,32 @@ TEST(TokenizerBadInput, MalformedTokenizerJsonNamesTheField) {
   }
   EXPECT_EQ(Tokenizer::FromTokenizerJson("/nonexistent/tokenizer.json").status().code(),
             absl::StatusCode::kNotFound);
+}
+
+// Byte-level BPE without a normalizer is lossless: Decode(Encode(x)) == x, here on large and
+// adversarial inputs (megabyte runs of one letter, of spaces, of newlines, random code points,
+// special-token strings back to back), which must also finish quickly and not crash.
+TEST(TokenizerBadInput, LargeInputsRoundTrip) {
+  auto tok = LoadFolder("llama3_bpe");
+  ASSERT_NE(tok, nullptr);
+  std::mt19937 rng(1);
+  std::string random;
+  while (random.size() < (1 << 20)) {
+    char32_t cp = rng() % 0x30000;
+    if (cp >= 0xD800 && cp < 0xE000) continue;
+    tok::AppendUtf8(cp, &random);
+  }
+  std::string specials;
+  while (specials.size() < (1 << 18)) specials += "<|eot_id|><|begin_of_text|> <|eot_id";
+  const std::string inputs[] = {std::string(1 << 20, 'a'), std::string(1 << 20, ' '),
+                                std::string(1 << 18, '\n'), tok::SanitizeUtf8(random), specials};
+  for (const std::string& text : inputs) {
+    auto ids = tok->Encode(text, /*add_special_tokens=*/false);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    auto back = tok->Decode(*ids);
+    ASSERT_TRUE(back.ok());
+    EXPECT_TRUE(*back == text) << "round trip differs for an input of " << text.size() << " bytes";
+  }
 }
 
 // A character split across byte-fallback tokens is held back until it is complete.
