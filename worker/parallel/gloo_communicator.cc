@@ -1,6 +1,9 @@
 #include "worker/parallel/gloo_communicator.h"
 
+#include <net/if.h>
+#include <netdb.h>
 #include <signal.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <cstring>
@@ -50,6 +53,31 @@ void IgnoreSigpipeOnce() {
   std::call_once(once, []() { signal(SIGPIPE, SIG_IGN); });
 }
 
+// Gloo's CreateDeviceAttr crashes (segfault, not an exception) on a host name that does not
+// resolve, so both the host and the interface are checked here first.
+absl::Status CheckListenAddress(const GlooOptions& options) {
+  if (!options.interface.empty()) {
+    if (if_nametoindex(options.interface.c_str()) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("gloo: network interface '", options.interface,
+                                                     "' does not exist on this host"));
+    }
+    return absl::OkStatus();
+  }
+  if (options.hostname.empty()) {
+    return absl::InvalidArgumentError("gloo: neither a data-plane host nor an interface is set");
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  const int rc = getaddrinfo(options.hostname.c_str(), nullptr, &hints, &found);
+  if (rc != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("gloo: cannot resolve data-plane host '",
+                                                   options.hostname, "': ", gai_strerror(rc)));
+  }
+  freeaddrinfo(found);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
@@ -64,6 +92,9 @@ absl::StatusOr<std::unique_ptr<GlooCommunicator>> GlooCommunicator::Create(
   const std::string where =
       absl::StrCat("gloo rendezvous (rank ", options.rank, " of ", options.world_size,
                    ", store prefix '", options.store_prefix, "')");
+  if (absl::Status st = CheckListenAddress(options); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat(where, ": ", st.message()));
+  }
   IgnoreSigpipeOnce();
   try {
     gloo::transport::tcp::attr attr;

@@ -168,6 +168,51 @@ TEST(GlooCommunicatorTest, RendezvousTimesOutWhenARankNeverComes) {
   EXPECT_THAT(std::string(comm.status().message()), HasSubstr("rank 0 of 2"));
 }
 
+TEST(GlooCommunicatorTest, ListensOnANamedInterface) {
+  InMemoryKvStore store;
+  const std::string prefix = UniquePrefix();
+  std::vector<std::thread> threads;
+  std::vector<float> sums(2, 0.0f);
+  for (int r = 0; r < 2; ++r) {
+    threads.emplace_back([&, r]() {
+      GlooOptions opts = Opts(r, 2, prefix, absl::Seconds(20));
+      opts.hostname = "ignored.invalid";  // the interface takes precedence
+      opts.interface = "lo";
+      auto comm = GlooCommunicator::Create(store, opts);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      float x = static_cast<float>(r + 1);
+      ASSERT_TRUE((*comm)->AllReduceSum(&x, 1).ok());
+      sums[r] = x;
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(sums[0], 3.0f);
+  EXPECT_EQ(sums[1], 3.0f);
+}
+
+TEST(GlooCommunicatorTest, UnresolvableHostIsAnErrorNotACrash) {
+  InMemoryKvStore store;
+  GlooOptions opts = Opts(0, 2, UniquePrefix(), absl::Seconds(1));
+  opts.hostname = "no-such-host.invalid";
+  absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(store, opts);
+  ASSERT_FALSE(comm.ok());
+  EXPECT_EQ(comm.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(comm.status().message()), HasSubstr("gloo rendezvous (rank 0 of 2"));
+  EXPECT_THAT(std::string(comm.status().message()), HasSubstr("cannot resolve"));
+
+  opts.interface = "nosuchif0";
+  comm = GlooCommunicator::Create(store, opts);
+  ASSERT_FALSE(comm.ok());
+  EXPECT_THAT(std::string(comm.status().message()), HasSubstr("interface 'nosuchif0'"));
+
+  // Resolves, but is no address of this host: Gloo cannot bind it.
+  opts.interface.clear();
+  opts.hostname = "192.0.2.1";
+  comm = GlooCommunicator::Create(store, opts);
+  ASSERT_FALSE(comm.ok());
+  EXPECT_THAT(std::string(comm.status().message()), HasSubstr("gloo rendezvous (rank 0 of 2"));
+}
+
 TEST(GlooCommunicatorTest, BadRankIsInvalidArgument) {
   InMemoryKvStore store;
   absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm =
