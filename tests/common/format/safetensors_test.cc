@@ -3,7 +3,9 @@
 #include "common/format/safetensors.h"
 
 #include <filesystem>
+#include <fstream>
 #include <map>
+#include <random>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -159,6 +161,41 @@ TEST_F(SafetensorsBadFileTest, UnknownDtypeAndBadEntries) {
       AllOf(HasSubstr("tensor w"), HasSubstr("shape")));
   EXPECT_THAT(OpenBad(MakeFile(R"({"w": {"dtype": "F32", "shape": [1]}})", 4)),
               HasSubstr("data_offsets"));
+}
+
+TEST_F(SafetensorsBadFileTest, RandomHeaderCorruptionNeverCrashes) {
+  // Overwrite header bytes of tiny.safetensors in place; Open may succeed or fail, never crash.
+  const std::vector<uint8_t> good = testing::ReadBytes(Golden("tiny.safetensors"));
+  uint64_t header_len;
+  std::memcpy(&header_len, good.data(), 8);
+  const std::string path = dir_.file("fuzz.safetensors");
+  WriteBytes(path, good);
+  std::fstream io(path, std::ios::in | std::ios::out | std::ios::binary);
+  const auto put = [&](size_t pos, uint8_t v) {
+    io.seekp(static_cast<std::streamoff>(pos));
+    io.put(static_cast<char>(v));
+    io.flush();
+  };
+  std::mt19937 rng(7);
+  int failures = 0;
+  // Mostly digits and JSON punctuation, so offsets and shapes change, not only the syntax.
+  const std::string alphabet = "0123456789[]{},:\"-eE. FIUB";
+  for (int iter = 0; iter < 2000; ++iter) {
+    const size_t pos = rng() % (8 + header_len);
+    put(pos, pos < 8 ? static_cast<uint8_t>(rng()) : alphabet[rng() % alphabet.size()]);
+    auto m = SafetensorsModel::Open(path);
+    if (!m.ok()) {
+      ++failures;
+    } else {
+      for (const std::string& name : (*m)->Names()) {
+        const TensorInfo* t = (*m)->Find(name);
+        std::vector<float> out(static_cast<size_t>(t->numel()));
+        ASSERT_TRUE(ToFloat(t->dtype, t->data, out.data(), t->numel()).ok());
+      }
+    }
+    put(pos, good[pos]);
+  }
+  EXPECT_GT(failures, 500);
 }
 
 TEST(SafetensorsIndexTest, MissingShard) {
