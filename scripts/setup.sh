@@ -13,7 +13,7 @@ DEBIAN_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libgloo-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libpcre2-dev libutf8proc-dev libicu-dev
+  nlohmann-json3-dev libpcre2-dev libutf8proc-dev libicu-dev zlib1g-dev
   libspdlog-dev libfmt-dev libcli11-dev
   prometheus-cpp-dev libcpp-httplib-dev
   iproute2 unzip python3-venv
