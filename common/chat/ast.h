@@ -88,6 +88,9 @@ struct Stmt {
   std::string name;
   std::vector<std::string> params;
   std::vector<ExprPtr> defaults;
+  // kMacro: whether the body reads `varargs` / `kwargs` (else surplus arguments are an error).
+  bool catch_varargs = false;
+  bool catch_kwargs = false;
 };
 
 }  // namespace tpserve::chat

@@ -40,6 +40,8 @@ absl::StatusOr<ExprPtr> ExprParser::ParseTuple(bool with_condexpr, bool explicit
 }
 
 absl::StatusOr<ExprPtr> ExprParser::ParseExpression(bool with_condexpr) {
+  NestingScope scope(&depth_);
+  RETURN_IF_ERROR(EnterNested());
   if (!with_condexpr) return ParseOr();
   ASSIGN_OR_RETURN(ExprPtr expr, ParseOr());
   while (IsName("if")) {
@@ -81,6 +83,8 @@ absl::StatusOr<ExprPtr> ExprParser::ParseAnd() {
 }
 
 absl::StatusOr<ExprPtr> ExprParser::ParseNot() {
+  NestingScope scope(&depth_);
+  RETURN_IF_ERROR(EnterNested());
   if (IsName("not")) {
     auto n = Node<Expr>(Expr::Kind::kNot, Cur());
     Advance();
@@ -151,6 +155,8 @@ absl::StatusOr<ExprPtr> ExprParser::ParsePow() {
 absl::StatusOr<ExprPtr> ExprParser::ParseUnaryF() { return ParseUnary(true); }
 
 absl::StatusOr<ExprPtr> ExprParser::ParseUnary(bool with_filter) {
+  NestingScope scope(&depth_);
+  RETURN_IF_ERROR(EnterNested());
   ExprPtr node;
   if (IsOp("-") || IsOp("+")) {
     auto n = Node<Expr>(IsOp("-") ? Expr::Kind::kNeg : Expr::Kind::kPos, Cur());

@@ -128,6 +128,24 @@ class ExprParser {
 
   const std::vector<Token>& toks_;
   size_t pos_ = 0;
+
+ protected:
+  // Nesting of parentheses, brackets, unary operators and blocks. Recursive descent uses a dozen
+  // native frames per level, so hostile input is cut off long before the stack is at risk.
+  static constexpr int kMaxNesting = 600;
+  int depth_ = 0;
+  absl::Status EnterNested() {
+    if (++depth_ > kMaxNesting) {
+      return ErrorAt(Cur(), Cat("template nested deeper than ", kMaxNesting, " levels"));
+    }
+    return absl::OkStatus();
+  }
+  // Decrements depth_ when a nested parse returns, on every path.
+  struct NestingScope {
+    explicit NestingScope(int* d) : depth(d) {}
+    ~NestingScope() { --*depth; }
+    int* depth;
+  };
 };
 
 }  // namespace tpserve::chat

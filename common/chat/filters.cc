@@ -148,9 +148,8 @@ absl::StatusOr<Value> FReplace(const Value& v, const CallArgs& a) {
 
 // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False).
 absl::StatusOr<Value> FToJson(const Value& v, const CallArgs& a) {
-  if (BoolArg(a, 0, "ensure_ascii", false))
-    return Error("tojson(ensure_ascii=True) is not supported");
   JsonDumpOptions o;
+  o.ensure_ascii = BoolArg(a, 0, "ensure_ascii", false);
   if (const Value* indent = FindArg(a, 1, "indent"); indent != nullptr && !indent->is_none()) {
     o.has_indent = true;
     if (indent->is_string()) {

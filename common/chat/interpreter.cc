@@ -232,8 +232,11 @@ Value Interpreter::MakeMacro(const Stmt& s, const FramePtr& frame) {
           if (i < n) {
             scope->vars[macro->params[i]] = args.positional[i];
             bound[i] = true;
-          } else {
+          } else if (macro->catch_varargs) {
             varargs.push_back(args.positional[i]);
+          } else {
+            return absl::InvalidArgumentError(
+                Cat("macro '", macro->name, "' takes not more than ", n, " argument(s)"));
           }
         }
         Dict kwargs;
@@ -249,7 +252,12 @@ Value Interpreter::MakeMacro(const Stmt& s, const FramePtr& frame) {
               bound[i] = matched = true;
             }
           }
-          if (!matched) kwargs.Set(key, value);
+          if (matched) continue;
+          if (!macro->catch_kwargs) {
+            return absl::InvalidArgumentError(
+                Cat("macro '", macro->name, "' takes no keyword argument '", key, "'"));
+          }
+          kwargs.Set(key, value);
         }
         for (size_t i = 0; i < n; ++i) {
           if (bound[i]) continue;
@@ -257,7 +265,7 @@ Value Interpreter::MakeMacro(const Stmt& s, const FramePtr& frame) {
             ASSIGN_OR_RETURN(scope->vars[macro->params[i]], Eval(*macro->defaults[i], scope));
           } else {
             scope->vars[macro->params[i]] =
-                Value::Undefined(Cat("'", macro->params[i], "' is undefined"));
+                Value::Undefined(Cat("parameter '", macro->params[i], "' was not provided"));
           }
         }
         scope->vars["varargs"] = Value::List(std::move(varargs), /*tuple=*/true);

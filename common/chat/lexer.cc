@@ -27,6 +27,8 @@ std::string NormalizeNewlines(std::string_view source) {
   return out;
 }
 
+constexpr size_t kMaxTokensPerTag = 2048;
+
 bool IsWs(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
@@ -203,7 +205,13 @@ class Lexer {
   absl::StatusOr<size_t> LexTag(size_t at, size_t p, bool block) {
     Emit(block ? Token::Type::kBlockBegin : Token::Type::kVarBegin, block ? "{%" : "{{", at);
     std::vector<char> balance;
+    const size_t first_token = tokens_.size();
     while (true) {
+      // Left-associative chains (`a + b + c ...`) become trees as deep as they are long; the
+      // evaluator recurses once per level, so one tag's length is bounded.
+      if (tokens_.size() - first_token > kMaxTokensPerTag) {
+        return Error(at, Cat("tag has more than ", kMaxTokensPerTag, " tokens"));
+      }
       while (p < src_.size() && IsWs(src_[p])) ++p;
       if (p >= src_.size()) {
         return Error(at, Cat("unexpected end of template, tag opened here is never "
@@ -386,12 +394,22 @@ class Lexer {
     tokens_.push_back(std::move(t));
   }
 
+  // Columns count code points. Tokens arrive in source order, so the count continues from the
+  // previous token on the same line instead of rescanning it (minified one-line templates).
   void Position(size_t offset, int* line, int* col) const {
     const auto it = std::upper_bound(line_starts_.begin(), line_starts_.end(), offset);
     const size_t line_start = *(it - 1);
     *line = static_cast<int>(it - line_starts_.begin());
-    *col = 1 + static_cast<int>(
-                   CodePointCount(std::string_view(src_).substr(line_start, offset - line_start)));
+    size_t from = line_start;
+    int count = 0;
+    if (cache_offset_ >= line_start && cache_offset_ <= offset) {
+      from = cache_offset_;
+      count = cache_count_;
+    }
+    count += static_cast<int>(CodePointCount(std::string_view(src_).substr(from, offset - from)));
+    cache_offset_ = offset;
+    cache_count_ = count;
+    *col = 1 + count;
   }
 
   absl::Status Error(size_t offset, std::string_view message) const {
@@ -403,6 +421,8 @@ class Lexer {
 
   std::string src_;
   std::vector<size_t> line_starts_;
+  mutable size_t cache_offset_ = 0;  // Offset and code points since its line start, of the last
+  mutable int cache_count_ = 0;      // Position() call.
   std::vector<Token> tokens_;
 };
 

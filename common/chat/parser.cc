@@ -25,6 +25,45 @@ constexpr std::pair<std::string_view, std::string_view> kUnsupportedTags[] = {
     {"print", "print statements"},
 };
 
+bool BodyReads(const Body& body, std::string_view name);
+
+// Whether `name` is read anywhere in the expression (the AST is depth-bounded by the parser).
+bool ExprReads(const Expr* e, std::string_view name) {
+  if (e == nullptr) return false;
+  if (e->kind == Expr::Kind::kName && e->name == name) return true;
+  for (const ExprPtr* child : {&e->a, &e->b, &e->c, &e->d}) {
+    if (ExprReads(child->get(), name)) return true;
+  }
+  for (const ExprPtr& arg : e->args) {
+    if (ExprReads(arg.get(), name)) return true;
+  }
+  for (const auto& [_, arg] : e->kwargs) {
+    if (ExprReads(arg.get(), name)) return true;
+  }
+  return false;
+}
+
+bool StmtReads(const Stmt& s, std::string_view name) {
+  if (ExprReads(s.expr.get(), name) || ExprReads(s.cond.get(), name)) return true;
+  for (const ExprPtr& c : s.conds) {
+    if (ExprReads(c.get(), name)) return true;
+  }
+  for (const ExprPtr& d : s.defaults) {
+    if (ExprReads(d.get(), name)) return true;
+  }
+  for (const Body& b : s.bodies) {
+    if (BodyReads(b, name)) return true;
+  }
+  return BodyReads(s.body, name) || BodyReads(s.else_body, name);
+}
+
+bool BodyReads(const Body& body, std::string_view name) {
+  for (const StmtPtr& s : body) {
+    if (StmtReads(*s, name)) return true;
+  }
+  return false;
+}
+
 class Parser : public ExprParser {
  public:
   using ExprParser::ExprParser;
@@ -80,6 +119,8 @@ class Parser : public ExprParser {
   }
 
   absl::StatusOr<StmtPtr> ParseStatement() {
+    NestingScope scope(&depth_);
+    RETURN_IF_ERROR(EnterNested());
     const Token tag = Cur();
     const std::string& name = tag.value;
     for (const auto& [unsupported, what] : kUnsupportedTags) {
@@ -207,6 +248,9 @@ class Parser : public ExprParser {
     }
     RETURN_IF_ERROR(ExpectBlockEnd());
     RETURN_IF_ERROR(ParseBodyUntil(&s->body, "endmacro"));
+    // jinja2 only lets a macro take surplus arguments when its body reads varargs / kwargs.
+    s->catch_varargs = BodyReads(s->body, "varargs");
+    s->catch_kwargs = BodyReads(s->body, "kwargs");
     return s;
   }
 

@@ -242,10 +242,15 @@ std::string StringRepr(const std::string& s) {
   return out;
 }
 
-void AppendJsonString(const std::string& s, std::string* out) {
+void AppendJsonString(const std::string& s, bool ensure_ascii, std::string* out) {
+  auto u_escape = [out](unsigned cp) {
+    char buf[16];
+    std::snprintf(buf, sizeof(buf), "\\u%04x", cp);
+    *out += buf;
+  };
   out->push_back('"');
-  for (char c : s) {
-    switch (c) {
+  for (char32_t cp : DecodeUtf8(s)) {
+    switch (cp) {
       case '"':
         *out += "\\\"";
         break;
@@ -268,12 +273,15 @@ void AppendJsonString(const std::string& s, std::string* out) {
         *out += "\\f";
         break;
       default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", static_cast<unsigned>(c));
-          *out += buf;
+        if (cp < 0x20 || (ensure_ascii && cp >= 0x7F)) {
+          if (cp >= 0x10000) {  // UTF-16 surrogate pair, as Python writes it.
+            u_escape(0xD800 + ((cp - 0x10000) >> 10));
+            u_escape(0xDC00 + ((cp - 0x10000) & 0x3FF));
+          } else {
+            u_escape(static_cast<unsigned>(cp));
+          }
         } else {
-          out->push_back(c);
+          AppendUtf8(cp, out);
         }
     }
   }
@@ -308,7 +316,7 @@ absl::Status DumpJson(const Value& v, const JsonDumpOptions& o, int depth, std::
       return absl::OkStatus();
     }
     case Value::Kind::kString:
-      AppendJsonString(v.as_string(), out);
+      AppendJsonString(v.as_string(), o.ensure_ascii, out);
       return absl::OkStatus();
     case Value::Kind::kList: {
       const auto& items = v.as_list();
@@ -341,7 +349,7 @@ absl::Status DumpJson(const Value& v, const JsonDumpOptions& o, int depth, std::
       for (size_t i = 0; i < items.size(); ++i) {
         if (i > 0) *out += o.item_separator;
         newline(depth + 1);
-        AppendJsonString(items[i]->first, out);
+        AppendJsonString(items[i]->first, o.ensure_ascii, out);
         *out += o.key_separator;
         if (auto st = DumpJson(items[i]->second, o, depth + 1, out); !st.ok()) return st;
       }

@@ -139,6 +139,7 @@ struct JsonDumpOptions {
   std::string item_separator = ", ";
   std::string key_separator = ": ";
   bool sort_keys = false;
+  bool ensure_ascii = false;  // Escape every non-ASCII code point as \uXXXX (surrogate pairs).
 };
 // Python `json.dumps(v, ensure_ascii=False, ...)`, as transformers' `tojson` filter calls it.
 absl::StatusOr<std::string> JsonDumps(const Value& v, const JsonDumpOptions& options);

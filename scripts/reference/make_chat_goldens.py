@@ -85,6 +85,10 @@ CONVERSATIONS = {
     "bad_role_order": [msg("user", "one"), msg("user", "two")],
     "unknown_role": [msg("user", "hi"), msg("narrator", "Meanwhile...")],
     "system_only": [msg("system", "Only a system prompt.")],
+    # Multimodal-style content parts: templates that concatenate content fail, those that print it
+    # show Python's repr of the list.
+    "content_parts": [{"role": "user", "content": [{"type": "text", "text": "Describe"}, {"type": "image"}]}],
+    "long_conversation": [msg("user" if i % 2 == 0 else "assistant", f"turn {i}: " + "x" * i) for i in range(12)],
 }
 
 TOOLS = [
@@ -121,8 +125,42 @@ TOOL_CONVERSATION = [
     {"role": "tool", "name": "get_weather", "content": "{\"temperature\": 21.5, \"sky\": \"clear\"}"},
 ]
 
-# Templates that take `tools`, with the conversations to render them on.
-TOOL_TEMPLATES = ["qwen2.5-instruct", "llama-3.1-instruct", "llama-3.2-instruct", "mistral-7b-instruct-v0.3"]
+MULTI_TOOL_CONVERSATION = [
+    msg("user", "Weather in Paris and Rome?"),
+    {
+        "role": "assistant",
+        "content": "Checking both.",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}},
+        ],
+    },
+    {"role": "tool", "content": "sunny"},
+    {"role": "tool", "content": "rainy"},
+    msg("assistant", "Paris is sunny, Rome is rainy."),
+]
+
+BUILTIN_TOOL_CONVERSATION = [
+    msg("user", "Search the news."),
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [{"type": "function", "function": {"name": "brave_search", "arguments": {"query": "news today"}}}],
+    },
+    {"role": "ipython", "content": {"results": ["a", "b"]}},
+]
+
+# (conversation name, templates, messages, tools, extra kwargs) for templates that take tools.
+TOOL_CASES = [
+    ("tools", ["qwen2.5-instruct", "llama-3.1-instruct", "llama-3.2-instruct", "mistral-7b-instruct-v0.3"],
+     TOOL_CONVERSATION, TOOLS, {}),
+    ("tools_multi_call", ["qwen2.5-instruct", "llama-3.1-instruct"], MULTI_TOOL_CONVERSATION, TOOLS, {}),
+    ("tools_in_system", ["llama-3.1-instruct", "llama-3.2-instruct"], TOOL_CONVERSATION, TOOLS,
+     {"tools_in_user_message": False}),
+    ("builtin_tools", ["llama-3.1-instruct"], BUILTIN_TOOL_CONVERSATION, None,
+     {"builtin_tools": ["brave_search", "wolfram_alpha", "code_interpreter"]}),
+    ("tools_no_user_message", ["llama-3.1-instruct"], [msg("system", "sys only")], TOOLS, {}),
+]
 
 
 def render_case(source, messages, add_generation_prompt, bos, eos, tools=None, extra=None):
@@ -159,11 +197,13 @@ def template_cases():
             for agp in (False, True):
                 case = render_case(source, messages, agp, bos, eos, extra=EXTRA_KWARGS.get(name))
                 cases.append({"template": name, "conversation": conv_name, **case})
-        if name in TOOL_TEMPLATES:
+        for conv_name, names, messages, tools, extra in TOOL_CASES:
+            if name not in names:
+                continue
             for agp in (False, True):
-                case = render_case(source, TOOL_CONVERSATION, agp, bos, eos, tools=TOOLS,
-                                   extra=EXTRA_KWARGS.get(name))
-                cases.append({"template": name, "conversation": "tools", **case})
+                case = render_case(source, messages, agp, bos, eos, tools=tools,
+                                   extra={**EXTRA_KWARGS.get(name, {}), **extra})
+                cases.append({"template": name, "conversation": conv_name, **case})
     return cases
 
 
@@ -220,6 +260,7 @@ SNIPPETS = [
     ("filter_math", "{{ -3|abs }} {{ 2.567|round(2) }} {{ 2.5|round }} {{ 3.5|round }} {{ 2.1|round(0, 'ceil') }} {{ [3, 1, 2]|max }} {{ [3, 1, 2]|min }} {{ [1, 2, 3]|sum }} {{ users|sum(attribute='n') }}", {"users": [{"n": 1}, {"n": 4}]}),
     ("filter_tojson", "{{ d|tojson }}|{{ [1, 2.0, 'é\"<'] |tojson }}|{{ none|tojson }}|{{ 'x'|tojson }}|{{ true|tojson }}", {"d": {"b": 1, "a": [1, {"c": None}], "u": "ünï \u2028 \u0001"}}),
     ("filter_tojson_indent", "{{ d|tojson(indent=2) }}\n{{ d|tojson(indent=4, sort_keys=true) }}\n{{ [] |tojson(indent=2) }}{{ {} |tojson(indent=2) }}\n{{ d|tojson(separators=(',', ':')) }}", {"d": {"name": "f", "params": {"z": [1, 2], "a": {}}, "ok": False}}),
+    ("filter_tojson_ensure_ascii", "{{ d|tojson(ensure_ascii=true) }}|{{ 'é'|tojson(true) }}", {"d": {"é": "ü😀\x7f\u2028"}}),
     ("filter_tojson_undefined_error", "{{ missing|tojson }}", {}),
     ("filter_safe_string", "{{ '<b>'|safe }} {{ 5|string ~ 'x' }}", {}),
     ("filter_indent", "[{{ 'a\\nb\\n\\nc'|indent(2) }}][{{ 'a\\nb'|indent(2, true) }}][{{ 'a\\n\\nb'|indent(width=3, blank=true) }}]", {}),
@@ -253,6 +294,9 @@ SNIPPETS = [
     ("macro_args", "{% macro f(a, b='q', c=none) %}[{{ a }}{{ b }}{{ c }}]{% endmacro %}{{ f(1) }}{{ f(1, 2) }}{{ f(b=3, a=4) }}{{ f(1, c=5) }}", {}),
     ("macro_varargs_kwargs", "{% macro g(a) %}{{ a }}{{ varargs }}{{ kwargs }}{% endmacro %}{{ g(1, 2, 3) }}|{{ g(1, x=2) }}", {}),
     ("macro_scope", "{% set outer = 'O' %}{% macro h() %}{% set outer = 'I' %}{{ outer }}{% endmacro %}{{ h() }}{{ outer }}", {}),
+    ("macro_missing_arg", "{% macro f(a, b) %}[{{ a }}|{{ b }}]{% endmacro %}{{ f(1) }}", {}),
+    ("macro_too_many_args_error", "{% macro f(a) %}{{ a }}{% endmacro %}{{ f(1, 2) }}", {}),
+    ("macro_unknown_kwarg_error", "{% macro f(a) %}{{ a }}{% endmacro %}{{ f(b=1) }}", {}),
     ("macro_recursive_render", "{% macro render(c) %}{% if c is string %}{{ c }}{% else %}{% for p in c %}{{ render(p.text) }}{% endfor %}{% endif %}{% endmacro %}{{ render(content) }}", {"content": [{"text": "a"}, {"text": "b"}]}),
     # Whitespace control (trim_blocks / lstrip_blocks / - / +).
     ("ws_trim_lstrip", "  {% if true %}\n  x\n  {% endif %}\n  {{ 'y' }}\n{# comment #}\nz\n", {}),

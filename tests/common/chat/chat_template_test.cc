@@ -73,17 +73,28 @@ TEST(ChatTemplateGoldenTest, RealTemplatesMatchTransformers) {
   EXPECT_GT(errors, 20);
 }
 
+// Whether every message is a flat {role, content: string} dict, so that nlohmann::json's sorted
+// keys cannot change what the template sees.
+bool FlatMessages(const nlohmann::ordered_json& messages) {
+  for (const auto& m : messages) {
+    if (m.size() != 2 || !m.contains("role") || !m["content"].is_string()) return false;
+  }
+  return true;
+}
+
 // RenderChat (the server's entry point) passes exactly what transformers passes.
 TEST(ChatTemplateGoldenTest, RenderChatMatchesTransformers) {
   int checked = 0;
   for (const auto& c : Goldens()["cases"]) {
     const auto& ctx = c["context"];
-    if (!c.contains("expected") || !ctx["tools"].is_null() || ctx.contains("date_string")) continue;
+    if (!c.contains("expected") || !ctx["tools"].is_null() || ctx.contains("date_string") ||
+        !FlatMessages(ctx["messages"])) {
+      continue;
+    }
     const std::string name = c["template"];
     auto t =
         ChatTemplate::Parse(ReadFile(std::string(kGoldenDir) + "templates/" + name + ".jinja"));
     ASSERT_TRUE(t.ok()) << t.status();
-    // Messages here are flat {role, content} dicts, so key order does not matter.
     auto out = RenderChat(*t, nlohmann::json::parse(ctx["messages"].dump()),
                           ctx["add_generation_prompt"].get<bool>(),
                           ctx["bos_token"].get<std::string>(), ctx["eos_token"].get<std::string>());
@@ -189,6 +200,36 @@ TEST(ChatTemplateTest, ContextMustBeAnObject) {
   ASSERT_TRUE(t.ok());
   EXPECT_FALSE(t->Render(nlohmann::json::array()).ok());
   EXPECT_FALSE(RenderChat(*t, nlohmann::json::object(), true, "", "").ok());
+}
+
+// Hostile templates fail cleanly instead of exhausting the native stack.
+TEST(ChatTemplateTest, NestingAndTagLengthAreBounded) {
+  const std::string deep_parens =
+      "{{ " + std::string(1000, '(') + "1" + std::string(1000, ')') + " }}";
+  auto t = ChatTemplate::Parse(deep_parens);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("nested deeper than"));
+
+  std::string deep_ifs;
+  for (int i = 0; i < 2000; ++i) deep_ifs += "{% if true %}";
+  t = ChatTemplate::Parse(deep_ifs);
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("nested deeper than"));
+
+  std::string long_sum = "{{ 1";
+  for (int i = 0; i < 5000; ++i) long_sum += " + 1";
+  t = ChatTemplate::Parse(long_sum + " }}");
+  ASSERT_FALSE(t.ok());
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("tokens"));
+
+  // Within the limits, deep templates still work.
+  std::string ok_sum = "{{ 0";
+  for (int i = 0; i < 500; ++i) ok_sum += " + 2";
+  t = ChatTemplate::Parse(ok_sum + " }}");
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto out = t->Render(nlohmann::json::object());
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(*out, "1000");
 }
 
 TEST(ChatTemplateTest, RecursionIsBounded) {
