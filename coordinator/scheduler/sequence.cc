@@ -11,6 +11,8 @@ std::string_view FinishReasonName(FinishReason reason) {
       return "none";
     case FinishReason::kLength:
       return "length";
+    case FinishReason::kContextLength:
+      return "context_length";
     case FinishReason::kStopToken:
       return "stop_token";
     case FinishReason::kEos:
@@ -56,7 +58,7 @@ FinishReason Sequence::AppendToken(TokenId token, int max_model_len,
     if (!stop_.ignore_eos && contains(eos_token_ids)) return FinishReason::kEos;
   }
   if (num_output() >= stop_.max_tokens) return FinishReason::kLength;
-  if (num_tokens() >= max_model_len) return FinishReason::kLength;
+  if (num_tokens() >= max_model_len) return FinishReason::kContextLength;
   return FinishReason::kNone;
 }
 

@@ -26,11 +26,12 @@ enum class SequenceStatus {
 
 enum class FinishReason {
   kNone,
-  kLength,      // max_tokens reached, or the sequence hit the model's context length
-  kStopToken,   // one of StopConditions::stop_token_ids was sampled
-  kEos,         // an end-of-sequence token of the model was sampled (and ignore_eos is false)
-  kStopString,  // the engine matched a stop string in the detokenized text
-  kAborted,     // the client called Abort or went away
+  kLength,         // max_tokens reached
+  kContextLength,  // prompt + output filled the context length (or the whole KV pool)
+  kStopToken,      // one of StopConditions::stop_token_ids was sampled
+  kEos,            // an end-of-sequence token of the model was sampled (and ignore_eos is false)
+  kStopString,     // the engine matched a stop string in the detokenized text
+  kAborted,        // the client called Abort or went away
 };
 
 std::string_view FinishReasonName(FinishReason reason);

@@ -55,8 +55,10 @@ inline ReferenceOutput ReferenceGenerate(std::vector<TokenId> context, const Sto
       out.reason = FinishReason::kStopToken;
     } else if (n >= stop.min_tokens && !stop.ignore_eos && has(eos)) {
       out.reason = FinishReason::kEos;
-    } else if (n >= stop.max_tokens || static_cast<int>(context.size()) >= max_seq_len) {
+    } else if (n >= stop.max_tokens) {
       out.reason = FinishReason::kLength;
+    } else if (static_cast<int>(context.size()) >= max_seq_len) {
+      out.reason = FinishReason::kContextLength;
     }
     if (out.reason != FinishReason::kNone) return out;
   }

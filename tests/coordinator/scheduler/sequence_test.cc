@@ -59,7 +59,14 @@ TEST(SequenceTest, StopConditionsTable) {
        {kEos, 5, kEos},
        3,
        FinishReason::kEos},
-      {"context_length", 6, {.max_tokens = 9}, 8, {5, 6, 7}, 2, FinishReason::kLength},
+      {"context_length", 6, {.max_tokens = 9}, 8, {5, 6, 7}, 2, FinishReason::kContextLength},
+      {"max_tokens_beats_context_length",
+       6,
+       {.max_tokens = 2},
+       8,
+       {5, 6},
+       2,
+       FinishReason::kLength},
       {"not_yet", 3, {.max_tokens = 9}, 100, {5, 6, 7}, 0, FinishReason::kNone},
   };
   const std::vector<TokenId> eos = {kEos};
