@@ -62,13 +62,15 @@ void Print(int rank, const std::string& what, size_t bytes, const Stats& s) {
   std::fflush(stdout);
 }
 
-int RunRank(const std::string& store_addr, int rank, int world, int iters, int gap_us) {
+int RunRank(const std::string& store_addr, int rank, int world, int iters, int gap_us,
+            int64_t bcube_max_bytes) {
   std::unique_ptr<KvStore> store = MakeRendezvousClient(store_addr);
   GlooOptions opts;
   opts.rank = rank;
   opts.world_size = world;
   opts.store_prefix = "bench/";
   opts.timeout = absl::Seconds(30);
+  opts.bcube_max_bytes = bcube_max_bytes;
   absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(*store, opts);
   if (!comm.ok()) {
     std::fprintf(stderr, "rank %d: %s\n", rank, comm.status().ToString().c_str());
@@ -106,14 +108,17 @@ int RunRank(const std::string& store_addr, int rank, int world, int iters, int g
 int Main(int argc, char** argv) {
   CLI::App app{"Gloo collective latency between processes"};
   int world = 2, iters = 300, gap_us = 0, rank = -1;
+  int64_t bcube_max_bytes = GlooOptions().bcube_max_bytes;
   std::string store;
   app.add_option("--world", world, "ranks (processes)");
   app.add_option("--iters", iters, "timed calls per op (a quarter for 4 MiB)");
   app.add_option("--gap_us", gap_us, "sleep before each call, microseconds");
+  app.add_option("--bcube_max_bytes", bcube_max_bytes,
+                 "all-reduces up to this size use BCUBE, larger the ring (0: ring always)");
   app.add_option("--rank", rank, "internal: run as this rank");
   app.add_option("--store", store, "internal: rendezvous store address");
   CLI11_PARSE(app, argc, argv);
-  if (rank >= 0) return RunRank(store, rank, world, iters, gap_us);
+  if (rank >= 0) return RunRank(store, rank, world, iters, gap_us, bcube_max_bytes);
 
   WorkerRegistry registry(world, "", "");
   InMemoryKvStore kv;
@@ -123,8 +128,9 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
     return 1;
   }
-  std::printf("gloo_bench: %d processes on loopback, %d iterations, gap %d us\n", world, iters,
-              gap_us);
+  std::printf(
+      "gloo_bench: %d processes on loopback, %d iterations, gap %d us, BCUBE up to %lld B\n", world,
+      iters, gap_us, static_cast<long long>(bcube_max_bytes));
   std::fflush(stdout);
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {

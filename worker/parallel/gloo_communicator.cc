@@ -152,6 +152,9 @@ absl::Status GlooCommunicator::AllReduceSum(float* data, size_t count) {
   return Run(absl::StrCat("AllReduceSum(", count, " floats)"), [&]() {
     gloo::AllreduceOptions opts(context_);
     opts.setOutput(data, count);  // in place: no input buffer
+    opts.setAlgorithm(count * sizeof(float) <= options_.bcube_max_bytes
+                          ? gloo::AllreduceOptions::Algorithm::BCUBE
+                          : gloo::AllreduceOptions::Algorithm::RING);
     opts.setReduceFunction(
         static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
     opts.setTimeout(ToMillis(options_.timeout));

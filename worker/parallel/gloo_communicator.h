@@ -40,6 +40,10 @@ struct GlooOptions {
   std::string store_prefix = "gloo/";
   // Deadline of the rendezvous (all ranks present and connected) and of every collective.
   absl::Duration timeout = absl::Seconds(30);
+  // All-reduces up to this many bytes use Gloo's BCUBE algorithm instead of the ring. 0 (the
+  // default, Gloo's own choice): ring always. bench/parallel/gloo_bench --bcube_max_bytes
+  // compares them; on the loaded 2-vCPU dev VM neither won clearly (scheduler noise dominates).
+  size_t bcube_max_bytes = 0;
 };
 
 class GlooCommunicator final : public Communicator {

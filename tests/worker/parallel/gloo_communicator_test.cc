@@ -41,7 +41,8 @@ GlooOptions Opts(int rank, int world, const std::string& prefix, absl::Duration 
 // this Gloo snapshot rarely (about 1 in 50 starts) sees a pair's connection closed during
 // connectFullMesh.
 void RunRanks(int world, absl::Duration timeout,
-              const std::function<void(int, GlooCommunicator&)>& body) {
+              const std::function<void(int, GlooCommunicator&)>& body,
+              size_t bcube_max_bytes = GlooOptions().bcube_max_bytes) {
   constexpr int kAttempts = 3;
   InMemoryKvStore store;
   std::vector<std::unique_ptr<GlooCommunicator>> comms(world);
@@ -52,7 +53,11 @@ void RunRanks(int world, absl::Duration timeout,
     for (int r = 0; r < world; ++r) {
       threads.emplace_back([&, r]() {
         absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm =
-            GlooCommunicator::Create(store, Opts(r, world, prefix, timeout));
+            GlooCommunicator::Create(store, [&]() {
+              GlooOptions o = Opts(r, world, prefix, timeout);
+              o.bcube_max_bytes = bcube_max_bytes;
+              return o;
+            }());
         if (comm.ok()) {
           comms[r] = std::move(*comm);
         } else {
@@ -87,19 +92,30 @@ class GlooCollectivesTest : public ::testing::TestWithParam<int> {};
 
 TEST_P(GlooCollectivesTest, AllReduceSumMatchesArithmetic) {
   const int world = GetParam();
-  // 576 floats (one SmolLM2 hidden vector) and 1 Mi floats (4 MiB, several ring chunks).
-  for (size_t count : {size_t{576}, size_t{1} << 20}) {
-    RunRanks(world, absl::Seconds(20), [&](int r, GlooCommunicator& comm) {
-      std::vector<float> data(count);
-      // Small integers and halves: every partial sum is exact in float.
-      for (size_t i = 0; i < count; ++i) data[i] = 0.5f * static_cast<float>((r + 1) * (i % 1000));
-      ASSERT_TRUE(comm.AllReduceSum(data.data(), count).ok());
-      for (size_t i = 0; i < count; ++i) {
-        float want = 0;
-        for (int k = 0; k < world; ++k) want += 0.5f * static_cast<float>((k + 1) * (i % 1000));
-        ASSERT_EQ(data[i], want) << "rank " << r << " index " << i;
-      }
-    });
+  // 576 floats (one SmolLM2 hidden vector) and 1 Mi floats (4 MiB, several ring chunks), each
+  // with the ring and with BCUBE.
+  for (size_t bcube_max_bytes : {size_t{0}, size_t{1} << 23}) {
+    for (size_t count : {size_t{576}, size_t{1} << 20}) {
+      SCOPED_TRACE(::testing::Message() << count << " floats, BCUBE up to " << bcube_max_bytes);
+      RunRanks(
+          world, absl::Seconds(20),
+          [&](int r, GlooCommunicator& comm) {
+            std::vector<float> data(count);
+            // Small integers and halves: every partial sum is exact in float.
+            for (size_t i = 0; i < count; ++i) {
+              data[i] = 0.5f * static_cast<float>((r + 1) * (i % 1000));
+            }
+            ASSERT_TRUE(comm.AllReduceSum(data.data(), count).ok());
+            for (size_t i = 0; i < count; ++i) {
+              float want = 0;
+              for (int k = 0; k < world; ++k) {
+                want += 0.5f * static_cast<float>((k + 1) * (i % 1000));
+              }
+              ASSERT_EQ(data[i], want) << "rank " << r << " index " << i;
+            }
+          },
+          bcube_max_bytes);
+    }
   }
 }
 

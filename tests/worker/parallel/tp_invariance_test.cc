@@ -10,6 +10,7 @@
 // uneven split (heads 6/3); the tiny GQA checkpoints (2 KV heads) make TP=3 replicate KV heads.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/base/status_macros.h"
 #include "tests/worker/model/golden.h"
 #include "worker/backend/cpu/cpu_backend.h"
@@ -151,63 +153,96 @@ class TpGroup {
   std::vector<RankEngine> ranks_;
 };
 
-// Prefill of c.input_ids (logits of every position, or of the last), then greedy decode one token
-// a step through the KV cache until c.greedy.size() tokens. Returns the prefill logits.
-std::vector<float> RunCase(TpGroup& group, const GoldenCase& c, bool all_logits,
-                           std::vector<int32_t>* greedy) {
-  const int64_t total = c.input_ids.size() + c.greedy.size();
-  std::vector<int32_t> table;
-  for (int32_t b = 0; b * kBlockSize < total; ++b) table.push_back(b);
-  StepSequence seq;
-  seq.tokens = c.input_ids;
-  seq.block_table = table;
-  seq.all_logits = all_logits;
-  absl::StatusOr<StepResult> r = group.Execute(Step{.sequences = {seq}, .return_logits = true});
-  EXPECT_TRUE(r.ok()) << r.status();
-  if (!r.ok()) return {};
-  greedy->push_back(r->tokens.at(0));
-  seq.all_logits = false;
-  while (greedy->size() < c.greedy.size()) {
-    seq.start_pos += static_cast<int64_t>(seq.tokens.size());
-    seq.tokens = {greedy->back()};
-    absl::StatusOr<StepResult> d = group.Execute(Step{.sequences = {seq}});
-    EXPECT_TRUE(d.ok()) << d.status();
-    if (!d.ok()) break;
-    greedy->push_back(d->tokens.at(0));
+// All cases as one batch, as the coordinator batches requests: one step prefills every prompt
+// (logits of every position, or of the last), then each step decodes one greedy token per case
+// through the KV cache, until the goldens' count. Case i owns blocks [i * per_case, ...).
+// Batching also keeps the collectives per token (62 for SmolLM2) shared by all cases.
+struct BatchOutput {
+  std::vector<std::vector<float>> logits;  // per case: the prefill logits
+  std::vector<std::vector<int32_t>> greedy;
+};
+
+int64_t BlocksPerCase(const std::vector<GoldenCase>& cases) {
+  size_t longest = 0;
+  for (const GoldenCase& c : cases) {
+    longest = std::max(longest, c.input_ids.size() + c.greedy.size());
   }
-  return std::move(r->logits);
+  return static_cast<int64_t>((longest + kBlockSize - 1) / kBlockSize);
+}
+
+BatchOutput RunBatch(TpGroup& group, const std::vector<GoldenCase>& cases, bool all_logits) {
+  const int64_t per_case = BlocksPerCase(cases);
+  Step step{.return_logits = true};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    StepSequence seq;
+    seq.seq_id = static_cast<int64_t>(i);
+    seq.tokens = cases[i].input_ids;
+    for (int64_t b = 0; b < per_case; ++b) {
+      seq.block_table.push_back(static_cast<int32_t>(i * per_case + b));
+    }
+    seq.all_logits = all_logits;
+    step.sequences.push_back(std::move(seq));
+  }
+  BatchOutput out;
+  out.logits.resize(cases.size());
+  out.greedy.resize(cases.size());
+  const size_t steps = cases.front().greedy.size();
+  for (size_t s = 0; s < steps; ++s) {
+    absl::StatusOr<StepResult> r = group.Execute(step);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return out;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      StepSequence& seq = step.sequences[i];
+      if (s == 0) {
+        const int64_t rows = all_logits ? static_cast<int64_t>(seq.tokens.size()) : 1;
+        const float* first = r->logits.data() + r->logits_row[i] * r->vocab_size;
+        out.logits[i].assign(first, first + rows * r->vocab_size);
+      }
+      out.greedy[i].push_back(r->tokens.at(i));
+      seq.start_pos += static_cast<int64_t>(seq.tokens.size());
+      seq.tokens = {out.greedy[i].back()};
+      seq.all_logits = false;
+    }
+    step.return_logits = false;
+  }
+  return out;
 }
 
 // Runs `cases` at TP=1, 2, 3 and checks logits against TP=1 and the goldens, tokens against the
-// goldens. `golden_tolerance` is the README's tolerance for the folder.
+// goldens.
 void CheckTpInvariance(const std::string& path, const std::vector<GoldenCase>& cases,
-                       bool all_logits, int64_t num_blocks, double golden_tolerance,
-                       const std::vector<int>& threads_per_rank) {
-  std::vector<std::vector<float>> tp1_logits(cases.size());
+                       bool all_logits, const std::vector<int>& threads_per_rank) {
+  ASSERT_FALSE(cases.empty());
+  for (const GoldenCase& c : cases) ASSERT_EQ(c.greedy.size(), cases.front().greedy.size());
+  std::vector<std::vector<float>> tp1_logits;
   for (int world : {1, 2, 3}) {
     SCOPED_TRACE(absl::StrCat("TP=", world));
     absl::StatusOr<std::unique_ptr<TpGroup>> group =
-        TpGroup::Open(path, world, threads_per_rank[world - 1], num_blocks);
+        TpGroup::Open(path, world, threads_per_rank[world - 1],
+                      BlocksPerCase(cases) * static_cast<int64_t>(cases.size()));
     ASSERT_TRUE(group.ok()) << group.status();
+    const absl::Time start = absl::Now();
+    BatchOutput out = RunBatch(**group, cases, all_logits);
+    std::printf("%s TP=%d: %zu sequences, %zu steps in %.2f s\n",
+                std::filesystem::path(path).filename().c_str(), world, cases.size(),
+                cases.front().greedy.size(), absl::ToDoubleSeconds(absl::Now() - start));
     for (size_t i = 0; i < cases.size(); ++i) {
       SCOPED_TRACE(absl::StrCat("case ", i));
       const GoldenCase& c = cases[i];
-      std::vector<int32_t> greedy;
-      std::vector<float> logits = RunCase(**group, c, all_logits, &greedy);
+      const std::vector<float>& logits = out.logits[i];
       ASSERT_EQ(logits.size(), c.logits.size());
       const double vs_golden = RelativeDiff(logits.data(), c.logits.data(), logits.size());
-      EXPECT_LE(vs_golden, golden_tolerance);
-      EXPECT_EQ(greedy, c.greedy);
+      EXPECT_LE(vs_golden, 1e-4);
+      EXPECT_EQ(out.greedy[i], c.greedy);
       double vs_tp1 = 0.0;
-      if (world == 1) {
-        tp1_logits[i] = std::move(logits);
-      } else {
+      if (world > 1) {
         vs_tp1 = RelativeDiff(logits.data(), tp1_logits[i].data(), logits.size());
         EXPECT_LE(vs_tp1, 1e-4);
       }
       std::printf("%s TP=%d case %zu: relative diff vs golden %.3g, vs TP=1 %.3g\n",
                   std::filesystem::path(path).filename().c_str(), world, i, vs_golden, vs_tp1);
     }
+    if (world == 1) tp1_logits = std::move(out.logits);
   }
 }
 
@@ -220,7 +255,7 @@ TEST_P(TinyTpInvariance, Tp123MatchTp1AndGoldens) {
   const std::vector<GoldenCase> cases = LoadGoldenCases(GetParam());
   ASSERT_FALSE(cases.empty());
   CheckTpInvariance(absl::StrCat(testing::kGoldenDir, "/", GetParam()), cases,
-                    /*all_logits=*/true, /*num_blocks=*/8, /*golden_tolerance=*/1e-4, {1, 1, 1});
+                    /*all_logits=*/true, {1, 1, 1});
 }
 
 INSTANTIATE_TEST_SUITE_P(Goldens, TinyTpInvariance,
@@ -237,9 +272,8 @@ INSTANTIATE_TEST_SUITE_P(Goldens, TinyTpInvariance,
 
 #else
 
-// Last-position logits and 64 greedy tokens. Cases 0 (5 tokens of prose) and 1 (chat, 38 tokens):
-// the other three are covered at TP=1 by smollm2_reference_test, and two cases keep TP=2/3 (61
-// collectives a step over loopback) affordable on two busy cores.
+// Last-position logits and 64 greedy tokens of all 5 prompts (5 to 124 tokens, two of them chat),
+// batched: 64 steps per TP degree.
 TEST(SmolLM2TpInvariance, Tp123MatchTp1AndGoldens) {
   const std::string path = testing::ModelsDir() + "/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!std::filesystem::exists(path)) {
@@ -247,8 +281,7 @@ TEST(SmolLM2TpInvariance, Tp123MatchTp1AndGoldens) {
   }
   const std::vector<GoldenCase> all = LoadGoldenCases("smollm2-135m-q4_1");
   ASSERT_EQ(all.size(), 5u);
-  CheckTpInvariance(path, {all[0], all[1]}, /*all_logits=*/false, /*num_blocks=*/8,
-                    /*golden_tolerance=*/1e-4, {2, 1, 1});
+  CheckTpInvariance(path, all, /*all_logits=*/false, {2, 1, 1});
 }
 
 #endif
