@@ -192,7 +192,7 @@ absl::Status Scheduler::CheckInvariants() const {
       return absl::InternalError(absl::StrCat("sequence ", id, " has ", table.size(),
                                               " blocks for ", seq.num_computed(), " tokens"));
     }
-    if (seq.num_computed() > seq.num_tokens() || seq.num_tokens() > max_seq_len_ + 1) {
+    if (seq.num_computed() > seq.num_tokens() || seq.num_tokens() > max_seq_len_) {
       return absl::InternalError(absl::StrCat("sequence ", id, " token counts out of range"));
     }
     // Blocks it will write (from the first not fully computed one on) must be its alone.

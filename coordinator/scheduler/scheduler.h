@@ -58,7 +58,8 @@ class Scheduler {
   // n > 1 completions: `child` becomes a copy of `parent` that shares the parent's full blocks
   // (reference counted) and recomputes only the partial last block. Call it between the Schedule
   // that samples `parent` (typically the end of its prefill) and the matching Update, and give the
-  // child its own sampled token in that Update.
+  // child its own sampled token in that Update. Children count as running sequences: they may
+  // take the running set past max_num_seqs, and admission then waits until it is below again.
   absl::Status Fork(SeqId parent, SeqId child);
 
   // Client went away, called Abort, or the engine matched a stop string (reason kStopString).
