@@ -1,5 +1,5 @@
 // Iteration-level (continuous) batching policy. Pure data in, pure data out: no gRPC, no threads,
-// no clock; the engine loop drives it as
+// no clock, not thread-safe (the engine loop's thread makes every call); the loop drives it as
 //
 //   Add / Abort / Fork (any time, from the engine thread)
 //   loop: out = Schedule();  run out on the workers;  Update({sampled tokens})
