@@ -197,6 +197,20 @@ class WordPieceDecoder : public Decoder {
   bool cleanup_;
 };
 
+// BPE with an end-of-word suffix: the suffix becomes a space, except in the last token.
+class BpeSuffixDecoder : public Decoder {
+ public:
+  explicit BpeSuffixDecoder(std::string suffix) : suffix_(std::move(suffix)) {}
+  void DecodeChain(std::vector<std::string>* tokens) const override {
+    for (size_t i = 0; i < tokens->size(); ++i) {
+      ReplaceAllLiteral(&(*tokens)[i], suffix_, i + 1 == tokens->size() ? "" : " ");
+    }
+  }
+
+ private:
+  std::string suffix_;
+};
+
 class SequenceDecoder : public Decoder {
  public:
   explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts)
@@ -242,6 +256,11 @@ absl::StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const Json& j, std::str
     ASSIGN_OR_RETURN(bool cleanup, JsonBoolOr(j, "cleanup", path, true));
     return std::make_unique<WordPieceDecoder>(std::move(prefix), cleanup);
   }
+  if (type == "BPEDecoder") {
+    ASSIGN_OR_RETURN(std::string suffix, JsonStringOr(j, "suffix", path, "</w>"));
+    if (suffix.empty()) return JsonFieldError(JsonPath(path, "suffix"), "empty");
+    return std::make_unique<BpeSuffixDecoder>(std::move(suffix));
+  }
   if (type == "Sequence") {
     ASSIGN_OR_RETURN(const Json* list, JsonMember(j, "decoders", path));
     if (!list->is_array()) return JsonFieldError(JsonPath(path, "decoders"), "expected an array");
@@ -255,7 +274,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const Json& j, std::str
   return JsonFieldError(JsonPath(path, "type"),
                         Cat("decoder type \"", type,
                             "\" is not supported (supported: ByteLevel, ByteFallback, Fuse, "
-                            "Strip, Replace, Metaspace, WordPiece, Sequence)"));
+                            "Strip, Replace, Metaspace, WordPiece, BPEDecoder, Sequence)"));
 }
 
 }  // namespace tpserve::tok

@@ -23,22 +23,24 @@ class LowercaseNormalizer : public Normalizer {
   void Normalize(std::string* text) const override { *text = Lowercase(*text); }
 };
 
-// Drops nonspacing marks (Mn); meant to follow NFD.
-std::string DropMarks(std::string_view s) {
+// Drops marks: only nonspacing ones (Mn) for BERT's accent stripping, all of them (Mn, Mc, Me)
+// for the StripAccents normalizer, as `tokenizers` does. Meant to follow NFD.
+std::string DropMarks(std::string_view s, bool all_marks) {
   std::string out;
   out.reserve(s.size());
   size_t pos = 0;
   while (pos < s.size()) {
     size_t start = pos;
     char32_t c = NextCodePoint(s, &pos);
-    if (c < 0x300 || !IsMarkNonspacing(c)) out.append(s.substr(start, pos - start));
+    bool mark = c >= 0x300 && (all_marks ? IsMark(c) : IsMarkNonspacing(c));
+    if (!mark) out.append(s.substr(start, pos - start));
   }
   return out;
 }
 
 class StripAccentsNormalizer : public Normalizer {
  public:
-  void Normalize(std::string* text) const override { *text = DropMarks(*text); }
+  void Normalize(std::string* text) const override { *text = DropMarks(*text, /*all_marks=*/true); }
 };
 
 // BERT's cleaning (drop NUL, U+FFFD and control characters, map whitespace to ' '), spaces around
@@ -77,7 +79,8 @@ class BertNormalizer : public Normalizer {
       }
       *text = std::move(out);
     }
-    if (strip_accents_) *text = DropMarks(tok::Normalize(*text, NormalForm::kNfd));
+    if (strip_accents_)
+      *text = DropMarks(tok::Normalize(*text, NormalForm::kNfd), /*all_marks=*/false);
     if (lowercase_) *text = Lowercase(*text);
   }
 

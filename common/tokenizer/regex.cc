@@ -29,6 +29,58 @@ std::string EscapeLiteral(std::string_view literal) {
   return out;
 }
 
+// Oniguruma (the engine of `tokenizers`) gives \w and \s their Unicode meanings: \w is the Word
+// property (letters, marks, decimal digits, connector punctuation, ZWNJ/ZWJ) and \s White_Space.
+// PCRE2 10.42's UCP \w lacks marks and ZWJ and its \s lacks U+0085, which changes how Devanagari,
+// emoji ZWJ sequences and variation selectors split; so those escapes are spelled out.
+constexpr std::string_view kWordSet = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D})";
+constexpr std::string_view kSpaceSet = R"(\s\x{85})";
+
+std::string TranslateOnigPattern(std::string_view p) {
+  std::string out;
+  out.reserve(p.size() + 32);
+  bool in_class = false;
+  for (size_t i = 0; i < p.size(); ++i) {
+    char c = p[i];
+    if (c == '\\' && i + 1 < p.size()) {
+      char e = p[++i];
+      if (e == 'w' || e == 's') {
+        std::string_view set = e == 'w' ? kWordSet : kSpaceSet;
+        if (in_class) {
+          out.append(set);
+        } else {
+          out.append("[").append(set).append("]");
+        }
+      } else if ((e == 'W' || e == 'S') && !in_class) {
+        out.append("[^").append(e == 'W' ? kWordSet : kSpaceSet).append("]");
+      } else {
+        out.push_back('\\');
+        out.push_back(e);
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out.push_back(c);
+      // A ']' right after '[' or '[^' is a literal member.
+      if (i + 1 < p.size() && p[i + 1] == '^') out.push_back(p[++i]);
+      if (i + 1 < p.size() && p[i + 1] == ']') out.push_back(p[++i]);
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // [:alpha:]
+      size_t end = p.find(":]", i + 2);
+      if (end != std::string_view::npos) {
+        out.append(p.substr(i, end + 2 - i));
+        i = end + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']') in_class = false;
+    out.push_back(c);
+  }
+  return out;
+}
+
 }  // namespace
 
 Regex::~Regex() {
@@ -38,13 +90,15 @@ Regex::~Regex() {
 absl::StatusOr<std::shared_ptr<const Regex>> Regex::Compile(std::string_view pattern) {
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
-  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                   PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
+  const std::string translated = TranslateOnigPattern(pattern);
+  pcre2_code* code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
+                    PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
   if (code == nullptr) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error_code, message, sizeof(message));
     return absl::InvalidArgumentError(Cat("cannot compile regex \"", pattern, "\" at offset ",
-                                          error_offset, ": ",
+                                          error_offset, " (of \"", translated, "\")", ": ",
                                           reinterpret_cast<const char*>(message)));
   }
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if JIT is absent

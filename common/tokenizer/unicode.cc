@@ -192,6 +192,11 @@ bool IsOther(char32_t c) {
 
 bool IsMarkNonspacing(char32_t c) { return Category(c) == UTF8PROC_CATEGORY_MN; }
 
+bool IsMark(char32_t c) {
+  auto cat = Category(c);
+  return cat >= UTF8PROC_CATEGORY_MN && cat <= UTF8PROC_CATEGORY_ME;
+}
+
 bool IsDigit(char32_t c) {
   auto cat = Category(c);
   return cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO;

@@ -38,6 +38,7 @@ bool IsWordChar(char32_t c);      // regex \w: alphanumeric, marks, connector pu
 bool IsPunctuation(char32_t c);   // P* categories
 bool IsOther(char32_t c);         // C* categories (control, format, unassigned, private, surrogate)
 bool IsMarkNonspacing(char32_t c);  // Mn
+bool IsMark(char32_t c);            // Mn, Mc, Me
 bool IsDigit(char32_t c);           // Rust char::is_numeric (Nd, Nl, No)
 bool IsCjkIdeograph(char32_t c);    // the CJK blocks BERT pads with spaces
 

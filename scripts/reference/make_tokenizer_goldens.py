@@ -136,7 +136,52 @@ def minilm(corpus):
     return tok, None
 
 
-TRAINED = [gpt2_bpe, llama3_bpe, qwen2_bpe, sp_bpe, sp_bpe_metaspace]
+def gpt2_prefix(corpus):
+    """RoBERTa layout: ByteLevel with add_prefix_space, RobertaProcessing."""
+    tok = _train_byte_level(corpus, None, ["<s>", "<pad>", "</s>", "<unk>"], 900)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok.add_special_tokens([AddedToken("<mask>", lstrip=True, special=True)])
+    return tok, {"bos_token": "<s>", "eos_token": "</s>"}
+
+
+def wordpiece_misc(corpus):
+    """A trained WordPiece behind NFKC + Lowercase + regex Replace + Strip, WhitespaceSplit,
+    contiguous Punctuation and Digits; BertProcessing."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=30))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),
+                                           normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Punctuation("contiguous"),
+                                                 pre_tokenizers.Digits(individual_digits=False)])
+    trainer = trainers.WordPieceTrainer(vocab_size=1500, special_tokens=["[UNK]", "[CLS]", "[SEP]", "[PAD]"],
+                                        show_progress=False, limit_alphabet=300)
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.BertProcessing(("[SEP]", 2), ("[CLS]", 1))
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    return tok, {"bos_token": "[CLS]", "eos_token": "[SEP]"}
+
+
+def bpe_misc(corpus):
+    """A BPE with a continuing-subword prefix and an end-of-word suffix (BPEDecoder), behind
+    NFD + StripAccents + NFC, and Split with every delimiter behavior and an inverted pattern."""
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", end_of_word_suffix="</w>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.NFC()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"),
+        pre_tokenizers.Split(Regex(r"[.,!?;:]"), behavior="merged_with_previous"),
+        pre_tokenizers.Split(Regex(r"[-_/]"), behavior="merged_with_next"),
+        pre_tokenizers.Split(Regex(r"\d"), behavior="contiguous"),
+        pre_tokenizers.Split(Regex(r"[^()\[\]{}<>]+"), behavior="isolated", invert=True),
+        pre_tokenizers.Whitespace()])
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["[UNK]"], show_progress=False,
+                                  continuing_subword_prefix="##", end_of_word_suffix="</w>", limit_alphabet=300)
+    tok.train_from_iterator(corpus, trainer)
+    tok.decoder = decoders.BPEDecoder(suffix="</w>")
+    return tok, {"bos_token": None, "eos_token": None}
+
+
+TRAINED = [gpt2_bpe, llama3_bpe, qwen2_bpe, sp_bpe, sp_bpe_metaspace, gpt2_prefix, wordpiece_misc, bpe_misc]
 
 
 def write_gguf(path, arch, model, tokens, types, scores=None, merges=None, **ids):

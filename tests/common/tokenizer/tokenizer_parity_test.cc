@@ -150,6 +150,9 @@ INSTANTIATE_TEST_SUITE_P(
         Kind{"qwen2_bpe", "qwen2_bpe", Kind::kFolder, "qwen2_bpe"},
         Kind{"sp_bpe", "sp_bpe", Kind::kFolder, "sp_bpe"},
         Kind{"sp_bpe_metaspace", "sp_bpe_metaspace", Kind::kFolder, "sp_bpe_metaspace"},
+        Kind{"gpt2_prefix", "gpt2_prefix", Kind::kFolder, "gpt2_prefix"},
+        Kind{"wordpiece_misc", "wordpiece_misc", Kind::kFolder, "wordpiece_misc"},
+        Kind{"bpe_misc", "bpe_misc", Kind::kFolder, "bpe_misc"},
         Kind{"minilm", "minilm", Kind::kJsonInModels, "all-MiniLM-L6-v2/tokenizer.json"},
         Kind{"smollm2_gguf", "smollm2_gguf", Kind::kGguf, "SmolLM2-135M-Instruct.Q4_1.gguf"},
         // llama.cpp SentencePiece layout (merges recovered from scores) vs transformers.
