@@ -32,7 +32,8 @@ class RendezvousClient final : public KvStore {
   absl::StatusOr<std::string> Get(const std::string& key, absl::Duration timeout) override {
     v1::StoreGetRequest req;
     req.set_key(key);
-    req.set_timeout_ms(absl::ToInt64Milliseconds(timeout));
+    // At least 1 ms: the service answers NOT_FOUND to 0, the KvStore contract DEADLINE_EXCEEDED.
+    req.set_timeout_ms(std::max<int64_t>(1, absl::ToInt64Milliseconds(timeout)));
     v1::StoreGetResponse resp;
     grpc::ClientContext ctx;
     Prepare(ctx, timeout + options_.rpc_timeout);

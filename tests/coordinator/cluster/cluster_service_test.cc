@@ -80,6 +80,9 @@ TEST_F(ClusterServiceTest, MissingKeysTimeOutNamingThem) {
 
   absl::StatusOr<std::string> get = client_->Get("nothing", absl::Milliseconds(200));
   EXPECT_EQ(get.status().code(), absl::StatusCode::kDeadlineExceeded) << get.status();
+  // Same contract as InMemoryKvStore for a zero timeout.
+  get = client_->Get("nothing", absl::ZeroDuration());
+  EXPECT_EQ(get.status().code(), absl::StatusCode::kDeadlineExceeded) << get.status();
 
   // Without waiting the answer is NOT_FOUND, straight from the service.
   v1::StoreGetRequest req;
