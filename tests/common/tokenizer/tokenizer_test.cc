@@ -2,9 +2,11 @@
 // and the streaming detokenizer's hold-back behaviour.
 #include "common/tokenizer/tokenizer.h"
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_format.h"
 #include "common/format/gguf.h"
@@ -218,6 +220,26 @@ TEST(TokenizerBadInput, LargeInputsRoundTrip) {
     ASSERT_TRUE(back.ok());
     EXPECT_TRUE(*back == text) << "round trip differs for an input of " << text.size() << " bytes";
   }
+}
+
+// Encode is const and shared between request threads; the BPE cache must not corrupt results.
+TEST(TokenizerThreads, ConcurrentEncodeMatchesReference) {
+  auto tok = LoadFolder("qwen2_bpe");
+  ASSERT_NE(tok, nullptr);
+  auto entries = testing::LoadGolden("qwen2_bpe");
+  ASSERT_GT(entries.size(), 1000u);
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < entries.size(); i += 2) {  // overlapping halves
+        auto ids = tok->Encode(entries[i].text);
+        if (!ids.ok() || *ids != entries[i].ids) ++mismatches;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches.load(), 0);
 }
 
 // A character split across byte-fallback tokens is held back until it is complete.
