@@ -12,6 +12,11 @@
 namespace tpserve::chat {
 namespace {
 
+constexpr std::string_view kIntOverflow = "integer overflow (templates use 64-bit integers)";
+// Strings/lists built by `~`, `+` and `*` beyond this many bytes / items are refused, so a
+// template cannot exhaust memory (Python would try).
+constexpr size_t kMaxRepeatItems = size_t{64} << 20;
+
 absl::Status TypeError(std::string_view message) {
   return absl::InvalidArgumentError(std::string(message));
 }
@@ -346,7 +351,12 @@ absl::StatusOr<bool> Contains(const Value& haystack, const Value& needle) {
 }
 
 absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value& b) {
-  if (op == "~") return Value::String(ToStr(a) + ToStr(b));
+  if (op == "~") {
+    std::string out = ToStr(a);
+    const std::string right = ToStr(b);
+    if (out.size() + right.size() > kMaxRepeatItems) return TypeError("string grew too large");
+    return Value::String(out + right);
+  }
   for (const Value* v : {&a, &b}) {
     if (v->is_undefined()) return absl::InvalidArgumentError(v->undefined_message());
   }
@@ -358,9 +368,23 @@ absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value&
     const bool fl = a.is_float() || b.is_float();
     const double x = a.as_double(), y = b.as_double();
     const int64_t i = a.as_int(), j = b.as_int();
-    if (op == "+") return fl ? Value::Float(x + y) : Value::Int(i + j);
-    if (op == "-") return fl ? Value::Float(x - y) : Value::Int(i - j);
-    if (op == "*") return fl ? Value::Float(x * y) : Value::Int(i * j);
+    // Python ints are unbounded; ours are int64 and overflow is an error rather than UB.
+    int64_t r = 0;
+    if (op == "+") {
+      if (fl) return Value::Float(x + y);
+      if (__builtin_add_overflow(i, j, &r)) return TypeError(kIntOverflow);
+      return Value::Int(r);
+    }
+    if (op == "-") {
+      if (fl) return Value::Float(x - y);
+      if (__builtin_sub_overflow(i, j, &r)) return TypeError(kIntOverflow);
+      return Value::Int(r);
+    }
+    if (op == "*") {
+      if (fl) return Value::Float(x * y);
+      if (__builtin_mul_overflow(i, j, &r)) return TypeError(kIntOverflow);
+      return Value::Int(r);
+    }
     if (op == "/" || op == "//" || op == "%") {
       if (fl ? y == 0 : j == 0) {
         return TypeError(op == "%" ? "integer modulo by zero" : "division by zero");
@@ -384,17 +408,26 @@ absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value&
       return Value::Int(m);
     }
     if (op == "**") {
-      if (!fl && j >= 0) {
-        int64_t r = 1;
-        for (int64_t k = 0; k < j; ++k) r *= i;
-        return Value::Int(r);
+      if (!fl && j >= 0) {  // Square-and-multiply: at most 63 squarings before overflow.
+        int64_t result = 1, base = i;
+        for (int64_t e = j; e > 0; e >>= 1) {
+          if ((e & 1) && __builtin_mul_overflow(result, base, &result))
+            return TypeError(kIntOverflow);
+          if (e > 1 && __builtin_mul_overflow(base, base, &base)) return TypeError(kIntOverflow);
+        }
+        return Value::Int(result);
       }
       return Value::Float(std::pow(x, y));
     }
     return unsupported();
   }
   if (op == "+") {
-    if (a.is_string() && b.is_string()) return Value::String(a.as_string() + b.as_string());
+    if (a.is_string() && b.is_string()) {
+      if (a.as_string().size() + b.as_string().size() > kMaxRepeatItems) {
+        return TypeError("string grew too large");
+      }
+      return Value::String(a.as_string() + b.as_string());
+    }
     if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {
       std::vector<Value> out = a.as_list();
       out.insert(out.end(), b.as_list().begin(), b.as_list().end());
@@ -410,6 +443,10 @@ absl::StatusOr<Value> BinaryOp(std::string_view op, const Value& a, const Value&
     const Value& count = a_seq ? b : a;
     if ((seq.is_string() || seq.is_list()) && (count.is_int() || count.is_bool())) {
       const int64_t n = std::max<int64_t>(0, count.as_int());
+      const size_t unit = seq.is_string() ? seq.as_string().size() : seq.as_list().size();
+      if (unit != 0 && n > static_cast<int64_t>(kMaxRepeatItems / unit)) {
+        return TypeError(Cat("repeating a ", seq.TypeName(), " ", n, " times is too large"));
+      }
       if (seq.is_string()) {
         std::string out;
         for (int64_t k = 0; k < n; ++k) out += seq.as_string();

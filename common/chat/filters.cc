@@ -171,11 +171,19 @@ absl::StatusOr<Value> FToJson(const Value& v, const CallArgs& a) {
   return Value::String(std::move(s));
 }
 
+// Python int(float): truncates toward zero; beyond int64 it is an error here (Python has bigints).
+absl::StatusOr<Value> TruncToInt(double d) {
+  const double t = std::trunc(d);
+  if (!std::isfinite(t) || t < -9.223372036854775808e18 || t >= 9.223372036854775808e18) {
+    return Error("integer overflow converting float to int");
+  }
+  return Value::Int(static_cast<int64_t>(t));
+}
+
 absl::StatusOr<Value> FInt(const Value& v, const CallArgs& a) {
   const Value* def = FindArg(a, 0, "default");
   const Value fallback = def != nullptr ? *def : Value::Int(0);
-  if (v.is_number())
-    return Value::Int(v.is_float() ? static_cast<int64_t>(std::trunc(v.as_double())) : v.as_int());
+  if (v.is_number()) return v.is_float() ? TruncToInt(v.as_double()) : Value::Int(v.as_int());
   if (!v.is_string()) return fallback;
   const std::string s = PyStrip(v.as_string(), nullptr, true, true);
   try {
@@ -184,8 +192,7 @@ absl::StatusOr<Value> FInt(const Value& v, const CallArgs& a) {
         s, &used, static_cast<int>(FindArg(a, 1, "base") ? FindArg(a, 1, "base")->as_int() : 10));
     if (used == s.size()) return Value::Int(i);
     const double d = std::stod(s, &used);
-    if (used == s.size() && std::isfinite(d))
-      return Value::Int(static_cast<int64_t>(std::trunc(d)));
+    if (used == s.size() && std::isfinite(d)) return TruncToInt(d);
   } catch (...) {
   }
   return fallback;
@@ -208,7 +215,9 @@ absl::StatusOr<Value> FFloat(const Value& v, const CallArgs& a) {
 
 absl::StatusOr<Value> FAbs(const Value& v, const CallArgs&) {
   if (!v.is_number()) return Error(Cat("bad operand type for abs(): '", v.TypeName(), "'"));
-  return v.is_float() ? Value::Float(std::fabs(v.as_double())) : Value::Int(std::llabs(v.as_int()));
+  if (v.is_float()) return Value::Float(std::fabs(v.as_double()));
+  if (v.as_int() == INT64_MIN) return Error("integer overflow");
+  return Value::Int(std::llabs(v.as_int()));
 }
 
 absl::StatusOr<Value> FRound(const Value& v, const CallArgs& a) {
@@ -398,7 +407,7 @@ absl::StatusOr<Value> FIndent(const Value& v, const CallArgs& a) {
   const std::string pad = width == nullptr ? "    "
                           : width->is_string()
                               ? width->as_string()
-                              : std::string(std::max<int64_t>(0, width->as_int()), ' ');
+                              : std::string(std::clamp<int64_t>(width->as_int(), 0, 4096), ' ');
   const bool first = BoolArg(a, 1, "first", false), blank = BoolArg(a, 2, "blank", false);
   const std::string s = ToStr(v) + "\n";
   std::vector<std::string> lines;

@@ -30,12 +30,13 @@ Dict MakeGlobals() {
           const int64_t step = p.size() == 3 ? p[2] : 1;
           if (step == 0) return Error("range() arg 3 must not be zero");
           std::vector<Value> out;
-          for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+          for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
             // jinja2's sandbox caps ranges at MAX_RANGE items.
             if (out.size() >= 100000)
               return Error(
                   "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
             out.push_back(Value::Int(i));
+            if (__builtin_add_overflow(i, step, &i)) break;
           }
           return Value::List(std::move(out));
         }));

@@ -427,7 +427,9 @@ absl::StatusOr<Value> Interpreter::EvalInner(const Expr& e, const FramePtr& fram
                                               v.TypeName(), "'"));
       }
       if (e.kind == Expr::Kind::kPos) return v.is_bool() ? Value::Int(v.as_int()) : v;
-      return v.is_float() ? Value::Float(-v.as_double()) : Value::Int(-v.as_int());
+      if (v.is_float()) return Value::Float(-v.as_double());
+      if (v.as_int() == INT64_MIN) return absl::InvalidArgumentError("integer overflow");
+      return Value::Int(-v.as_int());
     }
     case Expr::Kind::kBinary: {
       ASSIGN_OR_RETURN(Value a, Eval(*e.a, frame));

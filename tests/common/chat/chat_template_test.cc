@@ -4,7 +4,9 @@
 // scripts/reference/make_chat_goldens.py.
 #include "common/chat/chat_template.h"
 
+#include <filesystem>
 #include <fstream>
+#include <random>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -230,6 +232,78 @@ TEST(ChatTemplateTest, NestingAndTagLengthAreBounded) {
   auto out = t->Render(nlohmann::json::object());
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(*out, "1000");
+}
+
+// Garbled versions of every real template (deleted, duplicated and injected characters) either
+// parse and render or fail with a chat-template error; none may crash or hang. Fixed seed.
+TEST(ChatTemplateTest, MutatedTemplatesFailCleanly) {
+  std::mt19937 rng(20261128);
+  const std::string inject = "{}%#-+()[]'\"|.,:=~ \nabcis";
+  const auto context = nlohmann::ordered_json::parse(
+      R"({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+          {"role": "assistant", "content": "a"}], "add_generation_prompt": true,
+          "bos_token": "<s>", "eos_token": "</s>", "tools": null, "documents": null})");
+  int parsed = 0, rendered = 0, total = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(std::string(kGoldenDir) + "templates")) {
+    const std::string original = ReadFile(entry.path().string());
+    for (int i = 0; i < 150; ++i) {
+      std::string s = original;
+      const int edits = 1 + static_cast<int>(rng() % 3);
+      for (int e = 0; e < edits && !s.empty(); ++e) {
+        const size_t at = rng() % s.size();
+        const size_t len = std::min<size_t>(1 + rng() % 8, s.size() - at);
+        switch (rng() % 3) {
+          case 0:
+            s.erase(at, len);
+            break;
+          case 1:
+            s.insert(at, s.substr(at, len));
+            break;
+          default:
+            s.insert(at, 1, inject[rng() % inject.size()]);
+            break;
+        }
+      }
+      ++total;
+      auto t = ChatTemplate::Parse(s);
+      if (!t.ok()) {
+        EXPECT_THAT(std::string(t.status().message()), StartsWith("chat template")) << s;
+        continue;
+      }
+      ++parsed;
+      auto out = t->RenderOrdered(context);
+      if (out.ok()) {
+        ++rendered;
+      } else {
+        EXPECT_THAT(std::string(out.status().message()), StartsWith("chat template")) << s;
+      }
+    }
+  }
+  EXPECT_GT(total, 2000);
+  // Both paths are exercised: some mutants still parse and render, many do not.
+  EXPECT_GT(parsed, total / 10);
+  EXPECT_LT(parsed, total);
+  EXPECT_GT(rendered, 0);
+}
+
+// Python would compute these with bigints or try to allocate terabytes; here they are clean
+// errors (documented differences), never UB, hangs or crashes.
+TEST(ChatTemplateTest, ArithmeticLimitsAreErrors) {
+  for (const char* source :
+       {"{{ 2 ** 100 }}", "{{ 2 ** 1000000000000 }}", "{{ 9223372036854775807 + 1 }}",
+        "{{ 'x' * 1000000000000 }}", "{{ [1, 2] * 1000000000000 }}", "{{ 1e300|int }}"}) {
+    auto t = ChatTemplate::Parse(source);
+    ASSERT_TRUE(t.ok()) << source << ": " << t.status();
+    auto out = t->Render(nlohmann::json::object());
+    EXPECT_FALSE(out.ok()) << source << " rendered " << *out;
+  }
+  auto t = ChatTemplate::Parse("{{ 2 ** 62 }} {{ (-2) ** 63 }} {{ 3 ** 39 }}");
+  ASSERT_TRUE(t.ok()) << t.status();
+  auto out = t->Render(nlohmann::json::object());
+  ASSERT_TRUE(out.ok()) << out.status();
+  // Python: 2**62, (-2)**63, 3**39.
+  EXPECT_EQ(*out, "4611686018427387904 -9223372036854775808 4052555153018976267");
 }
 
 TEST(ChatTemplateTest, RecursionIsBounded) {
