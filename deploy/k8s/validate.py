@@ -247,6 +247,12 @@ def stage_semantics(objs, bin_dir=None):
                 if not {"cpu", "memory"} <= set(c.get("resources", {}).get(kind, {})):
                     errors.append(f"semantics: {name_of(owner)} container {c['name']}: cpu/memory {kind} missing")
 
+    # One build per overlay: a second image means an `images:` entry matched only some containers.
+    images = {c.get("image") for _, _, t in tmpls
+              for c in t.get("spec", {}).get("initContainers", []) + t.get("spec", {}).get("containers", [])}
+    if len(images) > 1:
+        errors.append(f"semantics: containers use different images {sorted(images)}")
+
     # Tensor-parallel degree: coordinator TP == worker TP == number of worker pods.
     coord = [(o, r, t) for o, r, t in tmpls if tlabels(t).get("app.kubernetes.io/component") == "coordinator"]
     work = [(o, r, t) for o, r, t in tmpls if tlabels(t).get("app.kubernetes.io/component") == "worker"]
@@ -271,6 +277,17 @@ def stage_semantics(objs, bin_dir=None):
                               "(one worker pod per rank)")
     if len(tps) > 1:
         errors.append(f"semantics: coordinator and workers disagree on TP: {sorted(tps)}")
+
+    # A CUDA rank gets a GPU and the CUDA build; a CPU rank asks for no GPU.
+    for owner, role, t in work:
+        c = t["spec"]["containers"][0]
+        device = env_value(env_of(c), "DEVICE", {}) or "cpu"
+        gpus = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+        if device.startswith("cuda") and (str(gpus) != "1" or "cuda" not in c.get("image", "")):
+            errors.append(f"semantics: {name_of(owner)}: DEVICE={device} needs nvidia.com/gpu: 1 and the CUDA "
+                          f"image (has {gpus}, {c.get('image')})")
+        if device == "cpu" and gpus:
+            errors.append(f"semantics: {name_of(owner)}: DEVICE=cpu but requests {gpus} GPU(s)")
 
     # Probes hit ports the container declares.
     for owner, role, t in coord + work:
