@@ -12,6 +12,7 @@ Run from the repository root:
 Writes tests/data/golden/chat/chat_goldens.json.
 """
 
+import datetime
 import json
 import pathlib
 
@@ -40,7 +41,13 @@ TEMPLATES = {
     "zephyr-7b-beta": ("<s>", "</s>"),
     "phi-3-mini-instruct": ("<s>", "<|endoftext|>"),
     "phi-3.5-mini-instruct": ("<s>", "<|endoftext|>"),
+    "deepseek-r1-distill-qwen-32b": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+    "mistral-small-3.1-24b-instruct-2503": ("<s>", "</s>"),
 }
+
+# Templates that call strftime_now() unconditionally: today's date in their output is replaced by
+# a placeholder naming the format; the C++ test substitutes its own strftime() before comparing.
+DATE_TEMPLATES = {"mistral-small-3.1-24b-instruct-2503": "%Y-%m-%d"}
 
 # Templates that read `date_string` would otherwise print today's date (strftime_now).
 EXTRA_KWARGS = {
@@ -150,6 +157,42 @@ BUILTIN_TOOL_CONVERSATION = [
     {"role": "ipython", "content": {"results": ["a", "b"]}},
 ]
 
+DEEPSEEK_TOOL_CONVERSATION = [
+    msg("system", "Be brief."),
+    msg("user", "What's 2+2 and 3+3?"),
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "calc", "arguments": "{\"expr\": \"2+2\"}"}},
+            {"type": "function", "function": {"name": "calc", "arguments": "{\"expr\": \"3+3\"}"}},
+        ],
+    },
+    {"role": "tool", "content": "4"},
+    {"role": "tool", "content": "6"},
+    msg("assistant", "<think>both done</think>4 and 6."),
+    msg("user", "Thanks"),
+]
+
+MISTRAL_TOOL_CONVERSATION = [
+    msg("user", "Weather in Paris?"),
+    {
+        "role": "assistant",
+        "tool_calls": [{"id": "call_abc123456", "type": "function",
+                        "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+    },
+    {"role": "tool", "tool_call_id": "call_abc123456", "content": "sunny, 24C"},
+    msg("assistant", "It is sunny."),
+    msg("user", "And tomorrow?"),
+]
+
+CONTENT_BLOCKS_CONVERSATION = [
+    {"role": "system", "content": [{"type": "text", "text": "System from a block."}]},
+    {"role": "user", "content": [{"type": "text", "text": "What is in "}, {"type": "image"}, {"type": "text", "text": "?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+    {"role": "user", "content": [{"type": "video"}]},
+]
+
 # (conversation name, templates, messages, tools, extra kwargs) for templates that take tools.
 TOOL_CASES = [
     ("tools", ["qwen2.5-instruct", "llama-3.1-instruct", "llama-3.2-instruct", "mistral-7b-instruct-v0.3"],
@@ -160,10 +203,14 @@ TOOL_CASES = [
     ("builtin_tools", ["llama-3.1-instruct"], BUILTIN_TOOL_CONVERSATION, None,
      {"builtin_tools": ["brave_search", "wolfram_alpha", "code_interpreter"]}),
     ("tools_no_user_message", ["llama-3.1-instruct"], [msg("system", "sys only")], TOOLS, {}),
+    ("tools_string_args", ["deepseek-r1-distill-qwen-32b"], DEEPSEEK_TOOL_CONVERSATION, None, {}),
+    ("tools_with_ids", ["mistral-small-3.1-24b-instruct-2503"], MISTRAL_TOOL_CONVERSATION, TOOLS, {}),
+    ("content_blocks", ["mistral-small-3.1-24b-instruct-2503"], CONTENT_BLOCKS_CONVERSATION, None, {}),
 ]
 
 
-def render_case(source, messages, add_generation_prompt, bos, eos, tools=None, extra=None):
+def render_case(source, messages, add_generation_prompt, bos, eos, tools=None, extra=None,
+                date_format=None):
     extra = dict(extra or {})
     context = {
         "messages": messages,
@@ -184,7 +231,11 @@ def render_case(source, messages, add_generation_prompt, bos, eos, tools=None, e
             eos_token=eos,
             **extra,
         )
-        return {"context": context, "expected": rendered[0]}
+        expected = rendered[0]
+        if date_format is not None:
+            today = datetime.datetime.now().strftime(date_format)
+            expected = expected.replace(today, f"<<strftime_now:{date_format}>>")
+        return {"context": context, "expected": expected}
     except Exception as e:  # noqa: BLE001 - any template error is a golden "error" outcome.
         return {"context": context, "error": f"{type(e).__name__}: {e}"}
 
@@ -195,14 +246,16 @@ def template_cases():
         source = (GOLDEN_DIR / "templates" / f"{name}.jinja").read_text()
         for conv_name, messages in CONVERSATIONS.items():
             for agp in (False, True):
-                case = render_case(source, messages, agp, bos, eos, extra=EXTRA_KWARGS.get(name))
+                case = render_case(source, messages, agp, bos, eos, extra=EXTRA_KWARGS.get(name),
+                                   date_format=DATE_TEMPLATES.get(name))
                 cases.append({"template": name, "conversation": conv_name, **case})
         for conv_name, names, messages, tools, extra in TOOL_CASES:
             if name not in names:
                 continue
             for agp in (False, True):
                 case = render_case(source, messages, agp, bos, eos, tools=tools,
-                                   extra={**EXTRA_KWARGS.get(name, {}), **extra})
+                                   extra={**EXTRA_KWARGS.get(name, {}), **extra},
+                                   date_format=DATE_TEMPLATES.get(name))
                 cases.append({"template": name, "conversation": conv_name, **case})
     return cases
 
