@@ -119,7 +119,7 @@ class BpeModel : public Model {
 
   // Initial symbols: one per character, with byte fallback or <unk> for characters not in vocab.
   void InitialSymbols(std::string_view w, std::vector<Symbol>* syms) const {
-    std::optional<int32_t> pending_unk;
+    int32_t pending_unk = -1;  // an <unk> not yet added (it may fuse with the next one)
     auto add = [&](int32_t id) {
       syms->push_back(Symbol{id, static_cast<int32_t>(syms->size()) - 1, -1, true});
     };
@@ -141,8 +141,8 @@ class BpeModel : public Model {
         id = vocab_.Find(buf);
       }
       if (id) {
-        if (pending_unk) add(*pending_unk);
-        pending_unk.reset();
+        if (pending_unk >= 0) add(pending_unk);
+        pending_unk = -1;
         add(*id);
         continue;
       }
@@ -150,20 +150,20 @@ class BpeModel : public Model {
         bool all = true;
         for (unsigned char b : ch) all &= byte_ids_[b] >= 0;
         if (all) {
-          if (pending_unk) add(*pending_unk);
-          pending_unk.reset();
+          if (pending_unk >= 0) add(pending_unk);
+          pending_unk = -1;
           for (unsigned char b : ch) add(byte_ids_[b]);
           continue;
         }
       }
       if (unk_id_) {
-        if (pending_unk && options_.fuse_unk) continue;
-        if (pending_unk) add(*pending_unk);
-        pending_unk = unk_id_;
+        if (pending_unk >= 0 && options_.fuse_unk) continue;
+        if (pending_unk >= 0) add(pending_unk);
+        pending_unk = *unk_id_;
       }
       // Without <unk> the character is dropped, as in `tokenizers`.
     }
-    if (pending_unk) add(*pending_unk);
+    if (pending_unk >= 0) add(pending_unk);
   }
 
   void Merge(std::string_view w, std::vector<int32_t>* out) const {
