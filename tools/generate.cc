@@ -14,6 +14,13 @@
 #include "worker/parallel/communicator.h"
 #include "worker/runtime/model_runner.h"
 
+#if TPSERVE_HAVE_TOKENIZER
+#include "common/tokenizer/tokenizer.h"
+#endif
+#if TPSERVE_HAVE_CHAT
+#include "common/chat/chat_template.h"
+#endif
+
 namespace tpserve {
 namespace {
 
@@ -21,13 +28,41 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// The prompt as token ids: given ids, or the text tokenized (and chat-templated).
-absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateOptions& o, const ModelFiles& files) {
+#if TPSERVE_HAVE_TOKENIZER
+absl::StatusOr<std::unique_ptr<Tokenizer>> OpenTokenizer(const ModelFiles& files) {
+  if (files.gguf != nullptr) return Tokenizer::FromGguf(*files.gguf);
+  return Tokenizer::FromHfFolder(files.path);
+}
+#else
+struct Tokenizer {};
+#endif
+
+// The prompt as token ids: given ids, or the text tokenized (after the chat template with
+// --chat, the way transformers' apply_chat_template(add_generation_prompt=True) tokenizes).
+absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateOptions& o, const Tokenizer* tok) {
   if (!o.prompt_ids.empty()) return o.prompt_ids;
   if (o.prompt.empty()) return absl::InvalidArgumentError("give --prompt-ids or --prompt");
+#if TPSERVE_HAVE_TOKENIZER
+  if (tok == nullptr) return absl::FailedPreconditionError("--prompt: the model has no tokenizer");
+  if (!o.chat) return tok->Encode(o.prompt, /*add_special_tokens=*/true);
+#if TPSERVE_HAVE_CHAT
+  if (tok->chat_template().empty()) {
+    return absl::FailedPreconditionError("--chat: the model has no chat template");
+  }
+  ASSIGN_OR_RETURN(ChatTemplate tmpl, ChatTemplate::Parse(tok->chat_template()));
+  const nlohmann::json messages =
+      nlohmann::json::array({{{"role", "user"}, {"content", o.prompt}}});
+  ASSIGN_OR_RETURN(std::string text, RenderChat(tmpl, messages, /*add_generation_prompt=*/true,
+                                                tok->bos_token(), tok->eos_token()));
+  return tok->Encode(text, /*add_special_tokens=*/false);
+#else
+  return absl::UnimplementedError("--chat: chat templates are not available in this build");
+#endif
+#else
   return absl::UnimplementedError(
       "--prompt: text prompts need the tokenizer, which is not available in this build yet; "
       "use --prompt-ids");
+#endif
 }
 
 absl::Status Generate(const GenerateOptions& o) {
@@ -43,7 +78,26 @@ absl::Status Generate(const GenerateOptions& o) {
                static_cast<long long>(c.hidden_size), static_cast<long long>(c.vocab_size),
                Seconds(Clock::now() - load_start));
 
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(o, files));
+  std::unique_ptr<Tokenizer> tokenizer;
+#if TPSERVE_HAVE_TOKENIZER
+  if (auto tok = OpenTokenizer(files); tok.ok()) {
+    tokenizer = std::move(*tok);
+  } else if (!o.prompt.empty()) {
+    return tok.status();
+  } else {
+    std::fprintf(stderr, "no tokenizer (%s): printing token ids only\n",
+                 tok.status().ToString().c_str());
+  }
+#endif
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(o, tokenizer.get()));
+  std::vector<int64_t> eos_ids = c.eos_token_ids;
+#if TPSERVE_HAVE_TOKENIZER
+  if (tokenizer)
+    eos_ids.insert(eos_ids.end(), tokenizer->eos_ids().begin(), tokenizer->eos_ids().end());
+  std::unique_ptr<IncrementalDetokenizer> detok;
+  if (tokenizer)
+    detok = std::make_unique<IncrementalDetokenizer>(*tokenizer, /*skip_special_tokens=*/true);
+#endif
   const int64_t block_size = 16;
   const int64_t positions = static_cast<int64_t>(prompt.size()) + o.max_tokens;
   const int64_t num_blocks = (positions + block_size - 1) / block_size;
@@ -59,10 +113,10 @@ absl::Status Generate(const GenerateOptions& o) {
                                               .top_p = o.top_p,
                                               .min_p = o.min_p,
                                               .seed = o.seed}};
-  std::printf("prompt (%zu tokens):", prompt.size());
-  for (int32_t t : prompt) std::printf(" %d", t);
-  std::printf("\ngenerated:");
-  std::fflush(stdout);
+  std::fprintf(stderr, "prompt (%zu tokens):", prompt.size());
+  for (int32_t t : prompt) std::fprintf(stderr, " %d", t);
+  std::fprintf(stderr, "\n");
+  std::vector<int32_t> output;
 
   double prefill_s = 0.0, decode_s = 0.0;
   int generated = 0;
@@ -75,15 +129,31 @@ absl::Status Generate(const GenerateOptions& o) {
     (i == 0 ? prefill_s : decode_s) += Seconds(Clock::now() - start);
     const int32_t token = r.tokens[0];
     ++generated;
-    std::printf(" %d", token);
+    output.push_back(token);
+    // Stream text when there is a tokenizer, else ids.
+    bool printed = false;
+#if TPSERVE_HAVE_TOKENIZER
+    if (detok) {
+      ASSIGN_OR_RETURN(std::string piece, detok->Push(token));
+      std::fputs(piece.c_str(), stdout);
+      printed = true;
+    }
+#endif
+    if (!printed) std::printf("%d ", token);
     std::fflush(stdout);
     seq.start_pos += static_cast<int64_t>(seq.tokens.size());
     seq.tokens = {token};
     bool eos = false;
-    for (int64_t e : c.eos_token_ids) eos |= (e == token);
+    for (int64_t e : eos_ids) eos |= (e == token);
     if (eos && !o.ignore_eos) break;
   }
+#if TPSERVE_HAVE_TOKENIZER
+  if (detok) std::fputs(detok->Flush().c_str(), stdout);
+#endif
   std::printf("\n");
+  std::fprintf(stderr, "generated ids:");
+  for (int32_t t : output) std::fprintf(stderr, " %d", t);
+  std::fprintf(stderr, "\n");
   std::printf("prefill: %zu tokens in %.3f s = %.1f tok/s\n", prompt.size(), prefill_s,
               prompt.size() / prefill_s);
   if (generated > 1) {

@@ -45,6 +45,9 @@ struct AttentionParams {
   int64_t group_size = 1;
   int64_t q_head_begin = 0;
   int64_t kv_head_begin = 0;
+  // Mistral-style sliding window: a query at position p sees keys p - window + 1 .. p
+  // (0 = the whole prefix).
+  int64_t sliding_window = 0;
 };
 
 class Backend {

@@ -64,7 +64,10 @@ LlamaModel::LlamaModel(ModelConfig config, ShardPlan plan, RankShard shard, Llam
       w_(std::move(weights)),
       backend_(backend),
       comm_(comm),
-      inv_freq_(RopeInverseFrequencies(RopeParamsOf(config_))) {}
+      inv_freq_(RopeInverseFrequencies(RopeParamsOf(config_))) {
+  for (size_t i = 0; i < w_.rope_freq_divisors.size(); ++i)
+    inv_freq_[i] /= w_.rope_freq_divisors[i];
+}
 
 absl::Status LlamaModel::AllReduce(Tensor& t) {
   if (comm_.world_size() == 1) return absl::OkStatus();
@@ -112,7 +115,8 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
   const AttentionParams attn_params{.scale = 1.0f / std::sqrt(static_cast<float>(hd)),
                                     .group_size = c.num_heads / c.num_kv_heads,
                                     .q_head_begin = shard_.q_heads.begin,
-                                    .kv_head_begin = shard_.kv_heads.begin};
+                                    .kv_head_begin = shard_.kv_heads.begin,
+                                    .sliding_window = c.sliding_window};
 
   Tensor h = be.Alloc({T, H});       // normed input of each block
   Tensor q = be.Alloc({T, nq, hd});  // this rank's query heads

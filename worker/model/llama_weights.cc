@@ -118,6 +118,13 @@ absl::StatusOr<LlamaWeights> LoadLlamaWeights(const TensorSource& source, const 
     w.lm_head = w.embedding;
   }
 
+  if (!c.rope_freqs_tensor.empty()) {
+    ASSIGN_OR_RETURN(const TensorInfo* info, source.Get(c.rope_freqs_tensor));
+    RETURN_IF_ERROR(CheckShape(*info, {hd / 2}));
+    ASSIGN_OR_RETURN(TensorView view, ViewSlice(*info));
+    ASSIGN_OR_RETURN(w.rope_freq_divisors, ViewToFloat(view));
+  }
+
   w.layers.resize(c.num_layers);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     LlamaLayerWeights& L = w.layers[l];

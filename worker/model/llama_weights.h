@@ -35,6 +35,8 @@ struct LlamaWeights {
   std::vector<LlamaLayerWeights> layers;
   Tensor final_norm;  // [H]
   Weight lm_head;     // [Vl, H]; the embedding's rows when tied
+  // GGUF Llama 3.x: per-pair divisors of the RoPE inverse frequencies [hd / 2] (empty if none).
+  std::vector<float> rope_freq_divisors;
 };
 
 // Reads every weight of `config` from `source` for `shard` (rows/columns as DESIGN.md §3),

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <string>
 
 #include "tests/worker/backend/random_weights.h"
 #include "worker/backend/cpu/cpu_backend.h"
@@ -214,28 +215,33 @@ TEST(CpuOps, PagedCausalAttentionMatchesReference) {
   }
   be.WriteKv(be.FromHost(knew, {T, 1, hd}), be.FromHost(vnew, {T, 1, hd}), slots, cache);
   Tensor q = be.FromHost(RandomFloats(T * rank_q_heads * hd, rng), {T, rank_q_heads, hd});
-  Tensor out = be.Alloc({T, rank_q_heads, hd});
-  be.Attention(q, cache, aseqs, params, &out);
-
-  for (size_t s = 0; s < seqs.size(); ++s) {
-    for (int64_t i = 0; i < seqs[s].n; ++i) {
-      const int64_t t = aseqs[s].token_begin + i, ctx = seqs[s].start + i + 1;
-      for (int64_t h = 0; h < rank_q_heads; ++h) {
-        const float* qv = q.data() + (t * rank_q_heads + h) * hd;
-        std::vector<double> w(ctx);
-        double mx = -1e300, sum = 0;
-        for (int64_t p = 0; p < ctx; ++p) {
-          double d = 0;
-          for (int64_t j = 0; j < hd; ++j) d += double(qv[j]) * K[s][p * hd + j];
-          w[p] = d * params.scale;
-          mx = std::max(mx, w[p]);
-        }
-        for (double& x : w) sum += (x = std::exp(x - mx));
-        for (int64_t j = 0; j < hd; ++j) {
-          double o = 0;
-          for (int64_t p = 0; p < ctx; ++p) o += w[p] / sum * V[s][p * hd + j];
-          EXPECT_NEAR(out.data()[(t * rank_q_heads + h) * hd + j], o, 1e-5)
-              << "seq " << s << " token " << i << " head " << h;
+  for (int64_t window : {0, 3}) {  // whole prefix, then a Mistral-style sliding window
+    SCOPED_TRACE("window " + std::to_string(window));
+    AttentionParams wparams = params;
+    wparams.sliding_window = window;
+    Tensor out = be.Alloc({T, rank_q_heads, hd});
+    be.Attention(q, cache, aseqs, wparams, &out);
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int64_t i = 0; i < seqs[s].n; ++i) {
+        const int64_t t = aseqs[s].token_begin + i, ctx = seqs[s].start + i + 1;
+        const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
+        for (int64_t h = 0; h < rank_q_heads; ++h) {
+          const float* qv = q.data() + (t * rank_q_heads + h) * hd;
+          std::vector<double> w(ctx, 0.0);
+          double mx = -1e300, sum = 0;
+          for (int64_t p = first; p < ctx; ++p) {
+            double d = 0;
+            for (int64_t j = 0; j < hd; ++j) d += double(qv[j]) * K[s][p * hd + j];
+            w[p] = d * params.scale;
+            mx = std::max(mx, w[p]);
+          }
+          for (int64_t p = first; p < ctx; ++p) sum += (w[p] = std::exp(w[p] - mx));
+          for (int64_t j = 0; j < hd; ++j) {
+            double o = 0;
+            for (int64_t p = first; p < ctx; ++p) o += w[p] / sum * V[s][p * hd + j];
+            EXPECT_NEAR(out.data()[(t * rank_q_heads + h) * hd + j], o, 1e-5)
+                << "seq " << s << " token " << i << " head " << h;
+          }
         }
       }
     }

@@ -60,23 +60,25 @@ void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
       }
       const AttentionSeq& seq = seqs[seq_of[t]];
       const int64_t ctx = seq.start_pos + (t - seq.token_begin) + 1;  // causal: up to itself
+      const int64_t first =
+          params.sliding_window > 0 ? std::max<int64_t>(0, ctx - params.sliding_window) : 0;
       const int64_t kvh = (params.q_head_begin + h) / params.group_size - params.kv_head_begin;
       const float* qv = q.data() + (t * heads + h) * hd;
       scores.resize(ctx);
       float max_score = -INFINITY;
-      for (int64_t p = 0; p < ctx; ++p) {
+      for (int64_t p = first; p < ctx; ++p) {
         const int64_t slot = static_cast<int64_t>(seq.block_table[p / bs]) * bs + p % bs;
         scores[p] = Dot(qv, cache.k + slot * kv_row + kvh * hd, hd) * params.scale;
         max_score = std::max(max_score, scores[p]);
       }
       float sum = 0.0f;
-      for (int64_t p = 0; p < ctx; ++p) {
+      for (int64_t p = first; p < ctx; ++p) {
         scores[p] = std::exp(scores[p] - max_score);
         sum += scores[p];
       }
       std::memset(o, 0, hd * sizeof(float));
       const float inv_sum = 1.0f / sum;
-      for (int64_t p = 0; p < ctx; ++p) {
+      for (int64_t p = first; p < ctx; ++p) {
         const int64_t slot = static_cast<int64_t>(seq.block_table[p / bs]) * bs + p % bs;
         Axpy(scores[p] * inv_sum, cache.v + slot * kv_row + kvh * hd, o, hd);
       }

@@ -1,0 +1,126 @@
+// KV cache writes and causal attention over the paged cache on the GPU.
+//
+// The host flattens the step's sequences into per-row metadata (each token row's block-table
+// offset and visible context length; for prefill also tiles of up to kPrefillTileRows rows of one
+// sequence) and uploads it in one copy; the kernels do the rest (attention_kernels.cu).
+#include <cuda_runtime_api.h>
+
+#include <cstring>
+#include <vector>
+
+#include "worker/backend/check.h"
+#include "worker/backend/cuda/cuda_backend.h"
+#include "worker/backend/cuda/cuda_kernels.h"
+#include "worker/backend/cuda/cuda_status.h"
+
+namespace tpserve {
+namespace {
+
+// Appends `values` to `bytes` at a 16-byte boundary; returns their offset.
+template <typename T>
+size_t Pack(std::vector<uint8_t>* bytes, const std::vector<T>& values) {
+  const size_t offset = (bytes->size() + 15) / 16 * 16;
+  bytes->resize(offset + values.size() * sizeof(T));
+  if (!values.empty()) std::memcpy(bytes->data() + offset, values.data(), values.size() * sizeof(T));
+  return offset;
+}
+
+}  // namespace
+
+void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
+                          const KvLayerView& cache) {
+  const int64_t row = cache.kv_heads * cache.head_dim;
+  TPSERVE_CHECK(k.shape() == v.shape() && k.numel() == static_cast<int64_t>(slots.size()) * row,
+                "WriteKv: k %s, v %s, %zu slots, cache row %lld", k.ShapeString().c_str(),
+                v.ShapeString().c_str(), slots.size(), static_cast<long long>(row));
+  const int64_t capacity = cache.num_blocks * cache.block_size;
+  for (size_t t = 0; t < slots.size(); ++t) {
+    TPSERVE_CHECK(slots[t] >= 0 && slots[t] < capacity, "WriteKv: slot %lld of %lld",
+                  static_cast<long long>(slots[t]), static_cast<long long>(capacity));
+  }
+  std::shared_ptr<void> keep;
+  const int64_t* dev_slots = Upload(slots, &keep);
+  cuda::LaunchWriteKv(k.data(), v.data(), dev_slots, static_cast<int64_t>(slots.size()), row,
+                      cache.k, cache.v, stream_);
+  CheckLaunch("WriteKv");
+}
+
+void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
+                            std::span<const AttentionSeq> seqs, const AttentionParams& params,
+                            Tensor* out) {
+  TPSERVE_CHECK(q.ndim() == 3 && q.shape() == out->shape() && q.dim(2) == cache.head_dim,
+                "Attention: q %s, out %s, head_dim %lld", q.ShapeString().c_str(),
+                out->ShapeString().c_str(), static_cast<long long>(cache.head_dim));
+  TPSERVE_CHECK(cache.head_dim <= 256, "Attention: head_dim %lld > 256 is not supported on CUDA",
+                static_cast<long long>(cache.head_dim));
+  const int64_t T = q.dim(0), bs = cache.block_size;
+
+  std::vector<int32_t> tables;
+  std::vector<int64_t> table_offset(T, 0);
+  std::vector<int32_t> ctx_len(T, 0);  // 0: row of no sequence (padding) -> zeros
+  std::vector<int32_t> tile_first, tile_rows;
+  bool all_decode = true;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const AttentionSeq& seq = seqs[s];
+    TPSERVE_CHECK(seq.token_begin >= 0 && seq.token_begin + seq.num_tokens <= T,
+                  "Attention: sequence %zu rows out of range", s);
+    const int64_t ctx = seq.start_pos + seq.num_tokens;
+    TPSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * bs >= ctx,
+                  "Attention: sequence %zu has %zu blocks for %lld positions", s,
+                  seq.block_table.size(), static_cast<long long>(ctx));
+    const int64_t offset = static_cast<int64_t>(tables.size());
+    tables.insert(tables.end(), seq.block_table.begin(), seq.block_table.end());
+    for (int64_t t = 0; t < seq.num_tokens; ++t) {
+      table_offset[seq.token_begin + t] = offset;
+      ctx_len[seq.token_begin + t] = static_cast<int32_t>(seq.start_pos + t + 1);
+    }
+    for (int64_t t0 = 0; t0 < seq.num_tokens; t0 += cuda::kPrefillTileRows) {
+      tile_first.push_back(static_cast<int32_t>(seq.token_begin + t0));
+      tile_rows.push_back(static_cast<int32_t>(
+          std::min<int64_t>(cuda::kPrefillTileRows, seq.num_tokens - t0)));
+    }
+    all_decode &= seq.num_tokens <= 1;
+  }
+  if (T == 0) return;
+
+  std::vector<uint8_t> meta;
+  const size_t off_tables = Pack(&meta, tables), off_offset = Pack(&meta, table_offset),
+               off_ctx = Pack(&meta, ctx_len), off_first = Pack(&meta, tile_first),
+               off_rows = Pack(&meta, tile_rows);
+  std::shared_ptr<void> keep;
+  uint8_t* dev = Upload(std::span<const uint8_t>(meta), &keep);
+
+  cuda::AttentionArgs a;
+  a.q = q.data();
+  a.out = out->data();
+  a.k_cache = cache.k;
+  a.v_cache = cache.v;
+  a.num_tokens = T;
+  a.heads = q.dim(1);
+  a.hd = q.dim(2);
+  a.kv_heads = cache.kv_heads;
+  a.block_size = bs;
+  a.scale = params.scale;
+  a.group_size = params.group_size;
+  a.q_head_begin = params.q_head_begin;
+  a.kv_head_begin = params.kv_head_begin;
+  a.block_tables = reinterpret_cast<const int32_t*>(dev + off_tables);
+  a.table_offset = reinterpret_cast<const int64_t*>(dev + off_offset);
+  a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_ctx);
+
+  if (all_decode) {
+    cuda::LaunchPagedDecodeAttention(a, stream_);  // also zeroes unclaimed rows
+  } else {
+    // Unclaimed rows are in no tile: zero them first.
+    TPSERVE_CUDA_CHECK(
+        cudaMemsetAsync(out->data(), 0, static_cast<size_t>(out->numel()) * sizeof(float), stream_));
+    TPSERVE_CHECK(cuda::LaunchFlashPrefillAttention(
+                      a, reinterpret_cast<const int32_t*>(dev + off_first),
+                      reinterpret_cast<const int32_t*>(dev + off_rows),
+                      static_cast<int64_t>(tile_first.size()), stream_),
+                  "Attention: prefill kernel cannot run head_dim %lld", static_cast<long long>(a.hd));
+  }
+  CheckLaunch("Attention");
+}
+
+}  // namespace tpserve

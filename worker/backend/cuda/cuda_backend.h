@@ -1,0 +1,107 @@
+// The CUDA backend (DESIGN.md §6): weights and GEMM inputs in bf16 with fp32 accumulation, or
+// everything fp32 (for exact comparison with the CPU oracle). GEMMs through cuBLAS; RMSNorm,
+// RoPE, SwiGLU, embedding, paged attention and sampling are own kernels (cuda_kernels.h).
+//
+// Activations are fp32 device Tensors (the Backend contract); in bf16 mode a matmul converts its
+// input rows to bf16 on the fly, reads bf16 weights and writes fp32. All work goes to one stream
+// per backend (one backend per worker); ToHost synchronises it. Device memory comes from a
+// recycling pool of plain cudaMalloc buffers, so steady-state steps allocate nothing. Quantised
+// GGUF weights are dequantised on the host at load (to bf16, or fp32 in fp32 mode).
+//
+// Ops return void (the Backend contract): a CUDA failure inside an op is a broken device and
+// aborts with the CUDA error; everything a user can cause is reported by Create / LoadWeight.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "worker/backend/backend.h"
+#include "worker/backend/cuda/device_pool.h"
+#include "worker/sampling/sampler.h"
+
+typedef struct CUstream_st* cudaStream_t;
+typedef struct cublasContext* cublasHandle_t;
+
+namespace tpserve {
+
+enum class CudaPrecision { kBf16, kFp32 };
+
+struct CudaBackendOptions {
+  int device = 0;  // CUDA device ordinal (the K of --device cuda:K)
+  CudaPrecision precision = CudaPrecision::kBf16;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  // FAILED_PRECONDITION when there is no GPU or driver (code 35: "no NVIDIA driver on this
+  // machine"), INVALID_ARGUMENT for a device ordinal the machine does not have.
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  std::string name() const override;
+  Device device() const override { return Device::kCuda; }
+  int device_index() const { return options_.device; }
+  CudaPrecision precision() const { return options_.precision; }
+  cudaStream_t stream() const { return stream_; }
+
+  Tensor Alloc(std::vector<int64_t> shape) override;
+  Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override;
+  std::vector<float> ToHost(const Tensor& t) override;
+  absl::StatusOr<Weight> LoadWeight(const TensorView& view) override;
+  absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
+
+  void MatMul(const Tensor& x, const Weight& w, Tensor* y) override;
+  void AddBias(const Tensor& bias, Tensor* y) override;
+  void Add(const Tensor& x, Tensor* y) override;
+  void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) override;
+  void SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) override;
+  void RopeTable(std::span<const int32_t> positions, std::span<const float> inv_freq,
+                 Tensor* cos_sin) override;
+  void Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) override;
+  void Embedding(std::span<const int32_t> tokens, const Weight& table, int64_t vocab_begin,
+                 Tensor* out) override;
+  void WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
+               const KvLayerView& cache) override;
+  void Attention(const Tensor& q, const KvLayerView& cache, std::span<const AttentionSeq> seqs,
+                 const AttentionParams& params, Tensor* out) override;
+
+  // ---- beyond the Backend interface ----
+  // Tokens for each row of `logits` [rows, V] (device), sampled on the device with the CPU
+  // sampler's rules and RNG: arg-max when greedy, else the filtered inverse-CDF draw at
+  // CounterUniform(seed, steps[r]). params and steps have one entry per row.
+  absl::StatusOr<std::vector<int32_t>> SampleTokens(const Tensor& logits,
+                                                    std::span<const SamplingParams> params,
+                                                    std::span<const uint64_t> steps);
+  // A [rows, cols] weight of uniform(-scale, scale) values made on the device (benchmarks).
+  absl::StatusOr<Weight> RandomWeight(int64_t rows, int64_t cols, float scale, uint64_t seed);
+  // Bytes the device has free now (cudaMemGetInfo), for sizing the KV pool.
+  absl::StatusOr<size_t> FreeMemoryBytes() const;
+  // Waits for all queued work; the first asynchronous error, if any.
+  absl::Status Synchronize();
+  // Host <-> device copies of `count` floats (for collectives staged through host memory).
+  void CopyToHost(const float* device, float* host, size_t count);
+  void CopyFromHost(const float* host, float* device, size_t count);
+  // Device buffer of `bytes` from the backend's pool.
+  absl::StatusOr<std::shared_ptr<void>> DeviceBytes(size_t bytes) { return pool_.Get(bytes); }
+
+ private:
+  explicit CudaBackend(const CudaBackendOptions& options) : options_(options) {}
+  std::shared_ptr<void> Scratch(size_t bytes);  // aborts when the device is out of memory
+  // Copies a host array to a fresh scratch buffer on the stream.
+  template <typename T>
+  T* Upload(std::span<const T> values, std::shared_ptr<void>* keep);
+  void CheckDevice(const Tensor& t, const char* op) const;
+  void CheckLaunch(const char* op);
+
+  CudaBackendOptions options_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cuda::DevicePool pool_;
+  std::shared_ptr<void> cublas_workspace_;
+};
+
+}  // namespace tpserve

@@ -1,0 +1,99 @@
+// Launchers of the CUDA backend's own kernels (the .cu files). Plain pointers and sizes only:
+// this header is included by C++17 (nvcc) and C++20 (the backend) translation units alike.
+//
+// Every launcher enqueues on `stream` and returns at once; errors surface at the next
+// synchronising call (the backend checks cudaGetLastError after each launch in debug paths).
+// Activations are fp32 row-major; "bf16" buffers hold __nv_bfloat16 bit patterns as uint16_t.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace tpserve::cuda {
+
+// ---- conversions and elementwise ----
+// dst[i] = bf16(src[i]) (round to nearest even), n elements.
+void LaunchF32ToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t stream);
+// y[i] += x[i].
+void LaunchAdd(const float* x, float* y, int64_t n, cudaStream_t stream);
+// y[r, c] += bias[c] for rows x cols.
+void LaunchAddBias(const float* bias, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
+// out = silu(gate) * up; out may alias gate.
+void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
+// y[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * weight; y may alias x. One block a row.
+void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, int64_t rows,
+                   int64_t cols, cudaStream_t stream);
+// Fills n values of `dst` (fp32 or bf16 per `bf16`) with uniform(-scale, scale) from a hash of
+// (seed, index): random weights for benchmarks without host traffic.
+void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t seed,
+                      cudaStream_t stream);
+
+// ---- positions ----
+// cos_sin[t, i] = cos(pos[t] * inv_freq[i]), cos_sin[t, half + i] = sin(...); [T, 2*half].
+void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos_sin, int64_t T,
+                     int64_t half, cudaStream_t stream);
+// Rotates x [T, heads, hd] in place; interleaved pairs (2i, 2i+1) or rotate-half (i, i+hd/2).
+void LaunchRope(const float* cos_sin, bool interleaved, float* x, int64_t T, int64_t heads,
+                int64_t hd, cudaStream_t stream);
+
+// ---- vocabulary ----
+// out[t, :] = table[tokens[t] - vocab_begin, :] (rows `row_stride` elements apart) when in
+// [0, table_rows), else zeros. Table is fp32 or bf16.
+void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool table_bf16,
+                     int64_t table_rows, int64_t cols, int64_t row_stride, int64_t vocab_begin,
+                     float* out, cudaStream_t stream);
+
+// ---- KV cache and attention ----
+// cache_k/v[slots[t] * row + i] = k/v[t * row + i], row = kv_heads * hd floats.
+void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
+                   float* cache_k, float* cache_v, cudaStream_t stream);
+
+struct AttentionArgs {
+  const float* q = nullptr;  // [T, heads, hd]
+  float* out = nullptr;      // [T, heads, hd]
+  const float* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, hd]
+  const float* v_cache = nullptr;
+  int64_t num_tokens = 0, heads = 0, hd = 0, kv_heads = 0, block_size = 0;
+  float scale = 1.0f;
+  int64_t group_size = 1, q_head_begin = 0, kv_head_begin = 0;
+  // Per token row: its sequence's block table (offset into `block_tables`, int32 block ids) and
+  // the number of positions it sees (causal: its own position + 1); ctx 0 = padding row (zeros).
+  const int32_t* block_tables = nullptr;
+  const int64_t* table_offset = nullptr;  // [T]
+  const int32_t* ctx_len = nullptr;       // [T]
+};
+
+// Decode: one token row per (row, head) block; 4 warps split the positions, online softmax,
+// warps merged through shared memory. Any number of rows; hd <= 256 and a multiple of 32 or less.
+void LaunchPagedDecodeAttention(const AttentionArgs& a, cudaStream_t stream);
+
+// Prefill: tiles of up to kPrefillTileRows query rows of one sequence (`tile_first_row`,
+// `tile_rows` per tile, `num_tiles`) against K/V tiles staged in shared memory, online softmax
+// (flash-attention style, fp32). Returns false when hd is beyond what the kernel supports.
+inline constexpr int kPrefillTileRows = 16;
+bool LaunchFlashPrefillAttention(const AttentionArgs& a, const int32_t* tile_first_row,
+                                 const int32_t* tile_rows, int64_t num_tiles, cudaStream_t stream);
+
+// ---- sampling ----
+// tokens[r] = argmax of logits[r, 0..V) (lowest index on ties).
+void LaunchArgmax(const float* logits, int64_t rows, int64_t V, int32_t* tokens,
+                  cudaStream_t stream);
+
+struct SampleRowParams {
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  double u = 0.0;  // CounterUniform(seed, step), drawn on the host (same RNG as the CPU)
+};
+// Bytes of temporary storage LaunchSampleSorted needs for rows x V.
+size_t SampleTempBytes(int64_t rows, int64_t V);
+// Non-greedy draw per row: sorts each row (logit descending, token ascending on ties), then
+// softmax / top-k / top-p / min-p in double over the survivors and the inverse CDF at u, exactly
+// the CPU sampler's procedure. `temp` holds SampleTempBytes bytes of device memory.
+void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
+                        const SampleRowParams* params_dev, void* temp, size_t temp_bytes,
+                        int32_t* tokens, cudaStream_t stream);
+
+}  // namespace tpserve::cuda

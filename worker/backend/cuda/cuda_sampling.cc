@@ -1,0 +1,66 @@
+// On-device sampling for rank 0: arg-max for greedy rows, the CPU sampler's filtered draw
+// (sampling_kernels.cu) for the others. The uniform number comes from the same counter-based
+// generator as the CPU (CounterUniform(seed, step)), so a seed gives the same draw on both
+// wherever the two agree on the filtered distribution to the last rounding.
+#include <cuda_runtime_api.h>
+
+#include "common/base/status_macros.h"
+#include "worker/backend/check.h"
+#include "worker/backend/cuda/cuda_backend.h"
+#include "worker/backend/cuda/cuda_kernels.h"
+#include "worker/backend/cuda/cuda_status.h"
+
+namespace tpserve {
+
+absl::StatusOr<std::vector<int32_t>> CudaBackend::SampleTokens(
+    const Tensor& logits, std::span<const SamplingParams> params,
+    std::span<const uint64_t> steps) {
+  const int64_t rows = logits.rows(), V = logits.cols();
+  if (static_cast<int64_t>(params.size()) != rows || static_cast<int64_t>(steps.size()) != rows) {
+    return absl::InvalidArgumentError("SampleTokens: one SamplingParams and step per logits row");
+  }
+  if (logits.device() != Device::kCuda) {
+    return absl::InvalidArgumentError("SampleTokens: logits must be on the GPU");
+  }
+  std::vector<int32_t> tokens(rows, 0);
+  if (rows == 0) return tokens;
+  ASSIGN_OR_RETURN(std::shared_ptr<void> dev_tokens, pool_.Get(2 * rows * sizeof(int32_t)));
+  int32_t* greedy = static_cast<int32_t*>(dev_tokens.get());
+  int32_t* drawn = greedy + rows;
+  cuda::LaunchArgmax(logits.data(), rows, V, greedy, stream_);
+
+  std::vector<cuda::SampleRowParams> rp(rows);
+  bool any_draw = false;
+  for (int64_t r = 0; r < rows; ++r) {
+    const SamplingParams& p = params[r];
+    rp[r] = cuda::SampleRowParams{.temperature = p.temperature,
+                                  .top_k = p.top_k,
+                                  .top_p = p.top_p,
+                                  .min_p = p.min_p,
+                                  .u = CounterUniform(p.seed, steps[r])};
+    any_draw |= p.temperature > 0.0f && p.top_k != 1;
+  }
+  std::shared_ptr<void> keep_params, temp;
+  if (any_draw) {
+    const cuda::SampleRowParams* dev_params =
+        Upload(std::span<const cuda::SampleRowParams>(rp), &keep_params);
+    const size_t temp_bytes = cuda::SampleTempBytes(rows, V);
+    ASSIGN_OR_RETURN(temp, pool_.Get(temp_bytes));
+    cuda::LaunchSampleSorted(logits.data(), rows, V, dev_params, temp.get(), temp_bytes, drawn,
+                             stream_);
+  }
+  RETURN_IF_ERROR(cuda::CudaStatus(cudaGetLastError(), "sampling kernels"));
+  std::vector<int32_t> host(2 * rows);
+  RETURN_IF_ERROR(cuda::CudaStatus(
+      cudaMemcpyAsync(host.data(), greedy, (any_draw ? 2 : 1) * rows * sizeof(int32_t),
+                      cudaMemcpyDeviceToHost, stream_),
+      "copying sampled tokens"));
+  RETURN_IF_ERROR(Synchronize());
+  for (int64_t r = 0; r < rows; ++r) {
+    const bool draw = params[r].temperature > 0.0f && params[r].top_k != 1;
+    tokens[r] = draw ? host[rows + r] : host[r];
+  }
+  return tokens;
+}
+
+}  // namespace tpserve

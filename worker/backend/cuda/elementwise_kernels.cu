@@ -1,0 +1,200 @@
+// Elementwise, normalisation, RoPE, embedding and KV-write kernels of the CUDA backend. All
+// fp32 math; the formulas mirror the CPU oracle (worker/backend/cpu/cpu_backend.cc).
+#include <cuda_bf16.h>
+
+#include "worker/backend/cuda/cuda_kernels.h"
+
+namespace tpserve::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+int Blocks(int64_t n, int per_block = kThreads) {
+  int64_t b = (n + per_block - 1) / per_block;
+  if (b > 65535LL * 32) b = 65535LL * 32;  // grid-stride loops cover the rest
+  return static_cast<int>(b < 1 ? 1 : b);
+}
+
+__global__ void F32ToBf16Kernel(const float* src, __nv_bfloat16* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = __float2bfloat16_rn(src[i]);
+  }
+}
+
+__global__ void AddKernel(const float* x, float* y, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] += x[i];
+  }
+}
+
+__global__ void AddBiasKernel(const float* bias, float* y, int64_t n, int64_t cols) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] += bias[i % cols];
+  }
+}
+
+__global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+// One block per row; sum of squares in double like the CPU (which accumulates in double).
+__global__ void RmsNormKernel(const float* x, const float* weight, float eps, float* y,
+                              int64_t cols) {
+  const float* xr = x + blockIdx.x * cols;
+  float* yr = y + blockIdx.x * cols;
+  double ss = 0.0;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) ss += double(xr[i]) * xr[i];
+  __shared__ double partial[32];
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    ss = lane < blockDim.x / 32 ? partial[lane] : 0.0;
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) partial[0] = ss;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(static_cast<float>(partial[0] / cols) + eps);
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = weight[i] * (xr[i] * inv);
+}
+
+__global__ void RandomFillKernel(void* dst, bool bf16, int64_t n, float scale, uint64_t seed) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(i);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+    const float v = (2.0f * u - 1.0f) * scale;
+    if (bf16) {
+      static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(v);
+    } else {
+      static_cast<float*>(dst)[i] = v;
+    }
+  }
+}
+
+__global__ void RopeTableKernel(const int32_t* positions, const float* inv_freq, float* cos_sin,
+                                int64_t T, int64_t half) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < T * half;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / half, j = i % half;
+    // fp32 product like the CPU, then accurate (non-intrinsic) cos/sin.
+    const float angle = static_cast<float>(positions[t]) * inv_freq[j];
+    cos_sin[t * 2 * half + j] = cosf(angle);
+    cos_sin[t * 2 * half + half + j] = sinf(angle);
+  }
+}
+
+__global__ void RopeKernel(const float* cos_sin, bool interleaved, float* x, int64_t T,
+                           int64_t heads, int64_t hd) {
+  const int64_t half = hd / 2, n = T * heads * half;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t j = i % half, th = i / half, t = th / heads;
+    const float c = cos_sin[t * hd + j], s = cos_sin[t * hd + half + j];
+    float* v = x + th * hd;
+    float* a = interleaved ? v + 2 * j : v + j;
+    float* b = interleaved ? v + 2 * j + 1 : v + j + half;
+    const float x0 = *a, x1 = *b;
+    *a = x0 * c - x1 * s;
+    *b = x1 * c + x0 * s;
+  }
+}
+
+__global__ void EmbeddingKernel(const int32_t* tokens, const void* table, bool bf16,
+                                int64_t table_rows, int64_t cols, int64_t row_stride,
+                                int64_t vocab_begin, float* out) {
+  const int64_t t = blockIdx.x;
+  const int64_t local = static_cast<int64_t>(tokens[t]) - vocab_begin;
+  float* o = out + t * cols;
+  const bool mine = local >= 0 && local < table_rows;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    float v = 0.0f;
+    if (mine) {
+      v = bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(table)[local * row_stride + i])
+               : static_cast<const float*>(table)[local * row_stride + i];
+    }
+    o[i] = v;
+  }
+}
+
+__global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slots, int64_t T,
+                              int64_t row, float* ck, float* cv) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < T * row;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / row, j = i % row;
+    const int64_t dst = slots[t] * row + j;
+    ck[dst] = k[i];
+    cv[dst] = v[i];
+  }
+}
+
+}  // namespace
+
+void LaunchF32ToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t stream) {
+  F32ToBf16Kernel<<<Blocks(n), kThreads, 0, stream>>>(src, reinterpret_cast<__nv_bfloat16*>(dst),
+                                                      n);
+}
+
+void LaunchAdd(const float* x, float* y, int64_t n, cudaStream_t stream) {
+  AddKernel<<<Blocks(n), kThreads, 0, stream>>>(x, y, n);
+}
+
+void LaunchAddBias(const float* bias, float* y, int64_t rows, int64_t cols, cudaStream_t stream) {
+  AddBiasKernel<<<Blocks(rows * cols), kThreads, 0, stream>>>(bias, y, rows * cols, cols);
+}
+
+void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
+  SiluMulKernel<<<Blocks(n), kThreads, 0, stream>>>(gate, up, out, n);
+}
+
+void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, int64_t rows,
+                   int64_t cols, cudaStream_t stream) {
+  if (rows == 0) return;
+  RmsNormKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, weight, eps, y, cols);
+}
+
+void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t seed,
+                      cudaStream_t stream) {
+  RandomFillKernel<<<Blocks(n), kThreads, 0, stream>>>(dst, bf16, n, scale, seed);
+}
+
+void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos_sin, int64_t T,
+                     int64_t half, cudaStream_t stream) {
+  if (T * half == 0) return;
+  RopeTableKernel<<<Blocks(T * half), kThreads, 0, stream>>>(positions, inv_freq, cos_sin, T,
+                                                            half);
+}
+
+void LaunchRope(const float* cos_sin, bool interleaved, float* x, int64_t T, int64_t heads,
+                int64_t hd, cudaStream_t stream) {
+  const int64_t n = T * heads * (hd / 2);
+  if (n == 0) return;
+  RopeKernel<<<Blocks(n), kThreads, 0, stream>>>(cos_sin, interleaved, x, T, heads, hd);
+}
+
+void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool table_bf16,
+                     int64_t table_rows, int64_t cols, int64_t row_stride, int64_t vocab_begin,
+                     float* out, cudaStream_t stream) {
+  if (T == 0) return;
+  EmbeddingKernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
+      tokens, table, table_bf16, table_rows, cols, row_stride, vocab_begin, out);
+}
+
+void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
+                   float* cache_k, float* cache_v, cudaStream_t stream) {
+  if (T * row == 0) return;
+  WriteKvKernel<<<Blocks(T * row), kThreads, 0, stream>>>(k, v, slots, T, row, cache_k, cache_v);
+}
+
+}  // namespace tpserve::cuda
