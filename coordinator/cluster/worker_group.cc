@@ -1,0 +1,549 @@
+#include "coordinator/cluster/worker_group.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "grpcpp/grpcpp.h"
+#include "proto/shard_plan_proto.h"
+#include "spdlog/spdlog.h"
+#include "tpserve/v1/worker.grpc.pb.h"
+
+namespace tpserve {
+namespace {
+
+std::chrono::system_clock::time_point Deadline(absl::Duration d) {
+  return absl::ToChronoTime(absl::Now() + d);
+}
+
+std::string Describe(const grpc::Status& st) {
+  static const char* kNames[] = {"OK",
+                                 "CANCELLED",
+                                 "UNKNOWN",
+                                 "INVALID_ARGUMENT",
+                                 "DEADLINE_EXCEEDED",
+                                 "NOT_FOUND",
+                                 "ALREADY_EXISTS",
+                                 "PERMISSION_DENIED",
+                                 "RESOURCE_EXHAUSTED",
+                                 "FAILED_PRECONDITION",
+                                 "ABORTED",
+                                 "OUT_OF_RANGE",
+                                 "UNIMPLEMENTED",
+                                 "INTERNAL",
+                                 "UNAVAILABLE",
+                                 "DATA_LOSS",
+                                 "UNAUTHENTICATED"};
+  const int code = st.error_code();
+  return absl::StrCat(code >= 0 && code <= 16 ? kNames[code] : "?", ": ", st.error_message());
+}
+
+v1::StepPlan ToProto(const engine::StepPlan& plan, int64_t generation, absl::Duration deadline) {
+  v1::StepPlan p;
+  p.set_step_id(plan.step_id);
+  p.set_generation(generation);
+  p.set_deadline_ms(absl::ToInt64Milliseconds(deadline));
+  for (const engine::PlanSequence& s : plan.sequences) {
+    v1::SequenceStep* q = p.add_sequences();
+    q->set_sequence_id(static_cast<uint64_t>(s.seq_id));
+    q->mutable_tokens()->Add(s.tokens.begin(), s.tokens.end());
+    q->set_start_position(s.start_position);
+    q->mutable_block_table()->Add(s.block_table.begin(), s.block_table.end());
+    q->set_sample(s.sample);
+    if (s.sample) {
+      v1::StepSampling* m = q->mutable_sampling();
+      m->set_temperature(s.sampling.temperature);
+      m->set_top_k(s.sampling.top_k);
+      m->set_top_p(s.sampling.top_p);
+      m->set_min_p(s.sampling.min_p);
+      m->set_repetition_penalty(s.sampling.repetition_penalty);
+      m->set_presence_penalty(s.sampling.presence_penalty);
+      m->set_frequency_penalty(s.sampling.frequency_penalty);
+      m->set_seed(s.sampling.seed);
+      m->set_step_index(s.step_index);
+      m->set_logprobs(s.sampling.logprobs);
+      m->set_top_logprobs(s.sampling.top_logprobs);
+      for (const auto& [id, bias] : s.sampling.logit_bias) (*m->mutable_logit_bias())[id] = bias;
+      m->mutable_suppressed_token_ids()->Add(s.suppressed_token_ids.begin(),
+                                             s.suppressed_token_ids.end());
+      q->mutable_penalty_tokens()->Add(s.penalty_tokens.begin(), s.penalty_tokens.end());
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+struct WorkerGroup::Impl {
+  enum class State { kWaiting, kLoading, kReady, kFailed, kStopped };
+
+  // One rank's connection of the current generation.
+  struct Rank {
+    WorkerInfo info;
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Worker::Stub> stub;
+    std::unique_ptr<grpc::ClientContext> ctx;  // of the Execute stream
+    std::unique_ptr<grpc::ClientReaderWriter<v1::StepPlan, v1::StepResult>> stream;
+  };
+
+  Impl(WorkerGroupOptions o, WorkerRegistry& r, InMemoryKvStore& s)
+      : options(std::move(o)), registry(r), store(s) {}
+
+  void Supervise();
+  absl::Status Load();
+  void CloseStreams() ABSL_EXCLUSIVE_LOCKS_REQUIRED(exec_mu);
+  void MarkDeadRanks(const std::vector<WorkerInfo>& workers);
+  absl::Status ProbeHealth();
+  void SetFailed(const std::string& reason);
+  void Watchdog();
+
+  const WorkerGroupOptions options;
+  WorkerRegistry& registry;
+  InMemoryKvStore& store;
+
+  mutable absl::Mutex mu;
+  State state ABSL_GUARDED_BY(mu) = State::kWaiting;
+  std::string reason ABSL_GUARDED_BY(mu) = "waiting for workers to register";
+  int64_t kv_blocks ABSL_GUARDED_BY(mu) = 0;
+  int64_t generation ABSL_GUARDED_BY(mu) = 0;
+  bool wake ABSL_GUARDED_BY(mu) = false;
+
+  // Held by Execute for a whole step and by the supervisor while it swaps the streams.
+  absl::Mutex exec_mu;
+  std::vector<Rank> ranks ABSL_GUARDED_BY(exec_mu);
+
+  // Step deadline: armed by Execute, enforced by the watchdog thread, which cancels the streams.
+  absl::Mutex watch_mu;
+  absl::Time step_deadline ABSL_GUARDED_BY(watch_mu) = absl::InfiniteFuture();
+  std::vector<grpc::ClientContext*> contexts ABSL_GUARDED_BY(watch_mu);
+  bool timed_out ABSL_GUARDED_BY(watch_mu) = false;
+  bool stop_watch ABSL_GUARDED_BY(watch_mu) = false;
+
+  std::thread supervisor;
+  std::thread watchdog;
+};
+
+WorkerGroup::WorkerGroup(WorkerGroupOptions options, WorkerRegistry& registry,
+                         InMemoryKvStore& store)
+    : impl_(std::make_unique<Impl>(std::move(options), registry, store)) {}
+
+WorkerGroup::~WorkerGroup() {
+  {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->state = Impl::State::kStopped;
+  }
+  {
+    absl::MutexLock lock(&impl_->watch_mu);
+    impl_->stop_watch = true;
+  }
+  if (impl_->supervisor.joinable()) impl_->supervisor.join();
+  if (impl_->watchdog.joinable()) impl_->watchdog.join();
+  absl::MutexLock lock(&impl_->exec_mu);
+  impl_->CloseStreams();
+}
+
+void WorkerGroup::Start() {
+  impl_->supervisor = std::thread([this] { impl_->Supervise(); });
+  impl_->watchdog = std::thread([this] { impl_->Watchdog(); });
+}
+
+void WorkerGroup::OnRegistered() {
+  absl::MutexLock lock(&impl_->mu);
+  impl_->wake = true;
+}
+
+absl::StatusOr<int64_t> WorkerGroup::WaitReady(absl::Duration timeout) {
+  absl::MutexLock lock(&impl_->mu);
+  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(impl_->mu) {
+    return impl_->state == Impl::State::kReady || impl_->state == Impl::State::kStopped;
+  };
+  if (!impl_->mu.AwaitWithTimeout(absl::Condition(&ready), timeout) ||
+      impl_->state != Impl::State::kReady) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "worker group not ready after ", absl::FormatDuration(timeout), ": ", impl_->reason));
+  }
+  return impl_->kv_blocks;
+}
+
+bool WorkerGroup::ready() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->state == Impl::State::kReady;
+}
+
+std::string WorkerGroup::not_ready_reason() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->state == Impl::State::kReady ? "" : impl_->reason;
+}
+
+int64_t WorkerGroup::kv_blocks() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->kv_blocks;
+}
+
+int64_t WorkerGroup::generation() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->generation;
+}
+
+int WorkerGroup::world_size() const { return impl_->registry.world_size(); }
+
+void WorkerGroup::Impl::SetFailed(const std::string& why) {
+  absl::MutexLock lock(&mu);
+  if (state == State::kStopped) return;
+  state = State::kFailed;
+  reason = why;
+}
+
+void WorkerGroup::Impl::Supervise() {
+  absl::Duration backoff = absl::Milliseconds(200);
+  absl::Time next_probe = absl::Now() + options.health_interval;
+  while (true) {
+    State s;
+    {
+      absl::MutexLock lock(&mu);
+      auto woken = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu) {
+        return wake || state == State::kStopped || state == State::kFailed;
+      };
+      mu.AwaitWithTimeout(absl::Condition(&woken), absl::Milliseconds(100));
+      wake = false;
+      s = state;
+    }
+    if (s == State::kStopped) return;
+    if (s == State::kReady) {
+      // Health tells the truth between steps too: a rank killed while idle is noticed here.
+      if (absl::Now() >= next_probe) {
+        absl::Status st = ProbeHealth();
+        if (!st.ok()) SetFailed(std::string(st.message()));
+        next_probe = absl::Now() + options.health_interval;
+      }
+      continue;
+    }
+    if (s == State::kFailed) {
+      std::vector<WorkerInfo> workers;
+      {
+        absl::MutexLock lock(&exec_mu);
+        for (const Rank& r : ranks) workers.push_back(r.info);
+        CloseStreams();
+      }
+      MarkDeadRanks(workers);
+      absl::MutexLock lock(&mu);
+      if (state == State::kStopped) return;
+      spdlog::warn("worker group degraded: {}", reason);
+      state = State::kWaiting;
+      continue;
+    }
+    // kWaiting: load once every rank is present.
+    if (!registry.complete()) {
+      absl::MutexLock lock(&mu);
+      std::vector<int> missing = registry.missing_ranks();
+      reason = absl::StrCat("waiting for worker rank(s) ", absl::StrJoin(missing, ", "), " (",
+                            registry.registered(), "/", registry.world_size(), " registered)");
+      continue;
+    }
+    absl::Status st = Load();
+    if (st.ok()) {
+      backoff = absl::Milliseconds(200);
+      next_probe = absl::Now() + options.health_interval;
+      continue;
+    }
+    spdlog::error("loading the worker group failed: {}", st.ToString());
+    {
+      absl::MutexLock lock(&mu);
+      if (state == State::kStopped) return;
+      state = State::kWaiting;
+      reason = absl::StrCat("loading failed, retrying: ", st.message());
+    }
+    {
+      absl::MutexLock lock(&exec_mu);
+      CloseStreams();
+    }
+    MarkDeadRanks(registry.workers());
+    absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
+absl::Status WorkerGroup::Impl::Load() {
+  const std::vector<WorkerInfo> workers = registry.workers();
+  const int n = registry.world_size();
+  if (static_cast<int>(workers.size()) != n || static_cast<int>(options.plan.ranks.size()) != n) {
+    return absl::FailedPreconditionError(absl::StrCat("group of ", n, " ranks has ", workers.size(),
+                                                      " workers and a plan for ",
+                                                      options.plan.ranks.size()));
+  }
+  int64_t gen;
+  {
+    absl::MutexLock lock(&mu);
+    if (state == State::kStopped) return absl::CancelledError("stopping");
+    gen = ++generation;
+    state = State::kLoading;
+    reason = absl::StrCat("loading the model on ", n, " rank(s) (generation ", gen, ")");
+  }
+  // Old generations' rendezvous keys are dead weight.
+  if (gen > 1) store.DeletePrefix(absl::StrCat("g", gen - 1, "/"));
+  spdlog::info("loading {} on {} rank(s), generation {}", options.model_path, n, gen);
+
+  std::vector<Rank> fresh(n);
+  std::vector<v1::LoadModelResponse> responses(n);
+  std::vector<grpc::Status> statuses(n);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    fresh[r].info = workers[r];
+    fresh[r].channel =
+        grpc::CreateChannel(workers[r].control_address, grpc::InsecureChannelCredentials());
+    fresh[r].stub = v1::Worker::NewStub(fresh[r].channel);
+    v1::LoadModelRequest req;
+    req.set_model_path(options.model_path);
+    req.set_dtype(options.dtype);
+    *req.mutable_shard() = RankShardToProto(options.plan.ranks[r]);
+    req.set_generation(gen);
+    v1::CommunicatorConfig* comm = req.mutable_communicator();
+    comm->set_kind(n == 1 ? v1::CommunicatorConfig::KIND_LOCAL : v1::CommunicatorConfig::KIND_GLOO);
+    comm->set_store_prefix(absl::StrCat("g", gen, "/gloo/"));
+    comm->set_timeout_ms(absl::ToInt64Milliseconds(options.collective_timeout));
+    req.set_kv_block_size(options.kv_block_size);
+    req.set_memory_budget_bytes(options.memory_budget_bytes > 0 ? options.memory_budget_bytes
+                                                                : workers[r].memory_budget_bytes);
+    req.set_max_batch_sequences(options.max_batch_sequences);
+    req.set_max_batch_tokens(options.max_batch_tokens);
+    req.set_max_context_length(options.max_context_length);
+    threads.emplace_back([&, r, req = std::move(req)] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline(options.load_timeout));
+      statuses[r] = fresh[r].stub->LoadModel(&ctx, req, &responses[r]);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+
+  std::vector<std::string> errors;
+  int64_t blocks = -1;
+  for (int r = 0; r < n; ++r) {
+    if (!statuses[r].ok()) {
+      errors.push_back(absl::StrCat("rank ", r, " (", workers[r].control_address,
+                                    "): LoadModel: ", Describe(statuses[r])));
+      continue;
+    }
+    const v1::LoadModelResponse& resp = responses[r];
+    if ((!options.architecture.empty() && resp.architecture() != options.architecture) ||
+        (options.num_layers > 0 && resp.num_layers() != options.num_layers)) {
+      errors.push_back(absl::StrCat("rank ", r, " loaded ", resp.architecture(), " with ",
+                                    resp.num_layers(), " layers; the coordinator reads ",
+                                    options.architecture, " with ", options.num_layers));
+    }
+    if (resp.kv_blocks() <= 0) {
+      errors.push_back(absl::StrCat("rank ", r, " has no room for the KV cache (kv_blocks ",
+                                    resp.kv_blocks(), "); raise its memory budget"));
+    }
+    blocks = blocks < 0 ? resp.kv_blocks() : std::min(blocks, resp.kv_blocks());
+    spdlog::info("rank {} loaded: {:.1f} MiB of weights, {} KV blocks, {:.0f} ms", r,
+                 resp.weight_bytes() / 1048576.0, resp.kv_blocks(), resp.load_time_ms());
+  }
+  if (!errors.empty()) return absl::UnavailableError(absl::StrJoin(errors, "; "));
+
+  // One Execute stream per rank for this generation.
+  for (int r = 0; r < n; ++r) {
+    fresh[r].ctx = std::make_unique<grpc::ClientContext>();
+    fresh[r].stream = fresh[r].stub->Execute(fresh[r].ctx.get());
+    if (fresh[r].stream == nullptr) {
+      return absl::UnavailableError(absl::StrCat("rank ", r, ": cannot open the Execute stream"));
+    }
+  }
+  {
+    absl::MutexLock lock(&exec_mu);
+    CloseStreams();
+    ranks = std::move(fresh);
+    absl::MutexLock wlock(&watch_mu);
+    contexts.clear();
+    for (Rank& r : ranks) contexts.push_back(r.ctx.get());
+  }
+  absl::MutexLock lock(&mu);
+  if (state == State::kStopped) return absl::CancelledError("stopping");
+  kv_blocks = blocks;
+  state = State::kReady;
+  reason.clear();
+  spdlog::info("worker group ready: {} rank(s), generation {}, {} KV blocks per rank", n, gen,
+               blocks);
+  return absl::OkStatus();
+}
+
+void WorkerGroup::Impl::CloseStreams() {
+  {
+    absl::MutexLock wlock(&watch_mu);
+    contexts.clear();
+  }
+  for (Rank& r : ranks) {
+    if (r.stream == nullptr) continue;
+    r.ctx->TryCancel();
+    r.stream->Finish().IgnoreError();
+    r.stream.reset();
+  }
+  ranks.clear();
+}
+
+absl::Status WorkerGroup::Impl::ProbeHealth() {
+  std::vector<std::pair<int, std::unique_ptr<v1::Worker::Stub>>> stubs;
+  int64_t gen;
+  {
+    absl::MutexLock lock(&mu);
+    gen = generation;
+  }
+  {
+    absl::MutexLock lock(&exec_mu);
+    for (const Rank& r : ranks) {
+      stubs.emplace_back(r.info.rank, v1::Worker::NewStub(r.channel));
+    }
+  }
+  for (auto& [rank, stub] : stubs) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(absl::Seconds(3)));
+    v1::WorkerHealthResponse resp;
+    grpc::Status st = stub->Health(&ctx, v1::WorkerHealthRequest(), &resp);
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      return absl::UnavailableError(
+          absl::StrCat("rank ", rank, " does not answer: ", Describe(st)));
+    }
+    if (st.ok() &&
+        (resp.state() == v1::WorkerHealthResponse::STATE_BROKEN || resp.generation() != gen)) {
+      return absl::UnavailableError(absl::StrCat("rank ", rank, " is broken: ", resp.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void WorkerGroup::Impl::MarkDeadRanks(const std::vector<WorkerInfo>& workers) {
+  for (const WorkerInfo& w : workers) {
+    auto channel = grpc::CreateChannel(w.control_address, grpc::InsecureChannelCredentials());
+    auto stub = v1::Worker::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(absl::Seconds(2)));
+    v1::WorkerHealthResponse resp;
+    grpc::Status st = stub->Health(&ctx, v1::WorkerHealthRequest(), &resp);
+    if (st.ok()) continue;
+    spdlog::warn("rank {} ({}) is lost: {}; waiting for it to register again", w.rank,
+                 w.control_address, Describe(st));
+    registry.MarkLost(w.rank).IgnoreError();
+  }
+}
+
+void WorkerGroup::Impl::Watchdog() {
+  absl::MutexLock lock(&watch_mu);
+  while (!stop_watch) {
+    auto due = [this]() ABSL_SHARED_LOCKS_REQUIRED(watch_mu) {
+      return stop_watch || absl::Now() >= step_deadline;
+    };
+    watch_mu.AwaitWithTimeout(absl::Condition(&due), absl::Milliseconds(50));
+    if (stop_watch) return;
+    if (absl::Now() >= step_deadline) {
+      timed_out = true;
+      step_deadline = absl::InfiniteFuture();
+      for (grpc::ClientContext* ctx : contexts) ctx->TryCancel();
+    }
+  }
+}
+
+absl::StatusOr<engine::StepOutput> WorkerGroup::Execute(const engine::StepPlan& plan) {
+  Impl& g = *impl_;
+  int64_t gen;
+  {
+    absl::MutexLock lock(&g.mu);
+    if (g.state != Impl::State::kReady) {
+      return absl::UnavailableError(absl::StrCat("worker group not ready: ", g.reason));
+    }
+    gen = g.generation;
+  }
+  absl::MutexLock lock(&g.exec_mu);
+  const absl::Time start = absl::Now();
+  const v1::StepPlan proto = ToProto(plan, gen, g.options.step_timeout);
+  {
+    absl::MutexLock wlock(&g.watch_mu);
+    g.timed_out = false;
+    // A little grace over the workers' own deadline, so their clear error wins the race.
+    g.step_deadline = start + g.options.step_timeout + absl::Seconds(2);
+  }
+  std::vector<std::string> errors;
+  const int n = static_cast<int>(g.ranks.size());
+  std::vector<bool> failed(n, false);
+  for (int r = 0; r < n; ++r) {
+    if (!g.ranks[r].stream->Write(proto)) failed[r] = true;
+  }
+  std::vector<v1::StepResult> results(n);
+  for (int r = 0; r < n; ++r) {
+    if (failed[r] || !g.ranks[r].stream->Read(&results[r])) failed[r] = true;
+    if (failed[r]) {
+      // The stream ended: its status says why (the other ranks usually fail right after).
+      for (Impl::Rank& other : g.ranks) other.ctx->TryCancel();
+    }
+  }
+  bool timed_out;
+  {
+    absl::MutexLock wlock(&g.watch_mu);
+    timed_out = g.timed_out;
+    g.step_deadline = absl::InfiniteFuture();
+  }
+  for (int r = 0; r < n; ++r) {
+    if (!failed[r]) {
+      if (results[r].step_id() != plan.step_id || results[r].generation() != gen) {
+        errors.push_back(absl::StrCat("rank ", r, " answered step ", results[r].step_id(),
+                                      " of generation ", results[r].generation(), " to step ",
+                                      plan.step_id, " of generation ", gen));
+      }
+      continue;
+    }
+    grpc::Status st = g.ranks[r].stream->Finish();
+    g.ranks[r].stream.reset();
+    if (timed_out && st.error_code() == grpc::StatusCode::CANCELLED) {
+      errors.push_back(absl::StrCat("rank ", r, " (", g.ranks[r].info.control_address,
+                                    ") sent no result within the step deadline of ",
+                                    absl::FormatDuration(g.options.step_timeout)));
+    } else if (st.error_code() != grpc::StatusCode::CANCELLED) {
+      errors.push_back(
+          absl::StrCat("rank ", r, " (", g.ranks[r].info.control_address, "): ", Describe(st)));
+    }
+  }
+  if (std::find(failed.begin(), failed.end(), true) != failed.end() || !errors.empty()) {
+    if (errors.empty()) errors.push_back("a worker stream was cancelled");
+    const std::string why = absl::StrJoin(errors, "; ");
+    g.SetFailed(absl::StrCat("step ", plan.step_id, " failed: ", why));
+    if (timed_out) return absl::DeadlineExceededError(why);
+    return absl::UnavailableError(why);
+  }
+
+  engine::StepOutput out;
+  const v1::StepResult& r0 = results[0];
+  out.tokens.reserve(r0.tokens_size());
+  for (const v1::SampledToken& t : r0.tokens()) {
+    engine::SampledToken s{.seq_id = static_cast<engine::SeqId>(t.sequence_id()),
+                           .token = t.token_id(),
+                           .logprob = t.logprob()};
+    s.top_ids.assign(t.top_ids().begin(), t.top_ids().end());
+    s.top_logprobs.assign(t.top_logprobs().begin(), t.top_logprobs().end());
+    out.tokens.push_back(std::move(s));
+  }
+  size_t expected = 0;
+  for (const engine::PlanSequence& s : plan.sequences) expected += s.sample ? 1 : 0;
+  if (out.tokens.size() != expected) {
+    const std::string why = absl::StrCat("rank 0 returned ", out.tokens.size(),
+                                         " tokens for a step that samples ", expected);
+    g.SetFailed(why);
+    return absl::InternalError(why);
+  }
+  for (const v1::StepResult& r : results) {
+    if (r.timing().total_us() >= out.timing.worker_total_us) {
+      out.timing.worker_total_us = r.timing().total_us();
+      out.timing.collective_us = r.timing().collective_us();
+      out.timing.compute_us = r.timing().compute_us();
+    }
+    out.timing.sampling_us = std::max<int64_t>(out.timing.sampling_us, r.timing().sampling_us());
+  }
+  out.timing.total_us = absl::ToInt64Microseconds(absl::Now() - start);
+  return out;
+}
+
+}  // namespace tpserve

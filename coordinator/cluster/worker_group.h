@@ -1,0 +1,72 @@
+// The StepExecutor over real workers (DESIGN.md §1, §2, §7). A supervisor thread waits until all
+// N ranks registered (WorkerRegistry), calls LoadModel on every rank in parallel with its RankShard
+// and a fresh group generation (communicator KIND_LOCAL for one rank, KIND_GLOO otherwise, the
+// rendezvous under "g<generation>/" in the coordinator's store), takes the minimum KV capacity and
+// opens one Execute stream per rank. Execute sends the same plan to every rank and returns rank 0's
+// tokens. A rank's error, a broken stream or a missed step deadline fails the step: the group is
+// degraded (not ready), ranks that no longer answer Health are marked lost in the registry so their
+// restarted workers can register again, and the supervisor re-forms the group with a new
+// generation once every rank is present. Nothing waits without a deadline.
+//
+// No gRPC types in this header.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "coordinator/cluster/worker_registry.h"
+#include "coordinator/engine/step_executor.h"
+#include "worker/parallel/in_memory_kv_store.h"
+#include "worker/parallel/shard_plan.h"
+
+namespace tpserve {
+
+struct WorkerGroupOptions {
+  std::string model_path;  // as the workers see it
+  ShardPlan plan;          // one RankShard per rank (MakeShardPlan)
+  std::string dtype;       // empty: the device's default
+  int kv_block_size = 16;
+  int64_t memory_budget_bytes = 0;  // per rank; 0: what each worker registered with
+  int max_batch_sequences = 64;
+  int max_batch_tokens = 2048;
+  int max_context_length = 2048;
+  // The model as the coordinator read it; every rank must report the same.
+  std::string architecture;
+  int num_layers = 0;
+  absl::Duration load_timeout = absl::Minutes(10);  // LoadModel, rendezvous included
+  absl::Duration collective_timeout = absl::Seconds(30);
+  absl::Duration step_timeout = absl::Seconds(60);  // one step, all ranks
+  absl::Duration health_interval = absl::Seconds(1);
+};
+
+class WorkerGroup final : public engine::StepExecutor {
+ public:
+  // `registry` and `store` (the Cluster service's) must outlive the group.
+  WorkerGroup(WorkerGroupOptions options, WorkerRegistry& registry, InMemoryKvStore& store);
+  ~WorkerGroup() override;  // stops the supervisor and closes the streams
+
+  // Starts the supervisor thread.
+  void Start();
+  // Wakes the supervisor after a registration (ClusterService::set_on_register).
+  void OnRegistered();
+  // Waits until the group is ready; returns the KV blocks per rank (the minimum over ranks).
+  // DEADLINE_EXCEEDED with the reason it is not ready.
+  absl::StatusOr<int64_t> WaitReady(absl::Duration timeout);
+
+  absl::StatusOr<engine::StepOutput> Execute(const engine::StepPlan& plan) override;
+  bool ready() const override;
+  std::string not_ready_reason() const override;
+
+  int64_t kv_blocks() const;   // of the latest load (0 before)
+  int64_t generation() const;  // of the latest load attempt (0 before)
+  int world_size() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tpserve

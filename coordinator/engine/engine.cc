@@ -1,0 +1,441 @@
+#include "coordinator/engine/engine.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/base/status_macros.h"
+#include "common/tokenizer/tokenizer.h"
+#include "coordinator/engine/stop_matcher.h"
+#include "spdlog/spdlog.h"
+
+namespace tpserve::engine {
+namespace {
+
+double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
+
+}  // namespace
+
+struct Engine::Request {
+  std::string id;
+  scheduler::SeqId seq = 0;
+  RequestOptions options;
+  RequestSink sink;
+  std::unique_ptr<IncrementalDetokenizer> detok;  // null without a tokenizer
+  StopMatcher stop;
+  absl::Time arrival;
+  absl::Time scheduled_at = absl::InfinitePast();  // first admission
+  absl::Time first_token = absl::InfinitePast();
+  int completion_tokens = 0;
+  int cached_tokens = 0;
+  int recomputations = 0;
+};
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
+                                                       StepExecutor& executor,
+                                                       const Tokenizer* tokenizer) {
+  if (config.vocab_size <= 0) return absl::InvalidArgumentError("engine: vocab_size must be > 0");
+  ASSIGN_OR_RETURN(std::unique_ptr<scheduler::Scheduler> sched,
+                   scheduler::Scheduler::Create(config.scheduler));
+  std::unique_ptr<Engine> engine(new Engine(config, executor, tokenizer, std::move(sched)));
+  engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
+  return engine;
+}
+
+Engine::Engine(const EngineConfig& config, StepExecutor& executor, const Tokenizer* tokenizer,
+               std::unique_ptr<scheduler::Scheduler> scheduler)
+    : config_(config),
+      executor_(executor),
+      tokenizer_(tokenizer),
+      scheduler_(std::move(scheduler)),
+      max_seq_len_(scheduler_->max_seq_len()) {}
+
+Engine::~Engine() { Stop(); }
+
+absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOptions o,
+                                           RequestSink sink) {
+  const int prompt_len = static_cast<int>(o.prompt.size());
+  const int context = config_.scheduler.max_model_len;
+  if (o.prompt.empty())
+    return absl::InvalidArgumentError("prompt: empty (give at least one token)");
+  for (size_t i = 0; i < o.prompt.size(); ++i) {
+    if (o.prompt[i] < 0 || o.prompt[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: token ", i, " is id ", o.prompt[i],
+                                                     ", outside [0, ", config_.vocab_size, ")"));
+    }
+  }
+  if (prompt_len >= context) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt_len,
+                                                   " tokens leave no room in the context length ",
+                                                   context, " (shorten the prompt)"));
+  }
+  if (o.max_tokens < 0) o.max_tokens = context - prompt_len;  // unset: to the end of the context
+  if (prompt_len + o.max_tokens > context) {
+    return absl::InvalidArgumentError(absl::StrCat("stopping.max_tokens: prompt (", prompt_len,
+                                                   " tokens) + max_tokens (", o.max_tokens,
+                                                   ") exceed the context length ", context));
+  }
+  if (prompt_len + std::min(o.max_tokens, 1) > max_seq_len_) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("prompt: ", prompt_len, " tokens need more KV cache than the workers have (",
+                     max_seq_len_, " tokens); shorten it or give the workers more memory"));
+  }
+  if (o.min_tokens < 0) return absl::InvalidArgumentError("stopping.min_tokens: must be >= 0");
+  for (TokenId t : o.stop_token_ids) {
+    if (t < 0 || t >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("stopping.stop_token_ids: ", t,
+                                                     " is outside [0, ", config_.vocab_size, ")"));
+    }
+  }
+  if (!o.stop.empty() && tokenizer_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "stopping.stop: stop strings need a tokenizer and this model has none");
+  }
+  if (!executor_.ready()) {
+    return absl::UnavailableError(
+        absl::StrCat("the worker group is not ready: ", executor_.not_ready_reason()));
+  }
+
+  auto r = std::make_unique<Request>();
+  r->options = std::move(o);
+  r->sink = std::move(sink);
+  r->arrival = absl::Now();
+  r->stop = StopMatcher(r->options.stop, r->options.include_stop_in_output);
+  if (tokenizer_ != nullptr) {
+    r->detok =
+        std::make_unique<IncrementalDetokenizer>(*tokenizer_, r->options.skip_special_tokens);
+  }
+  absl::MutexLock lock(&mu_);
+  if (stop_) return absl::UnavailableError("the server is shutting down");
+  if (queued_ >= config_.scheduler.max_waiting) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue full (", queued_, " requests waiting); retry later"));
+  }
+  r->seq = next_seq_++;
+  if (request_id.empty()) request_id = absl::StrCat("req-", r->seq);
+  if (live_ids_.contains(request_id)) {
+    return absl::AlreadyExistsError(
+        absl::StrCat("request_id: '", request_id, "' is already running"));
+  }
+  r->id = request_id;
+  live_ids_[request_id] = r->seq;
+  ++queued_;
+  inbox_.push_back(std::move(r));
+  return request_id;
+}
+
+absl::Status Engine::Abort(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  if (!live_ids_.contains(request_id)) {
+    return absl::NotFoundError(absl::StrCat("request_id: no running request '", request_id, "'"));
+  }
+  aborts_.push_back(request_id);
+  return absl::OkStatus();
+}
+
+void Engine::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  TakeInbox();
+  FailAll(absl::UnavailableError("the server is shutting down"));
+}
+
+EngineStats Engine::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void Engine::Loop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!scheduler_->HasUnfinished()) {
+        mu_.AwaitWithTimeout(absl::Condition(this, &Engine::HasInput), config_.idle_wait);
+      }
+      if (stop_) return;
+    }
+    TakeInbox();
+    if (!RunStep() && scheduler_->HasUnfinished()) {
+      absl::SleepFor(absl::Milliseconds(1));  // nothing schedulable yet; do not spin
+    }
+  }
+}
+
+void Engine::TakeInbox() {
+  std::deque<std::unique_ptr<Request>> incoming;
+  std::deque<std::string> aborts;
+  {
+    absl::MutexLock lock(&mu_);
+    incoming.swap(inbox_);
+    aborts.swap(aborts_);
+  }
+  for (auto& r : incoming) {
+    const scheduler::SeqId seq = r->seq;
+    if (r->options.max_tokens == 0) {  // prompt processing only: nothing to compute here
+      requests_[seq] = std::move(r);
+      Finish(*requests_[seq], FinishReason::kLength, {});
+      continue;
+    }
+    scheduler::SequenceSpec spec{.id = seq,
+                                 .prompt = r->options.prompt,
+                                 .stop = {.max_tokens = r->options.max_tokens,
+                                          .min_tokens = r->options.min_tokens,
+                                          .stop_token_ids = r->options.stop_token_ids,
+                                          .ignore_eos = r->options.ignore_eos}};
+    requests_[seq] = std::move(r);
+    absl::Status st = scheduler_->Add(std::move(spec));
+    if (!st.ok()) Fail(*requests_[seq], st);
+  }
+  for (const std::string& id : aborts) {
+    scheduler::SeqId seq = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = live_ids_.find(id);
+      if (it == live_ids_.end()) continue;
+      seq = it->second;
+    }
+    if (requests_.contains(seq)) scheduler_->Abort(seq).IgnoreError();
+  }
+  absl::MutexLock lock(&mu_);
+  queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
+}
+
+bool Engine::RunStep() {
+  if (!scheduler_->HasUnfinished()) return false;
+  if (!executor_.ready()) {
+    FailAll(absl::UnavailableError(
+        absl::StrCat("the worker group is not ready: ", executor_.not_ready_reason())));
+  }
+  absl::StatusOr<scheduler::SchedulerOutput> out = scheduler_->Schedule();
+  if (!out.ok()) {
+    spdlog::error("engine: scheduler: {}", out.status().ToString());
+    FailAll(absl::InternalError(absl::StrCat("scheduler: ", out.status().message())));
+    scheduler_->RecoverFromFailedStep();
+    return true;
+  }
+  for (const scheduler::FinishedSequence& f : out->finished) {
+    auto it = requests_.find(f.seq_id);
+    if (it == requests_.end()) continue;  // already finished when its token was delivered
+    Finish(*it->second, FinishReason::kAborted, {});
+  }
+  for (scheduler::SeqId id : out->preempted) {
+    if (auto it = requests_.find(id); it != requests_.end()) ++it->second->recomputations;
+  }
+  const absl::Time now = absl::Now();
+  for (const scheduler::ScheduledSequence& s : out->scheduled) {
+    Request& r = *requests_.at(s.seq_id);
+    if (r.scheduled_at == absl::InfinitePast()) {
+      r.scheduled_at = now;
+      r.cached_tokens = scheduler_->Find(s.seq_id)->num_cached_tokens();
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
+    stats_.running = scheduler_->num_running();
+    stats_.waiting = scheduler_->num_waiting();
+  }
+  if (out->empty()) return !out->finished.empty();
+
+  const StepPlan plan = BuildPlan(*out);
+  const absl::Time start = absl::Now();
+  absl::StatusOr<StepOutput> result = executor_.Execute(plan);
+  const absl::Duration took = absl::Now() - start;
+  if (!result.ok()) {
+    spdlog::error("engine: step {} failed: {}", plan.step_id, result.status().ToString());
+    {
+      absl::MutexLock lock(&mu_);
+      ++stats_.failed_steps;
+    }
+    // The workers' KV is gone; requests in flight end now (DESIGN §7: recovery by recompute is
+    // a later step), and the scheduler forgets what it had placed.
+    scheduler_->RecoverFromFailedStep();
+    FailAll(absl::UnavailableError(
+        absl::StrCat("a worker failed during generation (", result.status().message(),
+                     "); the request was stopped, retry when the server reports SERVING")));
+    return true;
+  }
+  scheduler::StepResult sampled;
+  for (const SampledToken& t : result->tokens) sampled.tokens.push_back({t.seq_id, t.token});
+  absl::StatusOr<scheduler::UpdateResult> update = scheduler_->Update(sampled);
+  if (!update.ok()) {
+    spdlog::error("engine: bad step result: {}", update.status().ToString());
+    scheduler_->RecoverFromFailedStep();
+    FailAll(absl::InternalError(absl::StrCat("bad step result: ", update.status().message())));
+    return true;
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.steps;
+    stats_.generated_tokens += static_cast<int64_t>(result->tokens.size());
+    stats_.prompt_tokens += out->num_prefill_tokens;
+    stats_.last_step = result->timing;
+    stats_.last_step.total_us = absl::ToInt64Microseconds(took);
+    stats_.step_us_sum += absl::ToDoubleMicroseconds(took);
+  }
+  DeliverTokens(*result, *update);
+  return true;
+}
+
+StepPlan Engine::BuildPlan(const scheduler::SchedulerOutput& out) {
+  StepPlan plan;
+  plan.step_id = next_step_id_++;
+  plan.sequences.reserve(out.scheduled.size());
+  for (const scheduler::ScheduledSequence& s : out.scheduled) {
+    const Request& r = *requests_.at(s.seq_id);
+    PlanSequence p{.seq_id = s.seq_id,
+                   .tokens = s.tokens,
+                   .start_position = s.start_position,
+                   .block_table = s.block_table,
+                   .sample = s.sample,
+                   .sampling = r.options.sampling,
+                   .step_index = s.num_output_tokens};
+    if (s.sample && s.num_output_tokens < r.options.min_tokens) {
+      for (TokenId t : config_.scheduler.eos_token_ids) p.suppressed_token_ids.push_back(t);
+      for (TokenId t : r.options.stop_token_ids) p.suppressed_token_ids.push_back(t);
+    }
+    if (s.sample && p.sampling.penalties_active()) {
+      const auto tokens = scheduler_->Find(s.seq_id)->tokens();
+      p.penalty_tokens.assign(tokens.begin(), tokens.end());
+    }
+    plan.sequences.push_back(std::move(p));
+  }
+  return plan;
+}
+
+void Engine::DeliverTokens(const StepOutput& result, const scheduler::UpdateResult& update) {
+  absl::flat_hash_map<scheduler::SeqId, scheduler::FinishReason> finished;
+  for (const auto& f : update.finished) finished[f.seq_id] = f.reason;
+  const absl::Time now = absl::Now();
+  for (const SampledToken& t : result.tokens) {
+    auto it = requests_.find(t.seq_id);
+    if (it == requests_.end()) continue;  // aborted while the step ran
+    Request& r = *it->second;
+    const auto fit = finished.find(t.seq_id);
+    const scheduler::FinishReason reason =
+        fit == finished.end() ? scheduler::FinishReason::kNone : fit->second;
+    ++r.completion_tokens;
+    if (r.first_token == absl::InfinitePast()) r.first_token = now;
+
+    RequestOutput out;
+    TokenOutput tok;
+    tok.id = t.token;
+    tok.logprob = t.logprob;
+    for (size_t i = 0; i < t.top_ids.size() && i < t.top_logprobs.size(); ++i) {
+      tok.top_logprobs.emplace_back(t.top_ids[i], t.top_logprobs[i]);
+    }
+    if (tokenizer_ != nullptr) {
+      const TokenId one[] = {t.token};
+      tok.text = tokenizer_->Decode(one).value_or("");
+      tok.special = tokenizer_->IsSpecial(t.token);
+    }
+    out.tokens.push_back(tok);
+
+    const bool end_token =
+        reason == scheduler::FinishReason::kStopToken || reason == scheduler::FinishReason::kEos;
+    StopMatcher::Result text;
+    if (r.detok != nullptr && (!end_token || r.options.include_stop_in_output)) {
+      text = r.stop.Push(r.detok->Push(t.token).value_or(""));
+    }
+    out.text = std::move(text.text);
+    if (text.stopped) {
+      out.stop_reason = text.matched;
+      if (reason == scheduler::FinishReason::kNone) {
+        scheduler_->Abort(t.seq_id, scheduler::FinishReason::kStopString).IgnoreError();
+      }
+      Finish(r, FinishReason::kStop, std::move(out));
+      continue;
+    }
+    if (reason == scheduler::FinishReason::kNone) {
+      r.sink(std::move(out));
+      continue;
+    }
+    if (r.detok != nullptr) {
+      StopMatcher::Result tail = r.stop.Push(r.detok->Flush());
+      out.text += tail.text;
+      if (tail.stopped) {
+        out.stop_reason = tail.matched;
+        Finish(r, FinishReason::kStop, std::move(out));
+        continue;
+      }
+      out.text += r.stop.Flush();
+    }
+    FinishReason mapped = FinishReason::kLength;
+    switch (reason) {
+      case scheduler::FinishReason::kEos:
+        mapped = FinishReason::kEos;
+        break;
+      case scheduler::FinishReason::kStopToken:
+        mapped = FinishReason::kStop;
+        out.stop_reason = tok.text;
+        break;
+      case scheduler::FinishReason::kAborted:
+        mapped = FinishReason::kAborted;
+        break;
+      default:  // kLength covers max_tokens and the end of the context
+        mapped = r.completion_tokens < r.options.max_tokens ? FinishReason::kContextLength
+                                                            : FinishReason::kLength;
+    }
+    Finish(r, mapped, std::move(out));
+  }
+}
+
+void Engine::Finish(Request& r, FinishReason reason, RequestOutput out) {
+  const absl::Time now = absl::Now();
+  out.finish_reason = reason;
+  Usage& u = out.usage;
+  u.prompt_tokens = static_cast<int>(r.options.prompt.size());
+  u.completion_tokens = r.completion_tokens;
+  u.cached_prompt_tokens = r.cached_tokens;
+  if (r.first_token != absl::InfinitePast())
+    u.time_to_first_token_ms = Ms(r.first_token - r.arrival);
+  u.total_time_ms = Ms(now - r.arrival);
+  u.queue_time_ms = Ms((r.scheduled_at == absl::InfinitePast() ? now : r.scheduled_at) - r.arrival);
+  u.seed = r.options.sampling.seed;
+  u.recomputations = r.recomputations;
+  r.sink(std::move(out));
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.requests_finished;
+  }
+  Forget(r.seq);
+}
+
+void Engine::Fail(Request& r, absl::Status error) {
+  RequestOutput out;
+  out.error = std::move(error);
+  r.sink(std::move(out));
+  {
+    absl::MutexLock lock(&mu_);
+    ++stats_.requests_failed;
+  }
+  Forget(r.seq);
+}
+
+void Engine::FailAll(const absl::Status& error) {
+  std::vector<scheduler::SeqId> ids;
+  for (const auto& [id, r] : requests_) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
+  for (scheduler::SeqId id : ids) {
+    scheduler_->Abort(id).IgnoreError();
+    Fail(*requests_.at(id), error);
+  }
+}
+
+void Engine::Forget(scheduler::SeqId seq) {
+  auto it = requests_.find(seq);
+  if (it == requests_.end()) return;
+  {
+    absl::MutexLock lock(&mu_);
+    live_ids_.erase(it->second->id);
+  }
+  requests_.erase(it);
+}
+
+}  // namespace tpserve::engine
