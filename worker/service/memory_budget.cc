@@ -1,0 +1,102 @@
+#include "worker/service/memory_budget.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace tpserve {
+namespace {
+
+// This rank's share of a dimension of `full` elements split as `part`.
+int64_t Share(int64_t bytes, const Range& part, int64_t full) {
+  return full > 0 ? bytes * part.size() / full : bytes;
+}
+
+int64_t MeminfoBytes(const std::string& key) {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) {
+      std::istringstream fields(line.substr(key.size() + 1));
+      int64_t kib = 0;
+      fields >> kib;
+      return kib * 1024;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int64_t ShardWeightBytes(const TensorSource& source, const ModelConfig& c, const RankShard& shard) {
+  const int64_t H = c.hidden_size, hd = c.head_dim;
+  const int64_t q_dim = c.num_heads * hd, kv_dim = c.num_kv_heads * hd;
+  int64_t total = 0;
+  for (const std::string& name : source.Names()) {
+    const TensorInfo* t = source.Find(name);
+    if (t == nullptr) continue;
+    const int64_t bytes = static_cast<int64_t>(t->nbytes);
+    if (t->shape.size() < 2) {
+      total += bytes;
+      continue;
+    }
+    const int64_t rows = t->shape[0];
+    int64_t cols = 1;
+    for (size_t i = 1; i < t->shape.size(); ++i) cols *= t->shape[i];
+    // Query heads are split in whole KV groups, so q rows and kv rows shrink by the same
+    // head ranges (kv replicated when the group is larger than n_kv).
+    const Range q_rows{shard.q_heads.begin * hd, shard.q_heads.end * hd};
+    const Range kv_rows{shard.kv_heads.begin * hd, shard.kv_heads.end * hd};
+    if (rows == c.vocab_size && cols == H) {
+      total += Share(bytes, shard.vocab, c.vocab_size);
+    } else if (cols == H && rows == q_dim) {
+      total += Share(bytes, q_rows, q_dim);
+    } else if (cols == H && rows == kv_dim) {
+      total += Share(bytes, kv_rows, kv_dim);
+    } else if (cols == H && rows == c.intermediate_size) {
+      total += Share(bytes, shard.ffn_columns, c.intermediate_size);
+    } else if (rows == H && cols == q_dim) {
+      total += Share(bytes, q_rows, q_dim);
+    } else if (rows == H && cols == c.intermediate_size) {
+      total += Share(bytes, shard.ffn_columns, c.intermediate_size);
+    } else {
+      total += bytes;
+    }
+  }
+  return total;
+}
+
+int64_t StepActivationBytes(const ModelConfig& c, const RankShard& shard, int64_t max_tokens,
+                            int64_t max_sequences) {
+  const int64_t T = std::max<int64_t>(max_tokens, 1);
+  const int64_t R = std::max<int64_t>(max_sequences, 1);
+  const int64_t H = c.hidden_size, hd = c.head_dim;
+  const int64_t nq = shard.q_heads.size(), nkv = shard.kv_heads.size();
+  const int64_t Fl = shard.ffn_columns.size();
+  // x, h, proj [T, H]; q, attn [T, nq*hd]; k, v [T, nkv*hd]; gate, up [T, Fl]; rope [T, hd].
+  int64_t floats = 3 * T * H + 2 * T * nq * hd + 2 * T * nkv * hd + 2 * T * Fl + T * hd;
+  // Local logits [R, Vl]; on rank 0 the gathered, the assembled and the host copy [R, V].
+  floats += R * shard.vocab.size();
+  if (shard.rank == 0) floats += 3 * R * c.vocab_size;
+  return floats * static_cast<int64_t>(sizeof(float));
+}
+
+int64_t HostAvailableBytes() { return MeminfoBytes("MemAvailable"); }
+int64_t HostTotalBytes() { return MeminfoBytes("MemTotal"); }
+
+absl::StatusOr<int64_t> KvBlocksThatFit(const KvSizing& s) {
+  const int64_t left = s.budget_bytes - s.weight_bytes - s.activation_bytes;
+  const int64_t blocks = s.bytes_per_block > 0 && left > 0 ? left / s.bytes_per_block : 0;
+  if (blocks < 1) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "memory budget of ", s.budget_bytes, " bytes is too small: weights take ", s.weight_bytes,
+        ", activations ", s.activation_bytes, ", and one KV block needs ", s.bytes_per_block,
+        "; raise --memory-budget (or the coordinator's budget)"));
+  }
+  return s.max_useful_blocks > 0 ? std::min(blocks, s.max_useful_blocks) : blocks;
+}
+
+}  // namespace tpserve

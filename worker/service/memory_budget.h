@@ -1,0 +1,42 @@
+// How a CPU rank splits its memory budget (worker.proto LoadModelRequest.memory_budget_bytes):
+// its weight slices, the activations of the largest step, and KV blocks with the rest.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "common/format/model_config.h"
+#include "common/format/tensor_source.h"
+#include "worker/parallel/shard_plan.h"
+
+namespace tpserve {
+
+// Bytes of `shard`'s slices of every tensor of `source`, as stored (quantised weights count
+// their blocks). A matrix is attributed to a split by its shape against `config` (vocab rows,
+// query / KV head rows or columns, FFN rows or columns); anything else (norms, biases) is whole.
+int64_t ShardWeightBytes(const TensorSource& source, const ModelConfig& config,
+                         const RankShard& shard);
+
+// Upper bound of the fp32 activations of one step of `max_tokens` tokens and `max_sequences`
+// sequences (one logits row each) on this rank: residual stream, q/k/v, attention output,
+// FFN gate/up, and the gathered logits on rank 0.
+int64_t StepActivationBytes(const ModelConfig& config, const RankShard& shard, int64_t max_tokens,
+                            int64_t max_sequences);
+
+// MemAvailable / MemTotal of /proc/meminfo in bytes (0 when unreadable).
+int64_t HostAvailableBytes();
+int64_t HostTotalBytes();
+
+struct KvSizing {
+  int64_t budget_bytes = 0;  // total budget
+  int64_t weight_bytes = 0;
+  int64_t activation_bytes = 0;
+  int64_t bytes_per_block = 0;
+  // Blocks beyond this are never needed (max_batch_sequences full contexts); 0: no cap.
+  int64_t max_useful_blocks = 0;
+};
+
+// KV blocks that fit. RESOURCE_EXHAUSTED with the figures when not even one block fits.
+absl::StatusOr<int64_t> KvBlocksThatFit(const KvSizing& s);
+
+}  // namespace tpserve

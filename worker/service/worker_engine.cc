@@ -1,0 +1,327 @@
+#include "worker/service/worker_engine.h"
+
+#include <algorithm>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
+#include "worker/parallel/gloo_communicator.h"
+#include "worker/sampling/sampler.h"
+#include "worker/service/memory_budget.h"
+
+namespace tpserve {
+namespace {
+
+int ThreadsOrDefault(int threads) {
+  if (threads > 0) return threads;
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+std::string RangeString(const Range& r) { return absl::StrCat("[", r.begin, ", ", r.end, ")"); }
+
+std::string ShardString(const RankShard& s) {
+  return absl::StrCat("rank ", s.rank, "/", s.world_size, " q_heads ", RangeString(s.q_heads),
+                      " kv_heads ", RangeString(s.kv_heads), " ffn ", RangeString(s.ffn_columns),
+                      " vocab ", RangeString(s.vocab));
+}
+
+int64_t MicrosBetween(absl::Time a, absl::Time b) { return absl::ToInt64Microseconds(b - a); }
+
+}  // namespace
+
+const char* WorkerStateName(WorkerState s) {
+  switch (s) {
+    case WorkerState::kIdle:
+      return "IDLE";
+    case WorkerState::kLoading:
+      return "LOADING";
+    case WorkerState::kReady:
+      return "READY";
+    case WorkerState::kDraining:
+      return "DRAINING";
+    case WorkerState::kBroken:
+      return "BROKEN";
+  }
+  return "?";
+}
+
+// Destroyed in reverse order: the runner (KV cache) and model before the communicator they use,
+// and the file mapping the weights point into last.
+struct WorkerEngine::Loaded {
+  LoadSpec spec;
+  ModelFiles files;
+  std::unique_ptr<TimedCommunicator> comm;
+  std::unique_ptr<CausalLm> model;
+  std::unique_ptr<ModelRunner> runner;
+};
+
+WorkerEngine::WorkerEngine(WorkerOptions options)
+    : options_(std::move(options)), backend_(ThreadsOrDefault(options_.threads)) {}
+
+WorkerEngine::~WorkerEngine() = default;
+
+void WorkerEngine::SetState(WorkerState s, std::string message) {
+  absl::MutexLock lock(&mu_);
+  state_ = s;
+  message_ = std::move(message);
+}
+
+HealthSnapshot WorkerEngine::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  return HealthSnapshot{.state = state_,
+                        .rank = options_.rank,
+                        .generation = generation_,
+                        .steps = steps_,
+                        .message = message_};
+}
+
+void WorkerEngine::MarkBroken(const absl::Status& why) {
+  absl::MutexLock lock(&mu_);
+  if (state_ != WorkerState::kReady) return;  // nothing loaded to break
+  state_ = WorkerState::kBroken;
+  message_ = absl::StrCat("generation ", generation_, " failed: ", why.ToString(),
+                          "; waiting for LoadModel with a new generation");
+}
+
+void WorkerEngine::MarkDraining() { SetState(WorkerState::kDraining, "Drain called"); }
+
+void WorkerEngine::Release() {
+  loaded_.reset();
+  absl::MutexLock lock(&mu_);
+  generation_ = 0;
+  steps_ = 0;
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> WorkerEngine::Connect(const LoadSpec& spec) {
+  const int world = spec.shard.world_size;
+  if (spec.comm_kind == LoadSpec::CommKind::kNccl) {
+    return absl::UnimplementedError(
+        "communicator KIND_NCCL: this worker computes on the CPU; CPU ranks use KIND_GLOO");
+  }
+  if (world == 1) return std::unique_ptr<Communicator>(new LocalCommunicator());
+  if (spec.comm_kind != LoadSpec::CommKind::kGloo) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "communicator KIND_LOCAL cannot connect a group of ", world, " ranks; use KIND_GLOO"));
+  }
+  if (!options_.make_store) {
+    return absl::FailedPreconditionError(
+        "this worker has no rendezvous store (start it with --coordinator)");
+  }
+  std::unique_ptr<KvStore> store = options_.make_store();
+  GlooOptions gloo{.rank = options_.rank,
+                   .world_size = world,
+                   .hostname = options_.data_host,
+                   .interface = options_.data_interface,
+                   .store_prefix = spec.store_prefix,
+                   .timeout = spec.comm_timeout};
+  ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm, GlooCommunicator::Create(*store, gloo));
+  return std::unique_ptr<Communicator>(std::move(comm));
+}
+
+absl::StatusOr<LoadReport> WorkerEngine::Load(const LoadSpec& spec) {
+  const absl::Time start = absl::Now();
+  if (spec.shard.rank != options_.rank) {
+    return absl::InvalidArgumentError(absl::StrCat("LoadModel for rank ", spec.shard.rank,
+                                                   " sent to the worker of rank ", options_.rank));
+  }
+  if (spec.generation <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("generation must be > 0, got ", spec.generation));
+  }
+  if (spec.model_path.empty()) return absl::InvalidArgumentError("model_path is empty");
+  if (spec.kv_block_size <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_block_size must be > 0, got ", spec.kv_block_size));
+  }
+  if (spec.memory_budget_bytes < 0 || spec.max_batch_sequences < 0 || spec.max_batch_tokens < 0 ||
+      spec.max_context_length < 0) {
+    return absl::InvalidArgumentError(
+        "memory_budget_bytes, max_batch_sequences, max_batch_tokens and max_context_length must "
+        "be >= 0");
+  }
+  if (!spec.dtype.empty() && spec.dtype != "f32" && spec.dtype != "float32") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dtype \"", spec.dtype, "\": the CPU backend computes in f32 (send \"f32\" or \"\")"));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (generation_ != 0 && spec.generation == generation_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("generation ", spec.generation,
+                       " is the one already loaded; a reload needs a new generation"));
+    }
+  }
+  loaded_.reset();
+  {
+    absl::MutexLock lock(&mu_);
+    state_ = WorkerState::kLoading;
+    generation_ = 0;
+    steps_ = 0;
+    message_ = absl::StrCat("loading ", spec.model_path, " for generation ", spec.generation);
+  }
+  absl::StatusOr<LoadReport> report = LoadLocked(spec);
+  if (!report.ok()) {
+    loaded_.reset();
+    SetState(WorkerState::kIdle, absl::StrCat("last LoadModel (generation ", spec.generation,
+                                              ") failed: ", report.status().ToString()));
+    return report.status();
+  }
+  report->load_time_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+  absl::MutexLock lock(&mu_);
+  state_ = WorkerState::kReady;
+  generation_ = spec.generation;
+  message_.clear();
+  return report;
+}
+
+absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
+  auto loaded = std::make_unique<Loaded>();
+  loaded->spec = spec;
+  ASSIGN_OR_RETURN(loaded->files, OpenModelFiles(spec.model_path));
+  const ModelConfig& config = loaded->files.config;
+  // The coordinator sends only this rank's slice; the model also needs the others' vocab ranges
+  // (to gather the LM head), so the plan is recomputed here and must agree.
+  ASSIGN_OR_RETURN(const ShardPlan plan,
+                   MakeShardPlan(ShardInputsOf(config, spec.shard.world_size)));
+  if (plan.ranks[options_.rank] != spec.shard) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(spec.model_path, ": the coordinator's shard (", ShardString(spec.shard),
+                     ") differs from this model's plan for TP=", spec.shard.world_size, " (",
+                     ShardString(plan.ranks[options_.rank]),
+                     "); are coordinator and worker the same version and model?"));
+  }
+  const int64_t weight_bytes = ShardWeightBytes(*loaded->files.source, config, spec.shard);
+
+  ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, Connect(spec));
+  loaded->comm = std::make_unique<TimedCommunicator>(std::move(comm));
+  ASSIGN_OR_RETURN(loaded->model, LoadCausalLm(loaded->files, plan, backend_, *loaded->comm));
+
+  const int64_t block_size = spec.kv_block_size;
+  const KvCacheConfig one_block{.num_layers = config.num_layers,
+                                .num_blocks = 1,
+                                .block_size = block_size,
+                                .kv_heads = loaded->model->local_kv_heads(),
+                                .head_dim = config.head_dim};
+  KvSizing sizing{.weight_bytes = weight_bytes, .bytes_per_block = one_block.BytesPerBlock()};
+  sizing.budget_bytes = spec.memory_budget_bytes > 0       ? spec.memory_budget_bytes
+                        : options_.memory_budget_bytes > 0 ? options_.memory_budget_bytes
+                                                           : HostAvailableBytes() / 2;
+  sizing.activation_bytes = StepActivationBytes(
+      config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 2048,
+      spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256);
+  if (spec.max_batch_sequences > 0 && spec.max_context_length > 0) {
+    sizing.max_useful_blocks =
+        spec.max_batch_sequences * ((spec.max_context_length + block_size - 1) / block_size);
+  }
+  ASSIGN_OR_RETURN(const int64_t blocks, KvBlocksThatFit(sizing));
+  ASSIGN_OR_RETURN(loaded->runner, ModelRunner::Create(*loaded->model, backend_, options_.rank == 0,
+                                                       blocks, block_size));
+  LoadReport report{.kv_blocks = blocks,
+                    .weight_bytes = weight_bytes,
+                    .architecture = config.architecture,
+                    .num_layers = config.num_layers};
+  loaded_ = std::move(loaded);
+  return report;
+}
+
+absl::StatusOr<StepOutcome> WorkerEngine::Execute(PlanStep plan, absl::Time received) {
+  {
+    absl::MutexLock lock(&mu_);
+    switch (state_) {
+      case WorkerState::kReady:
+        break;
+      case WorkerState::kBroken:
+        return absl::FailedPreconditionError(
+            absl::StrCat("rank ", options_.rank, " is BROKEN: ", message_));
+      case WorkerState::kDraining:
+        return absl::UnavailableError(
+            absl::StrCat("rank ", options_.rank, " is draining and accepts no plans"));
+      case WorkerState::kIdle:
+      case WorkerState::kLoading:
+        return absl::FailedPreconditionError(
+            absl::StrCat("rank ", options_.rank, " has no model loaded (state ",
+                         WorkerStateName(state_), "); call LoadModel first"));
+    }
+    if (plan.generation != generation_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("plan ", plan.step_id, " belongs to generation ", plan.generation, ", rank ",
+                       options_.rank, " runs generation ", generation_));
+    }
+  }
+  absl::StatusOr<StepOutcome> out = Run(std::move(plan), received);
+  if (!out.ok()) {
+    MarkBroken(out.status());
+    return out.status();
+  }
+  absl::MutexLock lock(&mu_);
+  ++steps_;
+  return out;
+}
+
+absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received) {
+  Loaded& l = *loaded_;
+  const int64_t V = l.model->config().vocab_size;
+  const bool rank0 = options_.rank == 0;
+  if (plan.sampling.size() != plan.step.sequences.size()) {
+    return absl::InternalError("plan conversion: one SequenceSampling per sequence expected");
+  }
+  // Validated on every rank, so that all ranks refuse the same plan before any collective.
+  for (size_t i = 0; i < plan.sampling.size(); ++i) {
+    const SequenceSampling& s = plan.sampling[i];
+    absl::Status st = ValidateAdjustments(s.adjustments, V);
+    if (st.ok() && s.top_logprobs < 0) {
+      st = absl::InvalidArgumentError(
+          absl::StrCat("top_logprobs must be >= 0, got ", s.top_logprobs));
+    }
+    if (!st.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", s.sequence_id, ": ", st.message()));
+    }
+  }
+  // Rank 0 samples here rather than in the runner: the runner knows no penalties, bias or
+  // log-probs. Its logits come back without a copy (moved out of the host buffer).
+  std::vector<bool> sample(plan.step.sequences.size());
+  for (size_t i = 0; i < sample.size(); ++i) {
+    sample[i] = plan.step.sequences[i].sample;
+    plan.step.sequences[i].sample = false;
+  }
+  plan.step.return_logits = rank0;
+
+  l.comm->TakeMicros();
+  ASSIGN_OR_RETURN(StepResult result, l.runner->Execute(plan.step));
+  const int64_t collective_us = l.comm->TakeMicros();
+  const absl::Time computed = absl::Now();
+
+  StepOutcome out;
+  out.step_id = plan.step_id;
+  out.generation = plan.generation;
+  out.rank = options_.rank;
+  if (rank0) {
+    for (size_t i = 0; i < sample.size(); ++i) {
+      if (!sample[i]) continue;
+      const StepSequence& seq = plan.step.sequences[i];
+      const SequenceSampling& s = plan.sampling[i];
+      const int64_t rows = seq.all_logits ? static_cast<int64_t>(seq.tokens.size()) : 1;
+      const int64_t last = result.logits_row[i] + rows - 1;
+      std::span<float> row(&result.logits[last * V], V);
+      if (s.adjustments.active()) ApplyAdjustments(s.adjustments, row);
+      SampledOut token;
+      token.sequence_id = s.sequence_id;
+      token.token_id = SampleToken(row, seq.sampling, seq.sample_step);
+      if (s.logprobs || s.top_logprobs > 0) {
+        token.has_logprobs = true;
+        token.logprobs = ComputeLogprobs(row, token.token_id, s.top_logprobs);
+      }
+      out.tokens.push_back(std::move(token));
+    }
+  }
+  const absl::Time done = absl::Now();
+  out.timing.total_us = MicrosBetween(received, done);
+  out.timing.collective_us = collective_us;
+  out.timing.sampling_us = MicrosBetween(computed, done);
+  out.timing.compute_us =
+      std::max<int64_t>(0, out.timing.total_us - collective_us - out.timing.sampling_us);
+  return out;
+}
+
+}  // namespace tpserve

@@ -1,0 +1,178 @@
+// tpserve-worker: one rank of a tensor-parallel group (DESIGN.md §1). Serves the Worker gRPC
+// service, registers with the coordinator (retrying until it answers), and then does what the
+// coordinator asks: LoadModel (rendezvous through the coordinator's store), Execute, Drain.
+// Exits on SIGTERM / SIGINT.
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "coordinator/cluster/rendezvous_client.h"
+#include "spdlog/spdlog.h"
+#include "worker/service/registration.h"
+#include "worker/service/worker_server.h"
+
+#ifndef TPSERVE_VERSION
+#define TPSERVE_VERSION ""
+#endif
+
+namespace tpserve {
+namespace {
+
+struct Flags {
+  std::string coordinator;
+  int rank = -1;
+  int world_size = 1;
+  std::string device = "cpu";
+  std::string listen = "0.0.0.0:0";
+  std::string advertise;
+  std::string data_interface;
+  int threads = 0;
+  int64_t memory_budget = 0;
+  std::string model;
+  std::string log_level = "info";
+};
+
+// The host peers and the coordinator should dial: --advertise, else the --listen host when it
+// names one address, else this machine's host name.
+std::string AdvertiseHost(const Flags& f) {
+  if (!f.advertise.empty()) return f.advertise;
+  const size_t colon = f.listen.rfind(':');
+  const std::string host = colon == std::string::npos ? f.listen : f.listen.substr(0, colon);
+  if (!host.empty() && host != "0.0.0.0" && host != "[::]" && host != "::") return host;
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  return name;
+}
+
+int Run(const Flags& f) {
+  spdlog::set_pattern(absl::StrCat("[%Y-%m-%d %H:%M:%S.%e] [rank ", f.rank, "] [%l] %v"));
+  spdlog::set_level(spdlog::level::from_str(f.log_level));
+  if (f.device != "cpu") {
+    spdlog::error("--device {}: this build runs CPU ranks only (--device cpu)", f.device);
+    return 2;
+  }
+  if (f.rank >= f.world_size) {
+    spdlog::error("--rank {} is outside a group of --tp {} ranks", f.rank, f.world_size);
+    return 2;
+  }
+  const int threads = f.threads > 0
+                          ? f.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  const std::string host = AdvertiseHost(f);
+
+  // Signals are taken by sigwait below: block them before any thread starts (threads inherit
+  // the mask), so no gRPC or Gloo thread is interrupted by them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  WorkerOptions options{
+      .rank = f.rank,
+      .threads = threads,
+      .data_host = host,
+      .data_interface = f.data_interface,
+      .memory_budget_bytes = f.memory_budget,
+      .make_store = [coordinator = f.coordinator]() { return MakeRendezvousClient(coordinator); }};
+  absl::StatusOr<std::unique_ptr<WorkerServer>> server =
+      WorkerServer::Start(f.listen, std::move(options));
+  if (!server.ok()) {
+    spdlog::error("{}", server.status().ToString());
+    return 1;
+  }
+  const std::string control_address = absl::StrCat(host, ":", (*server)->port());
+  spdlog::info("Worker service on {} (advertised as {}), {} threads, coordinator {}", f.listen,
+               control_address, threads, f.coordinator);
+
+  v1::RegisterRequest req;
+  req.set_rank(f.rank);
+  req.set_world_size(f.world_size);
+  req.set_incarnation(MakeIncarnation());
+  *req.mutable_device() = CpuDeviceInfo(threads);
+  req.set_memory_budget_bytes(f.memory_budget);
+  req.set_control_address(control_address);
+  req.set_data_host(f.data_interface.empty() ? host : "");
+  req.set_data_interface(f.data_interface);
+  req.set_model(f.model);
+  req.set_version(TPSERVE_VERSION);
+
+  std::atomic<bool> stopping{false};
+  std::atomic<int> exit_code{0};
+  std::thread registrar([&]() {
+    absl::StatusOr<v1::RegisterResponse> resp =
+        RegisterWithCoordinator(f.coordinator, req, [&]() { return stopping.load(); });
+    if (resp.ok()) {
+      spdlog::info("registered with {}: {}/{} ranks present{}", f.coordinator, resp->registered(),
+                   resp->world_size(), resp->complete() ? ", group complete" : "");
+    } else if (!absl::IsCancelled(resp.status())) {
+      spdlog::error("{}", resp.status().ToString());
+      exit_code = 2;
+      kill(getpid(), SIGTERM);  // wakes the sigwait below
+    }
+  });
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  stopping = true;
+  if (exit_code == 0) spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  (*server)->Shutdown(absl::Seconds(2));
+  registrar.join();
+  server->reset();
+  spdlog::info("stopped");
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace tpserve
+
+int main(int argc, char** argv) {
+  tpserve::Flags f;
+  CLI::App app{
+      "tpserve-worker: one tensor-parallel rank. Serves the Worker gRPC service, registers with "
+      "the coordinator, loads its slice of the model when told to, and executes step plans."};
+  app.add_option("--coordinator", f.coordinator,
+                 "HOST:PORT of the coordinator's Cluster service (registration and the "
+                 "rendezvous store)")
+      ->required();
+  app.add_option("--rank", f.rank, "This worker's rank in [0, --tp)")
+      ->required()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--tp,--world-size", f.world_size,
+                 "Ranks in the group; must equal the coordinator's --tp")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--device", f.device, "Compute device (this build: cpu)")->capture_default_str();
+  app.add_option("--listen", f.listen,
+                 "HOST:PORT the Worker service listens on; port 0 picks a free one")
+      ->capture_default_str();
+  app.add_option("--advertise", f.advertise,
+                 "Host the coordinator and peer ranks reach this worker on (its Worker service "
+                 "and Gloo's data plane); default: the --listen host, or this machine's host "
+                 "name when --listen is a wildcard");
+  app.add_option("--data-interface", f.data_interface,
+                 "Network interface for Gloo (e.g. eth0); overrides --advertise for the data "
+                 "plane");
+  app.add_option("--threads", f.threads, "CPU compute threads; 0 = all hardware threads")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--memory-budget", f.memory_budget,
+                 "Bytes for weights + KV cache + activations when the coordinator sends no "
+                 "budget; 0 = half of the host's available memory")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--model", f.model,
+                 "Model this worker is meant to serve; the coordinator refuses a mismatch "
+                 "(default: whatever it serves)");
+  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  return tpserve::Run(f);
+}
