@@ -324,7 +324,7 @@ def main():
                      lambda s, sp: tok.encode(s, add_special_tokens=sp).ids,
                      lambda ids, sk: tok.decode(ids, skip_special_tokens=sk))
 
-    for name in ("minilm", "llama3_bpe"):
+    for name in ("minilm", "llama3_bpe", "gpt2_prefix"):
         tok = built[name]
         write_pairs(name, corpus, lambda a, b: tok.encode(a, b).ids)
 

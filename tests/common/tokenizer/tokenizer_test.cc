@@ -68,6 +68,12 @@ TEST(TokenizerPairs, TemplatePairsMatchReference) {
   CheckPairs(*tok, "llama3_bpe_pairs.jsonl.gz");
 }
 
+TEST(TokenizerPairs, RobertaPairsMatchReference) {
+  auto tok = LoadFolder("gpt2_prefix");
+  ASSERT_NE(tok, nullptr);
+  CheckPairs(*tok, "gpt2_prefix_pairs.jsonl.gz");
+}
+
 TEST(TokenizerMetadata, HfFolderGivesBosEosFromTokenizerConfig) {
   auto tok = LoadFolder("llama3_bpe");
   ASSERT_NE(tok, nullptr);
