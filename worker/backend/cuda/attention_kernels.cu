@@ -1,7 +1,8 @@
 // Causal attention over the paged fp32 KV cache: a decode kernel (one query row per block) and a
 // flash-style prefill kernel (query tiles against K/V tiles staged in shared memory, online
 // softmax). Both read K/V through the sequence's block table:
-// slot(p) = table[p / block_size] * block_size + p % block_size, K row = (slot * kv_heads + kvh) * hd.
+// slot(p) = table[p / block_size] * block_size + p % block_size, K row = (slot * kv_heads + kvh) *
+// hd.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -26,8 +27,8 @@ __device__ __forceinline__ float WarpMax(float v) {
 
 __device__ __forceinline__ int64_t KvRow(const AttentionArgs& a, const int32_t* table, int64_t p,
                                          int64_t kvh) {
-  const int64_t slot = static_cast<int64_t>(table[p / a.block_size]) * a.block_size +
-                       p % a.block_size;
+  const int64_t slot =
+      static_cast<int64_t>(table[p / a.block_size]) * a.block_size + p % a.block_size;
   return (slot * a.kv_heads + kvh) * a.hd;
 }
 
@@ -199,18 +200,17 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 template <int kPerLane>
-bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* rows,
-                 int64_t tiles, cudaStream_t stream) {
+bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* rows, int64_t tiles,
+                 cudaStream_t stream) {
   const size_t smem =
       sizeof(float) * (kPrefillTileRows * a.hd + kKvTile * (a.hd + 1) + kKvTile * a.hd);
   static bool configured = false;  // opt in to > 48 KiB once per instantiation
   if (!configured) {
-    if (cudaFuncSetAttribute(FlashPrefillKernel<kPerLane>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(sizeof(float) * (kPrefillTileRows * 32 * kPerLane +
-                                                               kKvTile * (32 * kPerLane + 1) +
-                                                               kKvTile * 32 * kPerLane))) !=
-        cudaSuccess) {
+    if (cudaFuncSetAttribute(
+            FlashPrefillKernel<kPerLane>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            static_cast<int>(sizeof(float) *
+                             (kPrefillTileRows * 32 * kPerLane + kKvTile * (32 * kPerLane + 1) +
+                              kKvTile * 32 * kPerLane))) != cudaSuccess) {
       return false;
     }
     configured = true;
@@ -235,8 +235,7 @@ void LaunchPagedDecodeAttention(const AttentionArgs& a, cudaStream_t stream) {
 }
 
 bool LaunchFlashPrefillAttention(const AttentionArgs& a, const int32_t* tile_first_row,
-                                 const int32_t* tile_rows, int64_t num_tiles,
-                                 cudaStream_t stream) {
+                                 const int32_t* tile_rows, int64_t num_tiles, cudaStream_t stream) {
   if (num_tiles == 0 || a.heads == 0) return true;
   if (a.hd <= 64) return LaunchFlash<2>(a, tile_first_row, tile_rows, num_tiles, stream);
   if (a.hd <= 128) return LaunchFlash<4>(a, tile_first_row, tile_rows, num_tiles, stream);

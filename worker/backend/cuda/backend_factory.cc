@@ -12,8 +12,8 @@ namespace tpserve {
 
 absl::StatusOr<DeviceSpec> ParseDevice(const std::string& device) {
   const auto bad = [&] {
-    return absl::InvalidArgumentError(absl::StrCat("--device ", device,
-                                                   ": expected cpu, cuda, cuda:K or cuda:K:fp32"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device ", device, ": expected cpu, cuda, cuda:K or cuda:K:fp32"));
   };
   if (device == "cpu") return DeviceSpec{};
   std::vector<std::string> parts = absl::StrSplit(device, ':');

@@ -21,7 +21,8 @@ template <typename T>
 size_t Pack(std::vector<uint8_t>* bytes, const std::vector<T>& values) {
   const size_t offset = (bytes->size() + 15) / 16 * 16;
   bytes->resize(offset + values.size() * sizeof(T));
-  if (!values.empty()) std::memcpy(bytes->data() + offset, values.data(), values.size() * sizeof(T));
+  if (!values.empty())
+    std::memcpy(bytes->data() + offset, values.data(), values.size() * sizeof(T));
   return offset;
 }
 
@@ -76,8 +77,8 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     }
     for (int64_t t0 = 0; t0 < seq.num_tokens; t0 += cuda::kPrefillTileRows) {
       tile_first.push_back(static_cast<int32_t>(seq.token_begin + t0));
-      tile_rows.push_back(static_cast<int32_t>(
-          std::min<int64_t>(cuda::kPrefillTileRows, seq.num_tokens - t0)));
+      tile_rows.push_back(
+          static_cast<int32_t>(std::min<int64_t>(cuda::kPrefillTileRows, seq.num_tokens - t0)));
     }
     all_decode &= seq.num_tokens <= 1;
   }
@@ -112,13 +113,13 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     cuda::LaunchPagedDecodeAttention(a, stream_);  // also zeroes unclaimed rows
   } else {
     // Unclaimed rows are in no tile: zero them first.
-    TPSERVE_CUDA_CHECK(
-        cudaMemsetAsync(out->data(), 0, static_cast<size_t>(out->numel()) * sizeof(float), stream_));
-    TPSERVE_CHECK(cuda::LaunchFlashPrefillAttention(
-                      a, reinterpret_cast<const int32_t*>(dev + off_first),
-                      reinterpret_cast<const int32_t*>(dev + off_rows),
-                      static_cast<int64_t>(tile_first.size()), stream_),
-                  "Attention: prefill kernel cannot run head_dim %lld", static_cast<long long>(a.hd));
+    TPSERVE_CUDA_CHECK(cudaMemsetAsync(out->data(), 0,
+                                       static_cast<size_t>(out->numel()) * sizeof(float), stream_));
+    TPSERVE_CHECK(
+        cuda::LaunchFlashPrefillAttention(a, reinterpret_cast<const int32_t*>(dev + off_first),
+                                          reinterpret_cast<const int32_t*>(dev + off_rows),
+                                          static_cast<int64_t>(tile_first.size()), stream_),
+        "Attention: prefill kernel cannot run head_dim %lld", static_cast<long long>(a.hd));
   }
   CheckLaunch("Attention");
 }

@@ -41,17 +41,17 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   int count = 0;
   RETURN_IF_ERROR(cuda::CudaStatus(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
   if (options.device < 0 || options.device >= count) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda:", options.device, ": this machine has ",
-                                                   count, " CUDA device(s) (cuda:0 .. cuda:",
-                                                   count - 1, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda:", options.device, ": this machine has ", count,
+                     " CUDA device(s) (cuda:0 .. cuda:", count - 1, ")"));
   }
   RETURN_IF_ERROR(cuda::CudaStatus(cudaSetDevice(options.device), "cudaSetDevice"));
   auto backend = std::unique_ptr<CudaBackend>(new CudaBackend(options));
   RETURN_IF_ERROR(cuda::CudaStatus(
       cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
   RETURN_IF_ERROR(cuda::CublasStatus(cublasCreate(&backend->cublas_), "cublasCreate"));
-  RETURN_IF_ERROR(cuda::CublasStatus(cublasSetStream(backend->cublas_, backend->stream_),
-                                     "cublasSetStream"));
+  RETURN_IF_ERROR(
+      cuda::CublasStatus(cublasSetStream(backend->cublas_, backend->stream_), "cublasSetStream"));
   // Our own workspace, so cuBLAS allocates nothing per call. fp32 mode: pedantic math, so fp32
   // GEMMs stay fp32 (no TF32, no reduced-precision reductions) and compare tightly with the CPU.
   ASSIGN_OR_RETURN(backend->cublas_workspace_, backend->pool_.Get(kCublasWorkspaceBytes));
@@ -136,16 +136,16 @@ std::vector<float> CudaBackend::ToHost(const Tensor& t) {
 
 void CudaBackend::CopyToHost(const float* device, float* host, size_t count) {
   if (count == 0) return;
-  TPSERVE_CUDA_CHECK(cudaMemcpyAsync(host, device, count * sizeof(float), cudaMemcpyDeviceToHost,
-                                     stream_));
+  TPSERVE_CUDA_CHECK(
+      cudaMemcpyAsync(host, device, count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   TPSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::CopyFromHost(const float* host, float* device, size_t count) {
   if (count == 0) return;
   // Pageable source: returns once the data is staged, so `host` may be freed right after.
-  TPSERVE_CUDA_CHECK(cudaMemcpyAsync(device, host, count * sizeof(float), cudaMemcpyHostToDevice,
-                                     stream_));
+  TPSERVE_CUDA_CHECK(
+      cudaMemcpyAsync(device, host, count * sizeof(float), cudaMemcpyHostToDevice, stream_));
 }
 
 absl::Status CudaBackend::Synchronize() {
@@ -184,10 +184,10 @@ absl::StatusOr<Weight> CudaBackend::LoadWeight(const TensorView& view) {
       src = b16.data();
     }
     // Pageable source: the call returns once `src` is staged, so the next chunk may reuse it.
-    RETURN_IF_ERROR(cuda::CudaStatus(
-        cudaMemcpyAsync(static_cast<uint8_t*>(device.get()) + r0 * row_bytes, src,
-                        rows * row_bytes, cudaMemcpyHostToDevice, stream_),
-        "uploading a weight"));
+    RETURN_IF_ERROR(
+        cuda::CudaStatus(cudaMemcpyAsync(static_cast<uint8_t*>(device.get()) + r0 * row_bytes, src,
+                                         rows * row_bytes, cudaMemcpyHostToDevice, stream_),
+                         "uploading a weight"));
   }
   RETURN_IF_ERROR(Synchronize());
   return Weight{.dtype = bf16 ? DType::kBF16 : DType::kF32,

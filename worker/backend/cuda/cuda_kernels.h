@@ -50,8 +50,8 @@ void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t
                    float* cache_k, float* cache_v, cudaStream_t stream);
 
 struct AttentionArgs {
-  const float* q = nullptr;  // [T, heads, hd]
-  float* out = nullptr;      // [T, heads, hd]
+  const float* q = nullptr;        // [T, heads, hd]
+  float* out = nullptr;            // [T, heads, hd]
   const float* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, hd]
   const float* v_cache = nullptr;
   int64_t num_tokens = 0, heads = 0, hd = 0, kv_heads = 0, block_size = 0;

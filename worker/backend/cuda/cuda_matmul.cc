@@ -26,23 +26,22 @@ void CudaBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
   cublasStatus_t st;
   if (w.dtype == DType::kF32) {
     const int64_t ldw = static_cast<int64_t>(w.row_stride_bytes / sizeof(float));
-    st = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
-                      static_cast<int>(n), static_cast<int>(in), &alpha, w.data, CUDA_R_32F,
-                      static_cast<int>(ldw), x.data(), CUDA_R_32F, static_cast<int>(in), &beta,
-                      y->data(), CUDA_R_32F, static_cast<int>(out), CUBLAS_COMPUTE_32F,
-                      CUBLAS_GEMM_DEFAULT);
+    st = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
+                      static_cast<int>(in), &alpha, w.data, CUDA_R_32F, static_cast<int>(ldw),
+                      x.data(), CUDA_R_32F, static_cast<int>(in), &beta, y->data(), CUDA_R_32F,
+                      static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   } else {
     std::shared_ptr<void> xb = Scratch(static_cast<size_t>(n * in) * sizeof(uint16_t));
     cuda::LaunchF32ToBf16(x.data(), static_cast<uint16_t*>(xb.get()), n * in, stream_);
     CheckLaunch("MatMul (bf16 input)");
     const int64_t ldw = static_cast<int64_t>(w.row_stride_bytes / sizeof(uint16_t));
-    st = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out),
-                      static_cast<int>(n), static_cast<int>(in), &alpha, w.data, CUDA_R_16BF,
-                      static_cast<int>(ldw), xb.get(), CUDA_R_16BF, static_cast<int>(in), &beta,
-                      y->data(), CUDA_R_32F, static_cast<int>(out), CUBLAS_COMPUTE_32F,
-                      CUBLAS_GEMM_DEFAULT);
+    st = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
+                      static_cast<int>(in), &alpha, w.data, CUDA_R_16BF, static_cast<int>(ldw),
+                      xb.get(), CUDA_R_16BF, static_cast<int>(in), &beta, y->data(), CUDA_R_32F,
+                      static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   }
-  TPSERVE_CHECK(st == CUBLAS_STATUS_SUCCESS, "MatMul: cublasGemmEx [%lld x %lld] x [%lld x %lld]ᵀ: %s",
+  TPSERVE_CHECK(st == CUBLAS_STATUS_SUCCESS,
+                "MatMul: cublasGemmEx [%lld x %lld] x [%lld x %lld]ᵀ: %s",
                 static_cast<long long>(n), static_cast<long long>(in), static_cast<long long>(out),
                 static_cast<long long>(in), cublasGetStatusString(st));
 }

@@ -1,8 +1,7 @@
-#include "worker/backend/cuda/cuda_probe.h"
-
 #include <cuda_runtime.h>
 
 #include "absl/strings/str_cat.h"
+#include "worker/backend/cuda/cuda_probe.h"
 
 namespace tpserve::cuda {
 namespace {
@@ -42,7 +41,8 @@ absl::StatusOr<int> RoundTripKernel(int value) {
   if (auto st = FromCuda(cudaMalloc(&dev, sizeof(int)), "cudaMalloc"); !st.ok()) return st;
   WriteValue<<<1, 1>>>(dev, value);
   int host = 0;
-  absl::Status st = FromCuda(cudaMemcpy(&host, dev, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  absl::Status st =
+      FromCuda(cudaMemcpy(&host, dev, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy");
   cudaFree(dev);
   if (!st.ok()) return st;
   return host;

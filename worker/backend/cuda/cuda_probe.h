@@ -9,7 +9,7 @@ namespace tpserve::cuda {
 
 struct DeviceSummary {
   int count = 0;
-  std::string first_name;   // name of device 0, empty when count == 0
+  std::string first_name;  // name of device 0, empty when count == 0
   size_t first_total_bytes = 0;
 };
 

@@ -19,8 +19,8 @@ absl::Status CublasStatus(int status, const char* what);
 
 // Aborts with the CUDA error: only for failures inside ops, which have no status to return
 // (a broken device, not bad input).
-#define TPSERVE_CUDA_CHECK(expr)                                                      \
-  do {                                                                                \
-    const cudaError_t _err = (expr);                                                  \
-    TPSERVE_CHECK(_err == cudaSuccess, "%s: %s", #expr, cudaGetErrorString(_err));    \
+#define TPSERVE_CUDA_CHECK(expr)                                                   \
+  do {                                                                             \
+    const cudaError_t _err = (expr);                                               \
+    TPSERVE_CHECK(_err == cudaSuccess, "%s: %s", #expr, cudaGetErrorString(_err)); \
   } while (0)

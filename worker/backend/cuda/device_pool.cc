@@ -44,9 +44,9 @@ absl::StatusOr<std::shared_ptr<void>> DevicePool::Get(size_t bytes) {
     if (err != cudaSuccess) {
       cudaGetLastError();
       if (err == cudaErrorMemoryAllocation) {
-        return absl::ResourceExhaustedError(
-            absl::StrCat("GPU out of memory allocating ", size, " bytes (", state_->in_use,
-                         " bytes in use by this backend)"));
+        return absl::ResourceExhaustedError(absl::StrCat("GPU out of memory allocating ", size,
+                                                         " bytes (", state_->in_use,
+                                                         " bytes in use by this backend)"));
       }
       return CudaStatus(err, "cudaMalloc");
     }

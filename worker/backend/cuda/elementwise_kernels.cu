@@ -172,8 +172,7 @@ void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t see
 void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos_sin, int64_t T,
                      int64_t half, cudaStream_t stream) {
   if (T * half == 0) return;
-  RopeTableKernel<<<Blocks(T * half), kThreads, 0, stream>>>(positions, inv_freq, cos_sin, T,
-                                                            half);
+  RopeTableKernel<<<Blocks(T * half), kThreads, 0, stream>>>(positions, inv_freq, cos_sin, T, half);
 }
 
 void LaunchRope(const float* cos_sin, bool interleaved, float* x, int64_t T, int64_t heads,

@@ -1,9 +1,8 @@
 // On-device sampling: arg-max, and the CPU sampler's filtered inverse-CDF draw (sort, softmax in
 // double over the top-k survivors, nucleus, min-p, renormalise, first cumulative mass above u).
+#include <cmath>
 #include <cub/cub.cuh>
 #include <cuda/functional>
-
-#include <cmath>
 
 #include "worker/backend/cuda/cuda_kernels.h"
 
@@ -51,7 +50,8 @@ __global__ void IotaKernel(int32_t* ids, int64_t rows, int64_t V, int32_t* offse
     ids[i] = static_cast<int32_t>(i % V);
   }
   if (blockIdx.x == 0) {
-    for (int64_t r = threadIdx.x; r <= rows; r += blockDim.x) offsets[r] = static_cast<int32_t>(r * V);
+    for (int64_t r = threadIdx.x; r <= rows; r += blockDim.x)
+      offsets[r] = static_cast<int32_t>(r * V);
   }
 }
 
@@ -190,10 +190,9 @@ void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
   IotaKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(ids_in, rows, V, offsets);
   size_t cub_bytes = temp_bytes - t.cub;
   // Radix sort is stable: equal logits keep ascending token ids, the CPU's tie order.
-  cub::DeviceSegmentedRadixSort::SortPairsDescending(base + t.cub, cub_bytes, logits, keys_out,
-                                                     ids_in, ids_out, rows * V,
-                                                     static_cast<int>(rows), offsets, offsets + 1,
-                                                     0, 32, stream);
+  cub::DeviceSegmentedRadixSort::SortPairsDescending(
+      base + t.cub, cub_bytes, logits, keys_out, ids_in, ids_out, rows * V, static_cast<int>(rows),
+      offsets, offsets + 1, 0, 32, stream);
   DrawSortedKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(keys_out, ids_out, V,
                                                                          params_dev, tokens);
 }
