@@ -13,6 +13,9 @@ Stages, each on the RENDERED output (what `kubectl apply -k` sends), not on the 
   semantics  cross-object facts no schema sees (TP == worker count, Services and policies select
              pods that exist, probes hit declared ports, the entrypoint accepts the pod's
              environment and the binaries accept the flags it produces)
+and once for the tree:
+  docker     hadolint and checkov (dockerfile framework) on deploy/docker/Dockerfile.*
+  sources    yamllint on the kustomize sources under deploy/k8s
 
   validate.py [--out DIR] [--bin-dir BUILD] [--only STAGE,...] [OVERLAY...]
   validate.py --self-test      each stage must reject a deliberately broken manifest
@@ -37,7 +40,8 @@ K8S_DIR = pathlib.Path(__file__).resolve().parent
 ROOT = K8S_DIR.parent.parent
 VENV_BIN = pathlib.Path(sys.executable).parent
 K8S_VERSION = "1.37.0"
-STAGES = ("yaml", "schema", "security", "semantics")
+STAGES = ("yaml", "schema", "security", "semantics", "docker", "sources")
+DOCKER_DIR = ROOT / "deploy" / "docker"
 LWS_KIND = ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
 
@@ -106,11 +110,11 @@ def stage_yaml(path):
 
 
 def validation_message(err):
-    cause = getattr(err, "caused_by", None)
-    if cause is not None and hasattr(cause, "path"):
-        where = ".".join(str(p) for p in cause.path)
-        return f"{where}: {cause.message}"
-    return str(err).splitlines()[0]
+    """'spec.template.spec.containers.0.ports.0.containerPort: 'x' is not of type 'integer''."""
+    path = getattr(err, "path", None)
+    where = ".".join(str(p) for p in path) if path else ""
+    message = getattr(err, "message", None) or str(err).splitlines()[0]
+    return f"{where}: {message}" if where else message
 
 
 def stage_schema(objs):
@@ -169,6 +173,24 @@ def stage_security(rendered_paths, extra_objs_path=None):
     return run_checkov(paths, "kubernetes")
 
 
+def stage_docker(dockerfiles):
+    errors = []
+    proc = subprocess.run([tool("hadolint"), "--no-color"] + [str(d) for d in dockerfiles],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors += [f"docker: hadolint {line}" for line in (proc.stdout + proc.stderr).splitlines() if line]
+    errors += [e.replace("security:", "docker: checkov", 1) for e in run_checkov(dockerfiles, "dockerfile")]
+    return errors
+
+
+def dockerfiles():
+    return sorted(p for p in DOCKER_DIR.glob("Dockerfile.*") if p.suffix != ".dockerignore")
+
+
+def stage_sources():
+    return stage_yaml(K8S_DIR)
+
+
 # ---- semantics ----------------------------------------------------------------------------------
 
 def env_of(container):
@@ -187,6 +209,9 @@ def env_value(env, name, fake):
 
 def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+_NOTED = set()
 
 
 def help_flags(binary):
@@ -355,6 +380,9 @@ def stage_semantics(objs, bin_dir=None):
             errors.append(f"semantics: {name_of(owner)} {c['name']}: entrypoint refuses the pod's environment: {err}")
             continue
         binary = find_binary(bin_dir, argv[0])
+        if bin_dir and not binary and argv[0] not in _NOTED:
+            _NOTED.add(argv[0])
+            print(f"note: no {argv[0]} under {bin_dir}: its flags were not checked against --help")
         if binary:
             known = help_flags(binary)
             for flag in (a for a in argv[1:] if a.startswith("--")):
@@ -418,10 +446,22 @@ def main():
         import validate_selftest
         return validate_selftest.run()
     names = a.overlays or overlays()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = pathlib.Path(a.out) if a.out else pathlib.Path(tmp)
-        failures = validate_overlays(names, out, stages, a.bin_dir)
-    print(f"validate: {len(names) - failures} passed, {failures} failed")
+    checked, failures = 0, 0
+    for stage, run in (("docker", lambda: stage_docker(dockerfiles())),
+                       ("sources", stage_sources)):
+        if stage in stages:
+            errors = run()
+            print(f"{'FAIL' if errors else 'ok  '} {stage}")
+            for e in errors:
+                print(f"     {e}")
+            checked, failures = checked + 1, failures + bool(errors)
+    overlay_stages = stages & {"yaml", "schema", "security", "semantics"}
+    if overlay_stages:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pathlib.Path(a.out) if a.out else pathlib.Path(tmp)
+            failures += validate_overlays(names, out, overlay_stages, a.bin_dir)
+        checked += len(names)
+    print(f"validate: {checked - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 
