@@ -314,16 +314,21 @@ def stage_semantics(objs, bin_dir=None):
         if device == "cpu" and gpus:
             errors.append(f"semantics: {name_of(owner)}: DEVICE=cpu but requests {gpus} GPU(s)")
 
-    # Probes hit ports the container declares.
+    # Probes hit ports the container declares; the coordinator's are grpc.health.v1 (workers serve
+    # no grpc.health.v1 yet: a TCP probe of their control port is accepted there).
     for owner, role, t in coord + work:
         c = t["spec"]["containers"][0]
-        ports = {p["containerPort"] for p in c.get("ports", [])}
-        for probe in ("readinessProbe", "livenessProbe"):
-            g = c.get(probe, {}).get("grpc")
-            if not g:
-                errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} is not a gRPC health probe")
-            elif g.get("port") not in ports:
-                errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} port {g.get('port')} not declared")
+        ports = {p["containerPort"] for p in c.get("ports", [])} | {p.get("name") for p in c.get("ports", [])}
+        is_coord = (owner, role, t) in coord
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            p = c.get(probe, {})
+            kind = "grpc" if "grpc" in p else "tcpSocket" if "tcpSocket" in p else None
+            if kind is None or (is_coord and kind != "grpc"):
+                errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} is not a "
+                              f"{'gRPC health' if is_coord else 'gRPC health or TCP'} probe")
+            elif p[kind].get("port") not in ports:
+                errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} port {p[kind].get('port')} "
+                              "not declared")
 
     # Services select pods and their named target ports exist on those pods.
     for svc in by_kind.get("Service", []):
