@@ -281,6 +281,22 @@ def write_invalid_utf8():
             f.write(json.dumps({"hex": raw.hex(), "text": raw.decode("utf-8", "replace")}, ensure_ascii=False) + "\n")
 
 
+def write_hf_folder(tok, chat_template):
+    """qwen2_hf/: the qwen2_bpe tokenizer saved by transformers (tokenizer.json, tokenizer_config.json,
+    chat_template.jinja) with SmolLM2's chat template and a generation_config.json listing two EOS
+    ids; qwen2_hf_meta.json: what transformers reports for it."""
+    from transformers import PreTrainedTokenizerFast
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=chat_template)
+    folder = OUT / "qwen2_hf"
+    fast.save_pretrained(str(folder))
+    eos_ids = [fast.convert_tokens_to_ids("<|im_end|>"), fast.convert_tokens_to_ids("<|endoftext|>")]
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": eos_ids}) + "\n")
+    meta = {"bos_token": fast.bos_token, "eos_token": fast.eos_token, "eos_ids": eos_ids,
+            "chat_template": fast.chat_template}
+    (OUT / "qwen2_hf_meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+
+
 def write_golden(name, corpus, encode, decode):
     path = OUT / f"{name}.jsonl.gz"
     f, raw = open_gz(path)
@@ -336,7 +352,8 @@ def main():
                      lambda ids, sk: t.decode(ids, skip_special_tokens=sk))
         return t
 
-    transformers_golden("smollm2_gguf", MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    smol = transformers_golden("smollm2_gguf", MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
+    write_hf_folder(built["qwen2_bpe"], smol.chat_template)
     sp_path = sp_bpe_gguf(built["sp_bpe"])
     t = transformers_golden("sp_bpe_gguf", sp_path.parent, sp_path.name)
     if os.environ.get("TOKENIZER_DUMP"):

@@ -93,6 +93,25 @@ TEST(TokenizerMetadata, HfFolderGivesBosEosFromTokenizerConfig) {
   EXPECT_EQ(ids->front(), tok->bos_id());
 }
 
+// A folder as transformers 5 saves it (chat_template.jinja beside tokenizer_config.json) plus a
+// generation_config.json with two EOS ids; expectations are what transformers reports for it.
+TEST(TokenizerMetadata, TransformersFolderGivesChatTemplateAndEosIds) {
+  auto tok = LoadFolder("qwen2_hf");
+  ASSERT_NE(tok, nullptr);
+  std::ifstream in(Golden("qwen2_hf_meta.json"));
+  Json meta = Json::parse(in);
+  EXPECT_EQ(tok->chat_template(), meta["chat_template"].get<std::string>());
+  EXPECT_EQ(tok->eos_token(), meta["eos_token"].get<std::string>());
+  EXPECT_EQ(tok->eos_ids(), meta["eos_ids"].get<std::vector<int32_t>>());
+  ASSERT_TRUE(meta["bos_token"].is_null());
+  EXPECT_EQ(tok->bos_id(), -1);
+  EXPECT_EQ(tok->bos_token(), "");
+  // Same tokenizer.json as qwen2_bpe: same ids.
+  auto entries = testing::LoadGolden("qwen2_bpe");
+  ASSERT_GT(entries.size(), 100u);
+  for (size_t i = 0; i < 100; ++i) EXPECT_EQ(*tok->Encode(entries[i].text), entries[i].ids);
+}
+
 TEST(TokenizerMetadata, GgufGivesBosEosAndChatTemplate) {
   std::string path = testing::ModelsDir() + "/SmolLM2-135M-Instruct.Q4_1.gguf";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not found";
