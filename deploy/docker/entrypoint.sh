@@ -9,7 +9,8 @@
 #     TP (required)           tensor-parallel degree = number of workers
 #     LISTEN                  public gRPC + health            (default 0.0.0.0:50051)
 #     CLUSTER_LISTEN          Cluster service for the workers (default 0.0.0.0:50052)
-#     HTTP_LISTEN, METRICS_LISTEN, KV_BLOCK_SIZE, MAX_BATCH_TOKENS, MAX_SEQS, MEMORY_BUDGET:
+#     HTTP_LISTEN, METRICS_LISTEN, KV_BLOCK_SIZE, MAX_BATCH_TOKENS, MAX_SEQS, MEMORY_BUDGET,
+#     MAX_CONTEXT, MAX_WAITING, STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S, LOG_LEVEL:
 #                             passed as the flags of the same name when set
 #   entrypoint.sh worker [EXTRA FLAGS...]
 #     COORDINATOR             HOST:PORT of the coordinator's Cluster service; default under
@@ -21,7 +22,8 @@
 #     DEVICE                  cpu (default) or cuda:K
 #     LISTEN                  Worker control service          (default 0.0.0.0:50061)
 #     ADVERTISE               address peers and the coordinator dial; default POD_IP
-#     DATA_INTERFACE, THREADS, MEMORY_BUDGET, MODEL, LOG_LEVEL: the flags of the same name
+#     DATA_INTERFACE, THREADS, MEMORY_BUDGET, MODEL, REGISTER_INTERVAL, LOG_LEVEL: the flags of
+#                             the same name
 #   entrypoint.sh fetch-models
 #     TPSERVE_CACHE           where scripts/fetch-models.sh puts models/ (the model volume)
 #
@@ -57,6 +59,11 @@ case $role in
     opt --max-batch-tokens "${MAX_BATCH_TOKENS:-}"
     opt --max-seqs "${MAX_SEQS:-}"
     opt --memory-budget "${MEMORY_BUDGET:-}"
+    opt --max-context "${MAX_CONTEXT:-}"
+    opt --max-waiting "${MAX_WAITING:-}"
+    opt --step-timeout-ms "${STEP_TIMEOUT_MS:-}"
+    opt --collective-timeout-ms "${COLLECTIVE_TIMEOUT_MS:-}"
+    opt --load-timeout-s "${LOAD_TIMEOUT_S:-}"
     opt --log-level "${LOG_LEVEL:-}"
     ;;
   worker)
@@ -85,6 +92,7 @@ case $role in
     opt --threads "${THREADS:-}"
     opt --memory-budget "${MEMORY_BUDGET:-}"
     opt --model "${MODEL:-}"
+    opt --register-interval "${REGISTER_INTERVAL:-}"
     opt --log-level "${LOG_LEVEL:-}"
     ;;
   fetch-models)

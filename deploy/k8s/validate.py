@@ -314,8 +314,9 @@ def stage_semantics(objs, bin_dir=None):
         if device == "cpu" and gpus:
             errors.append(f"semantics: {name_of(owner)}: DEVICE=cpu but requests {gpus} GPU(s)")
 
-    # Probes hit ports the container declares; the coordinator's are grpc.health.v1 (workers serve
-    # no grpc.health.v1 yet: a TCP probe of their control port is accepted there).
+    # Probes hit ports the container declares. The coordinator's readiness is grpc.health.v1 (the
+    # truth about the group); liveness / startup may be TCP (no always-SERVING health service yet),
+    # and so may all worker probes (workers serve no grpc.health.v1 yet).
     for owner, role, t in coord + work:
         c = t["spec"]["containers"][0]
         ports = {p["containerPort"] for p in c.get("ports", [])} | {p.get("name") for p in c.get("ports", [])}
@@ -323,9 +324,10 @@ def stage_semantics(objs, bin_dir=None):
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             p = c.get(probe, {})
             kind = "grpc" if "grpc" in p else "tcpSocket" if "tcpSocket" in p else None
-            if kind is None or (is_coord and kind != "grpc"):
+            need_grpc = is_coord and probe == "readinessProbe"
+            if kind is None or (need_grpc and kind != "grpc"):
                 errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} is not a "
-                              f"{'gRPC health' if is_coord else 'gRPC health or TCP'} probe")
+                              f"{'gRPC health' if need_grpc else 'gRPC health or TCP'} probe")
             elif p[kind].get("port") not in ports:
                 errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} port {p[kind].get('port')} "
                               "not declared")
