@@ -32,9 +32,12 @@ std::string CpuModelName() {
   return "cpu";
 }
 
-bool Retryable(grpc::StatusCode code) {
-  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
-         code == grpc::StatusCode::ALREADY_EXISTS;
+// Sleeps `d` in short slices so that a stop request is noticed promptly.
+void SleepUnlessStopped(absl::Duration d, const std::function<bool()>& stopped) {
+  const absl::Time wake = absl::Now() + d;
+  while (absl::Now() < wake && !stopped()) {
+    absl::SleepFor(std::min(absl::Milliseconds(50), wake - absl::Now()));
+  }
 }
 
 }  // namespace
@@ -57,34 +60,72 @@ std::string MakeIncarnation() {
   return absl::StrCat(host, ":", getpid(), ":", absl::ToUnixNanos(absl::Now()));
 }
 
-absl::StatusOr<v1::RegisterResponse> RegisterWithCoordinator(const std::string& coordinator,
-                                                             const v1::RegisterRequest& request,
-                                                             const std::function<bool()>& stopped,
-                                                             const RegisterRetry& retry) {
-  auto channel = grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials());
-  auto stub = v1::Cluster::NewStub(channel);
+bool RegistrationRetryable(const absl::Status& st) {
+  return absl::IsUnavailable(st) || absl::IsDeadlineExceeded(st) || absl::IsAlreadyExists(st);
+}
+
+struct Registrar::Impl {
+  std::string coordinator;
+  v1::RegisterRequest request;
+  std::unique_ptr<v1::Cluster::Stub> stub;
+};
+
+Registrar::Registrar(const std::string& coordinator, v1::RegisterRequest request)
+    : impl_(new Impl{coordinator, std::move(request),
+                     v1::Cluster::NewStub(
+                         grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()))}) {}
+
+Registrar::~Registrar() = default;
+
+absl::StatusOr<v1::RegisterResponse> Registrar::RegisterOnce(absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout)));
+  v1::RegisterResponse resp;
+  const grpc::Status st = impl_->stub->Register(&ctx, impl_->request, &resp);
+  if (st.ok()) return resp;
+  return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
+                      absl::StrCat("coordinator ", impl_->coordinator,
+                                   " refused registration: ", st.error_message()));
+}
+
+absl::StatusOr<v1::RegisterResponse> Registrar::RegisterWithRetry(
+    const std::function<bool()>& stopped, const RegisterRetry& retry) {
   absl::Duration backoff = retry.first_backoff;
   for (int attempt = 1;; ++attempt) {
     if (stopped()) return absl::CancelledError("registration stopped");
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::milliseconds(absl::ToInt64Milliseconds(retry.rpc_timeout)));
-    v1::RegisterResponse resp;
-    const grpc::Status st = stub->Register(&ctx, request, &resp);
-    if (st.ok()) return resp;
-    if (!Retryable(st.error_code())) {
-      return absl::Status(
-          static_cast<absl::StatusCode>(st.error_code()),
-          absl::StrCat("coordinator ", coordinator, " refused registration: ", st.error_message()));
-    }
+    absl::StatusOr<v1::RegisterResponse> resp = RegisterOnce(retry.rpc_timeout);
+    if (resp.ok() || !RegistrationRetryable(resp.status())) return resp;
     // The first failures are expected while the coordinator starts; say so once, then rarely.
     if (attempt == 1 || attempt % 10 == 0) {
-      spdlog::warn("register with {} (attempt {}): {}; retrying", coordinator, attempt,
-                   st.error_message());
+      spdlog::warn("register (attempt {}): {}; retrying", attempt,
+                   std::string(resp.status().message()));
     }
-    const absl::Time wake = absl::Now() + backoff;
-    while (absl::Now() < wake && !stopped()) absl::SleepFor(absl::Milliseconds(50));
+    SleepUnlessStopped(backoff, stopped);
     backoff = std::min(backoff * 2, retry.max_backoff);
+  }
+}
+
+absl::Status Registrar::KeepRegistered(absl::Duration interval,
+                                       const std::function<bool()>& stopped) {
+  bool reachable = true;
+  while (true) {
+    SleepUnlessStopped(interval, stopped);
+    if (stopped()) return absl::OkStatus();
+    absl::StatusOr<v1::RegisterResponse> resp = RegisterOnce(std::max(interval, absl::Seconds(2)));
+    if (resp.ok()) {
+      if (!reachable) {
+        spdlog::info("registered again with {}: {}/{} ranks present", impl_->coordinator,
+                     resp->registered(), resp->world_size());
+      }
+      reachable = true;
+    } else if (RegistrationRetryable(resp.status())) {
+      if (reachable)
+        spdlog::warn("{}; will keep registering", std::string(resp.status().message()));
+      reachable = false;
+    } else {
+      return resp.status();
+    }
   }
 }
 

@@ -1,9 +1,12 @@
-// A worker announcing itself to the coordinator (worker.proto Cluster.Register), with retries:
-// workers may start before the coordinator listens, and a restarted rank may register before
-// the coordinator has noticed its predecessor died.
+// A worker announcing itself to the coordinator (worker.proto Cluster.Register). Workers may
+// start before the coordinator listens, and a restarted rank may register before the coordinator
+// has noticed its predecessor died, so the first registration retries with backoff. After it, the
+// worker registers again periodically (the same incarnation: a no-op for a coordinator that knows
+// it), so a restarted coordinator, or one that marked this live rank lost, gets it back.
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -25,13 +28,34 @@ struct RegisterRetry {
   absl::Duration rpc_timeout = absl::Seconds(10);
 };
 
-// Calls Register on the Cluster service at `coordinator` until it answers. UNAVAILABLE,
-// DEADLINE_EXCEEDED and ALREADY_EXISTS (the old incarnation not yet marked lost) are retried
-// with exponential backoff; any other error (a wrong --tp, model or version) is returned at
-// once. `stopped()` is polled between attempts; CANCELLED when it returns true.
-absl::StatusOr<v1::RegisterResponse> RegisterWithCoordinator(const std::string& coordinator,
-                                                             const v1::RegisterRequest& request,
-                                                             const std::function<bool()>& stopped,
-                                                             const RegisterRetry& retry = {});
+// UNAVAILABLE, DEADLINE_EXCEEDED (coordinator not up / slow) and ALREADY_EXISTS (the previous
+// incarnation not yet marked lost) may succeed later; anything else (a wrong --tp, model or
+// version) will not.
+bool RegistrationRetryable(const absl::Status& st);
+
+class Registrar {
+ public:
+  // `coordinator` is the Cluster service's "host:port".
+  Registrar(const std::string& coordinator, v1::RegisterRequest request);
+  ~Registrar();
+
+  // One Register call.
+  absl::StatusOr<v1::RegisterResponse> RegisterOnce(absl::Duration timeout);
+
+  // Calls Register until it is accepted, retrying retryable errors with exponential backoff and
+  // returning others at once (naming the coordinator). `stopped()` is polled between attempts;
+  // CANCELLED when it returns true.
+  absl::StatusOr<v1::RegisterResponse> RegisterWithRetry(const std::function<bool()>& stopped,
+                                                         const RegisterRetry& retry = {});
+
+  // After a first success: registers again every `interval` until `stopped()`, logging when the
+  // coordinator goes away and comes back. Returns the first non-retryable error, or OK once
+  // stopped.
+  absl::Status KeepRegistered(absl::Duration interval, const std::function<bool()>& stopped);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace tpserve

@@ -36,6 +36,7 @@ struct Flags {
   int threads = 0;
   int64_t memory_budget = 0;
   std::string model;
+  double register_interval_s = 2.0;
   std::string log_level = "info";
 };
 
@@ -107,13 +108,19 @@ int Run(const Flags& f) {
   std::atomic<bool> stopping{false};
   std::atomic<int> exit_code{0};
   std::thread registrar([&]() {
-    absl::StatusOr<v1::RegisterResponse> resp =
-        RegisterWithCoordinator(f.coordinator, req, [&]() { return stopping.load(); });
+    Registrar registrar(f.coordinator, req);
+    const auto stopped = [&]() { return stopping.load(); };
+    absl::StatusOr<v1::RegisterResponse> resp = registrar.RegisterWithRetry(stopped);
+    absl::Status st = resp.status();
     if (resp.ok()) {
       spdlog::info("registered with {}: {}/{} ranks present{}", f.coordinator, resp->registered(),
                    resp->world_size(), resp->complete() ? ", group complete" : "");
-    } else if (!absl::IsCancelled(resp.status())) {
-      spdlog::error("{}", resp.status().ToString());
+      if (f.register_interval_s > 0) {
+        st = registrar.KeepRegistered(absl::Seconds(f.register_interval_s), stopped);
+      }
+    }
+    if (!st.ok() && !absl::IsCancelled(st)) {
+      spdlog::error("{}", st.ToString());
       exit_code = 2;
       kill(getpid(), SIGTERM);  // wakes the sigwait below
     }
@@ -171,6 +178,11 @@ int main(int argc, char** argv) {
   app.add_option("--model", f.model,
                  "Model this worker is meant to serve; the coordinator refuses a mismatch "
                  "(default: whatever it serves)");
+  app.add_option("--register-interval", f.register_interval_s,
+                 "Seconds between repeated registrations after the first (so a restarted "
+                 "coordinator finds this worker again); 0 = register once")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);

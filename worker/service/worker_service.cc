@@ -1,5 +1,6 @@
 #include "worker/service/worker_service.h"
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 
@@ -80,6 +81,12 @@ class WorkerService::ExecuteReactor final
       } else if (!result.ok()) {
         Fail(result.status());
       } else if (error_.ok()) {
+        const v1::StepTiming& t = result->timing();
+        ++totals_.steps;
+        totals_.total_us += t.total_us();
+        totals_.compute_us += t.compute_us();
+        totals_.collective_us += t.collective_us();
+        totals_.sampling_us += t.sampling_us();
         pending_.push_back(std::move(*result));
       }
     });
@@ -116,7 +123,25 @@ class WorkerService::ExecuteReactor final
       }
     }
     if (op == kWrite) StartWrite(&writing_);
-    if (op == kFinish) Finish(finish);
+    if (op == kFinish) {
+      LogTotals(finish);
+      Finish(finish);
+    }
+  }
+
+  // Where this stream's steps spent their time (the figures a user tuning TP wants).
+  void LogTotals(const grpc::Status& status) {
+    Totals t;
+    {
+      absl::MutexLock lock(&mu_);
+      t = totals_;
+    }
+    const double n = std::max<int64_t>(t.steps, 1);
+    spdlog::info(
+        "Execute stream ended ({}): {} steps; mean per step {:.0f} us = compute {:.0f} + "
+        "collectives {:.0f} + sampling {:.0f}",
+        status.ok() ? "OK" : status.error_message(), t.steps, t.total_us / n, t.compute_us / n,
+        t.collective_us / n, t.sampling_us / n);
   }
 
   WorkerService* const service_;
@@ -130,6 +155,9 @@ class WorkerService::ExecuteReactor final
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   int in_executor_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
+  struct Totals {
+    int64_t steps = 0, total_us = 0, compute_us = 0, collective_us = 0, sampling_us = 0;
+  } totals_ ABSL_GUARDED_BY(mu_);
 };
 
 WorkerService::WorkerService(WorkerOptions options)

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -58,15 +59,25 @@ int WaitExit(pid_t pid, absl::Duration timeout) {
   return -1;
 }
 
-std::vector<pid_t> StartWorkers(const std::string& coordinator, int world, int tp_flag) {
+std::vector<pid_t> StartWorkers(const std::string& coordinator, int world, int tp_flag,
+                                const std::string& register_interval = "2") {
   std::vector<pid_t> pids;
   for (int r = 0; r < world; ++r) {
-    pids.push_back(
-        Spawn({TPSERVE_WORKER_BIN, "--coordinator", coordinator, "--rank", std::to_string(r),
-               "--tp", std::to_string(tp_flag), "--listen", "127.0.0.1:0", "--threads", "1",
-               "--memory-budget", std::to_string(64 << 20)}));
+    pids.push_back(Spawn({TPSERVE_WORKER_BIN, "--coordinator", coordinator, "--rank",
+                          std::to_string(r), "--tp", std::to_string(tp_flag), "--listen",
+                          "127.0.0.1:0", "--threads", "1", "--memory-budget",
+                          std::to_string(64 << 20), "--register-interval", register_interval}));
   }
   return pids;
+}
+
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!done()) {
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return true;
 }
 
 TEST(WorkerProcessTest, TwoWorkerProcessesProduceTheGoldenTokens) {
@@ -165,6 +176,32 @@ TEST(WorkerProcessTest, WorkerStartedForAnotherGroupSizeExitsWithTheReason) {
   std::vector<pid_t> pids = StartWorkers((*cluster)->address(), 1, /*tp_flag=*/3);
   EXPECT_EQ(WaitExit(pids[0], absl::Seconds(30)), 2);
   EXPECT_EQ(registry.registered(), 0);
+}
+
+// A live worker that the coordinator marked lost (or a coordinator that restarted and lost its
+// registry) gets it back within the re-registration interval.
+TEST(WorkerProcessTest, WorkerRegistersAgainAfterBeingMarkedLostOrACoordinatorRestart) {
+  auto registry = std::make_unique<WorkerRegistry>(1, "", "");
+  InMemoryKvStore store;
+  auto cluster = ClusterServer::Start("127.0.0.1:0", *registry, store);
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const int port = (*cluster)->port();
+  std::vector<pid_t> pids = StartWorkers((*cluster)->address(), 1, 1, "0.2");
+  ASSERT_TRUE(WaitUntil([&]() { return registry->complete(); }, absl::Seconds(30)));
+  ASSERT_TRUE(registry->MarkLost(0).ok());
+  EXPECT_FALSE(registry->complete());
+  EXPECT_TRUE(WaitUntil([&]() { return registry->complete(); }, absl::Seconds(10)));
+  EXPECT_EQ(registry->generation(), 2);
+
+  // A new coordinator on the same port, knowing nothing.
+  cluster->reset();
+  registry = std::make_unique<WorkerRegistry>(1, "", "");
+  auto restarted = ClusterServer::Start(absl::StrCat("127.0.0.1:", port), *registry, store);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  EXPECT_TRUE(WaitUntil([&]() { return registry->complete(); }, absl::Seconds(20)));
+
+  kill(pids[0], SIGTERM);
+  EXPECT_EQ(WaitExit(pids[0], absl::Seconds(15)), 0);
 }
 
 }  // namespace
