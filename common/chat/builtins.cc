@@ -1,5 +1,6 @@
 // Attribute/item access, iteration, operators and the str/dict/list methods templates call.
-// Filters, tests and globals live in filters.cc.
+// Filters, tests and globals live in filters.cc, jinja_tests.cc and globals.cc.
+
 #include "common/chat/builtins.h"
 
 #include <algorithm>

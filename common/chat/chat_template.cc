@@ -55,4 +55,23 @@ absl::StatusOr<std::string> RenderChat(const ChatTemplate& t, const nlohmann::js
   return t.Render(context);
 }
 
+absl::StatusOr<std::string> RenderChat(const ChatTemplate& t,
+                                       const nlohmann::ordered_json& messages,
+                                       bool add_generation_prompt, std::string_view bos_token,
+                                       std::string_view eos_token,
+                                       const nlohmann::ordered_json& tools) {
+  if (!messages.is_array()) return absl::InvalidArgumentError("messages must be a JSON array");
+  if (!tools.is_null() && !tools.is_array()) {
+    return absl::InvalidArgumentError("tools must be a JSON array or null");
+  }
+  nlohmann::ordered_json context = nlohmann::ordered_json::object();
+  context["messages"] = messages;
+  context["tools"] = tools;
+  context["documents"] = nullptr;
+  context["add_generation_prompt"] = add_generation_prompt;
+  context["bos_token"] = std::string(bos_token);
+  context["eos_token"] = std::string(eos_token);
+  return t.RenderOrdered(context);
+}
+
 }  // namespace tpserve

@@ -46,5 +46,13 @@ class ChatTemplate {
 absl::StatusOr<std::string> RenderChat(const ChatTemplate& t, const nlohmann::json& messages,
                                        bool add_generation_prompt, std::string_view bos_token,
                                        std::string_view eos_token);
+// The same keeping the request's key order (templates print tool schemas and tool-call arguments
+// with `tojson`, whose key order then matches transformers'), with optional `tools` (a JSON
+// array of tool schemas, or null).
+absl::StatusOr<std::string> RenderChat(const ChatTemplate& t,
+                                       const nlohmann::ordered_json& messages,
+                                       bool add_generation_prompt, std::string_view bos_token,
+                                       std::string_view eos_token,
+                                       const nlohmann::ordered_json& tools = nullptr);
 
 }  // namespace tpserve

@@ -1,4 +1,5 @@
 // Jinja filters: the subset of jinja2 3.1's builtin filters chat templates use.
+
 #include <algorithm>
 #include <cmath>
 

@@ -1,5 +1,6 @@
 // Globals of transformers' chat-template environment: range, dict, namespace,
 // raise_exception, strftime_now.
+
 #include <chrono>
 #include <ctime>
 

@@ -1,4 +1,5 @@
 // Jinja tests (`x is defined`, `x is divisibleby 3`, ...): the builtin set of jinja2 3.1.
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "common/base/status_macros.h"
@@ -13,6 +14,7 @@ using Test = absl::StatusOr<bool> (*)(const Value&, const CallArgs&);
 absl::Status Error(std::string_view message) {
   return absl::InvalidArgumentError(std::string(message));
 }
+
 absl::StatusOr<bool> TDefined(const Value& v, const CallArgs&) { return !v.is_undefined(); }
 absl::StatusOr<bool> TUndefined(const Value& v, const CallArgs&) { return v.is_undefined(); }
 absl::StatusOr<bool> TNone(const Value& v, const CallArgs&) { return v.is_none(); }
