@@ -1,9 +1,29 @@
 // The `tpserve` command line. Subcommands: generate (single-process engine).
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 
 #include "tools/generate.h"
 
+namespace {
+
+// Debian's OpenBLAS 0.3.21 does not recognise recent AVX-512 CPUs and falls back to older
+// kernels; SkylakeX kernels about double sgemm, i.e. prefill (shared/FACTS.md). OpenBLAS reads
+// OPENBLAS_CORETYPE when the library loads, before main, so set it and re-exec once. A value the
+// user set is kept.
+void PreferAvx512Blas(char** argv) {
+#if defined(__x86_64__)
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr || !__builtin_cpu_supports("avx512f")) return;
+  setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then run with what we have
+#endif
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  PreferAvx512Blas(argv);
   CLI::App app{"tpserve: tensor-parallel Transformer serving"};
   app.require_subcommand(1);
 
