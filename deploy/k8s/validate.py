@@ -144,10 +144,11 @@ def stage_schema(objs):
     return errors
 
 
-def run_checkov(paths, framework):
-    """checkov over files -> list of failed checks (skipped ones excluded)."""
-    cmd = [tool("checkov"), "--framework", framework, "--output", "json", "--quiet", "--compact",
-           "--skip-download"]
+def run_checkov(paths, frameworks):
+    """checkov over files -> list of failed checks (skipped ones excluded). One run for many
+    files: checkov spends ~15 s starting up."""
+    cmd = [tool("checkov"), "--framework", *frameworks.split(","), "--output", "json", "--quiet",
+           "--compact", "--skip-download"]
     for p in paths:
         cmd += ["-f", str(p)]
     env = dict(os.environ, BC_SKIP_MAPPING="TRUE", CHECKOV_RUN_SCA_PACKAGE_SCAN_V2="false")
@@ -173,13 +174,14 @@ def stage_security(rendered_paths, extra_objs_path=None):
     return run_checkov(paths, "kubernetes")
 
 
-def stage_docker(dockerfiles):
+def stage_docker(dockerfiles, with_checkov=True):
     errors = []
     proc = subprocess.run([tool("hadolint"), "--no-color"] + [str(d) for d in dockerfiles],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         errors += [f"docker: hadolint {line}" for line in (proc.stdout + proc.stderr).splitlines() if line]
-    errors += [e.replace("security:", "docker: checkov", 1) for e in run_checkov(dockerfiles, "dockerfile")]
+    if with_checkov:
+        errors += [e.replace("security:", "docker: checkov", 1) for e in run_checkov(dockerfiles, "dockerfile")]
     return errors
 
 
@@ -401,7 +403,9 @@ def stage_semantics(objs, bin_dir=None):
 
 # ---- driver -------------------------------------------------------------------------------------
 
-def validate_objects(tag, text, objs, out_dir, stages, bin_dir=None):
+def validate_objects(tag, text, objs, out_dir, stages, bin_dir=None, security_paths=None):
+    """Runs `stages` on one rendered overlay. With security_paths (a list), the files checkov
+    should scan are appended there instead of scanned now."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rendered = out_dir / f"{tag}.yaml"
     rendered.write_text(text)
@@ -413,31 +417,23 @@ def validate_objects(tag, text, objs, out_dir, stages, bin_dir=None):
     if "semantics" in stages:
         errors += stage_semantics(objs, bin_dir)
     if "security" in stages:
+        paths = [rendered]
         derived = lws_as_deployments(objs)
-        extra = None
         if derived:
-            extra = out_dir / f"{tag}.lws-pods.yaml"
-            extra.write_text(yaml.safe_dump_all(derived, sort_keys=False))
-        errors += stage_security([rendered], extra)
+            paths.append(out_dir / f"{tag}.lws-pods.yaml")
+            paths[-1].write_text(yaml.safe_dump_all(derived, sort_keys=False))
+        if security_paths is None:
+            errors += run_checkov(paths, "kubernetes")
+        else:
+            security_paths += paths
     return errors
 
 
-def validate_overlays(names, out_dir, stages, bin_dir=None):
-    failures = 0
-    for name in names:
-        try:
-            text, objs = render(K8S_DIR / "overlays" / name)
-        except RuntimeError as e:
-            print(f"FAIL {name}: {e}")
-            failures += 1
-            continue
-        errors = validate_objects(name, text, objs, out_dir, stages, bin_dir)
-        kinds = sorted({o["kind"] for o in objs})
-        print(f"{'FAIL' if errors else 'ok  '} {name}: {len(objs)} objects ({', '.join(kinds)})")
-        for e in errors:
-            print(f"     {e}")
-        failures += bool(errors)
-    return failures
+def report(label, errors):
+    print(f"{'FAIL' if errors else 'ok  '} {label}")
+    for e in errors:
+        print(f"     {e}")
+    return bool(errors)
 
 
 def main():
@@ -454,23 +450,36 @@ def main():
         return validate_selftest.run()
     names = a.overlays or overlays()
     checked, failures = 0, 0
-    for stage, run in (("docker", lambda: stage_docker(dockerfiles())),
-                       ("sources", stage_sources)):
-        if stage in stages:
-            errors = run()
-            print(f"{'FAIL' if errors else 'ok  '} {stage}")
-            for e in errors:
-                print(f"     {e}")
-            checked, failures = checked + 1, failures + bool(errors)
-    overlay_stages = stages & {"yaml", "schema", "security", "semantics"}
-    if overlay_stages:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = pathlib.Path(a.out) if a.out else pathlib.Path(tmp)
-            failures += validate_overlays(names, out, overlay_stages, a.bin_dir)
-        checked += len(names)
+    security_paths = []
+    if "docker" in stages:
+        files = dockerfiles()
+        failures += report("docker: hadolint " + " ".join(f.name for f in files),
+                           stage_docker(files, with_checkov=False))
+        checked += 1
+        if "security" in stages:
+            security_paths += files
+    if "sources" in stages:
+        failures += report("sources: yamllint deploy/k8s", stage_sources())
+        checked += 1
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(a.out) if a.out else pathlib.Path(tmp)
+        for name in names:
+            checked += 1
+            try:
+                text, objs = render(K8S_DIR / "overlays" / name)
+            except RuntimeError as e:
+                failures += report(name, [str(e)])
+                continue
+            errors = validate_objects(name, text, objs, out, stages & {"yaml", "schema", "semantics", "security"},
+                                      a.bin_dir, security_paths)
+            kinds = sorted({o["kind"] for o in objs})
+            failures += report(f"{name}: {len(objs)} objects ({', '.join(kinds)})", errors)
+        if security_paths:
+            checked += 1
+            failures += report(f"security: checkov on {len(security_paths)} files (Dockerfiles, rendered overlays, "
+                               "LeaderWorkerSet pods)", run_checkov(security_paths, "kubernetes,dockerfile"))
     print(f"validate: {checked - failures} passed, {failures} failed")
     return 1 if failures else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

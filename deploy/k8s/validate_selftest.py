@@ -113,7 +113,13 @@ def run_case(name, overlay, stage, mutate, expect, tmp):
         objs = copy.deepcopy(objs)
         mutate(objs)
         text = yaml.safe_dump_all(objs, sort_keys=False)
-    errors = v.validate_objects("broken", text, objs, tmp, {stage})
+    if stage == "security":
+        # The way main() runs it: one checkov over rendered overlays and the Dockerfiles together.
+        paths = []
+        v.validate_objects("broken", text, objs, tmp, {stage}, security_paths=paths)
+        errors = v.run_checkov(paths + v.dockerfiles(), "kubernetes,dockerfile")
+    else:
+        errors = v.validate_objects("broken", text, objs, tmp, {stage})
     return any(expect in e for e in errors), errors
 
 
@@ -127,6 +133,17 @@ def docker_case(tmp):
     return any("DL3007" in e for e in errors) and any("DL3003" in e for e in errors), errors
 
 
+def flags_case(tmp):
+    """A tpserve-worker whose --help lacks --advertise: the entrypoint's flag must be reported."""
+    fake = tmp / "bin" / "tpserve-worker"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text("#!/bin/sh\necho '--coordinator --rank --tp --device --listen --threads --memory-budget'\n")
+    fake.chmod(0o755)
+    text, objs = v.render(v.K8S_DIR / "overlays" / "cpu-demo")
+    errors = v.validate_objects("flags", text, objs, tmp, {"semantics"}, bin_dir=str(fake.parent))
+    return any("--help lists no --advertise" in e for e in errors), errors
+
+
 def run():
     passed, failed = 0, 0
     with tempfile.TemporaryDirectory() as t:
@@ -134,6 +151,7 @@ def run():
         results = [(name, stage) + run_case(name, overlay, stage, mutate, expect, tmp)
                    for name, overlay, stage, mutate, expect in CASES]
         results.append(("Dockerfile with latest base and cd in RUN", "docker") + docker_case(tmp))
+        results.append(("entrypoint passes a flag the binary does not know", "semantics") + flags_case(tmp))
     for name, stage, caught, errors in results:
         print(f"{'ok  ' if caught else 'FAIL'} {stage:9} {name}")
         if not caught:
