@@ -379,15 +379,21 @@ def stage_semantics(objs, bin_dir=None):
             if (host.split(".")[0], int(port)) not in svc_ports:
                 errors.append(f"semantics: {name_of(owner)}: COORDINATOR {addr} is no Service port in this overlay")
 
-    # The entrypoint turns each pod's environment into a command line the binaries accept.
-    for owner, role, t in coord + work:
+    # The entrypoint turns each pod's environment into a command line the binaries accept (the
+    # model-fetch Job's too: it must find scripts/fetch-models.sh).
+    for owner, role, t in tmpls:
         c = t["spec"]["containers"][0]
-        comp = tlabels(t)["app.kubernetes.io/component"]
+        comp = tlabels(t).get("app.kubernetes.io/component")
+        if not c.get("args") or c["args"][0] not in ("coordinator", "worker", "fetch-models"):
+            errors.append(f"semantics: {name_of(owner)} {c['name']}: args must start with an entrypoint role")
+            continue
         lws = owner["spec"]["leaderWorkerTemplate"].get("size") if role in ("leader", "worker") else None
         argv, err = entrypoint_command(comp, c, lws)
         if err:
             errors.append(f"semantics: {name_of(owner)} {c['name']}: entrypoint refuses the pod's environment: {err}")
             continue
+        if not argv[0].startswith("tpserve-"):
+            continue  # fetch-models runs a script, not a binary with --help
         binary = find_binary(bin_dir, argv[0])
         if bin_dir and not binary and argv[0] not in _NOTED:
             _NOTED.add(argv[0])
