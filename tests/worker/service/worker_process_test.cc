@@ -3,6 +3,7 @@
 // (Gloo rendezvous through the Cluster store over gRPC), streams the same plans to both ranks
 // and checks rank 0's greedy tokens against the transformers goldens. Then SIGTERM stops both
 // cleanly. Also: a worker started for the wrong group size exits with a clear error.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <spawn.h>
@@ -80,92 +81,166 @@ bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout) {
   return true;
 }
 
-TEST(WorkerProcessTest, TwoWorkerProcessesProduceTheGoldenTokens) {
-  constexpr int kWorld = 2;
-  WorkerRegistry registry(kWorld, "", "");
-  InMemoryKvStore store;
-  auto cluster = ClusterServer::Start("127.0.0.1:0", registry, store);
-  ASSERT_TRUE(cluster.ok()) << cluster.status();
-  std::vector<pid_t> pids = StartWorkers((*cluster)->address(), kWorld, kWorld);
+// Two worker processes registered with the Cluster service of this test, which plays the
+// coordinator: it loads the model on both ranks and streams the same plans to both.
+class TwoRankGroupTest : public ::testing::Test {
+ protected:
+  static constexpr int kWorld = 2;
 
-  const absl::Time deadline = absl::Now() + absl::Seconds(60);
-  while (!registry.complete() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
-  ASSERT_TRUE(registry.complete()) << registry.registered() << " of 2 workers registered";
-  const std::vector<WorkerInfo> workers = registry.workers();
-  ASSERT_EQ(workers.size(), 2u);
-
-  const std::string path = std::string(testing::kGoldenDir) + "/" + kModel;
-  auto files = OpenModelFiles(path);
-  ASSERT_TRUE(files.ok()) << files.status();
-  auto plan = MakeShardPlan(ShardInputsOf(files->config, kWorld));
-  ASSERT_TRUE(plan.ok()) << plan.status();
-
-  std::vector<std::unique_ptr<v1::Worker::Stub>> stubs;
-  for (const WorkerInfo& w : workers) {
-    EXPECT_EQ(w.device_kind, "cpu");
-    EXPECT_EQ(w.data_host, "127.0.0.1");
-    stubs.push_back(v1::Worker::NewStub(
-        grpc::CreateChannel(w.control_address, grpc::InsecureChannelCredentials())));
+  void SetUp() override {
+    auto cluster = ClusterServer::Start("127.0.0.1:0", registry_, store_);
+    ASSERT_TRUE(cluster.ok()) << cluster.status();
+    cluster_ = std::move(*cluster);
+    pids_ = StartWorkers(cluster_->address(), kWorld, kWorld);
+    ASSERT_TRUE(WaitUntil([&]() { return registry_.complete(); }, absl::Seconds(60)))
+        << registry_.registered() << " of 2 workers registered";
+    auto files = OpenModelFiles(path_);
+    ASSERT_TRUE(files.ok()) << files.status();
+    auto plan = MakeShardPlan(ShardInputsOf(files->config, kWorld));
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    plan_ = *plan;
+    Connect();
   }
 
-  // LoadModel on both ranks at once: they meet in the Gloo rendezvous.
-  std::vector<grpc::Status> load_status(kWorld);
-  std::vector<v1::LoadModelResponse> loaded(kWorld);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < kWorld; ++r) {
-    threads.emplace_back([&, r]() {
-      v1::LoadModelRequest req;
-      req.set_model_path(path);
-      *req.mutable_shard() = RankShardToProto(plan->ranks[r]);
-      req.set_generation(1);
-      req.mutable_communicator()->set_kind(v1::CommunicatorConfig::KIND_GLOO);
-      req.mutable_communicator()->set_store_prefix("g1/gloo/");
-      req.mutable_communicator()->set_timeout_ms(30000);
-      req.set_kv_block_size(testing::kBlockSize);
-      req.set_max_batch_sequences(4);
-      req.set_max_batch_tokens(128);
-      req.set_max_context_length(256);
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
-      load_status[r] = stubs[r]->LoadModel(&ctx, req, &loaded[r]);
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (int r = 0; r < kWorld; ++r) {
-    ASSERT_TRUE(load_status[r].ok()) << "rank " << r << ": " << load_status[r].error_message();
-    EXPECT_EQ(loaded[r].kv_blocks(), 4 * 256 / 16);
-    EXPECT_GT(loaded[r].weight_bytes(), 0);
-  }
-
-  const std::vector<GoldenCase> cases = testing::LoadGoldenCases(kModel);
-  ASSERT_EQ(cases.size(), 3u);
-  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
-  std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::StepPlan, v1::StepResult>>> streams;
-  for (int r = 0; r < kWorld; ++r) {
-    contexts.push_back(std::make_unique<grpc::ClientContext>());
-    streams.push_back(stubs[r]->Execute(contexts[r].get()));
-  }
-  int64_t collective_us = 0;
-  const auto tokens = testing::DecodeGreedy(cases, 1, [&](const v1::StepPlan& step) {
-    for (auto& s : streams) EXPECT_TRUE(s->Write(step));
-    v1::StepResult results[kWorld];
-    for (int r = 0; r < kWorld; ++r) {
-      EXPECT_TRUE(streams[r]->Read(&results[r])) << "rank " << r;
-      EXPECT_EQ(results[r].rank(), r);
-      collective_us += results[r].timing().collective_us();
+  void TearDown() override {
+    for (pid_t pid : pids_) {
+      if (pid > 0) kill(pid, SIGKILL);
+      if (pid > 0) waitpid(pid, nullptr, 0);
     }
-    EXPECT_EQ(results[1].tokens_size(), 0);  // only rank 0 samples
-    return results[0];
-  });
-  for (int r = 0; r < kWorld; ++r) {
-    streams[r]->WritesDone();
-    EXPECT_TRUE(streams[r]->Finish().ok()) << "rank " << r;
   }
-  for (size_t i = 0; i < cases.size(); ++i) EXPECT_EQ(tokens[i], cases[i].greedy) << "case " << i;
-  EXPECT_GT(collective_us, 0);
 
-  for (pid_t pid : pids) kill(pid, SIGTERM);
-  for (int r = 0; r < kWorld; ++r) EXPECT_EQ(WaitExit(pids[r], absl::Seconds(15)), 0) << r;
+  // Stubs for the registered workers, in rank order.
+  void Connect() {
+    stubs_.clear();
+    for (const WorkerInfo& w : registry_.workers()) {
+      EXPECT_EQ(w.device_kind, "cpu");
+      EXPECT_EQ(w.data_host, "127.0.0.1");
+      stubs_.push_back(v1::Worker::NewStub(
+          grpc::CreateChannel(w.control_address, grpc::InsecureChannelCredentials())));
+    }
+  }
+
+  // LoadModel on both ranks at once (they meet in the Gloo rendezvous).
+  void LoadAll(int64_t generation, int64_t timeout_ms) {
+    std::vector<grpc::Status> status(kWorld);
+    std::vector<v1::LoadModelResponse> loaded(kWorld);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < kWorld; ++r) {
+      threads.emplace_back([&, r]() {
+        v1::LoadModelRequest req;
+        req.set_model_path(path_);
+        *req.mutable_shard() = RankShardToProto(plan_.ranks[r]);
+        req.set_generation(generation);
+        req.mutable_communicator()->set_kind(v1::CommunicatorConfig::KIND_GLOO);
+        req.mutable_communicator()->set_store_prefix(absl::StrCat("g", generation, "/gloo/"));
+        req.mutable_communicator()->set_timeout_ms(timeout_ms);
+        req.set_kv_block_size(testing::kBlockSize);
+        req.set_max_batch_sequences(4);
+        req.set_max_batch_tokens(128);
+        req.set_max_context_length(256);
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+        status[r] = stubs_[r]->LoadModel(&ctx, req, &loaded[r]);
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (int r = 0; r < kWorld; ++r) {
+      ASSERT_TRUE(status[r].ok()) << "rank " << r << ": " << status[r].error_message();
+      EXPECT_EQ(loaded[r].kv_blocks(), 4 * 256 / 16);
+      EXPECT_GT(loaded[r].weight_bytes(), 0);
+    }
+  }
+
+  // Decodes the golden cases (batched) on both ranks; rank 0's tokens must be the goldens.
+  void DecodeGolden(int64_t generation) {
+    const std::vector<GoldenCase> cases = testing::LoadGoldenCases(kModel);
+    ASSERT_EQ(cases.size(), 3u);
+    std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+    std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::StepPlan, v1::StepResult>>> streams;
+    for (int r = 0; r < kWorld; ++r) {
+      contexts.push_back(std::make_unique<grpc::ClientContext>());
+      streams.push_back(stubs_[r]->Execute(contexts[r].get()));
+    }
+    int64_t collective_us = 0;
+    const auto tokens = testing::DecodeGreedy(cases, generation, [&](const v1::StepPlan& step) {
+      for (auto& s : streams) EXPECT_TRUE(s->Write(step));
+      v1::StepResult results[kWorld];
+      for (int r = 0; r < kWorld; ++r) {
+        EXPECT_TRUE(streams[r]->Read(&results[r])) << "rank " << r;
+        EXPECT_EQ(results[r].rank(), r);
+        collective_us += results[r].timing().collective_us();
+      }
+      EXPECT_EQ(results[1].tokens_size(), 0);  // only rank 0 samples
+      return results[0];
+    });
+    for (int r = 0; r < kWorld; ++r) {
+      streams[r]->WritesDone();
+      EXPECT_TRUE(streams[r]->Finish().ok()) << "rank " << r;
+    }
+    for (size_t i = 0; i < cases.size(); ++i) {
+      EXPECT_EQ(tokens[i], cases[i].greedy) << "case " << i;
+    }
+    EXPECT_GT(collective_us, 0);
+  }
+
+  const std::string path_ = std::string(testing::kGoldenDir) + "/" + kModel;
+  WorkerRegistry registry_{kWorld, "", ""};
+  InMemoryKvStore store_;
+  std::unique_ptr<ClusterServer> cluster_;
+  std::vector<pid_t> pids_;
+  ShardPlan plan_;
+  std::vector<std::unique_ptr<v1::Worker::Stub>> stubs_;
+};
+
+TEST_F(TwoRankGroupTest, TwoWorkerProcessesProduceTheGoldenTokens) {
+  LoadAll(1, 30000);
+  DecodeGolden(1);
+  for (pid_t& pid : pids_) kill(pid, SIGTERM);
+  for (pid_t& pid : pids_) {
+    EXPECT_EQ(WaitExit(pid, absl::Seconds(15)), 0);
+    pid = -1;
+  }
+}
+
+// DESIGN.md §7 at the worker: a peer killed mid-stream fails the survivor's next step at once
+// (not after a hang), the survivor reports BROKEN, and after the peer restarts both ranks load a
+// new generation and serve the goldens again.
+TEST_F(TwoRankGroupTest, KilledPeerBreaksTheSurvivorUntilANewGeneration) {
+  LoadAll(1, 3000);
+  grpc::ClientContext ctx;
+  auto stream = stubs_[0]->Execute(&ctx);
+  v1::StepPlan plan;
+  plan.set_generation(1);
+  *plan.add_sequences() = testing::SequenceOf(0, {5, 6, 7}, 0, 1);
+
+  kill(pids_[1], SIGKILL);
+  waitpid(pids_[1], nullptr, 0);
+  pids_[1] = -1;
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(stream->Write(plan));
+  v1::StepResult result;
+  EXPECT_FALSE(stream->Read(&result));
+  const grpc::Status st = stream->Finish();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3 + 5));
+  EXPECT_TRUE(st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+      << st.error_code() << " " << st.error_message();
+  EXPECT_THAT(st.error_message(), ::testing::HasSubstr("rank 0 step 0"));
+  grpc::ClientContext health_ctx;
+  v1::WorkerHealthResponse health;
+  ASSERT_TRUE(stubs_[0]->Health(&health_ctx, v1::WorkerHealthRequest(), &health).ok());
+  EXPECT_EQ(health.state(), v1::WorkerHealthResponse::STATE_BROKEN);
+  EXPECT_THAT(health.message(), ::testing::HasSubstr("generation 1 failed"));
+
+  // The coordinator's part: mark the rank lost, wait for its restart, reload, serve.
+  ASSERT_TRUE(registry_.MarkLost(1).ok());
+  pids_[1] = Spawn({TPSERVE_WORKER_BIN, "--coordinator", cluster_->address(), "--rank", "1", "--tp",
+                    "2", "--listen", "127.0.0.1:0", "--threads", "1", "--memory-budget",
+                    std::to_string(64 << 20)});
+  ASSERT_TRUE(WaitUntil([&]() { return registry_.complete(); }, absl::Seconds(30)));
+  Connect();
+  LoadAll(2, 3000);
+  DecodeGolden(2);
 }
 
 TEST(WorkerProcessTest, WorkerStartedForAnotherGroupSizeExitsWithTheReason) {
