@@ -176,6 +176,25 @@ before=$("$CLIENT_PY" -c 'import json,sys; r=json.loads(sys.argv[1]); assert r["
   fail "generation before the cut did not give 16 tokens: $out"
 pass "generation across 4 namespaces: 16 tokens: $(printf %q "$before")"
 
+# ---- every connection the cluster made is one the NetworkPolicies allow ----------------------------
+# (with the Gloo pairs, the coordinator's channels and the client's still open after the stream)
+roles=("${TAG}c=coordinator" "${TAG}cl=client")
+for r in $(seq 0 $((WORKERS - 1))); do roles+=("${TAG}w$r=worker"); done
+{
+  for nr in "${roles[@]}"; do
+    ns=${nr%%=*} role=${nr#*=}
+    ip netns exec "$ns" ss -Htln | awk -v r="$role" '{print r, "listen", $4}'
+    ip netns exec "$ns" ss -Htn state established | awk -v r="$role" '{print r, "estab", $3, $4}'
+  done
+} >"$LOGS/sockets.txt"
+addr_roles=("$COORD_IP=coordinator" "$CLIENT_IP=client")
+for r in $(seq 0 $((WORKERS - 1))); do addr_roles+=("$NET.$((11 + r))=worker"); done
+"$CLIENT_PY" tests/deploy/check_flows.py "${addr_roles[@]}" <"$LOGS/sockets.txt" >"$LOGS/flows.txt" 2>&1 ||
+  fail "a connection the NetworkPolicies would block: $(cat "$LOGS/flows.txt")"
+grep -q "worker -> worker" "$LOGS/flows.txt" || fail "no worker <-> worker (Gloo) connection seen: $(cat "$LOGS/flows.txt")"
+cat "$LOGS/flows.txt"
+pass "every TCP connection matches deploy/k8s/base/networkpolicy.yaml"
+
 # ---- cut one worker's link in the middle of a stream ---------------------------------------------
 progress=$LOGS/progress
 : >"$progress"
