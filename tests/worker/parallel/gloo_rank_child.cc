@@ -4,7 +4,7 @@
 //   gloo_rank_child STORE_ADDR RANK WORLD PREFIX TIMEOUT_MS MODE
 //
 // MODE "collectives": runs each collective once, checks the results against the arithmetic of
-//   the inputs, exits 0 (2 on a wrong value, 3 on an error status).
+//   the inputs, exits 0 (2 on a wrong value, 3 on an error status, 4 when the rendezvous failed).
 // MODE "hold": after a barrier, sets PREFIX+"ready/"+RANK in the store and all-reduces in a loop
 //   until a collective fails; then stores "<ms since the last success> <status>" under
 //   PREFIX+"result/"+RANK and exits 3.
@@ -116,7 +116,10 @@ int Main(int argc, char** argv) {
 
   std::unique_ptr<KvStore> store = MakeRendezvousClient(address);
   absl::StatusOr<std::unique_ptr<GlooCommunicator>> comm = GlooCommunicator::Create(*store, opts);
-  if (!comm.ok()) return Fail(comm.status());
+  if (!comm.ok()) {
+    Fail(comm.status());
+    return 4;  // rendezvous failed: the test may form the group again
+  }
   if (mode == "collectives") return Collectives(**comm);
   if (mode == "hold") return Hold(**comm, *store, opts.store_prefix);
   std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
