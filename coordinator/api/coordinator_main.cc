@@ -1,0 +1,274 @@
+// tpserve-coordinator: hosts the Cluster service (workers register and rendezvous) and the public
+// Inference service (clients), waits for --tp workers, has them load their shards, and serves.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "coordinator/api/inference_service.h"
+#include "coordinator/api/served_model.h"
+#include "coordinator/cluster/cluster_service.h"
+#include "coordinator/cluster/worker_group.h"
+#include "coordinator/engine/engine.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/grpcpp.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "spdlog/spdlog.h"
+
+namespace tpserve {
+namespace {
+
+constexpr char kVersion[] = "0.1.0";
+
+struct Flags {
+  std::string model;
+  int tp = 1;
+  std::string listen = "127.0.0.1:50051";
+  std::string cluster_listen;  // empty: the same server as --listen
+  int kv_block_size = 16;
+  int max_batch_tokens = 2048;
+  int max_seqs = 64;
+  int64_t memory_budget = 0;
+  int max_context = 0;
+  int max_waiting = 1024;
+  int step_timeout_ms = 60000;
+  int collective_timeout_ms = 30000;
+  int load_timeout_s = 600;
+  bool no_prefix_cache = false;
+};
+
+std::unique_ptr<grpc::Server> BuildServer(const std::string& address,
+                                          std::vector<grpc::Service*> sync,
+                                          std::vector<grpc::Service*> callback, int* port) {
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+  for (grpc::Service* s : sync) builder.RegisterService(s);
+  for (grpc::Service* s : callback) builder.RegisterService(s);
+  return builder.BuildAndStart();
+}
+
+std::string HostPort(const std::string& address, int port) {
+  const size_t colon = address.rfind(':');
+  std::string host = colon == std::string::npos ? address : address.substr(0, colon);
+  return absl::StrCat(host, ":", port);
+}
+
+int Run(const Flags& f) {
+  // Signals go to sigwait in main; every thread started below inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  absl::StatusOr<std::unique_ptr<ServedModel>> model = LoadServedModel(f.model);
+  if (!model.ok()) {
+    spdlog::error("--model: {}", std::string(model.status().message()));
+    return 2;
+  }
+  const ModelConfig& config = (*model)->config();
+  absl::StatusOr<ShardPlan> plan = MakeShardPlan(ShardInputsOf(config, f.tp));
+  if (!plan.ok()) {
+    spdlog::error("--tp {}: {}", f.tp, std::string(plan.status().message()));
+    return 2;
+  }
+  const int context = f.max_context > 0 ? std::min(f.max_context, (*model)->context_length())
+                                        : (*model)->context_length();
+  spdlog::info(
+      "model {}: {} ({} layers, hidden {}, {} heads / {} KV heads, vocab {}), {}, "
+      "context {}, tokenizer {}, chat template {}",
+      f.model, config.architecture, config.num_layers, config.hidden_size, config.num_heads,
+      config.num_kv_heads, config.vocab_size, (*model)->weight_dtype, context,
+      (*model)->tokenizer ? "yes" : "no", (*model)->chat_template ? "yes" : "no");
+
+  WorkerRegistry registry(f.tp, f.model, kVersion);
+  InMemoryKvStore store;
+  ClusterService cluster(registry, store);
+  WorkerGroupOptions go{.model_path = f.model,
+                        .plan = *plan,
+                        .dtype = "",
+                        .kv_block_size = f.kv_block_size,
+                        .memory_budget_bytes = f.memory_budget,
+                        .max_batch_sequences = f.max_seqs,
+                        .max_batch_tokens = f.max_batch_tokens,
+                        .max_context_length = context,
+                        .architecture = config.architecture,
+                        .num_layers = static_cast<int>(config.num_layers),
+                        .load_timeout = absl::Seconds(f.load_timeout_s),
+                        .collective_timeout = absl::Milliseconds(f.collective_timeout_ms),
+                        .step_timeout = absl::Milliseconds(f.step_timeout_ms)};
+  WorkerGroup group(std::move(go), registry, store);
+  cluster.set_on_register([&group](const WorkerInfo& w, const RegisterOutcome& o) {
+    spdlog::info("rank {} registered from {} ({}; {}/{} present)", w.rank, w.control_address,
+                 w.device_kind, o.registered, group.world_size());
+    group.OnRegistered();
+  });
+
+  api::InferenceService inference(**model,
+                                  api::ServingInfo{.tensor_parallel = f.tp,
+                                                   .kv_block_size = f.kv_block_size,
+                                                   .max_batch_sequences = f.max_seqs,
+                                                   .max_batch_tokens = f.max_batch_tokens});
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  int port = 0, cluster_port = 0;
+  std::unique_ptr<grpc::Server> cluster_server;
+  std::unique_ptr<grpc::Server> server;
+  if (f.cluster_listen.empty()) {
+    server = BuildServer(f.listen, {&cluster}, {&inference}, &port);
+    cluster_port = port;
+  } else {
+    server = BuildServer(f.listen, {}, {&inference}, &port);
+    cluster_server = BuildServer(f.cluster_listen, {&cluster}, {}, &cluster_port);
+  }
+  if (server == nullptr || port == 0 || (!f.cluster_listen.empty() && cluster_port == 0)) {
+    spdlog::error("cannot listen on {} (address in use?)", port == 0 ? f.listen : f.cluster_listen);
+    return 2;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  auto set_health = [&](bool serving) {
+    health->SetServingStatus("", serving);
+    health->SetServingStatus("tpserve.v1.Inference", serving);
+  };
+  set_health(false);
+  const std::string cluster_addr =
+      HostPort(f.cluster_listen.empty() ? f.listen : f.cluster_listen, cluster_port);
+  spdlog::info(
+      "Inference on {}, Cluster on {}; waiting for {} worker(s): tpserve-worker "
+      "--coordinator {} --rank R",
+      HostPort(f.listen, port), cluster_addr, f.tp, cluster_addr);
+  group.Start();
+
+  std::atomic<bool> stopping{false};
+  std::unique_ptr<engine::Engine> engine;
+  std::thread supervisor([&] {
+    // First load: the scheduler's KV pool is the minimum over ranks.
+    int64_t blocks = 0;
+    while (!stopping.load()) {
+      absl::StatusOr<int64_t> b = group.WaitReady(absl::Milliseconds(200));
+      if (b.ok()) {
+        blocks = *b;
+        break;
+      }
+    }
+    if (stopping.load()) return;
+    engine::EngineConfig ec;
+    ec.vocab_size = static_cast<int>(config.vocab_size);
+    ec.scheduler.num_blocks = static_cast<int>(blocks);
+    ec.scheduler.block_size = f.kv_block_size;
+    ec.scheduler.max_num_batched_tokens = f.max_batch_tokens;
+    ec.scheduler.max_num_seqs = f.max_seqs;
+    ec.scheduler.max_waiting = f.max_waiting;
+    ec.scheduler.max_model_len = context;
+    ec.scheduler.enable_prefix_caching = !f.no_prefix_cache;
+    for (int64_t e : config.eos_token_ids) ec.scheduler.eos_token_ids.push_back(int32_t(e));
+    if ((*model)->tokenizer) {
+      for (int32_t e : (*model)->tokenizer->eos_ids()) {
+        auto& ids = ec.scheduler.eos_token_ids;
+        if (std::find(ids.begin(), ids.end(), e) == ids.end()) ids.push_back(e);
+      }
+    }
+    absl::StatusOr<std::unique_ptr<engine::Engine>> e =
+        engine::Engine::Create(ec, group, (*model)->tokenizer.get());
+    if (!e.ok()) {
+      spdlog::error("engine: {}", e.status().ToString());
+      return;
+    }
+    engine = std::move(*e);
+    inference.set_engine(engine.get(), blocks);
+    spdlog::info("serving {} with {} rank(s) on {}", (*model)->name, f.tp,
+                 HostPort(f.listen, port));
+    // Health tells the truth: SERVING only while every rank is loaded and steps succeed.
+    bool last = false;
+    while (!stopping.load()) {
+      const bool now = group.ready() && group.kv_blocks() >= blocks;
+      if (now != last) {
+        set_health(now);
+        if (now) {
+          spdlog::info("health: SERVING");
+        } else {
+          spdlog::warn("health: NOT_SERVING ({})", group.not_ready_reason());
+        }
+        last = now;
+      }
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  });
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("signal {}: shutting down", sig);
+  stopping.store(true);
+  set_health(false);
+  supervisor.join();
+  if (engine) engine->Stop();  // ends open streams with UNAVAILABLE
+  server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  if (cluster_server) cluster_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  inference.set_engine(nullptr, 0);
+  engine.reset();
+  return 0;
+}
+
+}  // namespace
+}  // namespace tpserve
+
+int main(int argc, char** argv) {
+  tpserve::Flags f;
+  CLI::App app{
+      "tpserve-coordinator: serves a model from a group of tensor-parallel tpserve-worker "
+      "processes. Hosts the Cluster service (workers register and rendezvous there) and the "
+      "public tpserve.v1.Inference service with grpc.health.v1 and server reflection."};
+  app.add_option("--model", f.model,
+                 "a .gguf file or a Hugging Face model folder (workers must "
+                 "see the same path)")
+      ->required();
+  app.add_option("--tp", f.tp, "tensor-parallel degree: number of worker ranks")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--listen", f.listen, "HOST:PORT of the public API (port 0 picks one)")
+      ->capture_default_str();
+  app.add_option("--cluster-listen", f.cluster_listen,
+                 "HOST:PORT of the Cluster service for workers (default: same server as --listen)");
+  app.add_option("--kv-block-size", f.kv_block_size, "tokens per KV cache block")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-batch-tokens", f.max_batch_tokens,
+                 "most tokens fed in one step (prefill chunks + decodes)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--max-seqs", f.max_seqs, "most sequences running in one step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--memory-budget", f.memory_budget,
+                 "bytes each rank may use for weights + KV cache (0: what each worker registered "
+                 "with)")
+      ->capture_default_str();
+  app.add_option("--max-context", f.max_context,
+                 "cap on prompt + output tokens (0: the model's context length)")
+      ->capture_default_str();
+  app.add_option("--max-waiting", f.max_waiting,
+                 "requests allowed to wait; more get RESOURCE_EXHAUSTED")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--step-timeout-ms", f.step_timeout_ms,
+                 "deadline of one step on all ranks; a rank past it fails the step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--collective-timeout-ms", f.collective_timeout_ms,
+                 "deadline of the workers' rendezvous and of each collective")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--load-timeout-s", f.load_timeout_s, "deadline of LoadModel on every rank")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_flag("--no-prefix-cache", f.no_prefix_cache, "disable KV prefix caching");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_pattern("[coordinator] %H:%M:%S.%e %^%l%$ %v");
+  return tpserve::Run(f);
+}

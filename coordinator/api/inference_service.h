@@ -1,0 +1,70 @@
+// The public Inference service (proto/tpserve/v1/inference.proto) with gRPC's callback API: one
+// reactor per call, never blocking a gRPC thread. Generate and Complete hand the request to the
+// Engine and are woken by its sink; Tokenize / Detokenize / GetModelInfo answer inline (pure CPU
+// work on the coordinator's tokenizer). The only coordinator/api file besides the main that sees
+// gRPC types (DESIGN.md §8).
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "coordinator/api/served_model.h"
+#include "coordinator/engine/engine.h"
+#include "tpserve/v1/inference.grpc.pb.h"
+
+namespace tpserve::api {
+
+// ModelInfo fields the coordinator decides (the rest comes from the ServedModel).
+struct ServingInfo {
+  int tensor_parallel = 1;
+  std::string device = "cpu";
+  std::string compute_dtype = "f32";
+  int kv_block_size = 16;
+  int max_batch_sequences = 64;
+  int max_batch_tokens = 2048;
+};
+
+class InferenceService final : public v1::Inference::CallbackService {
+ public:
+  InferenceService(const ServedModel& model, ServingInfo info) : model_(model), info_(info) {}
+
+  // The engine exists once the workers are loaded; until then Generate / Complete / Abort answer
+  // UNAVAILABLE. `engine` must outlive the service (or be reset to null first).
+  void set_engine(engine::Engine* engine, int64_t kv_blocks) {
+    kv_blocks_.store(kv_blocks);
+    engine_.store(engine);
+  }
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* ctx,
+                                     const v1::GenerateRequest* request,
+                                     v1::CompleteResponse* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* ctx,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* Detokenize(grpc::CallbackServerContext* ctx,
+                                       const v1::DetokenizeRequest* request,
+                                       v1::DetokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* ctx,
+                                         const v1::GetModelInfoRequest* request,
+                                         v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Abort(grpc::CallbackServerContext* ctx, const v1::AbortRequest* request,
+                                  v1::AbortResponse* response) override;
+  grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* ctx, const v1::EmbedRequest* request,
+                                  v1::EmbedResponse* response) override;
+
+ private:
+  // Validates and submits; on error the status to finish the call with.
+  absl::StatusOr<std::string> Start(const v1::GenerateRequest& request, engine::RequestSink sink);
+
+  const ServedModel& model_;
+  const ServingInfo info_;
+  std::atomic<engine::Engine*> engine_{nullptr};
+  std::atomic<int64_t> kv_blocks_{0};
+  std::atomic<uint64_t> seed_counter_{0};
+};
+
+grpc::Status ToGrpc(const absl::Status& status);
+
+}  // namespace tpserve::api
