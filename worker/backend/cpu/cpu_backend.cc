@@ -107,7 +107,8 @@ void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tenso
 void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
   CheckSameShape(gate, up, "SiluMul");
   CheckSameShape(gate, *out, "SiluMul");
-  pool_.ParallelFor(gate.numel(), 256, [&](int64_t begin, int64_t end) {
+  // Decode-sized inputs (a few thousand floats) run inline: waking threads would cost more.
+  pool_.ParallelFor(gate.numel(), 8192, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float g = gate.data()[i];
       out->data()[i] = g / (1.0f + std::exp(-g)) * up.data()[i];
