@@ -15,6 +15,19 @@ namespace {
 // the native stack.
 constexpr int kMaxCallDepth = 100;
 
+// A prompt (or a block captured by `set`/`filter`) larger than this is refused: no model context
+// is that long, and an unbounded loop must not exhaust memory.
+constexpr size_t kMaxOutputBytes = size_t{64} << 20;
+
+absl::Status Append(std::string_view text, const Stmt& at, std::string* out) {
+  if (out->size() + text.size() > kMaxOutputBytes) {
+    return absl::InvalidArgumentError(Cat("chat template error at line ", at.line, ":", at.col,
+                                          ": rendered text exceeds ", kMaxOutputBytes, " bytes"));
+  }
+  out->append(text);
+  return absl::OkStatus();
+}
+
 absl::Status ErrorAt(int line, int col, std::string_view message) {
   return absl::InvalidArgumentError(
       Cat("chat template error at line ", line, ":", col, ": ", message));
@@ -64,11 +77,11 @@ absl::StatusOr<Interpreter::Flow> Interpreter::Exec(const Stmt& s, const FramePt
                                                     std::string* out) {
   switch (s.kind) {
     case Stmt::Kind::kText:
-      *out += s.text;
+      RETURN_IF_ERROR(Append(s.text, s, out));
       return Flow::kNormal;
     case Stmt::Kind::kOutput: {
       ASSIGN_OR_RETURN(Value v, Eval(*s.expr, frame));
-      *out += ToStr(v);
+      RETURN_IF_ERROR(Append(ToStr(v), s, out));
       return Flow::kNormal;
     }
     case Stmt::Kind::kIf:
@@ -105,7 +118,7 @@ absl::StatusOr<Interpreter::Flow> Interpreter::Exec(const Stmt& s, const FramePt
       std::string text;
       RETURN_IF_ERROR(ExecBody(s.body, frame, &text).status());
       ASSIGN_OR_RETURN(Value v, ApplyFilterChain(*s.expr, Value::String(std::move(text)), frame));
-      *out += ToStr(v);
+      RETURN_IF_ERROR(Append(ToStr(v), s, out));
       return Flow::kNormal;
     }
     case Stmt::Kind::kWith: {

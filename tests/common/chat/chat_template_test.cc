@@ -324,6 +324,14 @@ TEST(ChatTemplateTest, ArithmeticLimitsAreErrors) {
     auto out = t->Render(nlohmann::json::object());
     EXPECT_FALSE(out.ok()) << source << " rendered " << *out;
   }
+  // 100000 x 32 MiB of output would be 3 TiB: refused once the prompt passes 64 MiB.
+  auto big = ChatTemplate::Parse(
+      "{% set s = 'x' * 33554432 %}{% for i in range(100000) %}{{ s }}{% endfor %}");
+  ASSERT_TRUE(big.ok()) << big.status();
+  auto big_out = big->Render(nlohmann::json::object());
+  ASSERT_FALSE(big_out.ok());
+  EXPECT_THAT(std::string(big_out.status().message()), HasSubstr("rendered text exceeds"));
+
   auto t = ChatTemplate::Parse("{{ 2 ** 62 }} {{ (-2) ** 63 }} {{ 3 ** 39 }}");
   ASSERT_TRUE(t.ok()) << t.status();
   auto out = t->Render(nlohmann::json::object());
