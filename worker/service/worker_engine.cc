@@ -27,6 +27,11 @@ std::string ShardString(const RankShard& s) {
 
 int64_t MicrosBetween(absl::Time a, absl::Time b) { return absl::ToInt64Microseconds(b - a); }
 
+// Without a budget from the coordinator or --memory-budget: half of the host's available memory,
+// shared by the group's ranks as if they all ran on this host (`tpserve up`), so that loading
+// them one after another never starves the last.
+int64_t DefaultBudget(int world_size) { return HostAvailableBytes() / 2 / std::max(1, world_size); }
+
 }  // namespace
 
 const char* WorkerStateName(WorkerState s) {
@@ -205,7 +210,7 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
   KvSizing sizing{.weight_bytes = weight_bytes, .bytes_per_block = one_block.BytesPerBlock()};
   sizing.budget_bytes = spec.memory_budget_bytes > 0       ? spec.memory_budget_bytes
                         : options_.memory_budget_bytes > 0 ? options_.memory_budget_bytes
-                                                           : HostAvailableBytes() / 2;
+                                                           : DefaultBudget(spec.shard.world_size);
   sizing.activation_bytes = StepActivationBytes(
       config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 2048,
       spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256);

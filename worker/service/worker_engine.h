@@ -38,7 +38,8 @@ struct WorkerOptions {
   // (takes precedence).
   std::string data_host = "127.0.0.1";
   std::string data_interface;
-  // Budget when LoadModel sends 0 (0 here too: half of the host's available memory).
+  // Budget when LoadModel sends 0 (0 here too: half of the host's available memory divided by
+  // the group size).
   int64_t memory_budget_bytes = 0;
   // Makes the rendezvous store of a Gloo group (the coordinator's, through rendezvous_client).
   std::function<std::unique_ptr<KvStore>()> make_store;

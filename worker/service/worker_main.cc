@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--memory-budget", f.memory_budget,
                  "Bytes for weights + KV cache + activations when the coordinator sends no "
-                 "budget; 0 = half of the host's available memory")
+                 "budget; 0 = half of the host's available memory, divided by --tp")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--model", f.model,
