@@ -17,6 +17,9 @@
 #if TPSERVE_HAVE_TOKENIZER
 #include "common/tokenizer/tokenizer.h"
 #endif
+#if TPSERVE_HAVE_CUDA
+#include "worker/backend/cuda/backend_factory.h"
+#endif
 #if TPSERVE_HAVE_CHAT
 #include "common/chat/chat_template.h"
 #endif
@@ -65,10 +68,23 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateOptions& o, const T
 #endif
 }
 
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackendFor(const GenerateOptions& o) {
+#if TPSERVE_HAVE_CUDA
+  return MakeBackend(o.device, o.threads);
+#else
+  if (o.device != "cpu") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device ", o.device, ": this build has no CUDA backend (configure with nvcc present)"));
+  }
+  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(o.threads));
+#endif
+}
+
 absl::Status Generate(const GenerateOptions& o) {
   ASSIGN_OR_RETURN(ModelFiles files, OpenModelFiles(o.model));
   const ModelConfig& c = files.config;
-  CpuBackend backend(o.threads);
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend_owner, MakeBackendFor(o));
+  Backend& backend = *backend_owner;
   LocalCommunicator comm;
   const auto load_start = Clock::now();
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLm> model,
@@ -157,8 +173,8 @@ absl::Status Generate(const GenerateOptions& o) {
   std::printf("prefill: %zu tokens in %.3f s = %.1f tok/s\n", prompt.size(), prefill_s,
               prompt.size() / prefill_s);
   if (generated > 1) {
-    std::printf("decode: %d tokens in %.3f s = %.1f tok/s (threads %d)\n", generated - 1, decode_s,
-                (generated - 1) / decode_s, backend.num_threads());
+    std::printf("decode: %d tokens in %.3f s = %.1f tok/s (%s, threads %d)\n", generated - 1,
+                decode_s, (generated - 1) / decode_s, backend.name().c_str(), o.threads);
   }
   return absl::OkStatus();
 }

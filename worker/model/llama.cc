@@ -171,8 +171,16 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
   // ---- LM head on the rows that need logits ----
   const int64_t R = static_cast<int64_t>(logit_rows.size());
   Tensor last = be.Alloc({R, H});
-  for (int64_t i = 0; i < R; ++i) {
-    std::copy(x.row(logit_rows[i]), x.row(logit_rows[i]) + H, last.row(i));
+  {
+    // Row gather through the backend (x may live on a GPU): an embedding lookup in x itself.
+    const Weight x_rows{.dtype = DType::kF32,
+                        .rows = T,
+                        .cols = H,
+                        .data = reinterpret_cast<const uint8_t*>(x.data()),
+                        .row_stride_bytes = static_cast<size_t>(H) * sizeof(float),
+                        .owned = nullptr};
+    const std::vector<int32_t> rows(logit_rows.begin(), logit_rows.end());
+    be.Embedding(rows, x_rows, 0, &last);
   }
   be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);
   Tensor local_logits = be.Alloc({R, shard_.vocab.size()});  // [R, Vl]
@@ -196,16 +204,17 @@ absl::Status LlamaModel::GatherLogits(const Tensor& local, Tensor* logits) {
     *logits = Tensor();
     return absl::OkStatus();
   }
-  *logits = backend_.Alloc({R, V});
+  std::vector<float> full(R * V);  // host, then to the backend's device
   size_t offset = 0;
   for (const RankShard& r : plan_.ranks) {
     const int64_t Vr = r.vocab.size();
     for (int64_t i = 0; i < R; ++i) {
       std::copy(&gathered[offset + i * Vr], &gathered[offset + (i + 1) * Vr],
-                logits->row(i) + r.vocab.begin);
+                &full[i * V + r.vocab.begin]);
     }
     offset += R * Vr;
   }
+  *logits = backend_.FromHost(full, {R, V});
   return absl::OkStatus();
 }
 

@@ -1,7 +1,8 @@
 // A Communicator over another one (Gloo, in practice) for ranks whose activations live on a GPU:
 // each collective copies the device buffer to host memory, runs the inner collective there and
-// copies the result back. This is how one GPU runs TP > 1 (NCCL refuses two ranks on one GPU;
-// DESIGN.md §6) and how GPU ranks fall back to TCP; it is not the fast path (that is NCCL).
+// copies the result back. Host pointers (the model gathers logits into host memory) pass through.
+// This is how one GPU runs TP > 1 (NCCL refuses two ranks on one GPU; DESIGN.md §6) and how GPU
+// ranks fall back to TCP; it is not the fast path (that is NCCL).
 #pragma once
 
 #include <vector>
@@ -20,7 +21,6 @@ class HostStagedCommunicator final : public Communicator {
   int rank() const override { return inner_.rank(); }
   int world_size() const override { return inner_.world_size(); }
   absl::Status AllReduceSum(float* data, size_t count) override;
-  // `out` is a device buffer on root.
   absl::Status GatherV(const float* in, std::span<const size_t> counts, float* out,
                        int root) override;
   absl::Status Broadcast(void* data, size_t bytes, int root) override;

@@ -9,8 +9,7 @@ namespace {
 TEST(CudaProbe, ReportsDeviceOrExplainsWhyNot) {
   auto devices = ProbeDevices();
   if (!devices.ok()) {
-    EXPECT_EQ(devices.status().code(), absl::StatusCode::kFailedPrecondition)
-        << devices.status();
+    EXPECT_EQ(devices.status().code(), absl::StatusCode::kFailedPrecondition) << devices.status();
     EXPECT_NE(devices.status().message().find("no"), std::string::npos) << devices.status();
     GTEST_SKIP() << "no GPU here: " << devices.status();
   }

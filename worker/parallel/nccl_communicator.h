@@ -1,0 +1,71 @@
+// The Communicator between GPU ranks (DESIGN.md §6): NCCL, with the unique id passed through the
+// rendezvous KvStore (rank 0 publishes it, the others read it), so no shared filesystem or extra
+// service is needed.
+//
+// Never hangs: the communicator is created non-blocking (ncclCommInitRankConfig, blocking = 0)
+// and every operation — init and each collective — is polled against a deadline. A peer that dies
+// or stalls makes the call return DEADLINE_EXCEEDED (or the NCCL error) after ncclCommAbort; the
+// communicator is then broken and every later call fails at once, and the coordinator rebuilds the
+// group (DESIGN.md §7).
+//
+// Buffers are device pointers of the device this rank owns; collectives are enqueued on the
+// given stream (the backend's), so they are ordered after the compute that produced their input,
+// and return once the result is in place.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "worker/parallel/communicator.h"
+#include "worker/parallel/kv_store.h"
+
+typedef struct CUstream_st* cudaStream_t;
+
+namespace tpserve {
+
+struct NcclOptions {
+  int rank = 0;
+  int world_size = 1;
+  int device = 0;                                    // CUDA ordinal this rank uses
+  std::string store_prefix;                          // keys: <prefix>nccl_unique_id
+  absl::Duration init_timeout = absl::Seconds(120);  // rendezvous + ncclCommInitRankConfig
+  absl::Duration op_timeout = absl::Seconds(60);     // each collective
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  // FAILED_PRECONDITION without a usable GPU/driver; DEADLINE_EXCEEDED when the id or the
+  // peers do not turn up within init_timeout. `store` is used only during Create; `stream` must
+  // outlive the communicator.
+  static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Create(KvStore& store,
+                                                                  const NcclOptions& options,
+                                                                  cudaStream_t stream);
+  ~NcclCommunicator() override;
+
+  int rank() const override { return options_.rank; }
+  int world_size() const override { return options_.world_size; }
+
+  absl::Status AllReduceSum(float* data, size_t count) override;
+  // NCCL has no gather-v: grouped point-to-point sends to root, which receives into its slices.
+  absl::Status GatherV(const float* in, std::span<const size_t> counts, float* out,
+                       int root) override;
+  absl::Status Broadcast(void* data, size_t bytes, int root) override;
+  absl::Status Barrier() override;
+
+  bool broken() const { return !broken_status_.ok(); }
+
+ private:
+  struct Impl;
+  NcclCommunicator(const NcclOptions& options, std::unique_ptr<Impl> impl);
+  // Waits for the enqueued work of `what` (NCCL progress + the stream) within op_timeout;
+  // aborts the communicator on error or timeout.
+  absl::Status Finish(const std::string& what, int enqueue_result);
+
+  NcclOptions options_;
+  std::unique_ptr<Impl> impl_;
+  absl::Status broken_status_;
+};
+
+}  // namespace tpserve
