@@ -195,6 +195,10 @@ class TwoRankGroupTest : public ::testing::Test {
 TEST_F(TwoRankGroupTest, TwoWorkerProcessesProduceTheGoldenTokens) {
   LoadAll(1, 30000);
   DecodeGolden(1);
+  // SIGTERM ends the workers cleanly even with Execute streams still open.
+  grpc::ClientContext contexts[kWorld];
+  std::vector<std::unique_ptr<grpc::ClientReaderWriter<v1::StepPlan, v1::StepResult>>> open;
+  for (int r = 0; r < kWorld; ++r) open.push_back(stubs_[r]->Execute(&contexts[r]));
   for (pid_t& pid : pids_) kill(pid, SIGTERM);
   for (pid_t& pid : pids_) {
     EXPECT_EQ(WaitExit(pid, absl::Seconds(15)), 0);
