@@ -10,7 +10,7 @@
 #     LISTEN                  public gRPC + health            (default 0.0.0.0:50051)
 #     CLUSTER_LISTEN          Cluster service for the workers (default 0.0.0.0:50052)
 #     HTTP_LISTEN, METRICS_LISTEN, KV_BLOCK_SIZE, MAX_BATCH_TOKENS, MAX_SEQS, MEMORY_BUDGET,
-#     MAX_CONTEXT, MAX_WAITING, STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S, LOG_LEVEL:
+#     MAX_CONTEXT, MAX_WAITING, STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S:
 #                             passed as the flags of the same name when set
 #   entrypoint.sh worker [EXTRA FLAGS...]
 #     COORDINATOR             HOST:PORT of the coordinator's Cluster service; default under
@@ -64,7 +64,6 @@ case $role in
     opt --step-timeout-ms "${STEP_TIMEOUT_MS:-}"
     opt --collective-timeout-ms "${COLLECTIVE_TIMEOUT_MS:-}"
     opt --load-timeout-s "${LOAD_TIMEOUT_S:-}"
-    opt --log-level "${LOG_LEVEL:-}"
     ;;
   worker)
     coordinator=${COORDINATOR:-}

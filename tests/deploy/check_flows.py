@@ -12,7 +12,8 @@ Allowed (the server side is the end that listens on the port):
   client      -> coordinator 50051 (gRPC; HTTP 8080 and metrics 9090 too)
   worker      -> coordinator 50052 (Cluster: registration, rendezvous store)
   coordinator -> worker      50061 (control) and nothing else of the workers'
-  worker      -> worker      any port (Gloo pairs listen on ephemeral ports)
+  worker      -> worker      any port (Gloo pairs listen on ephemeral ports, and close the
+                             listening socket once connected, so no direction is checked)
 Prints each distinct flow; exit 1 when one is not allowed.
 """
 import sys
@@ -46,7 +47,11 @@ def main():
         if peer_role is None:
             bad.append(f"{role} {lip}:{lport} <-> {pip}:{pport}: peer outside the test's addresses")
             continue
-        if (role, lport) in listening:  # we are the server
+        if role == peer_role == "worker":
+            # Gloo closes a pair's listening socket once the pair connected: the direction is
+            # unknowable afterwards, and irrelevant, since workers may reach each other anywhere.
+            client, server, port = role, peer_role, tuple(sorted([(lip, lport), (pip, pport)]))
+        elif (role, lport) in listening:  # we are the server
             client, server, port = peer_role, role, lport
         elif (peer_role, pport) in listening:
             client, server, port = role, peer_role, pport
@@ -56,8 +61,11 @@ def main():
         flows.add((client, server, port))
     for client, server, port in sorted(flows):
         ok = (client == server == "worker") or port in ALLOWED.get((client, server), set())
-        note = " (Gloo pair, ephemeral port)" if client == server == "worker" else ""
-        print(f"  {'ok ' if ok else 'BAD'} {client} -> {server}:{port}{note}")
+        if client == server == "worker":
+            (a, pa), (b, pb) = port
+            print(f"  ok  worker {a}:{pa} <-> worker {b}:{pb} (Gloo pair, ephemeral ports)")
+            continue
+        print(f"  {'ok ' if ok else 'BAD'} {client} -> {server}:{port}")
         if not ok:
             bad.append(f"{client} -> {server}:{port} is not allowed by the NetworkPolicies")
     for b in bad:
