@@ -45,11 +45,26 @@ NcclCommunicator::NcclCommunicator(const NcclOptions& options, std::unique_ptr<I
 
 NcclCommunicator::~NcclCommunicator() {
   if (impl_->comm != nullptr) {
-    if (broken()) {
-      ncclCommAbort(impl_->comm);
-    } else {
-      ncclCommFinalize(impl_->comm);
+    // Non-blocking communicator: finalize completes asynchronously; destroy only after it did,
+    // and abort instead when it does not within the collective deadline.
+    bool finalized = false;
+    if (!broken() && ncclCommFinalize(impl_->comm) != ncclInternalError) {
+      const absl::Time deadline = absl::Now() + options_.op_timeout;
+      for (;;) {
+        ncclResult_t state = ncclInProgress;
+        ncclCommGetAsyncError(impl_->comm, &state);
+        if (state != ncclInProgress) {
+          finalized = state == ncclSuccess;
+          break;
+        }
+        if (absl::Now() > deadline) break;
+        absl::SleepFor(kPollInterval);
+      }
+    }
+    if (finalized) {
       ncclCommDestroy(impl_->comm);
+    } else {
+      ncclCommAbort(impl_->comm);
     }
   }
   if (impl_->done != nullptr) cudaEventDestroy(impl_->done);

@@ -43,6 +43,8 @@ struct ModelCase {
   std::string path;  // relative paths: from the repository root (tests' working directory)
 };
 
+void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
+
 std::vector<ModelCase> ModelCases() {
   return {{"smollm2", testing::ModelsDir() + "/SmolLM2-135M-Instruct.Q4_1.gguf"},
           {"tiny_gqa_llama3", std::string(testing::kGoldenDir) + "/llama-gqa-llama3"},
