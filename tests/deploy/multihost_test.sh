@@ -48,6 +48,7 @@ DEPLOY_PY=$ROOT/.venv-deploy/bin/python   # renders the overlay (kubectl kustomi
 CLIENT_PY=$ROOT/.venv/bin/python          # grpcio client
 [ -x "$DEPLOY_PY" ] || skip "no .venv-deploy (scripts/lint-deploy.sh --setup-only)"
 [ -x "$CLIENT_PY" ] || skip "no .venv (scripts/setup.sh)"
+[[ $CUT_RANK =~ ^[0-9]+$ ]] && [ "$CUT_RANK" -lt $WORKERS ] || { echo "TPSERVE_MULTIHOST_CUT_RANK must be < $WORKERS"; exit 2; }
 
 TAG=tps$$
 SW=${TAG}sw
@@ -83,6 +84,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+set -o errtrace
+trap 'echo "multihost: FAIL command failed at line $LINENO: $BASH_COMMAND"; show_logs
+      echo "multihost: $passed passed, 1 failed"; exit 1' ERR
 
 # ---- network ----------------------------------------------------------------------------------
 ip netns add "$SW"
