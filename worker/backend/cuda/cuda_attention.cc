@@ -30,6 +30,7 @@ size_t Pack(std::vector<uint8_t>* bytes, const std::vector<T>& values) {
 
 void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
                           const KvLayerView& cache) {
+  Bind();
   const int64_t row = cache.kv_heads * cache.head_dim;
   TPSERVE_CHECK(k.shape() == v.shape() && k.numel() == static_cast<int64_t>(slots.size()) * row,
                 "WriteKv: k %s, v %s, %zu slots, cache row %lld", k.ShapeString().c_str(),
@@ -49,6 +50,7 @@ void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int6
 void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
                             std::span<const AttentionSeq> seqs, const AttentionParams& params,
                             Tensor* out) {
+  Bind();
   TPSERVE_CHECK(q.ndim() == 3 && q.shape() == out->shape() && q.dim(2) == cache.head_dim,
                 "Attention: q %s, out %s, head_dim %lld", q.ShapeString().c_str(),
                 out->ShapeString().c_str(), static_cast<long long>(cache.head_dim));

@@ -67,6 +67,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
 }
 
 CudaBackend::~CudaBackend() {
+  if (stream_ != nullptr) Bind();
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   cublas_workspace_.reset();
@@ -100,6 +101,15 @@ template uint8_t* CudaBackend::Upload(std::span<const uint8_t>, std::shared_ptr<
 template cuda::SampleRowParams* CudaBackend::Upload(std::span<const cuda::SampleRowParams>,
                                                     std::shared_ptr<void>*);
 
+void CudaBackend::Bind() const {
+  // The current device is per host thread; ops may come from any thread (one per rank in tests,
+  // the service's threads in a worker), and the stream belongs to device K.
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess || current != options_.device) {
+    TPSERVE_CUDA_CHECK(cudaSetDevice(options_.device));
+  }
+}
+
 void CudaBackend::CheckDevice(const Tensor& t, const char* op) const {
   TPSERVE_CHECK(t.device() == Device::kCuda || t.numel() == 0, "%s: a %s tensor on the CPU", op,
                 t.ShapeString().c_str());
@@ -111,6 +121,7 @@ void CudaBackend::CheckLaunch(const char* op) {
 }
 
 Tensor CudaBackend::Alloc(std::vector<int64_t> shape) {
+  Bind();
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   const size_t bytes = std::max<size_t>(static_cast<size_t>(n) * sizeof(float), 1);
@@ -129,12 +140,14 @@ Tensor CudaBackend::FromHost(std::span<const float> values, std::vector<int64_t>
 }
 
 std::vector<float> CudaBackend::ToHost(const Tensor& t) {
+  Bind();
   std::vector<float> host(t.numel());
   CopyToHost(t.data(), host.data(), host.size());
   return host;
 }
 
 void CudaBackend::CopyToHost(const float* device, float* host, size_t count) {
+  Bind();
   if (count == 0) return;
   TPSERVE_CUDA_CHECK(
       cudaMemcpyAsync(host, device, count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
@@ -142,6 +155,7 @@ void CudaBackend::CopyToHost(const float* device, float* host, size_t count) {
 }
 
 void CudaBackend::CopyFromHost(const float* host, float* device, size_t count) {
+  Bind();
   if (count == 0) return;
   // Pageable source: returns once the data is staged, so `host` may be freed right after.
   TPSERVE_CUDA_CHECK(
@@ -149,16 +163,19 @@ void CudaBackend::CopyFromHost(const float* host, float* device, size_t count) {
 }
 
 absl::Status CudaBackend::Synchronize() {
+  Bind();
   return cuda::CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
 }
 
 absl::StatusOr<size_t> CudaBackend::FreeMemoryBytes() const {
+  Bind();
   size_t free_bytes = 0, total = 0;
   RETURN_IF_ERROR(cuda::CudaStatus(cudaMemGetInfo(&free_bytes, &total), "cudaMemGetInfo"));
   return free_bytes;
 }
 
 absl::StatusOr<Weight> CudaBackend::LoadWeight(const TensorView& view) {
+  Bind();
   if (view.data == nullptr || view.rows <= 0 || view.cols <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("weight view is empty (", view.rows, " x ", view.cols, ")"));
@@ -205,6 +222,7 @@ absl::StatusOr<Tensor> CudaBackend::LoadVector(const TensorView& view) {
 
 absl::StatusOr<Weight> CudaBackend::RandomWeight(int64_t rows, int64_t cols, float scale,
                                                  uint64_t seed) {
+  Bind();
   const bool bf16 = options_.precision == CudaPrecision::kBf16;
   const size_t row_bytes = static_cast<size_t>(cols) * (bf16 ? 2 : 4);
   ASSIGN_OR_RETURN(std::shared_ptr<void> device, pool_.Get(row_bytes * rows));
@@ -219,6 +237,7 @@ absl::StatusOr<Weight> CudaBackend::RandomWeight(int64_t rows, int64_t cols, flo
 }
 
 void CudaBackend::AddBias(const Tensor& bias, Tensor* y) {
+  Bind();
   TPSERVE_CHECK(bias.numel() == y->cols(), "AddBias: bias %s for %s", bias.ShapeString().c_str(),
                 y->ShapeString().c_str());
   CheckDevice(bias, "AddBias");
@@ -228,6 +247,7 @@ void CudaBackend::AddBias(const Tensor& bias, Tensor* y) {
 }
 
 void CudaBackend::Add(const Tensor& x, Tensor* y) {
+  Bind();
   CheckSameShape(x, *y, "Add");
   CheckDevice(x, "Add");
   cuda::LaunchAdd(x.data(), y->data(), y->numel(), stream_);
@@ -235,6 +255,7 @@ void CudaBackend::Add(const Tensor& x, Tensor* y) {
 }
 
 void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) {
+  Bind();
   CheckSameShape(x, *y, "RmsNorm");
   TPSERVE_CHECK(weight.numel() == x.cols(), "RmsNorm: weight %s for %s",
                 weight.ShapeString().c_str(), x.ShapeString().c_str());
@@ -245,6 +266,7 @@ void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tens
 }
 
 void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
+  Bind();
   CheckSameShape(gate, up, "SiluMul");
   CheckSameShape(gate, *out, "SiluMul");
   CheckDevice(gate, "SiluMul");
@@ -254,6 +276,7 @@ void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
 
 void CudaBackend::RopeTable(std::span<const int32_t> positions, std::span<const float> inv_freq,
                             Tensor* cos_sin) {
+  Bind();
   const int64_t half = static_cast<int64_t>(inv_freq.size());
   TPSERVE_CHECK(
       cos_sin->rows() == static_cast<int64_t>(positions.size()) && cos_sin->cols() == 2 * half,
@@ -267,6 +290,7 @@ void CudaBackend::RopeTable(std::span<const int32_t> positions, std::span<const 
 }
 
 void CudaBackend::Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) {
+  Bind();
   TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
                 "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
   cuda::LaunchRope(cos_sin.data(), interleaved, x->data(), x->dim(0), x->dim(1), x->dim(2),
@@ -276,6 +300,7 @@ void CudaBackend::Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) {
 
 void CudaBackend::Embedding(std::span<const int32_t> tokens, const Weight& table,
                             int64_t vocab_begin, Tensor* out) {
+  Bind();
   TPSERVE_CHECK(out->rows() == static_cast<int64_t>(tokens.size()) && out->cols() == table.cols,
                 "Embedding: out %s for %zu tokens of width %lld", out->ShapeString().c_str(),
                 tokens.size(), static_cast<long long>(table.cols));

@@ -94,6 +94,7 @@ class CudaBackend final : public Backend {
   // Copies a host array to a fresh scratch buffer on the stream.
   template <typename T>
   T* Upload(std::span<const T> values, std::shared_ptr<void>* keep);
+  void Bind() const;  // makes this backend's device current in the calling thread
   void CheckDevice(const Tensor& t, const char* op) const;
   void CheckLaunch(const char* op);
 

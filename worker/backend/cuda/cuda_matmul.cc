@@ -14,6 +14,7 @@
 namespace tpserve {
 
 void CudaBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
+  Bind();
   const int64_t n = x.rows(), in = w.cols, out = w.rows;
   TPSERVE_CHECK(x.cols() == in && y->rows() == n && y->cols() == out,
                 "MatMul: x %s, weight [%lld, %lld], y %s", x.ShapeString().c_str(),

@@ -14,6 +14,7 @@ namespace tpserve {
 
 absl::StatusOr<std::vector<int32_t>> CudaBackend::SampleTokens(
     const Tensor& logits, std::span<const SamplingParams> params, std::span<const uint64_t> steps) {
+  Bind();
   const int64_t rows = logits.rows(), V = logits.cols();
   if (static_cast<int64_t>(params.size()) != rows || static_cast<int64_t>(steps.size()) != rows) {
     return absl::InvalidArgumentError("SampleTokens: one SamplingParams and step per logits row");
