@@ -6,10 +6,12 @@
 #include <atomic>
 #include <cstdio>
 #include <memory>
+#include <set>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "coordinator/api/http/http_server.h"
 #include "coordinator/api/inference_service.h"
 #include "coordinator/api/served_model.h"
 #include "coordinator/cluster/cluster_service.h"
@@ -40,6 +42,7 @@ struct Flags {
   int collective_timeout_ms = 30000;
   int load_timeout_s = 600;
   bool no_prefix_cache = false;
+  std::string http_listen;  // empty: no HTTP server (off unless asked: ports must not collide)
 };
 
 std::unique_ptr<grpc::Server> BuildServer(const std::string& address,
@@ -104,10 +107,17 @@ int Run(const Flags& f) {
                         .collective_timeout = absl::Milliseconds(f.collective_timeout_ms),
                         .step_timeout = absl::Milliseconds(f.step_timeout_ms)};
   WorkerGroup group(std::move(go), registry, store);
-  cluster.set_on_register([&group](const WorkerInfo& w, const RegisterOutcome& o) {
+  // Workers re-register every few seconds (so a restarted coordinator finds them): log news only.
+  absl::Mutex seen_mu;
+  std::set<std::string> seen;
+  cluster.set_on_register([&](const WorkerInfo& w, const RegisterOutcome& o) {
+    group.OnRegistered();
+    {
+      absl::MutexLock lock(&seen_mu);
+      if (!seen.insert(w.incarnation).second) return;
+    }
     spdlog::info("rank {} registered from {} ({}; {}/{} present)", w.rank, w.control_address,
                  w.device_kind, o.registered, group.world_size());
-    group.OnRegistered();
   });
 
   api::InferenceService inference(**model,
@@ -143,6 +153,19 @@ int Run(const Flags& f) {
       "Inference on {}, Cluster on {}; waiting for {} worker(s): tpserve-worker "
       "--coordinator {} --rank R",
       HostPort(f.listen, port), cluster_addr, f.tp, cluster_addr);
+  std::unique_ptr<api::http::HttpServer> http;
+  if (!f.http_listen.empty()) {
+    http = std::make_unique<api::http::HttpServer>(
+        **model,
+        api::http::HttpServerOptions{.kv_block_size = f.kv_block_size,
+                                     .workers_ready = [&group] { return group.ready(); },
+                                     .workers_up = [&registry] { return registry.registered(); }});
+    if (absl::Status st = http->Start(f.http_listen); !st.ok()) {
+      spdlog::error("--http-listen: {}", std::string(st.message()));
+      return 2;
+    }
+    spdlog::info("OpenAI HTTP API and /metrics on {}", HostPort(f.http_listen, http->port()));
+  }
   group.Start();
 
   std::atomic<bool> stopping{false};
@@ -182,6 +205,7 @@ int Run(const Flags& f) {
     }
     engine = std::move(*e);
     inference.set_engine(engine.get(), blocks);
+    if (http) http->set_engine(engine.get(), blocks);
     spdlog::info("serving {} with {} rank(s) on {}", (*model)->name, f.tp,
                  HostPort(f.listen, port));
     // Health tells the truth: SERVING only while every rank is loaded and steps succeed.
@@ -208,6 +232,10 @@ int Run(const Flags& f) {
   set_health(false);
   supervisor.join();
   if (engine) engine->Stop();  // ends open streams with UNAVAILABLE
+  if (http) {
+    http->Stop();
+    http->set_engine(nullptr, 0);
+  }
   server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   if (cluster_server) cluster_server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   inference.set_engine(nullptr, 0);
@@ -268,6 +296,12 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_flag("--no-prefix-cache", f.no_prefix_cache, "disable KV prefix caching");
+  app.add_option(
+         "--http-listen", f.http_listen,
+         "HOST:PORT of the OpenAI-compatible HTTP API and /metrics, e.g. 0.0.0.0:8000 (port 0 "
+         "picks one; "
+         "default: off)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   spdlog::set_pattern("[coordinator] %H:%M:%S.%e %^%l%$ %v");
   return tpserve::Run(f);

@@ -474,11 +474,17 @@ absl::StatusOr<engine::StepOutput> WorkerGroup::Execute(const engine::StepPlan& 
     if (!g.ranks[r].stream->Write(proto)) failed[r] = true;
   }
   std::vector<v1::StepResult> results(n);
+  std::vector<grpc::Status> ended(n);
   for (int r = 0; r < n; ++r) {
-    if (failed[r] || !g.ranks[r].stream->Read(&results[r])) failed[r] = true;
-    if (failed[r]) {
-      // The stream ended: its status says why (the other ranks usually fail right after).
-      for (Impl::Rank& other : g.ranks) other.ctx->TryCancel();
+    if (failed[r] || !g.ranks[r].stream->Read(&results[r])) {
+      failed[r] = true;
+      // The stream ended: its own status says why, so read it before cancelling the others
+      // (which usually fail right after, in their collectives).
+      ended[r] = g.ranks[r].stream->Finish();
+      g.ranks[r].stream.reset();
+      for (Impl::Rank& other : g.ranks) {
+        if (other.stream != nullptr) other.ctx->TryCancel();
+      }
     }
   }
   bool timed_out;
@@ -496,8 +502,7 @@ absl::StatusOr<engine::StepOutput> WorkerGroup::Execute(const engine::StepPlan& 
       }
       continue;
     }
-    grpc::Status st = g.ranks[r].stream->Finish();
-    g.ranks[r].stream.reset();
+    const grpc::Status& st = ended[r];
     if (timed_out && st.error_code() == grpc::StatusCode::CANCELLED) {
       errors.push_back(absl::StrCat("rank ", r, " (", g.ranks[r].info.control_address,
                                     ") sent no result within the step deadline of ",
