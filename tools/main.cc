@@ -2,9 +2,12 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <cstdlib>
 
+#include "tools/client.h"
 #include "tools/generate.h"
+#include "tools/up.h"
 
 namespace {
 
@@ -29,8 +32,15 @@ int main(int argc, char** argv) {
 
   tpserve::GenerateOptions gen;
   CLI::App* generate = app.add_subcommand("generate", "generate tokens with the local CPU engine");
-  generate->add_option("--model", gen.model, "a .gguf file or a Hugging Face model folder")
-      ->required();
+  CLI::Option* model_opt =
+      generate->add_option("--model", gen.model, "a .gguf file or a Hugging Face model folder");
+  tpserve::ClientOptions client;
+  generate
+      ->add_option("--server", client.server,
+                   "HOST:PORT of a running cluster (tpserve up): stream from it instead of "
+                   "the local engine")
+      ->excludes(model_opt);
+  generate->add_option("text", gen.prompt, "prompt text (same as --prompt)");
   CLI::Option* ids =
       generate->add_option("--prompt-ids", gen.prompt_ids, "prompt token ids (comma separated)")
           ->delimiter(',');
@@ -49,7 +59,61 @@ int main(int argc, char** argv) {
   generate->add_option("--threads", gen.threads, "CPU threads")->check(CLI::PositiveNumber);
   generate->add_flag("--ignore-eos", gen.ignore_eos, "keep going past end-of-sequence tokens");
 
+  tpserve::UpOptions up;
+  CLI::App* up_cmd =
+      app.add_subcommand("up",
+                         "start a local cluster: tpserve-coordinator + N tpserve-worker "
+                         "processes on loopback; Ctrl-C stops them all");
+  up_cmd->add_option("--model", up.model, "a .gguf file or a Hugging Face model folder")
+      ->required();
+  up_cmd->add_option("--tp", up.tp, "tensor-parallel degree (worker processes)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  up_cmd->add_option("--port", up.port, "port of the public API on 127.0.0.1 (0: a free one)")
+      ->capture_default_str();
+  up_cmd->add_option("--threads", up.threads, "CPU threads per worker (0: cores / tp)")
+      ->capture_default_str();
+  up_cmd->add_option("--memory-budget", up.memory_budget, "bytes per worker (0: workers decide)")
+      ->capture_default_str();
+  up_cmd->add_option("--max-context", up.max_context, "cap on prompt + output tokens (0: model's)")
+      ->capture_default_str();
+  up_cmd->add_option("--ready-timeout", up.ready_timeout_s, "seconds to wait for SERVING")
+      ->capture_default_str();
+
+  tpserve::ClientOptions chat;
+  CLI::App* chat_cmd = app.add_subcommand("chat", "interactive chat with a running cluster");
+  chat_cmd->add_option("--server", chat.server, "HOST:PORT of the cluster (tpserve up prints it)")
+      ->required();
+  chat_cmd->add_option("--system", chat.system, "system prompt");
+  chat_cmd->add_option("--max-tokens", chat.max_tokens, "most tokens per answer (-1: no cap)")
+      ->capture_default_str();
+  chat_cmd->add_option("--temperature", chat.temperature, "0 = greedy")->capture_default_str();
+  chat_cmd->add_option("--seed", chat.seed, "sampling seed");
+
   CLI11_PARSE(app, argc, argv);
+  if (generate->parsed() && !client.server.empty()) {
+    client.prompt = gen.prompt;
+    client.prompt_ids = gen.prompt_ids;
+    client.chat = gen.chat;
+    client.max_tokens = generate->count("--max-tokens") > 0 ? gen.max_tokens : -1;
+    client.temperature = gen.temperature;
+    client.top_k = gen.top_k;
+    client.top_p = gen.top_p;
+    client.min_p = gen.min_p;
+    client.has_seed = generate->count("--seed") > 0;
+    client.seed = gen.seed;
+    client.ignore_eos = gen.ignore_eos;
+    return tpserve::RunGenerateClient(client);
+  }
+  if (generate->parsed() && gen.model.empty()) {
+    std::fprintf(stderr, "tpserve generate: give --model PATH (local engine) or --server ADDR\n");
+    return 2;
+  }
   if (generate->parsed()) return tpserve::RunGenerate(gen);
+  if (up_cmd->parsed()) return tpserve::RunUp(up);
+  if (chat_cmd->parsed()) {
+    chat.has_seed = chat_cmd->count("--seed") > 0;
+    return tpserve::RunChatClient(chat);
+  }
   return 0;
 }

@@ -48,16 +48,16 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     state_->reactor = this;
   }
 
-  // Hands the request to the engine; the sink queues outputs and drives the writes.
-  void Begin(absl::StatusOr<std::string> id) {
-    if (!id.ok()) {
-      Item item;
-      item.error = ToGrpc(id.status());
-      Enqueue(state_, std::move(item));
-      return;
-    }
+  void SetId(const std::string& id) {
     absl::MutexLock lock(&state_->mu);
-    state_->request_id = *id;
+    state_->request_id = id;
+  }
+  // After the engine took the request (or refused it: the call ends with that status).
+  void Begin(absl::StatusOr<std::string> id) {
+    if (id.ok()) return;
+    Item item;
+    item.error = ToGrpc(id.status());
+    Enqueue(state_, std::move(item));
   }
 
   static engine::RequestSink MakeSink(std::shared_ptr<State> state, bool echo_prompt,
@@ -199,14 +199,13 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     state_->response = response;
   }
 
-  void Begin(absl::StatusOr<std::string> id) {
-    if (!id.ok()) {
-      Done(state_, ToGrpc(id.status()));
-      return;
-    }
+  void SetId(const std::string& id) {
     absl::MutexLock lock(&state_->mu);
-    state_->request_id = *id;
-    state_->response->set_request_id(*id);
+    state_->request_id = id;
+    state_->response->set_request_id(id);
+  }
+  void Begin(absl::StatusOr<std::string> id) {
+    if (!id.ok()) Done(state_, ToGrpc(id.status()));
   }
 
   static engine::RequestSink MakeSink(std::shared_ptr<State> s, bool echo_prompt,
@@ -284,7 +283,13 @@ absl::Status NotReady() {
 
 }  // namespace
 
+std::string InferenceService::RequestId(const v1::GenerateRequest& request) {
+  if (!request.request_id().empty()) return request.request_id();
+  return absl::StrCat("req-", id_counter_.fetch_add(1) + 1);
+}
+
 absl::StatusOr<std::string> InferenceService::Start(const v1::GenerateRequest& request,
+                                                    const std::string& id,
                                                     engine::RequestSink sink) {
   engine::Engine* engine = engine_.load();
   if (engine == nullptr) return NotReady();
@@ -292,7 +297,7 @@ absl::StatusOr<std::string> InferenceService::Start(const v1::GenerateRequest& r
       std::random_device{}() ^ (seed_counter_.fetch_add(1) * 0x9E3779B97F4A7C15ULL);
   absl::StatusOr<engine::RequestOptions> options = ToRequestOptions(model_, request, seed);
   if (!options.ok()) return options.status();
-  return engine->Submit(request.request_id(), std::move(*options), std::move(sink));
+  return engine->Submit(id, std::move(*options), std::move(sink));
 }
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
@@ -302,9 +307,11 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
   if (request->output().echo_prompt()) {
     prompt = PromptIds(model_, request->prompt()).value_or(std::vector<int32_t>{});
   }
-  reactor->Begin(
-      Start(*request, GenerateReactor::MakeSink(reactor->state(), request->output().echo_prompt(),
-                                                std::move(prompt))));
+  const std::string id = RequestId(*request);
+  reactor->SetId(id);
+  reactor->Begin(Start(*request, id,
+                       GenerateReactor::MakeSink(reactor->state(), request->output().echo_prompt(),
+                                                 std::move(prompt))));
   return reactor;
 }
 
@@ -316,9 +323,11 @@ grpc::ServerUnaryReactor* InferenceService::Complete(grpc::CallbackServerContext
   if (request->output().echo_prompt()) {
     prompt = PromptIds(model_, request->prompt()).value_or(std::vector<int32_t>{});
   }
-  reactor->Begin(
-      Start(*request, CompleteReactor::MakeSink(reactor->state(), request->output().echo_prompt(),
-                                                std::move(prompt))));
+  const std::string id = RequestId(*request);
+  reactor->SetId(id);
+  reactor->Begin(Start(*request, id,
+                       CompleteReactor::MakeSink(reactor->state(), request->output().echo_prompt(),
+                                                 std::move(prompt))));
   return reactor;
 }
 

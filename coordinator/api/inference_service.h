@@ -56,13 +56,17 @@ class InferenceService final : public v1::Inference::CallbackService {
 
  private:
   // Validates and submits; on error the status to finish the call with.
-  absl::StatusOr<std::string> Start(const v1::GenerateRequest& request, engine::RequestSink sink);
+  absl::StatusOr<std::string> Start(const v1::GenerateRequest& request, const std::string& id,
+                                    engine::RequestSink sink);
+  // The request's id: the client's, or a new one (known before the engine can answer).
+  std::string RequestId(const v1::GenerateRequest& request);
 
   const ServedModel& model_;
   const ServingInfo info_;
   std::atomic<engine::Engine*> engine_{nullptr};
   std::atomic<int64_t> kv_blocks_{0};
   std::atomic<uint64_t> seed_counter_{0};
+  std::atomic<uint64_t> id_counter_{0};
 };
 
 grpc::Status ToGrpc(const absl::Status& status);

@@ -22,7 +22,7 @@ struct HttpServer::Stream {
   absl::Mutex mu;
   absl::CondVar cv;
   std::deque<engine::RequestOutput> queue ABSL_GUARDED_BY(mu);
-  bool finished ABSL_GUARDED_BY(mu) = false;  // the last output was queued
+  bool finished ABSL_GUARDED_BY(mu) = false;   // the last output was queued
   bool delivered ABSL_GUARDED_BY(mu) = false;  // the client got the last output
 
   // Blocks until an output is queued or `timeout` passes; false on timeout.
@@ -99,7 +99,8 @@ absl::Status HttpServer::Start(const std::string& host_port) {
     port_ = port;
   }
   if (port_ <= 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", host_port, " (address in use?)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", host_port, " (address in use?)"));
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   return absl::OkStatus();
@@ -131,8 +132,7 @@ void HttpServer::Routes() {
   s.Get("/v1/models", [model_json](const httplib::Request&, httplib::Response& res) {
     SendJson(res, 200, {{"object", "list"}, {"data", json::array({model_json()})}});
   });
-  s.Get("/v1/models/(.+)", [this, model_json](const httplib::Request& req,
-                                              httplib::Response& res) {
+  s.Get("/v1/models/(.+)", [this, model_json](const httplib::Request& req, httplib::Response& res) {
     if (req.matches[1] != model_.name) {
       SendError(res, MakeHttpError(404,
                                    absl::StrCat("model '", std::string(req.matches[1]),
@@ -148,9 +148,8 @@ void HttpServer::Routes() {
       SendJson(res, 200, {{"status", "ok"}});
       return;
     }
-    const std::string why = engine_.load() == nullptr
-                                ? "the worker group is not loaded yet"
-                                : "a worker rank is missing or reloading";
+    const std::string why = engine_.load() == nullptr ? "the worker group is not loaded yet"
+                                                      : "a worker rank is missing or reloading";
     SendError(res, MakeHttpError(503, why, "service_unavailable", "", "unavailable"));
   });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
@@ -195,9 +194,8 @@ void HttpServer::Generate(Endpoint endpoint, const httplib::Request& req, httpli
     return;
   }
   const uint64_t n = next_id_.fetch_add(1);
-  absl::StatusOr<OpenAiRequest> parsed =
-      ParseOpenAiRequest(model_, endpoint, body, nonce_ ^ (n * 0x9E3779B97F4A7C15ULL),
-                         engine->max_seq_len());
+  absl::StatusOr<OpenAiRequest> parsed = ParseOpenAiRequest(
+      model_, endpoint, body, nonce_ ^ (n * 0x9E3779B97F4A7C15ULL), engine->max_seq_len());
   if (!parsed.ok()) {
     SendError(res, ToHttpError(parsed.status()));
     return;
@@ -205,15 +203,14 @@ void HttpServer::Generate(Endpoint endpoint, const httplib::Request& req, httpli
   const int64_t kv_blocks = kv_blocks_.load();
   const int64_t prompt_blocks = Blocks(parsed->options.prompt.size(), options_.kv_block_size);
   if (kv_blocks > 0 && prompt_blocks > kv_blocks) {
-    SendError(res, ToHttpError(absl::InvalidArgumentError(absl::StrCat(
-                       endpoint == Endpoint::kChat ? "messages" : "prompt", ": ",
-                       parsed->options.prompt.size(), " tokens need ", prompt_blocks,
-                       " KV blocks; the cache has ", kv_blocks))));
+    SendError(res, ToHttpError(absl::InvalidArgumentError(
+                       absl::StrCat(endpoint == Endpoint::kChat ? "messages" : "prompt", ": ",
+                                    parsed->options.prompt.size(), " tokens need ", prompt_blocks,
+                                    " KV blocks; the cache has ", kv_blocks))));
     return;
   }
-  const std::string id = absl::StrFormat("%s-%016x%08x",
-                                         endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl",
-                                         nonce_, n);
+  const std::string id =
+      absl::StrFormat("%s-%016x%08x", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl", nonce_, n);
   const int64_t created = absl::ToUnixSeconds(absl::Now());
   const int prompt_tokens = int(parsed->options.prompt.size());
 

@@ -16,11 +16,11 @@ using prometheus::Histogram;
 const Histogram::BucketBoundaries kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
                                                   0.1,   0.25,  0.5,  0.75, 1.0,  2.5,  5.0,
                                                   7.5,   10.0,  20.0, 40.0, 80.0, 160.0};
-const Histogram::BucketBoundaries kTpotBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
-                                                  0.4,  0.5,   0.75, 1.0,   2.5, 5.0,  7.5, 10.0,
-                                                  20.0, 40.0,  80.0};
-const Histogram::BucketBoundaries kLatencyBuckets = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,  2.5,
-                                                     5.0,  10.0, 15.0, 20.0, 30.0,  40.0, 50.0,
+const Histogram::BucketBoundaries kTpotBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                                  0.3,  0.4,   0.5,  0.75,  1.0, 2.5,  5.0,
+                                                  7.5,  10.0,  20.0, 40.0,  80.0};
+const Histogram::BucketBoundaries kLatencyBuckets = {0.3,  0.5,   0.8,   1.0,   1.5,  2.0,  2.5,
+                                                     5.0,  10.0,  15.0,  20.0,  30.0, 40.0, 50.0,
                                                      60.0, 120.0, 240.0, 480.0, 960.0};
 
 }  // namespace
@@ -40,8 +40,9 @@ ServerMetrics::ServerMetrics(const std::string& model_name) {
                   .Add(labels);
   cache_usage_ = &BuildGauge()
                       .Name("vllm:gpu_cache_usage_perc")
-                      .Help("KV cache usage (fraction of blocks, 1 = full; estimated from the "
-                            "HTTP requests in flight).")
+                      .Help(
+                          "KV cache usage (fraction of blocks, 1 = full; estimated from the "
+                          "HTTP requests in flight).")
                       .Register(r)
                       .Add(labels);
   ttft_ = &BuildHistogram()
@@ -85,11 +86,8 @@ ServerMetrics::ServerMetrics(const std::string& model_name) {
                        .Help("Coordinator-side wall time of the last engine step, in seconds.")
                        .Register(r)
                        .Add(labels);
-  steps_ = &BuildCounter()
-                .Name("tpserve_steps_total")
-                .Help("Engine steps run.")
-                .Register(r)
-                .Add(labels);
+  steps_ =
+      &BuildCounter().Name("tpserve_steps_total").Help("Engine steps run.").Register(r).Add(labels);
   workers_up_ = &BuildGauge()
                      .Name("tpserve_workers_up")
                      .Help("Worker ranks registered with the coordinator.")
@@ -102,8 +100,7 @@ void ServerMetrics::ObserveFinished(const engine::Usage& u) {
   e2e_->Observe(u.total_time_ms / 1e3);
   queue_->Observe(u.queue_time_ms / 1e3);
   if (u.completion_tokens > 1) {
-    tpot_->Observe((u.total_time_ms - u.time_to_first_token_ms) / 1e3 /
-                   (u.completion_tokens - 1));
+    tpot_->Observe((u.total_time_ms - u.time_to_first_token_ms) / 1e3 / (u.completion_tokens - 1));
   }
   if (u.recomputations > 0) preemptions_->Increment(u.recomputations);
 }
@@ -113,8 +110,7 @@ void ServerMetrics::AddKvTokens(int64_t delta_blocks) {
   kv_blocks_held_ += delta_blocks;
 }
 
-std::string ServerMetrics::Scrape(const engine::Engine* engine, int64_t kv_blocks,
-                                  int workers_up) {
+std::string ServerMetrics::Scrape(const engine::Engine* engine, int64_t kv_blocks, int workers_up) {
   {
     absl::MutexLock lock(&mu_);
     if (engine != nullptr) {
@@ -122,7 +118,8 @@ std::string ServerMetrics::Scrape(const engine::Engine* engine, int64_t kv_block
       running_->Set(s.running);
       waiting_->Set(s.waiting);
       // Counters only move forward: add what the engine counted since the last scrape.
-      prompt_tokens_->Increment(double(std::max<int64_t>(0, s.prompt_tokens - seen_prompt_tokens_)));
+      prompt_tokens_->Increment(
+          double(std::max<int64_t>(0, s.prompt_tokens - seen_prompt_tokens_)));
       generation_tokens_->Increment(
           double(std::max<int64_t>(0, s.generated_tokens - seen_generation_tokens_)));
       steps_->Increment(double(std::max<int64_t>(0, s.steps - seen_steps_)));

@@ -91,7 +91,8 @@ absl::StatusOr<std::vector<int32_t>> CompletionPrompt(const ServedModel& model, 
     if (model.tokenizer == nullptr) {
       return Bad("prompt", "this model has no tokenizer; send token ids");
     }
-    absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->Encode(one.get<std::string>(), true);
+    absl::StatusOr<std::vector<int32_t>> ids =
+        model.tokenizer->Encode(one.get<std::string>(), true);
     if (!ids.ok()) return Bad("prompt", std::string(ids.status().message()));
     return ids;
   }
@@ -232,9 +233,9 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(const ServedModel& model, Endpo
       }
       if (id < 0 || id >= model.config().vocab_size || !value.is_number() ||
           std::abs(value.get<double>()) > 100) {
-        return Bad("logit_bias", absl::StrCat("'", key, "': needs a token id in [0, ",
-                                              model.config().vocab_size,
-                                              ") and a bias in [-100, 100]"));
+        return Bad("logit_bias",
+                   absl::StrCat("'", key, "': needs a token id in [0, ", model.config().vocab_size,
+                                ") and a bias in [-100, 100]"));
       }
       s.logit_bias.emplace_back(int32_t(id), value.get<float>());
     }
@@ -368,9 +369,9 @@ json CompletionJson(const ServedModel& model, const OpenAiRequest& request, cons
                     const engine::RequestOutput& last) {
   const bool chat = request.endpoint == Endpoint::kChat;
   json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(last.finish_reason)}};
-  choice["logprobs"] = request.logprobs ? LogprobsJson(model, request.endpoint, tokens,
-                                                       request.top_logprobs, 0)
-                                        : json(nullptr);
+  choice["logprobs"] = request.logprobs
+                           ? LogprobsJson(model, request.endpoint, tokens, request.top_logprobs, 0)
+                           : json(nullptr);
   if (chat) {
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   } else {

@@ -31,8 +31,8 @@ struct OpenAiRequest {
 // INVALID_ARGUMENT names the field; NOT_FOUND for a `model` that is not served here.
 // `default_seed` is used when `seed` is absent; `max_seq_len` caps prompt + max_tokens.
 absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(const ServedModel& model, Endpoint endpoint,
-                                                 const nlohmann::json& body,
-                                                 uint64_t default_seed, int max_seq_len);
+                                                 const nlohmann::json& body, uint64_t default_seed,
+                                                 int max_seq_len);
 
 // "stop" | "length" | "abort" (the client went away); null while running.
 nlohmann::json FinishReasonJson(engine::FinishReason reason);
