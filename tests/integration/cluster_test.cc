@@ -1,6 +1,11 @@
 // End to end on loopback: a real tpserve-coordinator and 2 or 3 real tpserve-worker processes
 // (real gRPC, real Gloo), driven by a gRPC client. Expected tokens come from the transformers
 // goldens in tests/data/golden/models/ (see its README).
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -151,6 +156,74 @@ TEST(ClusterTest, BadRequestsGetClearErrors) {
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
   EXPECT_EQ(ok.ids.size(), 3u);
   EXPECT_TRUE(cluster.CoordinatorAlive());
+}
+
+// The coordinator refuses what cannot work with a message that says what to fix, at once.
+TEST(ClusterTest, CoordinatorStartupErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--model", "/nonexistent/model.gguf", "--tp", "2"}, "/nonexistent/model.gguf"},
+      {{"--model", absl::StrCat(kGolden, "/llama-mha"), "--tp", "5"}, "larger than the model"},
+  };
+  for (const Case& c : cases) {
+    const std::string log = "/tmp/tpserve-it-startup.log";
+    const pid_t pid = fork();
+    if (pid == 0) {
+      freopen(log.c_str(), "w", stderr);
+      freopen(log.c_str(), "a", stdout);
+      std::vector<std::string> argv = {TPSERVE_COORDINATOR_BIN, "--listen", "127.0.0.1:0"};
+      argv.insert(argv.end(), c.args.begin(), c.args.end());
+      std::vector<char*> args;
+      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+    int status = 0;
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (waitpid(pid, &status, WNOHANG) == 0 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    if (absl::Now() >= deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      ADD_FAILURE() << "the coordinator did not exit for " << c.args[1];
+      continue;
+    }
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << c.args[1];
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_THAT(text, HasSubstr(c.message));
+  }
+}
+
+// Workers that do not fit the group are refused; the group keeps serving.
+TEST(ClusterTest, MismatchedAndDuplicateWorkersAreRefused) {
+  LocalCluster cluster(absl::StrCat(kGolden, "/llama-mha"), 2);
+  ASSERT_TRUE(cluster.WaitHealth(true, absl::Seconds(90)).ok()) << cluster.Logs();
+  const pid_t wrong_size = cluster.StartExtraWorker("wrong-size", 0, 3);
+  cluster.StartExtraWorker("duplicate", 1, 2);
+  int status = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (waitpid(wrong_size, &status, WNOHANG) == 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_THAT(cluster.ReadLog("wrong-size"), HasSubstr("group of 3"));
+  while (cluster.ReadLog("duplicate").find("already held") == std::string::npos &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_THAT(cluster.ReadLog("duplicate"), HasSubstr("already held"));
+  ASSERT_TRUE(cluster.WaitHealth(true, absl::Seconds(5)).ok());
+  auto stub = cluster.Stub();
+  const nlohmann::json expected = Expected("llama-mha");
+  const auto& c = expected["cases"][0];
+  Result r = Generate(*stub, Greedy(c["input_ids"].get<std::vector<int32_t>>(), 16));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.ids, c["greedy"].get<std::vector<int32_t>>());
 }
 
 TEST(ClusterTest, KilledWorkerEndsTheStreamWithUnavailableAndTheGroupReforms) {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -61,6 +62,7 @@ LocalCluster::LocalCluster(std::string model, int tp, std::vector<std::string> c
 
 LocalCluster::~LocalCluster() {
   std::vector<pid_t> all = workers_;
+  all.insert(all.end(), extra_.begin(), extra_.end());
   all.push_back(coordinator_);
   for (pid_t p : all) {
     if (p > 0) kill(p, SIGTERM);
@@ -76,6 +78,10 @@ LocalCluster::~LocalCluster() {
       }
       absl::SleepFor(absl::Milliseconds(10));
     }
+  }
+  if (std::getenv("TPSERVE_KEEP_TEST_LOGS") == nullptr) {
+    std::error_code ec;
+    std::filesystem::remove_all(log_dir_, ec);
   }
 }
 
@@ -101,6 +107,21 @@ void LocalCluster::StartWorker(int rank) {
       Start(absl::StrCat("worker", rank),
             {TPSERVE_WORKER_BIN, "--coordinator", address_, "--rank", std::to_string(rank), "--tp",
              std::to_string(tp_), "--listen", "127.0.0.1:0", "--threads", "1"});
+}
+
+pid_t LocalCluster::StartExtraWorker(const std::string& name, int rank, int tp) {
+  const pid_t pid =
+      Start(name, {TPSERVE_WORKER_BIN, "--coordinator", address_, "--rank", std::to_string(rank),
+                   "--tp", std::to_string(tp), "--listen", "127.0.0.1:0", "--threads", "1"});
+  extra_.push_back(pid);
+  return pid;
+}
+
+std::string LocalCluster::ReadLog(const std::string& name) const {
+  std::ifstream in(absl::StrCat(log_dir_, "/", name, ".log"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 void LocalCluster::KillWorker(int rank) {

@@ -26,6 +26,11 @@ class LocalCluster {
   // Waits for grpc.health.v1 to say SERVING (or NOT_SERVING when `serving` is false).
   absl::Status WaitHealth(bool serving, absl::Duration timeout);
 
+  // A worker outside the group (duplicate rank, wrong group size); stopped with the cluster.
+  // Its output goes to `name`.log.
+  pid_t StartExtraWorker(const std::string& name, int rank, int tp);
+  std::string ReadLog(const std::string& name) const;
+
   void KillWorker(int rank);     // SIGKILL
   void RestartWorker(int rank);  // a fresh process (new incarnation)
   bool CoordinatorAlive();
@@ -45,6 +50,7 @@ class LocalCluster {
   std::string log_dir_;
   pid_t coordinator_ = -1;
   std::vector<pid_t> workers_;
+  std::vector<pid_t> extra_;
   std::vector<std::string> log_files_;
 };
 

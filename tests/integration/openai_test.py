@@ -1,0 +1,276 @@
+"""The coordinator's OpenAI-compatible HTTP API and /metrics, driven by the official `openai`
+package against a real cluster on loopback: tpserve-coordinator --http-listen + 2 tpserve-worker
+processes serving SmolLM2-135M-Instruct (Q4_1 GGUF) at TP=2.
+
+Expected texts come from the transformers golden in tests/data/golden/models/smollm2-135m-q4_1
+(scripts/reference/ made it): greedy completions must reproduce its greedy text.
+
+Run: TPSERVE_COORDINATOR_BIN=... TPSERVE_WORKER_BIN=... python -m pytest -q openai_test.py
+(ctest passes the paths).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GOLDEN = os.path.join(ROOT, "tests/data/golden/models/smollm2-135m-q4_1/expected.json")
+MODELS = os.environ.get("TPSERVE_MODELS", os.path.expanduser("~/.cache/tpserve/models"))
+MODEL = os.path.join(MODELS, "SmolLM2-135M-Instruct.Q4_1.gguf")
+MODEL_NAME = os.path.basename(MODEL)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+class Cluster:
+    def __init__(self):
+        coordinator = os.environ["TPSERVE_COORDINATOR_BIN"]
+        worker = os.environ["TPSERVE_WORKER_BIN"]
+        grpc_addr = f"127.0.0.1:{free_port()}"
+        self.http = f"http://127.0.0.1:{free_port()}"
+        self.logs = []
+        self.procs = []
+        self._start([coordinator, "--model", MODEL, "--tp", "2", "--listen", grpc_addr,
+                     "--http-listen", self.http[len("http://"):], "--max-context", "512"])
+        for rank in range(2):
+            self._start([worker, "--coordinator", grpc_addr, "--rank", str(rank), "--tp", "2",
+                         "--listen", "127.0.0.1:0", "--threads", "1"])
+
+    def _start(self, argv):
+        log = tempfile.TemporaryFile(mode="w+")  # a pipe nobody reads could fill and block
+        self.logs.append(log)
+        self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+
+    def wait_serving(self, timeout_s):
+        deadline = time.time() + timeout_s
+        status = None
+        while time.time() < deadline:
+            try:
+                status, _ = http_get(self.http + "/health")
+                if status == 200:
+                    return
+                assert status == 503, status  # up but not serving yet
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert self.procs[0].poll() is None, "coordinator exited:\n" + self.tail()
+            time.sleep(0.2)
+        raise AssertionError(f"/health not 200 after {timeout_s} s ({status}):\n{self.tail()}")
+
+    def tail(self):
+        out = []
+        for log in self.logs:
+            log.seek(0)
+            out.append(log.read()[-2000:])
+        return "\n----\n".join(out)
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not os.path.exists(MODEL):
+        pytest.skip(f"{MODEL} not found (scripts/fetch-models.sh)")
+    c = Cluster()
+    try:
+        c.wait_serving(180)
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    return openai.OpenAI(base_url=cluster.http + "/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return json.load(open(GOLDEN))["cases"]
+
+
+def scrape(cluster):
+    status, text = http_get(cluster.http + "/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model_name") == MODEL_NAME or s.name.startswith("tpserve_"):
+                key = s.name if "le" not in s.labels else f"{s.name}{{le={s.labels['le']}}}"
+                samples[key] = s.value
+    return samples
+
+
+def chat_case(golden):
+    case = next(c for c in golden if "messages" in c)
+    # The golden decodes every greedy token (EOS included); the server stops at the first EOS
+    # and skips special tokens.
+    return case, case["greedy_text"].split("<|im_end|>")[0]
+
+
+def test_health_and_models(cluster, client):
+    assert http_get(cluster.http + "/health")[0] == 200
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL_NAME]
+    assert client.models.retrieve(MODEL_NAME).id == MODEL_NAME
+    status, body = http_get(cluster.http + "/v1/nope")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_completion_matches_golden(client, golden):
+    case = golden[0]  # "The capital of Germany is"
+    n = len(case["greedy"])
+    r = client.completions.create(model=MODEL_NAME, prompt=case["text"], max_tokens=n,
+                                  temperature=0)
+    assert r.object == "text_completion"
+    assert r.choices[0].text == case["greedy_text"]
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(case["input_ids"])
+    assert r.usage.completion_tokens == n
+    assert r.usage.total_tokens == n + len(case["input_ids"])
+    # Token ids as the prompt, a stop string, logprobs.
+    r = client.completions.create(model=MODEL_NAME, prompt=case["input_ids"], max_tokens=n,
+                                  temperature=0, stop=["\n"], logprobs=2)
+    assert r.choices[0].text == case["greedy_text"].split("\n")[0]
+    assert r.choices[0].finish_reason == "stop"
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert all(x <= 0 for x in lp.token_logprobs)
+    assert all(len(t) == 2 for t in lp.top_logprobs)
+    # Greedy: the chosen token is the most likely one.
+    assert all(abs(max(t.values()) - x) < 1e-4 for t, x in zip(lp.top_logprobs,
+                                                                lp.token_logprobs))
+
+
+def test_chat_matches_golden(client, golden):
+    case, expected = chat_case(golden)
+    r = client.chat.completions.create(model=MODEL_NAME, messages=case["messages"],
+                                       max_tokens=len(case["greedy"]), temperature=0, seed=7)
+    assert r.object == "chat.completion"
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == expected
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens == len(case["input_ids"])
+    assert r.usage.completion_tokens == case["greedy"].index(2) + 1  # EOS <|im_end|> counted
+
+
+def test_streaming_chat(client, golden):
+    case, expected = chat_case(golden)
+    chunks = list(client.chat.completions.create(
+        model=MODEL_NAME, messages=case["messages"], max_tokens=len(case["greedy"]),
+        temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len({c.id for c in chunks}) == 1
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finals[-1] == "stop" and all(f is None for f in finals[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == \
+        case["greedy"].index(2) + 1
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_streaming_completion(client, golden):
+    case = golden[0]
+    stream = client.completions.create(model=MODEL_NAME, prompt=case["text"], max_tokens=8,
+                                       temperature=0, stream=True)
+    text = "".join(c.choices[0].text for c in stream)
+    assert case["greedy_text"].startswith(text) and len(text) > 0
+
+
+def test_errors(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL_NAME, prompt="hi", temperature=5)
+    assert e.value.status_code == 400
+    assert e.value.body["param"] == "temperature"
+    assert e.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user",
+                                                                    "content": "hi"}], n=2)
+    assert e.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL_NAME, messages=[])
+    assert e.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL_NAME, prompt="hi", max_tokens=100000)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="gpt-4", prompt="hi")
+    assert e.value.body["code"] == "model_not_found"
+
+
+def test_metrics_move(cluster, client, golden):
+    before = scrape(cluster)
+    for name in ["vllm:num_requests_running", "vllm:num_requests_waiting",
+                 "vllm:gpu_cache_usage_perc", "vllm:prompt_tokens_total",
+                 "vllm:generation_tokens_total", "vllm:num_preemptions_total",
+                 "vllm:time_to_first_token_seconds_count",
+                 "vllm:time_per_output_token_seconds_count",
+                 "vllm:e2e_request_latency_seconds_count", "vllm:request_queue_time_seconds_count",
+                 "tpserve_step_seconds", "tpserve_workers_up"]:
+        assert name in before, f"{name} missing from /metrics: {sorted(before)}"
+    assert before["tpserve_workers_up"] == 2
+    case = golden[0]
+    r = client.completions.create(model=MODEL_NAME, prompt=case["text"], max_tokens=5,
+                                  temperature=0)
+    after = scrape(cluster)
+    assert after["vllm:e2e_request_latency_seconds_count"] == \
+        before["vllm:e2e_request_latency_seconds_count"] + 1
+    assert after["vllm:time_to_first_token_seconds_count"] == \
+        before["vllm:time_to_first_token_seconds_count"] + 1
+    assert after["vllm:generation_tokens_total"] >= before["vllm:generation_tokens_total"] + 5
+    # Prefix caching may serve part of the prompt from cache: at least one token is prefilled.
+    assert after["vllm:prompt_tokens_total"] > before["vllm:prompt_tokens_total"]
+    assert after["vllm:num_requests_running"] == 0
+    assert after["tpserve_step_seconds"] > 0
+    assert r.usage.completion_tokens == 5
+
+
+def test_disconnect_aborts(cluster, client, golden):
+    before = scrape(cluster)
+    max_tokens = 400
+    stream = client.completions.create(model=MODEL_NAME, prompt=golden[0]["text"],
+                                       max_tokens=max_tokens, temperature=0, stream=True,
+                                       extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        now = scrape(cluster)
+        if now["vllm:num_requests_running"] == 0 and now["vllm:num_requests_waiting"] == 0:
+            break
+        time.sleep(0.1)
+    generated = now["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+    assert now["vllm:num_requests_running"] == 0
+    assert generated < max_tokens, f"the request ran to the end ({generated} tokens) after close"
