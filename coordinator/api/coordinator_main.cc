@@ -210,7 +210,26 @@ int Run(const Flags& f) {
                  HostPort(f.listen, port));
     // Health tells the truth: SERVING only while every rank is loaded and steps succeed.
     bool last = false;
+    engine::EngineStats logged = engine->stats();
+    absl::Time next_report = absl::Now() + absl::Seconds(10);
     while (!stopping.load()) {
+      if (absl::Now() >= next_report) {
+        // Where a step's time goes, over the steps since the last report.
+        const engine::EngineStats s = engine->stats();
+        const double n = static_cast<double>(s.steps - logged.steps);
+        if (n > 0) {
+          const double wall = (s.step_us_sum - logged.step_us_sum) / n / 1000.0;
+          const double worker = (s.worker_us_sum - logged.worker_us_sum) / n / 1000.0;
+          spdlog::info(
+              "{} steps, {} tokens generated: mean step {:.2f} ms = worker compute {:.2f} + "
+              "collectives {:.2f} + control plane {:.2f} (plan fan-out, results)",
+              s.steps - logged.steps, s.generated_tokens - logged.generated_tokens, wall,
+              (s.compute_us_sum - logged.compute_us_sum) / n / 1000.0,
+              (s.collective_us_sum - logged.collective_us_sum) / n / 1000.0, wall - worker);
+        }
+        logged = s;
+        next_report = absl::Now() + absl::Seconds(10);
+      }
       const bool now = group.ready() && group.kv_blocks() >= blocks;
       if (now != last) {
         set_health(now);
@@ -231,7 +250,19 @@ int Run(const Flags& f) {
   stopping.store(true);
   set_health(false);
   supervisor.join();
-  if (engine) engine->Stop();  // ends open streams with UNAVAILABLE
+  if (engine) {
+    engine->Stop();  // ends open streams with UNAVAILABLE
+    const engine::EngineStats s = engine->stats();
+    if (s.steps > 0) {
+      const double n = static_cast<double>(s.steps);
+      spdlog::info(
+          "total: {} steps, {} tokens generated, {} failed steps; mean step {:.2f} ms = "
+          "worker compute {:.2f} + collectives {:.2f} + control plane {:.2f}",
+          s.steps, s.generated_tokens, s.failed_steps, s.step_us_sum / n / 1000.0,
+          s.compute_us_sum / n / 1000.0, s.collective_us_sum / n / 1000.0,
+          (s.step_us_sum - s.worker_us_sum) / n / 1000.0);
+    }
+  }
   if (http) {
     http->Stop();
     http->set_engine(nullptr, 0);

@@ -278,6 +278,9 @@ bool Engine::RunStep() {
     stats_.last_step = result->timing;
     stats_.last_step.total_us = absl::ToInt64Microseconds(took);
     stats_.step_us_sum += absl::ToDoubleMicroseconds(took);
+    stats_.worker_us_sum += static_cast<double>(result->timing.worker_total_us);
+    stats_.compute_us_sum += static_cast<double>(result->timing.compute_us);
+    stats_.collective_us_sum += static_cast<double>(result->timing.collective_us);
   }
   DeliverTokens(*result, *update);
   return true;

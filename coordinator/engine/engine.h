@@ -50,7 +50,13 @@ struct EngineStats {
   int running = 0;
   int waiting = 0;
   StepTiming last_step;
-  double step_us_sum = 0;  // coordinator-side wall time of all steps
+  // Sums over steps, in microseconds: coordinator-side wall time, and the slowest rank's own
+  // time split into compute and collectives. wall - worker = control plane (plan fan-out,
+  // result, gRPC), the figure DESIGN §2 wants small.
+  double step_us_sum = 0;
+  double worker_us_sum = 0;
+  double compute_us_sum = 0;
+  double collective_us_sum = 0;
 };
 
 class Engine {

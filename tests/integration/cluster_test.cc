@@ -325,6 +325,20 @@ TEST(ClusterTest, SmolLm2ChatTp2) {
   EXPECT_EQ(r.ids, greedy);
   EXPECT_EQ(r.text, (*chat_case)["greedy_text"].get<std::string>());
   EXPECT_GT(r.responses, 1);  // streamed, not one lump
+
+  // A stop string that spans several tokens of the golden continuation: the text ends right
+  // before it, nothing of it leaks out, generation stops there.
+  const std::string golden_text = (*chat_case)["greedy_text"].get<std::string>();
+  ASSERT_GT(golden_text.size(), 30u);
+  const std::string stop = golden_text.substr(12, 9);
+  req.mutable_stopping()->add_stop(stop);
+  Result stopped = Generate(*stub, req, absl::Seconds(150));
+  ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
+  EXPECT_EQ(stopped.text, golden_text.substr(0, golden_text.find(stop)));
+  EXPECT_EQ(stopped.last.finish_reason(), v1::FINISH_REASON_STOP);
+  EXPECT_EQ(stopped.last.stop_reason(), stop);
+  EXPECT_LT(stopped.ids.size(), greedy.size());
+  EXPECT_EQ(stopped.ids, std::vector<int32_t>(greedy.begin(), greedy.begin() + stopped.ids.size()));
 }
 
 }  // namespace

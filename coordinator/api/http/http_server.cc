@@ -218,6 +218,13 @@ void HttpServer::Generate(Endpoint endpoint, const httplib::Request& req, httpli
   // The sink runs on the engine thread: queue, account, wake, never block.
   engine::RequestSink sink = [stream, this, prompt_tokens, held = int64_t{0},
                               generated = int64_t{0}](engine::RequestOutput o) mutable {
+    // waiting (no output yet) -> running (first output) -> gone (last output).
+    const bool was_waiting = generated == 0 && held == 0;
+    if (o.last()) {
+      metrics_.AddRequests(was_waiting ? -1 : 0, was_waiting ? 0 : -1);
+    } else if (was_waiting) {
+      metrics_.AddRequests(-1, 1);
+    }
     generated += int64_t(o.tokens.size());
     const int64_t now = o.last() ? 0 : Blocks(prompt_tokens + generated, options_.kv_block_size);
     if (now != held) metrics_.AddKvTokens(now - held);
@@ -228,8 +235,10 @@ void HttpServer::Generate(Endpoint endpoint, const httplib::Request& req, httpli
     stream->queue.push_back(std::move(o));
     stream->cv.Signal();
   };
+  metrics_.AddRequests(1, 0);
   absl::StatusOr<std::string> submitted = engine->Submit(id, parsed->options, std::move(sink));
   if (!submitted.ok()) {
+    metrics_.AddRequests(-1, 0);
     SendError(res, ToHttpError(submitted.status()));
     return;
   }

@@ -105,6 +105,12 @@ void ServerMetrics::ObserveFinished(const engine::Usage& u) {
   if (u.recomputations > 0) preemptions_->Increment(u.recomputations);
 }
 
+void ServerMetrics::AddRequests(int delta_waiting, int delta_running) {
+  absl::MutexLock lock(&mu_);
+  http_waiting_ += delta_waiting;
+  http_running_ += delta_running;
+}
+
 void ServerMetrics::AddKvTokens(int64_t delta_blocks) {
   absl::MutexLock lock(&mu_);
   kv_blocks_held_ += delta_blocks;
@@ -115,8 +121,6 @@ std::string ServerMetrics::Scrape(const engine::Engine* engine, int64_t kv_block
     absl::MutexLock lock(&mu_);
     if (engine != nullptr) {
       const engine::EngineStats s = engine->stats();
-      running_->Set(s.running);
-      waiting_->Set(s.waiting);
       // Counters only move forward: add what the engine counted since the last scrape.
       prompt_tokens_->Increment(
           double(std::max<int64_t>(0, s.prompt_tokens - seen_prompt_tokens_)));
@@ -128,6 +132,8 @@ std::string ServerMetrics::Scrape(const engine::Engine* engine, int64_t kv_block
       seen_steps_ = std::max(seen_steps_, s.steps);
       step_seconds_->Set(s.last_step.total_us / 1e6);
     }
+    running_->Set(http_running_);
+    waiting_->Set(http_waiting_);
     cache_usage_->Set(kv_blocks > 0 ? std::min(1.0, double(kv_blocks_held_) / kv_blocks) : 0.0);
     workers_up_->Set(workers_up);
   }

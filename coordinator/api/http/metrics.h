@@ -1,7 +1,9 @@
 // Prometheus metrics of the coordinator with vLLM's names (so vLLM dashboards work), served as
 // text by the HTTP server's GET /metrics. Request-level histograms come from each finished
-// request's Usage (HTTP requests only: the gRPC service has no hook); engine-wide gauges and token
-// counters come from Engine::stats() at scrape time, so they count gRPC traffic too.
+// request's Usage, and the running / waiting gauges from the HTTP requests in flight (HTTP only:
+// the gRPC service has no hook, and EngineStats::running/waiting are only refreshed when the
+// engine schedules, so they stay stale once it goes idle). Token and step counters come from
+// Engine::stats() at scrape time, so they count gRPC traffic too.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +25,9 @@ class ServerMetrics {
 
   // A request finished normally (not failed): latency histograms and preemptions.
   void ObserveFinished(const engine::Usage& usage);
+
+  // HTTP requests entering / leaving the waiting (no output yet) and running states.
+  void AddRequests(int delta_waiting, int delta_running);
 
   // KV blocks the HTTP requests in flight hold (an estimate: ceil(tokens / block_size) each,
   // prefix sharing ignored), for vllm:gpu_cache_usage_perc.
@@ -53,6 +58,8 @@ class ServerMetrics {
   int64_t seen_generation_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t seen_steps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t kv_blocks_held_ ABSL_GUARDED_BY(mu_) = 0;
+  int http_waiting_ ABSL_GUARDED_BY(mu_) = 0;
+  int http_running_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tpserve::api::http
