@@ -459,6 +459,18 @@ absl::StatusOr<engine::StepOutput> WorkerGroup::Execute(const engine::StepPlan& 
     gen = g.generation;
   }
   absl::MutexLock lock(&g.exec_mu);
+  // The supervisor may have torn the streams down (a failed health probe) since the check above.
+  for (const Impl::Rank& r : g.ranks) {
+    if (r.stream == nullptr) return absl::UnavailableError("worker group is re-forming");
+  }
+  if (g.ranks.empty()) return absl::UnavailableError("worker group is re-forming");
+  {
+    absl::MutexLock state_lock(&g.mu);
+    if (g.state != Impl::State::kReady) {
+      return absl::UnavailableError(absl::StrCat("worker group not ready: ", g.reason));
+    }
+    gen = g.generation;  // the streams held now belong to this generation
+  }
   const absl::Time start = absl::Now();
   const v1::StepPlan proto = ToProto(plan, gen, g.options.step_timeout);
   {
