@@ -235,12 +235,7 @@ bool Engine::RunStep() {
       r.cached_tokens = scheduler_->Find(s.seq_id)->num_cached_tokens();
     }
   }
-  {
-    absl::MutexLock lock(&mu_);
-    queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
-    stats_.running = scheduler_->num_running();
-    stats_.waiting = scheduler_->num_waiting();
-  }
+  RefreshQueueStats();
   if (out->empty()) return !out->finished.empty();
 
   const StepPlan plan = BuildPlan(*out);
@@ -259,6 +254,7 @@ bool Engine::RunStep() {
     FailAll(absl::UnavailableError(
         absl::StrCat("a worker failed during generation (", result.status().message(),
                      "); the request was stopped, retry when the server reports SERVING")));
+    RefreshQueueStats();
     return true;
   }
   scheduler::StepResult sampled;
@@ -283,7 +279,15 @@ bool Engine::RunStep() {
     stats_.collective_us_sum += static_cast<double>(result->timing.collective_us);
   }
   DeliverTokens(*result, *update);
+  RefreshQueueStats();  // finished sequences left the running set in Update
   return true;
+}
+
+void Engine::RefreshQueueStats() {
+  absl::MutexLock lock(&mu_);
+  queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
+  stats_.running = scheduler_->num_running();
+  stats_.waiting = scheduler_->num_waiting();
 }
 
 StepPlan Engine::BuildPlan(const scheduler::SchedulerOutput& out) {

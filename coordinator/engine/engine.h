@@ -98,6 +98,8 @@ class Engine {
   void TakeInbox();
   // One schedule -> execute -> update round; false when there was nothing to run.
   bool RunStep();
+  // running / waiting / queued as the scheduler holds them now (metrics, load shedding).
+  void RefreshQueueStats();
   StepPlan BuildPlan(const scheduler::SchedulerOutput& out);
   void DeliverTokens(const StepOutput& result, const scheduler::UpdateResult& update);
   void Finish(Request& r, FinishReason reason, RequestOutput out);

@@ -329,6 +329,16 @@ TEST(EngineTest, ManyConcurrentRequestsAllFinish) {
     EXPECT_EQ(cs[i]->Ids(), expect) << "request " << i;
     EXPECT_EQ(cs[i]->Last().finish_reason, FinishReason::kLength);
   }
+  // Once everything finished, the queue figures (metrics, health) must say so, not keep the
+  // values of the last scheduled step. They are refreshed at the end of the step that delivered
+  // the last token, just after the sinks saw it.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while ((*engine)->stats().running != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ((*engine)->stats().running, 0);
+  EXPECT_EQ((*engine)->stats().waiting, 0);
+  EXPECT_GT((*engine)->stats().steps, 0);
 }
 
 }  // namespace
