@@ -42,8 +42,7 @@ class LocalCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
   absl::Status AllReduceSum(float*, size_t) override { return absl::OkStatus(); }
-  absl::Status GatherV(const float* in, std::span<const size_t> counts, float* out,
-                       int) override {
+  absl::Status GatherV(const float* in, std::span<const size_t> counts, float* out, int) override {
     if (counts.size() != 1) return absl::InvalidArgumentError("GatherV: one rank, one count");
     if (out != in) std::memcpy(out, in, counts[0] * sizeof(float));
     return absl::OkStatus();
