@@ -7,6 +7,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/base/utf8.h"
+
 namespace tpserve::chat {
 
 // String concatenation for error messages. (absl::StrCat cannot take std::string_view here:
@@ -31,7 +33,7 @@ std::string Cat(const Args&... args) {
 // Invalid bytes decode to U+FFFD, one per byte, so malformed input never aborts a render.
 std::u32string DecodeUtf8(std::string_view s);
 std::string EncodeUtf8(std::u32string_view s);
-void AppendUtf8(char32_t cp, std::string* out);
+using ::tpserve::AppendUtf8;  // common/base/utf8.h
 size_t CodePointCount(std::string_view s);
 
 // Python `str.isspace()` for one code point.

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "common/base/utf8.h"
+
 namespace tpserve::tok {
 
 // Decodes the code point at s[*pos] and advances *pos. The input must be valid UTF-8 (see
@@ -21,7 +23,7 @@ inline int Utf8SeqLen(unsigned char lead) {
   if ((lead >> 3) == 0x1E) return 4;
   return 1;
 }
-void AppendUtf8(char32_t cp, std::string* out);
+using ::tpserve::AppendUtf8;  // common/base/utf8.h
 // Length of the longest prefix of `s` that is complete, valid UTF-8 (stops before a sequence that
 // is truncated at the end or malformed).
 size_t ValidUtf8Prefix(std::string_view s);
