@@ -406,23 +406,28 @@ void Engine::Finish(Request& r, FinishReason reason, RequestOutput out) {
   u.queue_time_ms = Ms((r.scheduled_at == absl::InfinitePast() ? now : r.scheduled_at) - r.arrival);
   u.seed = r.options.sampling.seed;
   u.recomputations = r.recomputations;
-  r.sink(std::move(out));
-  {
-    absl::MutexLock lock(&mu_);
-    ++stats_.requests_finished;
-  }
-  Forget(r.seq);
+  Deliver(r, std::move(out), &EngineStats::requests_finished);
 }
 
 void Engine::Fail(Request& r, absl::Status error) {
   RequestOutput out;
   out.error = std::move(error);
-  r.sink(std::move(out));
+  Deliver(r, std::move(out), &EngineStats::requests_failed);
+}
+
+// The request id is released before the final message is delivered: a client that has seen the
+// end of its stream may reuse the id at once, and Abort on it answers NOT_FOUND.
+void Engine::Deliver(Request& r, RequestOutput out, int64_t EngineStats::* counter) {
+  auto it = requests_.find(r.seq);
+  if (it == requests_.end()) return;
+  std::unique_ptr<Request> owned = std::move(it->second);
+  requests_.erase(it);
   {
     absl::MutexLock lock(&mu_);
-    ++stats_.requests_failed;
+    live_ids_.erase(owned->id);
+    ++(stats_.*counter);
   }
-  Forget(r.seq);
+  owned->sink(std::move(out));
 }
 
 void Engine::FailAll(const absl::Status& error) {
@@ -433,16 +438,6 @@ void Engine::FailAll(const absl::Status& error) {
     scheduler_->Abort(id).IgnoreError();
     Fail(*requests_.at(id), error);
   }
-}
-
-void Engine::Forget(scheduler::SeqId seq) {
-  auto it = requests_.find(seq);
-  if (it == requests_.end()) return;
-  {
-    absl::MutexLock lock(&mu_);
-    live_ids_.erase(it->second->id);
-  }
-  requests_.erase(it);
 }
 
 }  // namespace tpserve::engine
