@@ -120,11 +120,15 @@ int Run(const Flags& f) {
                  w.device_kind, o.registered, group.world_size());
   });
 
+  std::atomic<bool> serving_now{false};  // what grpc.health.v1 says (set by the supervisor)
   api::InferenceService inference(**model,
                                   api::ServingInfo{.tensor_parallel = f.tp,
                                                    .kv_block_size = f.kv_block_size,
                                                    .max_batch_sequences = f.max_seqs,
-                                                   .max_batch_tokens = f.max_batch_tokens});
+                                                   .max_batch_tokens = f.max_batch_tokens,
+                                                   .serving = [&group, &serving_now] {
+                                                     return serving_now.load() && group.ready();
+                                                   }});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   int port = 0, cluster_port = 0;
@@ -145,6 +149,7 @@ int Run(const Flags& f) {
   auto set_health = [&](bool serving) {
     health->SetServingStatus("", serving);
     health->SetServingStatus("tpserve.v1.Inference", serving);
+    serving_now.store(serving);
   };
   set_health(false);
   const std::string cluster_addr =

@@ -426,4 +426,35 @@ grpc::ServerUnaryReactor* InferenceService::Embed(grpc::CallbackServerContext* c
                                                       " is a decoder (use Generate)")));
 }
 
+grpc::ServerUnaryReactor* InferenceService::GetServerStats(grpc::CallbackServerContext* ctx,
+                                                           const v1::GetServerStatsRequest*,
+                                                           v1::ServerStats* r) {
+  engine::Engine* engine = engine_.load();
+  r->set_serving(engine != nullptr && (!info_.serving || info_.serving()));
+  if (engine == nullptr) return Answer(ctx, absl::OkStatus());  // all zero until loaded
+  const engine::EngineStats s = engine->stats();
+  r->set_running(s.running);
+  r->set_waiting(s.waiting);
+  // Before the first step the pool figures are not known yet: the pool is all free.
+  const int64_t total = s.blocks.total > 0 ? s.blocks.total : kv_blocks_.load();
+  r->set_kv_blocks_total(total);
+  r->set_kv_blocks_used(s.blocks.used);
+  r->set_kv_usage(total > 0 ? static_cast<double>(s.blocks.used) / static_cast<double>(total) : 0);
+  r->set_preemptions(s.preemptions);
+  r->set_requests_finished(s.requests_finished);
+  r->set_requests_failed(s.requests_failed);
+  r->set_prompt_tokens(s.prompt_tokens);
+  r->set_generation_tokens(s.generated_tokens);
+  r->set_prefix_cache_hit_tokens(s.prefix_hit_tokens);
+  r->set_steps(s.steps);
+  r->set_failed_steps(s.failed_steps);
+  if (s.steps > 0) {
+    const double n = static_cast<double>(s.steps) * 1000.0;
+    r->set_mean_step_ms(s.step_us_sum / n);
+    r->set_mean_compute_ms(s.compute_us_sum / n);
+    r->set_mean_collective_ms(s.collective_us_sum / n);
+  }
+  return Answer(ctx, absl::OkStatus());
+}
+
 }  // namespace tpserve::api

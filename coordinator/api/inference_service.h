@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 
 #include "coordinator/api/served_model.h"
@@ -22,6 +23,8 @@ struct ServingInfo {
   int kv_block_size = 16;
   int max_batch_sequences = 64;
   int max_batch_tokens = 2048;
+  // Whether the cluster serves now (ServerStats.serving); null: whenever the engine exists.
+  std::function<bool()> serving;
 };
 
 class InferenceService final : public v1::Inference::CallbackService {
@@ -53,6 +56,9 @@ class InferenceService final : public v1::Inference::CallbackService {
                                   v1::AbortResponse* response) override;
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* ctx, const v1::EmbedRequest* request,
                                   v1::EmbedResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerStats(grpc::CallbackServerContext* ctx,
+                                           const v1::GetServerStatsRequest* request,
+                                           v1::ServerStats* response) override;
 
  private:
   // Validates and submits; on error the status to finish the call with.

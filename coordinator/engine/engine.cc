@@ -288,6 +288,9 @@ void Engine::RefreshQueueStats() {
   queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
   stats_.running = scheduler_->num_running();
   stats_.waiting = scheduler_->num_waiting();
+  stats_.blocks = scheduler_->block_manager().Usage();
+  stats_.preemptions = scheduler_->counters().preemptions;
+  stats_.prefix_hit_tokens = stats_.blocks.prefix_hit_tokens;
 }
 
 StepPlan Engine::BuildPlan(const scheduler::SchedulerOutput& out) {

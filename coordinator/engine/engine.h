@@ -49,6 +49,11 @@ struct EngineStats {
   int64_t requests_failed = 0;
   int running = 0;
   int waiting = 0;
+  // KV pool after the last step (used = held by sequences; cached-but-free blocks count as free)
+  // and scheduler totals.
+  scheduler::BlockUsage blocks;
+  int64_t preemptions = 0;
+  int64_t prefix_hit_tokens = 0;
   StepTiming last_step;
   // Sums over steps, in microseconds: coordinator-side wall time, and the slowest rank's own
   // time split into compute and collectives. wall - worker = control plane (plan fan-out,
