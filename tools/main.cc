@@ -60,25 +60,7 @@ int main(int argc, char** argv) {
   generate->add_flag("--ignore-eos", gen.ignore_eos, "keep going past end-of-sequence tokens");
 
   tpserve::UpOptions up;
-  CLI::App* up_cmd =
-      app.add_subcommand("up",
-                         "start a local cluster: tpserve-coordinator + N tpserve-worker "
-                         "processes on loopback; Ctrl-C stops them all");
-  up_cmd->add_option("--model", up.model, "a .gguf file or a Hugging Face model folder")
-      ->required();
-  up_cmd->add_option("--tp", up.tp, "tensor-parallel degree (worker processes)")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  up_cmd->add_option("--port", up.port, "port of the public API on 127.0.0.1 (0: a free one)")
-      ->capture_default_str();
-  up_cmd->add_option("--threads", up.threads, "CPU threads per worker (0: cores / tp)")
-      ->capture_default_str();
-  up_cmd->add_option("--memory-budget", up.memory_budget, "bytes per worker (0: workers decide)")
-      ->capture_default_str();
-  up_cmd->add_option("--max-context", up.max_context, "cap on prompt + output tokens (0: model's)")
-      ->capture_default_str();
-  up_cmd->add_option("--ready-timeout", up.ready_timeout_s, "seconds to wait for SERVING")
-      ->capture_default_str();
+  CLI::App* up_cmd = tpserve::AddUpCommand(app, up);
 
   tpserve::ClientOptions chat;
   CLI::App* chat_cmd = app.add_subcommand("chat", "interactive chat with a running cluster");

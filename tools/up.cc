@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -244,6 +245,30 @@ int RunUp(const UpOptions& o) {
   StopAll(children);
   Say("all processes stopped");
   return code;
+}
+
+CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
+  CLI::App* cmd =
+      app.add_subcommand("up",
+                         "start a local cluster: tpserve-coordinator + N tpserve-worker "
+                         "processes on loopback; Ctrl-C stops them all");
+  cmd->add_option("--model", options.model, "a .gguf file or a Hugging Face model folder")
+      ->required();
+  cmd->add_option("--tp", options.tp, "tensor-parallel degree (worker processes)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--port", options.port, "port of the public API on 127.0.0.1 (0: a free one)")
+      ->capture_default_str();
+  cmd->add_option("--threads", options.threads, "CPU threads per worker (0: cores / tp)")
+      ->capture_default_str();
+  cmd->add_option("--memory-budget", options.memory_budget, "bytes per worker (0: workers decide)")
+      ->capture_default_str();
+  cmd->add_option("--max-context", options.max_context,
+                  "cap on prompt + output tokens (0: model's)")
+      ->capture_default_str();
+  cmd->add_option("--ready-timeout", options.ready_timeout_s, "seconds to wait for SERVING")
+      ->capture_default_str();
+  return cmd;
 }
 
 }  // namespace tpserve

@@ -5,6 +5,10 @@
 #include <cstdint>
 #include <string>
 
+namespace CLI {
+class App;
+}
+
 namespace tpserve {
 
 struct UpOptions {
@@ -16,6 +20,9 @@ struct UpOptions {
   int max_context = 0;        // 0: the model's context length
   int ready_timeout_s = 600;
 };
+
+// Registers the `up` subcommand and its flags on `app`, filling `options` when parsed.
+CLI::App* AddUpCommand(CLI::App& app, UpOptions& options);
 
 // Runs until Ctrl-C / SIGTERM or until one of the processes exits; returns the exit code
 // (0 after a signal, 1 when a process died or the cluster never became ready).

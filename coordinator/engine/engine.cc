@@ -420,7 +420,7 @@ void Engine::Fail(Request& r, absl::Status error) {
 
 // The request id is released before the final message is delivered: a client that has seen the
 // end of its stream may reuse the id at once, and Abort on it answers NOT_FOUND.
-void Engine::Deliver(Request& r, RequestOutput out, int64_t EngineStats::* counter) {
+void Engine::Deliver(Request& r, RequestOutput out, int64_t EngineStats::*counter) {
   auto it = requests_.find(r.seq);
   if (it == requests_.end()) return;
   std::unique_ptr<Request> owned = std::move(it->second);

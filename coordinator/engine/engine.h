@@ -110,7 +110,7 @@ class Engine {
   void Finish(Request& r, FinishReason reason, RequestOutput out);
   void Fail(Request& r, absl::Status error);
   void FailAll(const absl::Status& error);
-  void Deliver(Request& r, RequestOutput out, int64_t EngineStats::* counter);
+  void Deliver(Request& r, RequestOutput out, int64_t EngineStats::*counter);
   bool HasInput() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return stop_ || !inbox_.empty() || !aborts_.empty();
   }
