@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/base/logging.h"
 #include "coordinator/api/http/http_server.h"
 #include "coordinator/api/inference_service.h"
 #include "coordinator/api/served_model.h"
@@ -28,6 +29,7 @@ namespace {
 constexpr char kVersion[] = "0.1.0";
 
 struct Flags {
+  LogOptions log;
   std::string model;
   int tp = 1;
   std::string listen = "127.0.0.1:50051";
@@ -338,7 +340,11 @@ int main(int argc, char** argv) {
          "picks one; "
          "default: off)")
       ->capture_default_str();
+  tpserve::AddLogFlags(app, f.log);
   CLI11_PARSE(app, argc, argv);
-  spdlog::set_pattern("[coordinator] %H:%M:%S.%e %^%l%$ %v");
+  if (absl::Status st = tpserve::ConfigureLogging(f.log, "coordinator"); !st.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   return tpserve::Run(f);
 }

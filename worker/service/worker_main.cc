@@ -13,6 +13,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "common/base/logging.h"
 #include "coordinator/cluster/rendezvous_client.h"
 #include "spdlog/spdlog.h"
 #include "worker/service/registration.h"
@@ -37,7 +38,7 @@ struct Flags {
   int64_t memory_budget = 0;
   std::string model;
   double register_interval_s = 2.0;
-  std::string log_level = "info";
+  LogOptions log;
 };
 
 // The host peers and the coordinator should dial: --advertise, else the --listen host when it
@@ -53,8 +54,10 @@ std::string AdvertiseHost(const Flags& f) {
 }
 
 int Run(const Flags& f) {
-  spdlog::set_pattern(absl::StrCat("[%Y-%m-%d %H:%M:%S.%e] [rank ", f.rank, "] [%l] %v"));
-  spdlog::set_level(spdlog::level::from_str(f.log_level));
+  if (absl::Status st = ConfigureLogging(f.log, absl::StrCat("rank ", f.rank)); !st.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
+    return 2;
+  }
   if (f.device != "cpu") {
     spdlog::error("--device {}: this build runs CPU ranks only (--device cpu)", f.device);
     return 2;
@@ -183,8 +186,7 @@ int main(int argc, char** argv) {
                  "coordinator finds this worker again); 0 = register once")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--log-level", f.log_level, "trace, debug, info, warn, error")
-      ->capture_default_str();
+  AddLogFlags(app, f.log);
   CLI11_PARSE(app, argc, argv);
   return tpserve::Run(f);
 }
