@@ -1,12 +1,15 @@
-// The `tpserve` command line. Subcommands: generate (single-process engine).
+// The `tpserve` command line. Subcommands: generate (local engine or --server), up (a local
+// cluster), chat, bench (load generator), models (the model cache).
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 
+#include "tools/bench.h"
 #include "tools/client.h"
 #include "tools/generate.h"
+#include "tools/models.h"
 #include "tools/up.h"
 
 namespace {
@@ -72,6 +75,11 @@ int main(int argc, char** argv) {
   chat_cmd->add_option("--temperature", chat.temperature, "0 = greedy")->capture_default_str();
   chat_cmd->add_option("--seed", chat.seed, "sampling seed");
 
+  tpserve::BenchOptions bench;
+  CLI::App* bench_cmd = tpserve::AddBenchCommand(app, bench);
+  tpserve::ModelsOptions models;
+  CLI::App* models_cmd = tpserve::AddModelsCommand(app, models);
+
   CLI11_PARSE(app, argc, argv);
   if (generate->parsed() && !client.server.empty()) {
     client.prompt = gen.prompt;
@@ -97,5 +105,7 @@ int main(int argc, char** argv) {
     chat.has_seed = chat_cmd->count("--seed") > 0;
     return tpserve::RunChatClient(chat);
   }
+  if (bench_cmd->parsed()) return tpserve::RunBench(bench);
+  if (models_cmd->parsed()) return tpserve::RunModels(models);
   return 0;
 }
