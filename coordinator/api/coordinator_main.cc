@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/base/logging.h"
+#include "coordinator/api/health.h"
 #include "coordinator/api/http/http_server.h"
 #include "coordinator/api/inference_service.h"
 #include "coordinator/api/served_model.h"
@@ -123,10 +124,13 @@ int Run(const Flags& f) {
   });
 
   std::atomic<bool> serving_now{false};  // what grpc.health.v1 says (set by the supervisor)
+  absl::Mutex verdict_mu;                // the supervisor's latest verdict, for GET /health
+  api::HealthVerdict verdict{false, "the worker group is not loaded yet"};
   api::InferenceService inference(**model, api::ServingInfo{.tensor_parallel = f.tp,
                                                             .kv_block_size = f.kv_block_size,
                                                             .max_batch_sequences = f.max_seqs,
                                                             .max_batch_tokens = f.max_batch_tokens,
+                                                            .context_length = context,
                                                             .serving = [&group, &serving_now] {
                                                               return serving_now.load() &&
                                                                      group.ready();
@@ -165,7 +169,12 @@ int Run(const Flags& f) {
     http = std::make_unique<api::http::HttpServer>(
         **model,
         api::http::HttpServerOptions{.kv_block_size = f.kv_block_size,
-                                     .workers_ready = [&group] { return group.ready(); },
+                                     .context_length = context,
+                                     .health =
+                                         [&] {
+                                           absl::MutexLock lock(&verdict_mu);
+                                           return verdict;
+                                         },
                                      .workers_up = [&registry] { return registry.registered(); }});
     if (absl::Status st = http->Start(f.http_listen); !st.ok()) {
       spdlog::error("--http-listen: {}", std::string(st.message()));
@@ -204,8 +213,8 @@ int Run(const Flags& f) {
         if (std::find(ids.begin(), ids.end(), e) == ids.end()) ids.push_back(e);
       }
     }
-    absl::StatusOr<std::unique_ptr<engine::Engine>> e =
-        engine::Engine::Create(ec, group, (*model)->tokenizer.get());
+    absl::StatusOr<std::unique_ptr<engine::Engine>> e = engine::Engine::Create(
+        ec, group, (*model)->tokenizer.get(), http ? http->observer() : nullptr);
     if (!e.ok()) {
       spdlog::error("engine: {}", e.status().ToString());
       return;
@@ -215,7 +224,7 @@ int Run(const Flags& f) {
     if (http) http->set_engine(engine.get(), blocks);
     spdlog::info("serving {} with {} rank(s) on {}", (*model)->name, f.tp,
                  HostPort(f.listen, port));
-    // Health tells the truth: SERVING only while every rank is loaded and steps succeed.
+    // Health tells the truth: SERVING only while every rank is loaded and steps make progress.
     bool last = false;
     engine::EngineStats logged = engine->stats();
     absl::Time next_report = absl::Now() + absl::Seconds(10);
@@ -237,15 +246,29 @@ int Run(const Flags& f) {
         logged = s;
         next_report = absl::Now() + absl::Seconds(10);
       }
-      const bool now = group.ready() && group.kv_blocks() >= blocks;
+      const engine::EngineStats st = engine->stats();
+      const bool workers = group.ready() && group.kv_blocks() >= blocks;
+      api::HealthVerdict v =
+          api::DecideHealth({.engine_started = true,
+                             .workers_ready = workers,
+                             .workers_reason = workers ? "" : group.not_ready_reason(),
+                             .busy = st.busy,
+                             .last_progress = st.last_progress,
+                             .now = absl::Now(),
+                             .step_timeout = absl::Milliseconds(f.step_timeout_ms)});
+      const bool now = v.serving;
       if (now != last) {
         set_health(now);
         if (now) {
           spdlog::info("health: SERVING");
         } else {
-          spdlog::warn("health: NOT_SERVING ({})", group.not_ready_reason());
+          spdlog::warn("health: NOT_SERVING ({})", v.reason);
         }
         last = now;
+      }
+      {
+        absl::MutexLock lock(&verdict_mu);
+        verdict = std::move(v);
       }
       absl::SleepFor(absl::Milliseconds(100));
     }

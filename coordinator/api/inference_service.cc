@@ -79,12 +79,13 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
           for (int32_t id : prompt) r.add_prompt_tokens()->set_id(id);
         }
         first = false;
+        r.set_index(o.index);
         if (o.finish_reason != engine::FinishReason::kNone) {
           r.set_finish_reason(ToProto(o.finish_reason));
           r.set_stop_reason(o.stop_reason);
           ToProto(o.usage, r.mutable_usage());
-          item.last = true;
         }
+        item.last = o.last();
       }
       Enqueue(state, std::move(item));
     };
@@ -191,6 +192,8 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
     v1::CompleteResponse* response ABSL_GUARDED_BY(mu) = nullptr;
     bool finished ABSL_GUARDED_BY(mu) = false;
     std::string request_id ABSL_GUARDED_BY(mu);
+    engine::Usage usage ABSL_GUARDED_BY(mu);  // summed over the completions that ended
+    int ended ABSL_GUARDED_BY(mu) = 0;
   };
 
   CompleteReactor(engine::Engine* engine, v1::CompleteResponse* response) : engine_(engine) {
@@ -219,15 +222,29 @@ class CompleteReactor final : public grpc::ServerUnaryReactor {
         absl::MutexLock lock(&s->mu);
         if (s->finished || s->response == nullptr) return;
         v1::CompleteResponse& r = *s->response;
-        for (const engine::TokenOutput& t : o.tokens) ToProto(t, r.add_tokens());
-        r.mutable_text()->append(o.text);
-        if (o.finish_reason == engine::FinishReason::kNone) return;
+        while (r.choices_size() <= o.index) {
+          const int index = r.choices_size();
+          r.add_choices()->set_index(index);
+        }
+        v1::Choice& c = *r.mutable_choices(o.index);
+        for (const engine::TokenOutput& t : o.tokens) ToProto(t, c.add_tokens());
+        c.mutable_text()->append(o.text);
+        if (o.finish_reason != engine::FinishReason::kNone) {
+          c.set_finish_reason(ToProto(o.finish_reason));
+          c.set_stop_reason(o.stop_reason);
+          engine::AddCompletionUsage(o.usage, o.index, s->ended++, s->usage);
+        }
+        if (!o.last()) return;
         if (echo_prompt) {
           for (int32_t id : prompt) r.add_prompt_tokens()->set_id(id);
         }
-        r.set_finish_reason(ToProto(o.finish_reason));
-        r.set_stop_reason(o.stop_reason);
-        ToProto(o.usage, r.mutable_usage());
+        // The fields from before n existed repeat choice 0; usage covers every completion.
+        const v1::Choice& first = r.choices(0);
+        *r.mutable_tokens() = first.tokens();
+        r.set_text(first.text());
+        r.set_finish_reason(first.finish_reason());
+        r.set_stop_reason(first.stop_reason());
+        ToProto(s->usage, r.mutable_usage());
       }
       Done(s, grpc::Status::OK);
     };
@@ -390,7 +407,10 @@ grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerCon
   r->set_format(model_.format);
   r->set_weight_dtype(model_.weight_dtype);
   r->set_compute_dtype(info_.compute_dtype);
-  r->set_context_length(model_.context_length());
+  const engine::Engine* engine = engine_.load();
+  r->set_context_length(engine != nullptr          ? engine->max_seq_len()
+                        : info_.context_length > 0 ? info_.context_length
+                                                   : model_.context_length());
   r->set_vocab_size(static_cast<int32_t>(c.vocab_size));
   r->set_hidden_size(static_cast<int32_t>(c.hidden_size));
   r->set_num_layers(static_cast<int32_t>(c.num_layers));

@@ -95,12 +95,12 @@ absl::StatusOr<engine::RequestOptions> ToRequestOptions(const ServedModel& model
     return Bad("model", absl::StrCat("'", req.model(), "' is not served here; this server serves '",
                                      model.name, "'"));
   }
-  if (req.n() < 0 || req.n() > 1) {
-    // TODO(n>1): the engine forks completions (Scheduler::Fork); until the API streams them, say
-    // so rather than silently generating one.
-    return Bad("n", absl::StrCat(req.n(), ": only n = 1 is supported by this server version"));
+  if (req.n() < 0 || req.n() > engine::kMaxCompletions) {
+    return Bad("n",
+               absl::StrCat(req.n(), " is outside [0, ", engine::kMaxCompletions, "] (0 means 1)"));
   }
   engine::RequestOptions o;
+  o.n = req.n() == 0 ? 1 : req.n();
   ASSIGN_OR_RETURN(o.prompt, PromptIds(model, req.prompt()));
   if (o.prompt.empty()) return Bad("prompt", "tokenizes to no tokens");
 

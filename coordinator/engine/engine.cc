@@ -7,48 +7,30 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/base/status_macros.h"
-#include "common/tokenizer/tokenizer.h"
-#include "coordinator/engine/stop_matcher.h"
+#include "coordinator/engine/engine_request.h"
 #include "spdlog/spdlog.h"
 
 namespace tpserve::engine {
-namespace {
-
-double Ms(absl::Duration d) { return absl::ToDoubleMilliseconds(d); }
-
-}  // namespace
-
-struct Engine::Request {
-  std::string id;
-  scheduler::SeqId seq = 0;
-  RequestOptions options;
-  RequestSink sink;
-  std::unique_ptr<IncrementalDetokenizer> detok;  // null without a tokenizer
-  StopMatcher stop;
-  absl::Time arrival;
-  absl::Time scheduled_at = absl::InfinitePast();  // first admission
-  absl::Time first_token = absl::InfinitePast();
-  int completion_tokens = 0;
-  int cached_tokens = 0;
-  int recomputations = 0;
-};
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineConfig& config,
                                                        StepExecutor& executor,
-                                                       const Tokenizer* tokenizer) {
+                                                       const Tokenizer* tokenizer,
+                                                       EngineObserver* observer) {
   if (config.vocab_size <= 0) return absl::InvalidArgumentError("engine: vocab_size must be > 0");
   ASSIGN_OR_RETURN(std::unique_ptr<scheduler::Scheduler> sched,
                    scheduler::Scheduler::Create(config.scheduler));
-  std::unique_ptr<Engine> engine(new Engine(config, executor, tokenizer, std::move(sched)));
+  std::unique_ptr<Engine> engine(
+      new Engine(config, executor, tokenizer, observer, std::move(sched)));
   engine->thread_ = std::thread([e = engine.get()] { e->Loop(); });
   return engine;
 }
 
 Engine::Engine(const EngineConfig& config, StepExecutor& executor, const Tokenizer* tokenizer,
-               std::unique_ptr<scheduler::Scheduler> scheduler)
+               EngineObserver* observer, std::unique_ptr<scheduler::Scheduler> scheduler)
     : config_(config),
       executor_(executor),
       tokenizer_(tokenizer),
+      observer_(observer),
       scheduler_(std::move(scheduler)),
       max_seq_len_(scheduler_->max_seq_len()) {}
 
@@ -83,6 +65,10 @@ absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOption
                      max_seq_len_, " tokens); shorten it or give the workers more memory"));
   }
   if (o.min_tokens < 0) return absl::InvalidArgumentError("stopping.min_tokens: must be >= 0");
+  if (o.n < 1 || o.n > kMaxCompletions) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n: ", o.n, " completions; give 1 to ", kMaxCompletions));
+  }
   for (TokenId t : o.stop_token_ids) {
     if (t < 0 || t >= config_.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("stopping.stop_token_ids: ", t,
@@ -102,10 +88,17 @@ absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOption
   r->options = std::move(o);
   r->sink = std::move(sink);
   r->arrival = absl::Now();
-  r->stop = StopMatcher(r->options.stop, r->options.include_stop_in_output);
-  if (tokenizer_ != nullptr) {
-    r->detok =
-        std::make_unique<IncrementalDetokenizer>(*tokenizer_, r->options.skip_special_tokens);
+  r->forked = r->options.n == 1;
+  r->live = r->options.n;
+  r->completions.resize(static_cast<size_t>(r->options.n));
+  for (int i = 0; i < r->options.n; ++i) {
+    Completion& c = r->completions[static_cast<size_t>(i)];
+    c.index = i;
+    c.stop = StopMatcher(r->options.stop, r->options.include_stop_in_output);
+    if (tokenizer_ != nullptr) {
+      c.detok =
+          std::make_unique<IncrementalDetokenizer>(*tokenizer_, r->options.skip_special_tokens);
+    }
   }
   absl::MutexLock lock(&mu_);
   if (stop_) return absl::UnavailableError("the server is shutting down");
@@ -113,7 +106,8 @@ absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOption
     return absl::ResourceExhaustedError(
         absl::StrCat("queue full (", queued_, " requests waiting); retry later"));
   }
-  r->seq = next_seq_++;
+  r->seq = next_seq_;
+  next_seq_ += r->options.n;
   if (request_id.empty()) request_id = absl::StrCat("req-", r->seq);
   if (live_ids_.contains(request_id)) {
     return absl::AlreadyExistsError(
@@ -159,6 +153,9 @@ void Engine::Loop() {
         mu_.AwaitWithTimeout(absl::Condition(this, &Engine::HasInput), config_.idle_wait);
       }
       if (stop_) return;
+      // Idle counts as progress: a stuck loop is one with work and no completed step.
+      stats_.busy = scheduler_->HasUnfinished() || !inbox_.empty();
+      if (!stats_.busy) stats_.last_progress = absl::Now();
     }
     TakeInbox();
     if (!RunStep() && scheduler_->HasUnfinished()) {
@@ -177,20 +174,21 @@ void Engine::TakeInbox() {
   }
   for (auto& r : incoming) {
     const scheduler::SeqId seq = r->seq;
-    if (r->options.max_tokens == 0) {  // prompt processing only: nothing to compute here
-      requests_[seq] = std::move(r);
-      Finish(*requests_[seq], FinishReason::kLength, {});
+    Request& req = *r;
+    for (int i = 0; i < req.options.n; ++i) owners_[seq + i] = &req;
+    requests_[seq] = std::move(r);
+    if (req.options.max_tokens == 0) {  // prompt processing only: nothing to compute here
+      Finish(req, req.completions[0], FinishReason::kLength, {});
       continue;
     }
     scheduler::SequenceSpec spec{.id = seq,
-                                 .prompt = r->options.prompt,
-                                 .stop = {.max_tokens = r->options.max_tokens,
-                                          .min_tokens = r->options.min_tokens,
-                                          .stop_token_ids = r->options.stop_token_ids,
-                                          .ignore_eos = r->options.ignore_eos}};
-    requests_[seq] = std::move(r);
+                                 .prompt = req.options.prompt,
+                                 .stop = {.max_tokens = req.options.max_tokens,
+                                          .min_tokens = req.options.min_tokens,
+                                          .stop_token_ids = req.options.stop_token_ids,
+                                          .ignore_eos = req.options.ignore_eos}};
     absl::Status st = scheduler_->Add(std::move(spec));
-    if (!st.ok()) Fail(*requests_[seq], st);
+    if (!st.ok()) Fail(req, st);
   }
   for (const std::string& id : aborts) {
     scheduler::SeqId seq = 0;
@@ -200,7 +198,12 @@ void Engine::TakeInbox() {
       if (it == live_ids_.end()) continue;
       seq = it->second;
     }
-    if (requests_.contains(seq)) scheduler_->Abort(seq).IgnoreError();
+    auto it = requests_.find(seq);
+    if (it == requests_.end()) continue;
+    // Completions not forked yet are not in the scheduler; they end with completion 0.
+    for (const Completion& c : it->second->completions) {
+      if (!c.ended) scheduler_->Abort(seq + c.index).IgnoreError();
+    }
   }
   absl::MutexLock lock(&mu_);
   queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
@@ -220,21 +223,22 @@ bool Engine::RunStep() {
     return true;
   }
   for (const scheduler::FinishedSequence& f : out->finished) {
-    auto it = requests_.find(f.seq_id);
-    if (it == requests_.end()) continue;  // already finished when its token was delivered
-    Finish(*it->second, FinishReason::kAborted, {});
+    auto [r, c] = Owner(f.seq_id);
+    if (c == nullptr) continue;  // already finished when its token was delivered
+    Finish(*r, *c, FinishReason::kAborted, {});
   }
   for (scheduler::SeqId id : out->preempted) {
-    if (auto it = requests_.find(id); it != requests_.end()) ++it->second->recomputations;
+    if (auto [r, c] = Owner(id); c != nullptr) ++c->recomputations;
   }
   const absl::Time now = absl::Now();
   for (const scheduler::ScheduledSequence& s : out->scheduled) {
-    Request& r = *requests_.at(s.seq_id);
+    Request& r = *owners_.at(s.seq_id);
     if (r.scheduled_at == absl::InfinitePast()) {
       r.scheduled_at = now;
       r.cached_tokens = scheduler_->Find(s.seq_id)->num_cached_tokens();
     }
   }
+  ForkCompletions(*out);
   RefreshQueueStats();
   if (out->empty()) return !out->finished.empty();
 
@@ -247,6 +251,7 @@ bool Engine::RunStep() {
     {
       absl::MutexLock lock(&mu_);
       ++stats_.failed_steps;
+      stats_.last_progress = absl::Now();
     }
     // The workers' KV is gone; requests in flight end now (DESIGN §7: recovery by recompute is
     // a later step), and the scheduler forgets what it had placed.
@@ -269,6 +274,7 @@ bool Engine::RunStep() {
   {
     absl::MutexLock lock(&mu_);
     ++stats_.steps;
+    stats_.last_progress = absl::Now();
     stats_.generated_tokens += static_cast<int64_t>(result->tokens.size());
     stats_.prompt_tokens += out->num_prefill_tokens;
     stats_.last_step = result->timing;
@@ -293,12 +299,33 @@ void Engine::RefreshQueueStats() {
   stats_.prefix_hit_tokens = stats_.blocks.prefix_hit_tokens;
 }
 
+void Engine::ForkCompletions(const scheduler::SchedulerOutput& out) {
+  for (const scheduler::ScheduledSequence& s : out.scheduled) {
+    if (!s.sample || s.num_output_tokens != 0) continue;
+    Request& r = *owners_.at(s.seq_id);
+    if (r.forked || s.seq_id != r.seq) continue;
+    r.forked = true;
+    for (int i = 1; i < r.options.n; ++i) {
+      absl::Status st =
+          scheduler_->Fork(r.seq, r.seq + i, scheduler::Scheduler::ForkFirstToken::kOwnStep);
+      if (!st.ok()) {  // a broken invariant, not an input error: end the request loudly
+        spdlog::error("engine: fork of request {} completion {}: {}", r.id, i, st.ToString());
+        for (int k = 0; k < r.options.n; ++k) scheduler_->Abort(r.seq + k).IgnoreError();
+        Fail(r, absl::InternalError(absl::StrCat("n: forking completion ", i, ": ", st.message())));
+        break;
+      }
+    }
+  }
+}
+
 StepPlan Engine::BuildPlan(const scheduler::SchedulerOutput& out) {
   StepPlan plan;
   plan.step_id = next_step_id_++;
   plan.sequences.reserve(out.scheduled.size());
   for (const scheduler::ScheduledSequence& s : out.scheduled) {
-    const Request& r = *requests_.at(s.seq_id);
+    auto owner = owners_.find(s.seq_id);
+    if (owner == owners_.end()) continue;  // failed in ForkCompletions: aborted, owes no token
+    const Request& r = *owner->second;
     PlanSequence p{.seq_id = s.seq_id,
                    .tokens = s.tokens,
                    .start_position = s.start_position,
@@ -306,6 +333,7 @@ StepPlan Engine::BuildPlan(const scheduler::SchedulerOutput& out) {
                    .sample = s.sample,
                    .sampling = r.options.sampling,
                    .step_index = s.num_output_tokens};
+    p.sampling.seed += static_cast<uint64_t>(s.seq_id - r.seq);  // completion i: seed + i
     if (s.sample && s.num_output_tokens < r.options.min_tokens) {
       for (TokenId t : config_.scheduler.eos_token_ids) p.suppressed_token_ids.push_back(t);
       for (TokenId t : r.options.stop_token_ids) p.suppressed_token_ids.push_back(t);
@@ -317,130 +345,6 @@ StepPlan Engine::BuildPlan(const scheduler::SchedulerOutput& out) {
     plan.sequences.push_back(std::move(p));
   }
   return plan;
-}
-
-void Engine::DeliverTokens(const StepOutput& result, const scheduler::UpdateResult& update) {
-  absl::flat_hash_map<scheduler::SeqId, scheduler::FinishReason> finished;
-  for (const auto& f : update.finished) finished[f.seq_id] = f.reason;
-  const absl::Time now = absl::Now();
-  for (const SampledToken& t : result.tokens) {
-    auto it = requests_.find(t.seq_id);
-    if (it == requests_.end()) continue;  // aborted while the step ran
-    Request& r = *it->second;
-    const auto fit = finished.find(t.seq_id);
-    const scheduler::FinishReason reason =
-        fit == finished.end() ? scheduler::FinishReason::kNone : fit->second;
-    ++r.completion_tokens;
-    if (r.first_token == absl::InfinitePast()) r.first_token = now;
-
-    RequestOutput out;
-    TokenOutput tok;
-    tok.id = t.token;
-    tok.logprob = t.logprob;
-    for (size_t i = 0; i < t.top_ids.size() && i < t.top_logprobs.size(); ++i) {
-      tok.top_logprobs.emplace_back(t.top_ids[i], t.top_logprobs[i]);
-    }
-    if (tokenizer_ != nullptr) {
-      const TokenId one[] = {t.token};
-      tok.text = tokenizer_->Decode(one).value_or("");
-      tok.special = tokenizer_->IsSpecial(t.token);
-    }
-    out.tokens.push_back(tok);
-
-    const bool end_token =
-        reason == scheduler::FinishReason::kStopToken || reason == scheduler::FinishReason::kEos;
-    StopMatcher::Result text;
-    if (r.detok != nullptr && (!end_token || r.options.include_stop_in_output)) {
-      text = r.stop.Push(r.detok->Push(t.token).value_or(""));
-    }
-    out.text = std::move(text.text);
-    if (text.stopped) {
-      out.stop_reason = text.matched;
-      if (reason == scheduler::FinishReason::kNone) {
-        scheduler_->Abort(t.seq_id, scheduler::FinishReason::kStopString).IgnoreError();
-      }
-      Finish(r, FinishReason::kStop, std::move(out));
-      continue;
-    }
-    if (reason == scheduler::FinishReason::kNone) {
-      r.sink(std::move(out));
-      continue;
-    }
-    if (r.detok != nullptr) {
-      StopMatcher::Result tail = r.stop.Push(r.detok->Flush());
-      out.text += tail.text;
-      if (tail.stopped) {
-        out.stop_reason = tail.matched;
-        Finish(r, FinishReason::kStop, std::move(out));
-        continue;
-      }
-      out.text += r.stop.Flush();
-    }
-    FinishReason mapped = FinishReason::kLength;
-    switch (reason) {
-      case scheduler::FinishReason::kEos:
-        mapped = FinishReason::kEos;
-        break;
-      case scheduler::FinishReason::kStopToken:
-        mapped = FinishReason::kStop;
-        out.stop_reason = tok.text;
-        break;
-      case scheduler::FinishReason::kAborted:
-        mapped = FinishReason::kAborted;
-        break;
-      default:  // kLength covers max_tokens and the end of the context
-        mapped = r.completion_tokens < r.options.max_tokens ? FinishReason::kContextLength
-                                                            : FinishReason::kLength;
-    }
-    Finish(r, mapped, std::move(out));
-  }
-}
-
-void Engine::Finish(Request& r, FinishReason reason, RequestOutput out) {
-  const absl::Time now = absl::Now();
-  out.finish_reason = reason;
-  Usage& u = out.usage;
-  u.prompt_tokens = static_cast<int>(r.options.prompt.size());
-  u.completion_tokens = r.completion_tokens;
-  u.cached_prompt_tokens = r.cached_tokens;
-  if (r.first_token != absl::InfinitePast())
-    u.time_to_first_token_ms = Ms(r.first_token - r.arrival);
-  u.total_time_ms = Ms(now - r.arrival);
-  u.queue_time_ms = Ms((r.scheduled_at == absl::InfinitePast() ? now : r.scheduled_at) - r.arrival);
-  u.seed = r.options.sampling.seed;
-  u.recomputations = r.recomputations;
-  Deliver(r, std::move(out), &EngineStats::requests_finished);
-}
-
-void Engine::Fail(Request& r, absl::Status error) {
-  RequestOutput out;
-  out.error = std::move(error);
-  Deliver(r, std::move(out), &EngineStats::requests_failed);
-}
-
-// The request id is released before the final message is delivered: a client that has seen the
-// end of its stream may reuse the id at once, and Abort on it answers NOT_FOUND.
-void Engine::Deliver(Request& r, RequestOutput out, int64_t EngineStats::*counter) {
-  auto it = requests_.find(r.seq);
-  if (it == requests_.end()) return;
-  std::unique_ptr<Request> owned = std::move(it->second);
-  requests_.erase(it);
-  {
-    absl::MutexLock lock(&mu_);
-    live_ids_.erase(owned->id);
-    ++(stats_.*counter);
-  }
-  owned->sink(std::move(out));
-}
-
-void Engine::FailAll(const absl::Status& error) {
-  std::vector<scheduler::SeqId> ids;
-  for (const auto& [id, r] : requests_) ids.push_back(id);
-  std::sort(ids.begin(), ids.end());
-  for (scheduler::SeqId id : ids) {
-    scheduler_->Abort(id).IgnoreError();
-    Fail(*requests_.at(id), error);
-  }
 }
 
 }  // namespace tpserve::engine

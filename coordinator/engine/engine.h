@@ -2,7 +2,12 @@
 //
 //   take new requests and aborts  ->  Scheduler::Schedule  ->  one StepPlan
 //   ->  StepExecutor::Execute (all ranks)  ->  Scheduler::Update(sampled tokens)
-//   ->  per request: text delta (IncrementalDetokenizer), stop strings, finish, usage -> sink
+//   ->  per completion: text delta (IncrementalDetokenizer), stop strings, finish, usage -> sink
+//
+// A request with n > 1 completions runs as n sequences (ids seq .. seq + n - 1): completion 0
+// prefills the prompt, and when that prefill samples its first token the others are forked from
+// it (Scheduler::Fork, kOwnStep): they share the prompt's full blocks and each recomputes only the
+// prompt's tail before sampling its own first token with its own seed.
 //
 // Other threads (the API's reactors) only call Submit / Abort, which queue work and wake the loop;
 // sinks are called on the loop thread and must not block. A failed step (a rank died or missed the
@@ -16,12 +21,15 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/engine/engine_observer.h"
 #include "coordinator/engine/request.h"
 #include "coordinator/engine/step_executor.h"
 #include "coordinator/scheduler/scheduler.h"
@@ -55,6 +63,11 @@ struct EngineStats {
   int64_t preemptions = 0;
   int64_t prefix_hit_tokens = 0;
   StepTiming last_step;
+  // For health (a stuck loop): whether requests are queued or running, and the last time a step
+  // completed (failed steps included) or the loop was idle. busy && now - last_progress growing
+  // past the step deadline means no step is completing.
+  bool busy = false;
+  absl::Time last_progress = absl::InfinitePast();
   // Sums over steps, in microseconds: coordinator-side wall time, and the slowest rank's own
   // time split into compute and collectives. wall - worker = control plane (plan fan-out,
   // result, gRPC), the figure DESIGN §2 wants small.
@@ -66,10 +79,12 @@ struct EngineStats {
 
 class Engine {
  public:
-  // `executor` and `tokenizer` (may be null: token ids only, no text) must outlive the engine.
+  // `executor`, `tokenizer` (may be null: token ids only, no text) and `observer` (may be null)
+  // must outlive the engine.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const EngineConfig& config,
                                                         StepExecutor& executor,
-                                                        const Tokenizer* tokenizer);
+                                                        const Tokenizer* tokenizer,
+                                                        EngineObserver* observer = nullptr);
   ~Engine();  // Stop()
 
   // Queues a request; its outputs go to `sink` (the last one has finish_reason or an error).
@@ -80,8 +95,8 @@ class Engine {
   //   UNAVAILABLE         the worker group is not ready (the reason says why)
   absl::StatusOr<std::string> Submit(std::string request_id, RequestOptions options,
                                      RequestSink sink);
-  // The request ends with FinishReason::kAborted at the next step boundary. NOT_FOUND for an id
-  // that is not running.
+  // Every completion of the request ends with FinishReason::kAborted at the next step boundary.
+  // NOT_FOUND for an id that is not running.
   absl::Status Abort(const std::string& request_id);
 
   // Ends every request (UNAVAILABLE "server shutting down") and joins the loop thread.
@@ -93,10 +108,11 @@ class Engine {
   int max_seq_len() const { return max_seq_len_; }
 
  private:
+  struct Completion;
   struct Request;
 
   Engine(const EngineConfig& config, StepExecutor& executor, const Tokenizer* tokenizer,
-         std::unique_ptr<scheduler::Scheduler> scheduler);
+         EngineObserver* observer, std::unique_ptr<scheduler::Scheduler> scheduler);
 
   void Loop();
   // Moves new requests and aborts into the scheduler (loop thread).
@@ -105,12 +121,24 @@ class Engine {
   bool RunStep();
   // running / waiting / queued as the scheduler holds them now (metrics, load shedding).
   void RefreshQueueStats();
+  // Forks the other completions of requests whose first completion samples its first token in
+  // the step just scheduled.
+  void ForkCompletions(const scheduler::SchedulerOutput& out);
   StepPlan BuildPlan(const scheduler::SchedulerOutput& out);
+  // The request and completion a sequence belongs to; nulls when it already ended.
+  std::pair<Request*, Completion*> Owner(scheduler::SeqId seq);
   void DeliverTokens(const StepOutput& result, const scheduler::UpdateResult& update);
-  void Finish(Request& r, FinishReason reason, RequestOutput out);
+  void DeliverToken(const SampledToken& t, scheduler::FinishReason reason, absl::Time now);
+  // Ends one completion (and, before the fork, the completions that never started).
+  void Finish(Request& r, Completion& c, FinishReason reason, RequestOutput out);
+  void EndCompletion(Request& r, Completion& c, FinishReason reason, absl::Time now,
+                     RequestOutput& out);
+  // Hands `out` to the sink; when no completion is left, releases the request first.
+  void Emit(Request& r, RequestOutput out);
   void Fail(Request& r, absl::Status error);
   void FailAll(const absl::Status& error);
-  void Deliver(Request& r, RequestOutput out, int64_t EngineStats::*counter);
+  // Forgets the request (id, sequences) and reports it; returns it to keep it alive for the sink.
+  std::unique_ptr<Request> Release(Request& r, bool failed);
   bool HasInput() const ABSL_SHARED_LOCKS_REQUIRED(mu_) {
     return stop_ || !inbox_.empty() || !aborts_.empty();
   }
@@ -118,6 +146,7 @@ class Engine {
   const EngineConfig config_;
   StepExecutor& executor_;
   const Tokenizer* tokenizer_;
+  EngineObserver* const observer_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;  // loop thread only
   const int max_seq_len_;
 
@@ -131,9 +160,11 @@ class Engine {
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
 
-  // Loop thread only.
+  // Loop thread only. Requests by their first sequence id, and every live sequence's request.
   absl::flat_hash_map<scheduler::SeqId, std::unique_ptr<Request>> requests_;
+  absl::flat_hash_map<scheduler::SeqId, Request*> owners_;
   uint64_t next_step_id_ = 1;
+  std::vector<absl::Duration> gaps_;  // inter-token gaps of the step being delivered (reused)
 
   std::thread thread_;
 };

@@ -2,6 +2,7 @@
 // the engine streams back to its sink. Plain data; the API turns these into proto messages.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -32,7 +33,13 @@ struct RequestOptions {
   bool ignore_eos = false;
   bool include_stop_in_output = false;
   bool skip_special_tokens = true;
+  // Completions of this prompt, in [1, kMaxCompletions]. They run as sequences of their own that
+  // share the prompt's full KV blocks (forked when the prompt's prefill ends); completion i
+  // samples with sampling.seed + i, so completion 0 is the same request with n = 1.
+  int n = 1;
 };
+
+inline constexpr int kMaxCompletions = 16;
 
 struct TokenOutput {
   TokenId id = 0;
@@ -53,20 +60,47 @@ struct Usage {
   int recomputations = 0;
 };
 
-// One delivery to a request's sink: new tokens and text, and on the last one the finish reason
-// and usage, or an error (the stream then ends with that status).
+// Folds the usage of a completion's last output into the request's (`merged` completions already
+// folded in): the prompt's figures once, completion tokens and recomputations summed, the
+// earliest first token, the latest end, the request's seed (completion 0's).
+inline void AddCompletionUsage(const Usage& c, int index, int merged, Usage& total) {
+  if (merged == 0) {
+    total = c;
+    total.seed = c.seed - static_cast<uint64_t>(index);
+    return;
+  }
+  total.completion_tokens += c.completion_tokens;
+  total.recomputations += c.recomputations;
+  if (c.completion_tokens > 0 && (total.time_to_first_token_ms == 0 ||
+                                  c.time_to_first_token_ms < total.time_to_first_token_ms)) {
+    total.time_to_first_token_ms = c.time_to_first_token_ms;
+  }
+  total.total_time_ms = std::max(total.total_time_ms, c.total_time_ms);
+}
+
+// One delivery to a request's sink: new tokens and text of one completion (`index`), and on that
+// completion's last output its finish reason and usage; or an error, which ends the request.
 struct RequestOutput {
+  int index = 0;  // the completion, in [0, n)
   std::vector<TokenOutput> tokens;
   std::string text;
-  FinishReason finish_reason = FinishReason::kNone;
-  std::string stop_reason;  // the matched stop string / stop token's text
+  FinishReason finish_reason = FinishReason::kNone;  // set on the completion's last output
+  std::string stop_reason;                           // the matched stop string / stop token's text
+  // On the completion's last output: the prompt's figures and this completion's own
+  // completion_tokens, first-token time, recomputations and seed (sampling.seed + index).
   Usage usage;
   absl::Status error;  // non-OK: the request failed (UNAVAILABLE when a worker was lost)
-  bool last() const { return finish_reason != FinishReason::kNone || !error.ok(); }
+  bool done = false;   // the request's last output: the sink is not called again
+  bool last() const { return done; }
 };
 
-// Called on the engine thread, in order, never after the output with last() == true. Must not
-// block (the API's reactors queue the message and return).
+// The sink contract. Called on the engine thread, one call at a time, never while the engine
+// holds a lock, and never after the output with done == true. Outputs of one completion arrive
+// in order; completions interleave. Each completion ends with exactly one output that carries
+// its finish_reason; the request's done output is the end of its last completion, or an output
+// with an error (index 0; completions that had not ended get no end of their own). Aborting the
+// request ends every completion (kAborted). The sink must not block: the API's reactors queue
+// the message and return.
 using RequestSink = std::function<void(RequestOutput)>;
 
 }  // namespace tpserve::engine

@@ -50,7 +50,7 @@ absl::Status Scheduler::Add(SequenceSpec spec) {
   return absl::OkStatus();
 }
 
-absl::Status Scheduler::Fork(SeqId parent_id, SeqId child_id) {
+absl::Status Scheduler::Fork(SeqId parent_id, SeqId child_id, ForkFirstToken first_token) {
   if (seqs_.contains(child_id)) {
     return absl::AlreadyExistsError(absl::StrCat("sequence ", child_id, " already exists"));
   }
@@ -67,15 +67,21 @@ absl::Status Scheduler::Fork(SeqId parent_id, SeqId child_id) {
   }
   // Share the blocks the parent has filled completely; the child recomputes the partial tail
   // block itself, so no block is ever written by two sequences.
-  const int shared_blocks = parent.num_computed() / blocks_.block_size();
+  const bool own_step = first_token == ForkFirstToken::kOwnStep;
+  int shared_blocks = parent.num_computed() / blocks_.block_size();
+  if (own_step) {
+    // Leave at least the last prompt token to recompute: its logits give the child's first token.
+    shared_blocks = std::min(shared_blocks, (parent.num_tokens() - 1) / blocks_.block_size());
+  }
   auto child = std::make_unique<Sequence>(parent.Fork(child_id));
   child->set_status(SequenceStatus::kRunning);
   child->set_num_computed(shared_blocks * blocks_.block_size());
-  child->set_awaiting_token(true);
+  child->set_num_cached_tokens(parent.num_cached_tokens());
+  child->set_awaiting_token(!own_step);
   blocks_.Fork(parent_id, child_id, shared_blocks);
   running_.push_back(child_id);
   seqs_.emplace(child_id, std::move(child));
-  ++num_awaiting_;
+  if (!own_step) ++num_awaiting_;
   return absl::OkStatus();
 }
 

@@ -57,10 +57,19 @@ class Scheduler {
 
   // n > 1 completions: `child` becomes a copy of `parent` that shares the parent's full blocks
   // (reference counted) and recomputes only the partial last block. Call it between the Schedule
-  // that samples `parent` (typically the end of its prefill) and the matching Update, and give the
-  // child its own sampled token in that Update. Children count as running sequences: they may
-  // take the running set past max_num_seqs, and admission then waits until it is below again.
-  absl::Status Fork(SeqId parent, SeqId child);
+  // that samples `parent` (typically the end of its prefill) and the matching Update. Children
+  // count as running sequences: they may take the running set past max_num_seqs, and admission
+  // then waits until it is below again. How the child gets its first token:
+  //   kFromParentStep  the caller samples it from the parent's logits and gives it to the child
+  //                    in that Update (needs an executor that samples one position twice).
+  //   kOwnStep         the child is not sampled in the pending step: it shares one block fewer
+  //                    when the prompt ends on a block boundary, so at least one prompt token is
+  //                    left to recompute, and its own next step feeds that tail and samples its
+  //                    first token (with its own seed, step counter 0). The engine uses this: a
+  //                    step plan samples each sequence once.
+  enum class ForkFirstToken { kFromParentStep, kOwnStep };
+  absl::Status Fork(SeqId parent, SeqId child,
+                    ForkFirstToken first_token = ForkFirstToken::kFromParentStep);
 
   // Client went away, called Abort, or the engine matched a stop string (reason kStopString).
   // The sequence leaves at the next Schedule, which frees its blocks and lists it as finished.

@@ -1,6 +1,7 @@
 """The coordinator's OpenAI-compatible HTTP API and /metrics, driven by the official `openai`
 package against a real cluster on loopback: tpserve-coordinator --http-listen + 2 tpserve-worker
-processes serving SmolLM2-135M-Instruct (Q4_1 GGUF) at TP=2.
+processes serving SmolLM2-135M-Instruct (Q4_1 GGUF) at TP=2. A grpcio client (stubs generated
+from proto/tpserve/v1/inference.proto at test time) checks that gRPC traffic shows in /metrics.
 
 Expected texts come from the transformers golden in tests/data/golden/models/smollm2-135m-q4_1
 (scripts/reference/ made it): greedy completions must reproduce its greedy text.
@@ -13,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -48,6 +50,7 @@ class Cluster:
         coordinator = os.environ["TPSERVE_COORDINATOR_BIN"]
         worker = os.environ["TPSERVE_WORKER_BIN"]
         grpc_addr = f"127.0.0.1:{free_port()}"
+        self.grpc = grpc_addr
         self.http = f"http://127.0.0.1:{free_port()}"
         self.logs = []
         self.procs = []
@@ -216,7 +219,7 @@ def test_errors(client):
     assert e.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user",
-                                                                    "content": "hi"}], n=2)
+                                                                    "content": "hi"}], n=17)
     assert e.value.body["param"] == "n"
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL_NAME, messages=[])
@@ -279,3 +282,80 @@ def test_disconnect_aborts(cluster, client, golden):
     generated = now["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
     assert now["vllm:num_requests_running"] == 0
     assert generated < max_tokens, f"the request ran to the end ({generated} tokens) after close"
+
+
+def test_n_completions_with_a_seed(client, golden):
+    prompt = golden[0]["text"]
+    kwargs = dict(model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=1.0, seed=1234,
+                  extra_body={"ignore_eos": True})
+    two = client.completions.create(n=2, **kwargs)
+    one = client.completions.create(n=1, **kwargs)
+    assert [c.index for c in two.choices] == [0, 1]
+    assert all(c.finish_reason == "length" for c in two.choices)
+    # Completion 0 samples with the request's seed: the same text as n=1 with that seed.
+    assert two.choices[0].text == one.choices[0].text
+    assert two.usage.prompt_tokens == one.usage.prompt_tokens
+    assert two.usage.completion_tokens == 2 * 12
+    # Completion 1 samples with seed + 1: the n=1 answer for seed 1235.
+    other = client.completions.create(n=1, **{**kwargs, "seed": 1235})
+    assert two.choices[1].text == other.choices[0].text
+
+
+def test_streamed_chat_n2(client, golden):
+    case, _ = chat_case(golden)
+    chunks = list(client.chat.completions.create(
+        model=MODEL_NAME, messages=case["messages"], max_tokens=6, temperature=1.0, seed=5, n=2,
+        stream=True, stream_options={"include_usage": True}))
+    texts, finals = {0: "", 1: ""}, {}
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] += ch.delta.content or ""
+            if ch.finish_reason is not None:
+                finals[ch.index] = ch.finish_reason
+    assert sorted(finals) == [0, 1]
+    whole = client.chat.completions.create(model=MODEL_NAME, messages=case["messages"],
+                                           max_tokens=6, temperature=1.0, seed=5, n=2)
+    assert [texts[0], texts[1]] == [c.message.content for c in whole.choices]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def grpc_stubs():
+    from grpc_tools import protoc
+    out = tempfile.mkdtemp(prefix="tpserve-py-")
+    proto_dir = os.path.join(ROOT, "proto")
+    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}",
+                      os.path.join(proto_dir, "tpserve/v1/inference.proto")])
+    assert rc == 0, "protoc failed"
+    sys.path.insert(0, out)
+    from tpserve.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+    return inference_pb2, inference_pb2_grpc
+
+
+def test_grpc_requests_move_metrics(cluster, golden):
+    import grpc
+    pb, pb_grpc = grpc_stubs()
+    stub = pb_grpc.InferenceStub(grpc.insecure_channel(cluster.grpc))
+    before = scrape(cluster)
+    req = pb.GenerateRequest(prompt=pb.Prompt(text=golden[0]["text"]),
+                             sampling=pb.SamplingParams(temperature=0.0),
+                             stopping=pb.StoppingCriteria(max_tokens=4, ignore_eos=True), n=2)
+    resp = stub.Complete(req, timeout=60)
+    assert [c.index for c in resp.choices] == [0, 1]
+    assert resp.usage.completion_tokens == 8
+    after = scrape(cluster)
+    for name in ["vllm:e2e_request_latency_seconds_count",
+                 "vllm:time_to_first_token_seconds_count",
+                 "vllm:request_queue_time_seconds_count"]:
+        assert after[name] == before[name] + 1, name
+    # 2 completions x 3 gaps after their first token.
+    assert after["vllm:inter_token_latency_seconds_count"] == \
+        before["vllm:inter_token_latency_seconds_count"] + 6
+    assert after["vllm:generation_tokens_total"] >= before["vllm:generation_tokens_total"] + 8
+    # /v1/models and ModelInfo agree on the context served (--max-context 512).
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    models = json.loads(http_get(cluster.http + "/v1/models")[1])
+    assert models["data"][0]["max_model_len"] == info.context_length == 512
+    assert models["data"][0]["id"] == info.name
+    stats = stub.GetServerStats(pb.GetServerStatsRequest(), timeout=5)
+    assert stats.serving and stats.kv_blocks_total > 0
+    assert stats.requests_finished >= 1

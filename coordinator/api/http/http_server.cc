@@ -75,8 +75,10 @@ HttpServer::HttpServer(const ServedModel& model, HttpServerOptions options)
 
 HttpServer::~HttpServer() { Stop(); }
 
-bool HttpServer::Serving() const {
-  return engine_.load() != nullptr && (!options_.workers_ready || options_.workers_ready());
+HealthVerdict HttpServer::Health() const {
+  if (engine_.load() == nullptr) return {false, "the worker group is not loaded yet"};
+  if (!options_.health) return {true, ""};
+  return options_.health();
 }
 
 absl::Status HttpServer::Start(const std::string& host_port) {
@@ -127,7 +129,9 @@ void HttpServer::Routes() {
                 {"created", created_},
                 {"owned_by", "tpserve"},
                 {"root", model_.path},
-                {"max_model_len", e != nullptr ? e->max_seq_len() : model_.context_length()}};
+                {"max_model_len", e != nullptr                  ? e->max_seq_len()
+                                  : options_.context_length > 0 ? options_.context_length
+                                                                : model_.context_length()}};
   };
   s.Get("/v1/models", [model_json](const httplib::Request&, httplib::Response& res) {
     SendJson(res, 200, {{"object", "list"}, {"data", json::array({model_json()})}});
@@ -144,13 +148,12 @@ void HttpServer::Routes() {
     SendJson(res, 200, model_json());
   });
   s.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-    if (Serving()) {
+    const HealthVerdict health = Health();
+    if (health.serving) {
       SendJson(res, 200, {{"status", "ok"}});
       return;
     }
-    const std::string why = engine_.load() == nullptr ? "the worker group is not loaded yet"
-                                                      : "a worker rank is missing or reloading";
-    SendError(res, MakeHttpError(503, why, "service_unavailable", "", "unavailable"));
+    SendError(res, MakeHttpError(503, health.reason, "service_unavailable", "", "unavailable"));
   });
   s.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(metrics_.Scrape(engine_.load(), kv_blocks_.load(),
@@ -212,52 +215,46 @@ void HttpServer::Generate(Endpoint endpoint, const httplib::Request& req, httpli
   const std::string id =
       absl::StrFormat("%s-%016x%08x", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl", nonce_, n);
   const int64_t created = absl::ToUnixSeconds(absl::Now());
-  const int prompt_tokens = int(parsed->options.prompt.size());
+  const int num_choices = parsed->options.n;
 
   auto stream = std::make_shared<Stream>();
-  // The sink runs on the engine thread: queue, account, wake, never block.
-  engine::RequestSink sink = [stream, this, prompt_tokens, held = int64_t{0},
-                              generated = int64_t{0}](engine::RequestOutput o) mutable {
-    // waiting (no output yet) -> running (first output) -> gone (last output).
-    const bool was_waiting = generated == 0 && held == 0;
-    if (o.last()) {
-      metrics_.AddRequests(was_waiting ? -1 : 0, was_waiting ? 0 : -1);
-    } else if (was_waiting) {
-      metrics_.AddRequests(-1, 1);
-    }
-    generated += int64_t(o.tokens.size());
-    const int64_t now = o.last() ? 0 : Blocks(prompt_tokens + generated, options_.kv_block_size);
-    if (now != held) metrics_.AddKvTokens(now - held);
-    held = now;
-    if (o.last() && o.error.ok()) metrics_.ObserveFinished(o.usage);
+  // The sink runs on the engine thread: queue, wake, never block. (Metrics come from the
+  // engine's observer, for every API alike.)
+  engine::RequestSink sink = [stream](engine::RequestOutput o) {
     absl::MutexLock lock(&stream->mu);
     stream->finished = o.last();
     stream->queue.push_back(std::move(o));
     stream->cv.Signal();
   };
-  metrics_.AddRequests(1, 0);
   absl::StatusOr<std::string> submitted = engine->Submit(id, parsed->options, std::move(sink));
   if (!submitted.ok()) {
-    metrics_.AddRequests(-1, 0);
     SendError(res, ToHttpError(submitted.status()));
     return;
   }
 
   if (!parsed->stream) {
-    std::string text;
-    std::vector<engine::TokenOutput> tokens;
+    std::vector<ChoiceResult> choices(static_cast<size_t>(num_choices));
+    engine::Usage usage;
+    int ended = 0;
     engine::RequestOutput o;
     while (true) {
       if (!stream->Pop(absl::Hours(1), &o)) continue;
-      text += o.text;
-      tokens.insert(tokens.end(), o.tokens.begin(), o.tokens.end());
+      if (!o.error.ok()) break;
+      ChoiceResult& c = choices[static_cast<size_t>(o.index)];
+      c.text += o.text;
+      c.tokens.insert(c.tokens.end(), o.tokens.begin(), o.tokens.end());
+      if (o.finish_reason != engine::FinishReason::kNone) {
+        c.finish_reason = o.finish_reason;
+        c.stop_reason = o.stop_reason;
+        engine::AddCompletionUsage(o.usage, o.index, ended++, usage);
+      }
       if (o.last()) break;
     }
     if (!o.error.ok()) {
       SendError(res, ToHttpError(o.error));
       return;
     }
-    SendJson(res, 200, CompletionJson(model_, *parsed, id, created, text, tokens, o));
+    SendJson(res, 200, CompletionJson(model_, *parsed, id, created, choices, usage));
     return;
   }
 
@@ -266,8 +263,9 @@ void HttpServer::Generate(Endpoint endpoint, const httplib::Request& req, httpli
   OpenAiRequest request = std::move(*parsed);
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, stream, request, id, created, first = true, text_offset = 0](
-          size_t, httplib::DataSink& out) mutable {
+      [this, stream, request, id, created, first = std::vector<bool>(size_t(num_choices), true),
+       text_offset = std::vector<int>(size_t(num_choices), 0), usage = engine::Usage{},
+       ended = 0](size_t, httplib::DataSink& out) mutable {
         engine::RequestOutput o;
         if (!stream->Pop(kKeepAlive, &o)) {
           // An SSE comment: clients skip it; a closed connection fails the write.
@@ -279,13 +277,16 @@ void HttpServer::Generate(Endpoint endpoint, const httplib::Request& req, httpli
           // Headers are gone: the error travels as an event (the openai SDK raises it).
           data = Sse(ToHttpError(o.error).body);
         } else {
-          if (!o.text.empty() || !o.tokens.empty() || o.last() || first) {
-            data = Sse(ChunkJson(model_, request, id, created, o, first, text_offset));
-            first = false;
+          const size_t i = static_cast<size_t>(o.index);
+          const bool ends = o.finish_reason != engine::FinishReason::kNone;
+          if (!o.text.empty() || !o.tokens.empty() || ends || first[i]) {
+            data = Sse(ChunkJson(model_, request, id, created, o, first[i], text_offset[i]));
+            first[i] = false;
           }
-          for (const engine::TokenOutput& t : o.tokens) text_offset += int(t.text.size());
+          for (const engine::TokenOutput& t : o.tokens) text_offset[i] += int(t.text.size());
+          if (ends) engine::AddCompletionUsage(o.usage, o.index, ended++, usage);
           if (o.last() && request.include_usage) {
-            data += Sse(UsageChunkJson(model_, request, id, created, o.usage));
+            data += Sse(UsageChunkJson(model_, request, id, created, usage));
           }
         }
         if (o.last()) data += "data: [DONE]\n\n";

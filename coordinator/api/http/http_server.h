@@ -1,8 +1,11 @@
 // The OpenAI-compatible HTTP API and Prometheus /metrics of the coordinator (cpp-httplib):
 //
 //   POST /v1/completions, POST /v1/chat/completions   (stream: true -> SSE chunks, data: [DONE])
-//   GET  /v1/models, /v1/models/{id}, /health (200 only while serving, else 503), /metrics
+//   GET  /v1/models, /v1/models/{id}, /health (200 only while serving, else 503 with the
+//        reason), /metrics
 //
+// `n` completions per request come back as choices with their `index` (streamed interleaved);
+// usage sums the completions' tokens, as OpenAI does.
 // Each request is submitted to the same Engine the gRPC service uses; the engine's sink queues
 // outputs and wakes the httplib worker thread that owns the request (the sink never blocks).
 // A streaming client that disconnects aborts its request: the next SSE write fails (a comment
@@ -19,6 +22,7 @@
 #include <thread>
 
 #include "absl/status/status.h"
+#include "coordinator/api/health.h"
 #include "coordinator/api/http/metrics.h"
 #include "coordinator/api/http/openai_convert.h"
 #include "coordinator/api/served_model.h"
@@ -35,10 +39,12 @@ namespace tpserve::api::http {
 struct HttpServerOptions {
   // httplib worker threads: each open request (a stream, a waiting non-streamed call) holds one.
   int threads = 64;
-  int kv_block_size = 16;  // for the KV usage estimate and the prompt-fits check
-  // Whether every rank is loaded and steps succeed (/health); null: the engine being set is
-  // enough.
-  std::function<bool()> workers_ready;
+  int kv_block_size = 16;  // for the prompt-fits check
+  // Context length served before the engine exists (0: the model's); then the engine's longest
+  // sequence, as ModelInfo.context_length.
+  int context_length = 0;
+  // The coordinator's health verdict (/health); null: serving whenever the engine is set.
+  std::function<HealthVerdict()> health;
   std::function<int()> workers_up;  // ranks registered (tpserve_workers_up); null: 0
 };
 
@@ -61,12 +67,14 @@ class HttpServer {
     kv_blocks_.store(kv_blocks);
     engine_.store(engine);
   }
+  // Give it to Engine::Create: /metrics then counts every request the engine serves (gRPC too).
+  engine::EngineObserver* observer() { return &metrics_; }
 
  private:
   struct Stream;
   void Routes();
   void Generate(Endpoint endpoint, const httplib::Request& req, httplib::Response& res);
-  bool Serving() const;
+  HealthVerdict Health() const;
 
   const ServedModel& model_;
   const HttpServerOptions options_;

@@ -23,26 +23,39 @@ const Histogram::BucketBoundaries kLatencyBuckets = {0.3,  0.5,   0.8,   1.0,   
                                                      5.0,  10.0,  15.0,  20.0,  30.0, 40.0, 50.0,
                                                      60.0, 120.0, 240.0, 480.0, 960.0};
 
+// vLLM's finished_reason label values.
+const char* ReasonLabel(engine::FinishReason reason) {
+  switch (reason) {
+    case engine::FinishReason::kLength:
+    case engine::FinishReason::kContextLength:
+      return "length";
+    case engine::FinishReason::kAborted:
+      return "abort";
+    default:
+      return "stop";
+  }
+}
+
 }  // namespace
 
-ServerMetrics::ServerMetrics(const std::string& model_name) {
+ServerMetrics::ServerMetrics(const std::string& model_name) : model_name_(model_name) {
   const prometheus::Labels labels = {{"model_name", model_name}};
   prometheus::Registry& r = *registry_;
   running_ = &BuildGauge()
                   .Name("vllm:num_requests_running")
-                  .Help("Number of requests in the running batch.")
+                  .Help("Sequences in the running batch (a request with n completions runs n).")
                   .Register(r)
                   .Add(labels);
   waiting_ = &BuildGauge()
                   .Name("vllm:num_requests_waiting")
-                  .Help("Number of requests waiting to be scheduled.")
+                  .Help("Sequences waiting to be scheduled (preempted ones included).")
                   .Register(r)
                   .Add(labels);
   cache_usage_ = &BuildGauge()
                       .Name("vllm:gpu_cache_usage_perc")
                       .Help(
-                          "KV cache usage (fraction of blocks, 1 = full; estimated from the "
-                          "HTTP requests in flight).")
+                          "KV cache usage: fraction of the pool's blocks held by sequences (1 = "
+                          "full; blocks kept only by the prefix cache count as free).")
                       .Register(r)
                       .Add(labels);
   ttft_ = &BuildHistogram()
@@ -52,9 +65,14 @@ ServerMetrics::ServerMetrics(const std::string& model_name) {
                .Add(labels, kTtftBuckets);
   tpot_ = &BuildHistogram()
                .Name("vllm:time_per_output_token_seconds")
-               .Help("Mean time per output token after the first, per request, in seconds.")
+               .Help("Time between two output tokens of a completion, in seconds.")
                .Register(r)
                .Add(labels, kTpotBuckets);
+  itl_ = &BuildHistogram()
+              .Name("vllm:inter_token_latency_seconds")
+              .Help("Time between two output tokens of a completion, in seconds.")
+              .Register(r)
+              .Add(labels, kTpotBuckets);
   e2e_ = &BuildHistogram()
               .Name("vllm:e2e_request_latency_seconds")
               .Help("End-to-end request latency in seconds.")
@@ -65,6 +83,10 @@ ServerMetrics::ServerMetrics(const std::string& model_name) {
                 .Help("Time a request waited before its first step, in seconds.")
                 .Register(r)
                 .Add(labels, kLatencyBuckets);
+  success_ = &BuildCounter()
+                  .Name("vllm:request_success_total")
+                  .Help("Requests that ended normally, by the finish reason of completion 0.")
+                  .Register(r);
   // prometheus-cpp appends no suffix: the _total names are spelled out.
   prompt_tokens_ = &BuildCounter()
                         .Name("vllm:prompt_tokens_total")
@@ -78,7 +100,17 @@ ServerMetrics::ServerMetrics(const std::string& model_name) {
                             .Add(labels);
   preemptions_ = &BuildCounter()
                       .Name("vllm:num_preemptions_total")
-                      .Help("Recomputations (preemptions) of finished HTTP requests.")
+                      .Help("Sequences preempted (KV freed, recomputed later).")
+                      .Register(r)
+                      .Add(labels);
+  prefix_queries_ = &BuildCounter()
+                         .Name("vllm:prefix_cache_queries_total")
+                         .Help("Prompt tokens looked up in the prefix cache at admission.")
+                         .Register(r)
+                         .Add(labels);
+  prefix_hits_ = &BuildCounter()
+                      .Name("vllm:prefix_cache_hits_total")
+                      .Help("Of those, tokens served from cached KV blocks.")
                       .Register(r)
                       .Add(labels);
   step_seconds_ = &BuildGauge()
@@ -95,46 +127,50 @@ ServerMetrics::ServerMetrics(const std::string& model_name) {
                      .Add(labels);
 }
 
-void ServerMetrics::ObserveFinished(const engine::Usage& u) {
-  ttft_->Observe(u.time_to_first_token_ms / 1e3);
-  e2e_->Observe(u.total_time_ms / 1e3);
-  queue_->Observe(u.queue_time_ms / 1e3);
-  if (u.completion_tokens > 1) {
-    tpot_->Observe((u.total_time_ms - u.time_to_first_token_ms) / 1e3 / (u.completion_tokens - 1));
+void ServerMetrics::OnTokenGaps(std::span<const absl::Duration> gaps) {
+  for (absl::Duration d : gaps) {
+    const double seconds = absl::ToDoubleSeconds(d);
+    tpot_->Observe(seconds);
+    itl_->Observe(seconds);
   }
-  if (u.recomputations > 0) preemptions_->Increment(u.recomputations);
 }
 
-void ServerMetrics::AddRequests(int delta_waiting, int delta_running) {
-  absl::MutexLock lock(&mu_);
-  http_waiting_ += delta_waiting;
-  http_running_ += delta_running;
-}
-
-void ServerMetrics::AddKvTokens(int64_t delta_blocks) {
-  absl::MutexLock lock(&mu_);
-  kv_blocks_held_ += delta_blocks;
+void ServerMetrics::OnRequestEnd(const engine::RequestRecord& r) {
+  if (r.failed) return;
+  if (r.time_to_first_token != absl::InfiniteDuration()) {
+    ttft_->Observe(absl::ToDoubleSeconds(r.time_to_first_token));
+  }
+  e2e_->Observe(absl::ToDoubleSeconds(r.e2e));
+  queue_->Observe(absl::ToDoubleSeconds(r.queue));
+  success_->Add({{"model_name", model_name_}, {"finished_reason", ReasonLabel(r.finish_reason)}})
+      .Increment();
 }
 
 std::string ServerMetrics::Scrape(const engine::Engine* engine, int64_t kv_blocks, int workers_up) {
+  // Adds what the engine counted since the last scrape.
+  auto advance = [](prometheus::Counter* c, int64_t now, int64_t& seen) {
+    c->Increment(double(std::max<int64_t>(0, now - seen)));
+    seen = std::max(seen, now);
+  };
   {
     absl::MutexLock lock(&mu_);
+    double usage = 0;
     if (engine != nullptr) {
       const engine::EngineStats s = engine->stats();
-      // Counters only move forward: add what the engine counted since the last scrape.
-      prompt_tokens_->Increment(
-          double(std::max<int64_t>(0, s.prompt_tokens - seen_prompt_tokens_)));
-      generation_tokens_->Increment(
-          double(std::max<int64_t>(0, s.generated_tokens - seen_generation_tokens_)));
-      steps_->Increment(double(std::max<int64_t>(0, s.steps - seen_steps_)));
-      seen_prompt_tokens_ = std::max(seen_prompt_tokens_, s.prompt_tokens);
-      seen_generation_tokens_ = std::max(seen_generation_tokens_, s.generated_tokens);
-      seen_steps_ = std::max(seen_steps_, s.steps);
+      advance(prompt_tokens_, s.prompt_tokens, seen_prompt_tokens_);
+      advance(generation_tokens_, s.generated_tokens, seen_generation_tokens_);
+      advance(steps_, s.steps, seen_steps_);
+      advance(preemptions_, s.preemptions, seen_preemptions_);
+      advance(prefix_queries_, s.blocks.prefix_query_tokens, seen_prefix_queries_);
+      advance(prefix_hits_, s.prefix_hit_tokens, seen_prefix_hits_);
       step_seconds_->Set(s.last_step.total_us / 1e6);
+      running_->Set(s.running);
+      waiting_->Set(s.waiting);
+      // Before the first step the pool figures are not known yet: the pool is all free.
+      const int64_t total = s.blocks.total > 0 ? s.blocks.total : kv_blocks;
+      usage = total > 0 ? std::min(1.0, double(s.blocks.used) / double(total)) : 0.0;
     }
-    running_->Set(http_running_);
-    waiting_->Set(http_waiting_);
-    cache_usage_->Set(kv_blocks > 0 ? std::min(1.0, double(kv_blocks_held_) / kv_blocks) : 0.0);
+    cache_usage_->Set(usage);
     workers_up_->Set(workers_up);
   }
   return prometheus::TextSerializer().Serialize(registry_->Collect());

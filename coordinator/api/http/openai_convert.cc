@@ -143,10 +143,8 @@ absl::StatusOr<std::vector<int32_t>> ChatPrompt(const ServedModel& model, const 
 
 // Fields OpenAI defines that this server cannot honour: refuse rather than silently ignore.
 absl::Status RejectUnsupported(const json& body) {
-  for (const char* name : {"n", "best_of"}) {
-    ASSIGN_OR_RETURN(std::optional<int64_t> v, Integer(body, name, 1, 1 << 20));
-    if (v && *v != 1) return Bad(name, "only 1 is supported (send several requests)");
-  }
+  ASSIGN_OR_RETURN(std::optional<int64_t> best_of, Integer(body, "best_of", 1, 1 << 20));
+  if (best_of && *best_of != 1) return Bad("best_of", "only 1 is supported (use n)");
   ASSIGN_OR_RETURN(const bool echo, Bool(body, "echo", false));
   if (echo) return Bad("echo", "not supported");
   for (const char* name : {"suffix", "tools", "functions", "tool_choice", "function_call"}) {
@@ -194,6 +192,8 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(const ServedModel& model, Endpo
   }
   RETURN_IF_ERROR(RejectUnsupported(body));
   engine::RequestOptions& o = r.options;
+  ASSIGN_OR_RETURN(auto n, Integer(body, "n", 1, engine::kMaxCompletions));
+  o.n = int(n.value_or(1));
   if (chat) {
     ASSIGN_OR_RETURN(o.prompt, ChatPrompt(model, body));
   } else {
@@ -364,32 +364,36 @@ json UsageJson(const engine::Usage& u) {
 }
 
 json CompletionJson(const ServedModel& model, const OpenAiRequest& request, const std::string& id,
-                    int64_t created, const std::string& text,
-                    const std::vector<engine::TokenOutput>& tokens,
-                    const engine::RequestOutput& last) {
+                    int64_t created, const std::vector<ChoiceResult>& choices,
+                    const engine::Usage& usage) {
   const bool chat = request.endpoint == Endpoint::kChat;
-  json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(last.finish_reason)}};
-  choice["logprobs"] = request.logprobs
-                           ? LogprobsJson(model, request.endpoint, tokens, request.top_logprobs, 0)
-                           : json(nullptr);
-  if (chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", text}};
-  } else {
-    choice["text"] = text;
+  json out = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceResult& c = choices[i];
+    json choice = {{"index", i}, {"finish_reason", FinishReasonJson(c.finish_reason)}};
+    choice["logprobs"] =
+        request.logprobs ? LogprobsJson(model, request.endpoint, c.tokens, request.top_logprobs, 0)
+                         : json(nullptr);
+    if (chat) {
+      choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    } else {
+      choice["text"] = c.text;
+    }
+    if (!c.stop_reason.empty()) choice["stop_reason"] = c.stop_reason;
+    out.push_back(std::move(choice));
   }
-  if (!last.stop_reason.empty()) choice["stop_reason"] = last.stop_reason;
   return {{"id", id},
           {"object", chat ? "chat.completion" : "text_completion"},
           {"created", created},
           {"model", model.name},
-          {"choices", json::array({std::move(choice)})},
-          {"usage", UsageJson(last.usage)}};
+          {"choices", std::move(out)},
+          {"usage", UsageJson(usage)}};
 }
 
 json ChunkJson(const ServedModel& model, const OpenAiRequest& request, const std::string& id,
                int64_t created, const engine::RequestOutput& out, bool first, int text_offset) {
   const bool chat = request.endpoint == Endpoint::kChat;
-  json choice = {{"index", 0}, {"finish_reason", FinishReasonJson(out.finish_reason)}};
+  json choice = {{"index", out.index}, {"finish_reason", FinishReasonJson(out.finish_reason)}};
   choice["logprobs"] = request.logprobs ? LogprobsJson(model, request.endpoint, out.tokens,
                                                        request.top_logprobs, text_offset)
                                         : json(nullptr);

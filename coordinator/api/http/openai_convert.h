@@ -45,14 +45,22 @@ nlohmann::json LogprobsJson(const ServedModel& model, Endpoint endpoint,
 
 nlohmann::json UsageJson(const engine::Usage& usage);
 
-// The whole answer of a non-streamed request: `text` and `tokens` are everything generated,
-// `last` the final output (finish reason, usage).
-nlohmann::json CompletionJson(const ServedModel& model, const OpenAiRequest& request,
-                              const std::string& id, int64_t created, const std::string& text,
-                              const std::vector<engine::TokenOutput>& tokens,
-                              const engine::RequestOutput& last);
+// One completion of a non-streamed request: everything it generated and how it ended.
+struct ChoiceResult {
+  std::string text;
+  std::vector<engine::TokenOutput> tokens;
+  engine::FinishReason finish_reason = engine::FinishReason::kNone;
+  std::string stop_reason;
+};
 
-// One streamed chunk for one engine output (first: chat adds role "assistant").
+// The whole answer of a non-streamed request: one choice per completion (index = position) and
+// the usage summed over them.
+nlohmann::json CompletionJson(const ServedModel& model, const OpenAiRequest& request,
+                              const std::string& id, int64_t created,
+                              const std::vector<ChoiceResult>& choices, const engine::Usage& usage);
+
+// One streamed chunk for one engine output, as choice out.index (first: that choice's first
+// chunk; chat adds role "assistant").
 nlohmann::json ChunkJson(const ServedModel& model, const OpenAiRequest& request,
                          const std::string& id, int64_t created, const engine::RequestOutput& out,
                          bool first, int text_offset);

@@ -3,6 +3,7 @@
 // stream, Complete, cancellation reaching the engine, errors before the engine exists.
 #include "coordinator/api/inference_service.h"
 
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -144,6 +145,74 @@ TEST_F(InferenceServiceTest, CompleteAnswersOnce) {
   ASSERT_EQ(resp.prompt_tokens_size(), 1);
   EXPECT_EQ(resp.prompt_tokens(0).id(), 40);
   EXPECT_FALSE(resp.request_id().empty());
+}
+
+TEST_F(InferenceServiceTest, GenerateStreamsEachCompletionWithItsIndex) {
+  StartEngine();
+  grpc::ClientContext ctx;
+  v1::GenerateRequest req = Request({10, 11, 12}, 3);
+  req.set_n(3);
+  auto reader = stub_->Generate(&ctx, req);
+  std::map<int, std::vector<int32_t>> ids;
+  std::map<int, v1::GenerateResponse> ends;
+  v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    for (const auto& t : resp.tokens()) ids[resp.index()].push_back(t.id());
+    if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) ends[resp.index()] = resp;
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(ids.size(), 3u);
+  ASSERT_EQ(ends.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THAT(ids[i], ElementsAre(13, 14, 15)) << "completion " << i;  // greedy fake
+    EXPECT_EQ(ends[i].finish_reason(), v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(ends[i].usage().completion_tokens(), 3);  // its own
+    EXPECT_EQ(ends[i].usage().prompt_tokens(), 3);
+  }
+}
+
+TEST_F(InferenceServiceTest, CompleteFillsChoicesAndSumsUsage) {
+  StartEngine();
+  for (int n : {1, 2}) {
+    grpc::ClientContext ctx;
+    v1::CompleteResponse resp;
+    v1::GenerateRequest req = Request({40}, 3);
+    req.set_n(n);
+    req.mutable_sampling()->set_seed(9);
+    ASSERT_TRUE(stub_->Complete(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.choices_size(), n);
+    for (int i = 0; i < n; ++i) {
+      EXPECT_EQ(resp.choices(i).index(), i);
+      ASSERT_EQ(resp.choices(i).tokens_size(), 3);
+      EXPECT_EQ(resp.choices(i).tokens(2).id(), 43);
+      EXPECT_EQ(resp.choices(i).finish_reason(), v1::FINISH_REASON_LENGTH);
+    }
+    // The fields from before n repeat choice 0; usage covers all completions.
+    ASSERT_EQ(resp.tokens_size(), 3);
+    EXPECT_EQ(resp.finish_reason(), v1::FINISH_REASON_LENGTH);
+    EXPECT_EQ(resp.usage().prompt_tokens(), 1);
+    EXPECT_EQ(resp.usage().completion_tokens(), 3 * n);
+    EXPECT_EQ(resp.usage().seed(), 9u);
+  }
+}
+
+TEST_F(InferenceServiceTest, NOutsideZeroToSixteenIsInvalidArgumentNamingN) {
+  StartEngine();
+  for (int n : {-1, 17}) {
+    grpc::ClientContext ctx;
+    v1::CompleteResponse resp;
+    v1::GenerateRequest req = Request({40}, 3);
+    req.set_n(n);
+    const grpc::Status st = stub_->Complete(&ctx, req, &resp);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(st.error_message().rfind("n: ", 0), 0u) << st.error_message();
+  }
+  grpc::ClientContext ctx;
+  v1::CompleteResponse resp;
+  v1::GenerateRequest req = Request({40}, 2);
+  req.set_n(0);  // 0 means 1
+  ASSERT_TRUE(stub_->Complete(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.choices_size(), 1);
 }
 
 TEST_F(InferenceServiceTest, CancellingTheCallAbortsTheRequest) {

@@ -137,6 +137,36 @@ TEST(SchedulerApiTest, ForkRefCountsAndRelease) {
   EXPECT_TRUE(s->CheckInvariants().ok()) << s->CheckInvariants();
 }
 
+TEST(SchedulerApiTest, ForkWithOwnStepRecomputesTheTailAndSamplesItself) {
+  auto s = Make(SmallConfig());
+  // 8 tokens: two full blocks. The child shares only block 0 so that it has a token to feed.
+  ASSERT_TRUE(s->Add({.id = 1, .prompt = MakePrompt(8, 3), .stop = {.max_tokens = 2}}).ok());
+  ASSERT_TRUE(s->Schedule().ok());
+  ASSERT_TRUE(s->Fork(1, 2, Scheduler::ForkFirstToken::kOwnStep).ok());
+  const BlockManager& bm = s->block_manager();
+  EXPECT_THAT(bm.Table(2), ElementsAre(0));
+  EXPECT_EQ(bm.RefCount(0), 2);
+  EXPECT_EQ(bm.RefCount(1), 1);
+  EXPECT_EQ(s->Find(2)->num_computed(), 4);
+  EXPECT_FALSE(s->Find(2)->awaiting_token());
+  // The pending Update owes a token to the parent only.
+  EXPECT_THAT(s->Update({{{1, 7}, {2, 7}}}).status().message(), HasSubstr("not sampled"));
+  ASSERT_TRUE(s->Update({{{1, 7}}}).ok());
+  auto out = s->Schedule();
+  ASSERT_TRUE(out.ok());
+  ASSERT_EQ(out->scheduled.size(), 2u);
+  const ScheduledSequence& child = out->scheduled[1];
+  EXPECT_EQ(child.seq_id, 2);
+  EXPECT_EQ(child.start_position, 4);
+  EXPECT_EQ(child.tokens.size(), 4u);
+  EXPECT_TRUE(child.sample);
+  EXPECT_EQ(child.num_output_tokens, 0);
+  EXPECT_EQ(out->scheduled[0].num_output_tokens, 1);
+  ASSERT_TRUE(s->Update({{{1, 5}, {2, 6}}}).ok());
+  EXPECT_THAT(s->Find(2)->output(), ElementsAre(6));
+  EXPECT_TRUE(s->CheckInvariants().ok()) << s->CheckInvariants();
+}
+
 TEST(SchedulerApiTest, StopStringAbortKeepsItsReason) {
   auto s = Make(SmallConfig());
   FakeEngine engine(*s);

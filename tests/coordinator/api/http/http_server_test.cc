@@ -6,6 +6,8 @@
 
 #include <httplib.h>
 
+#include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -56,7 +58,7 @@ class HttpServerTest : public ::testing::Test {
     c.scheduler.max_model_len = 256;
     c.scheduler.max_num_seqs = 8;
     c.scheduler.max_num_batched_tokens = 256;
-    auto e = engine::Engine::Create(c, exec_, nullptr);
+    auto e = engine::Engine::Create(c, exec_, nullptr, server_->observer());
     ASSERT_TRUE(e.ok()) << e.status();
     engine_ = std::move(*e);
     server_->set_engine(engine_.get(), 64);
@@ -110,6 +112,52 @@ TEST_F(HttpServerTest, CompletionOfTokenIds) {
   EXPECT_EQ(j["usage"]["total_tokens"], 7);
 }
 
+TEST_F(HttpServerTest, NCompletionsAreChoicesWithIndexAndSummedUsage) {
+  StartEngine();
+  auto r = Post("/v1/completions",
+                {{"prompt", {5, 6, 7}}, {"max_tokens", 4}, {"n", 3}, {"ignore_eos", true}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  const json j = json::parse(r->body);
+  ASSERT_EQ(j["choices"].size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    EXPECT_EQ(j["choices"][i]["finish_reason"], "length");
+  }
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 3);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(j["usage"]["total_tokens"], 15);
+}
+
+TEST_F(HttpServerTest, StreamedNCompletionsInterleaveByIndex) {
+  StartEngine();
+  auto r = Post("/v1/completions", {{"prompt", {5, 6, 7}},
+                                    {"max_tokens", 3},
+                                    {"n", 2},
+                                    {"ignore_eos", true},
+                                    {"stream", true},
+                                    {"stream_options", {{"include_usage", true}}}});
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  std::map<int, int> finished;
+  json usage;
+  for (absl::string_view e : absl::StrSplit(r->body, "\n\n", absl::SkipEmpty())) {
+    if (absl::StartsWith(e, ":") || e == "data: [DONE]") continue;
+    const json chunk = json::parse(e.substr(6));
+    if (chunk["choices"].empty()) {
+      usage = chunk["usage"];
+      continue;
+    }
+    for (const json& c : chunk["choices"]) {
+      const int i = c["index"].get<int>();
+      if (!c["finish_reason"].is_null()) ++finished[i];
+    }
+  }
+  EXPECT_EQ(finished, (std::map<int, int>{{0, 1}, {1, 1}}));
+  EXPECT_EQ(usage["completion_tokens"], 6);
+  EXPECT_EQ(usage["prompt_tokens"], 3);
+}
+
 TEST_F(HttpServerTest, StreamIsSseEndingWithDone) {
   StartEngine();
   auto r = Post("/v1/completions", {{"prompt", {5, 6, 7}},
@@ -144,7 +192,9 @@ TEST_F(HttpServerTest, ErrorsAreOpenAiShaped) {
     std::string param;
   } cases[] = {
       {{{"prompt", {1}}, {"top_p", 1.5}}, 400, "top_p"},
-      {{{"prompt", {1}}, {"n", 3}}, 400, "n"},
+      {{{"prompt", {1}}, {"n", 17}}, 400, "n"},
+      {{{"prompt", {1}}, {"n", 0}}, 400, "n"},
+      {{{"prompt", {1}}, {"best_of", 2}}, 400, "best_of"},
       {{{"prompt", {1}}, {"stop", 5}}, 400, "stop"},
       {{{"prompt", {1}}, {"max_tokens", 1000}}, 400, "max_tokens"},
       {{{"prompt", {1, 99999}}}, 400, "prompt[1]"},
@@ -194,6 +244,69 @@ TEST_F(HttpServerTest, ClosingAStreamAbortsTheRequest) {
   }
   EXPECT_EQ(engine_->stats().running, 0);
   EXPECT_LT(engine_->stats().generated_tokens, 200);
+}
+
+TEST_F(HttpServerTest, HealthSaysWhyItIsNotServing) {
+  StartEngine();
+  std::atomic<bool> serving{false};
+  HttpServer server(
+      *model_,
+      HttpServerOptions{
+          .threads = 4, .health = [&serving] {
+            return serving ? HealthVerdict{true, ""} : HealthVerdict{false, "engine stuck: test"};
+          }});
+  ASSERT_TRUE(server.Start("127.0.0.1:0").ok());
+  server.set_engine(engine_.get(), 64);
+  httplib::Client client("127.0.0.1", server.port());
+  auto r = client.Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 503);
+  EXPECT_EQ(json::parse(r->body)["error"]["message"], "engine stuck: test");
+  serving = true;
+  r = client.Get("/health");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  server.Stop();
+  server.set_engine(nullptr, 0);
+}
+
+// Requests that do not come through HTTP (gRPC submits to the engine directly) show in /metrics.
+TEST_F(HttpServerTest, MetricsCountRequestsFromOtherApis) {
+  StartEngine();
+  absl::Mutex mu;
+  bool done = false;
+  engine::RequestOptions o;
+  o.prompt = {5, 6, 7, 8};
+  o.max_tokens = 3;
+  o.n = 2;
+  o.ignore_eos = true;
+  ASSERT_TRUE(engine_
+                  ->Submit("grpc-1", o,
+                           [&](engine::RequestOutput out) {
+                             absl::MutexLock lock(&mu);
+                             done = out.done;
+                           })
+                  .ok());
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(10)));
+  }
+  auto m = client_->Get("/metrics");
+  ASSERT_TRUE(m);
+  const std::string label = "{model_name=\"" + model_->name + "\"}";
+  EXPECT_TRUE(absl::StrContains(m->body, "vllm:e2e_request_latency_seconds_count" + label + " 1"))
+      << m->body;
+  EXPECT_TRUE(absl::StrContains(m->body, "vllm:time_to_first_token_seconds_count" + label + " 1"))
+      << m->body;
+  // Two completions of 3 tokens: 2 gaps each.
+  EXPECT_TRUE(absl::StrContains(m->body, "vllm:inter_token_latency_seconds_count" + label + " 4"))
+      << m->body;
+  EXPECT_TRUE(absl::StrContains(m->body, "vllm:generation_tokens_total" + label + " 6")) << m->body;
+  EXPECT_TRUE(absl::StrContains(
+      m->body, "vllm:request_success_total{finished_reason=\"length\",model_name=\"" +
+                   model_->name + "\"} 1"))
+      << m->body;
+  EXPECT_TRUE(absl::StrContains(m->body, "vllm:gpu_cache_usage_perc" + label + " 0")) << m->body;
 }
 
 TEST_F(HttpServerTest, MetricsHaveVllmNamesAndCount) {
