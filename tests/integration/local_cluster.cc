@@ -39,8 +39,9 @@ std::string ModelsDir() {
   return absl::StrCat(home != nullptr ? home : "", "/.cache/tpserve/models");
 }
 
-LocalCluster::LocalCluster(std::string model, int tp, std::vector<std::string> coordinator_args)
-    : model_(std::move(model)), tp_(tp), workers_(tp, -1) {
+LocalCluster::LocalCluster(std::string model, int tp, std::vector<std::string> coordinator_args,
+                           std::vector<std::string> worker_args)
+    : model_(std::move(model)), tp_(tp), worker_args_(std::move(worker_args)), workers_(tp, -1) {
   char tmpl[] = "/tmp/tpserve-it-XXXXXX";
   log_dir_ = mkdtemp(tmpl);
   address_ = absl::StrCat("127.0.0.1:", FreeLoopbackPort());
@@ -103,10 +104,19 @@ pid_t LocalCluster::Start(const std::string& name, const std::vector<std::string
 }
 
 void LocalCluster::StartWorker(int rank) {
-  workers_[rank] =
-      Start(absl::StrCat("worker", rank),
-            {TPSERVE_WORKER_BIN, "--coordinator", address_, "--rank", std::to_string(rank), "--tp",
-             std::to_string(tp_), "--listen", "127.0.0.1:0", "--threads", "1"});
+  std::vector<std::string> argv = {TPSERVE_WORKER_BIN,
+                                   "--coordinator",
+                                   address_,
+                                   "--rank",
+                                   std::to_string(rank),
+                                   "--tp",
+                                   std::to_string(tp_),
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--threads",
+                                   "1"};
+  argv.insert(argv.end(), worker_args_.begin(), worker_args_.end());
+  workers_[rank] = Start(absl::StrCat("worker", rank), argv);
 }
 
 pid_t LocalCluster::StartExtraWorker(const std::string& name, int rank, int tp) {

@@ -19,8 +19,9 @@ namespace tpserve::testing {
 class LocalCluster {
  public:
   // Starts the coordinator for `model` with `tp` ranks and the workers. Extra coordinator flags
-  // in `coordinator_args`.
-  LocalCluster(std::string model, int tp, std::vector<std::string> coordinator_args = {});
+  // in `coordinator_args`, extra flags of every worker (e.g. --memory-budget) in `worker_args`.
+  LocalCluster(std::string model, int tp, std::vector<std::string> coordinator_args = {},
+               std::vector<std::string> worker_args = {});
   ~LocalCluster();
 
   // Waits for grpc.health.v1 to say SERVING (or NOT_SERVING when `serving` is false).
@@ -46,6 +47,7 @@ class LocalCluster {
 
   std::string model_;
   int tp_;
+  std::vector<std::string> worker_args_;
   std::string address_;
   std::string log_dir_;
   pid_t coordinator_ = -1;
