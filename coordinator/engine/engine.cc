@@ -69,6 +69,13 @@ absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOption
     return absl::InvalidArgumentError(
         absl::StrCat("n: ", o.n, " completions; give 1 to ", kMaxCompletions));
   }
+  // Forked completions join the running set at once (past max_num_seqs by at most n - 1 for a
+  // while, see Scheduler::Fork); more than a whole batch could never run together.
+  if (o.n > config_.scheduler.max_num_seqs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n: ", o.n, " completions exceed the server's batch of ",
+                     config_.scheduler.max_num_seqs, " sequences (--max-seqs)"));
+  }
   for (TokenId t : o.stop_token_ids) {
     if (t < 0 || t >= config_.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("stopping.stop_token_ids: ", t,

@@ -128,7 +128,7 @@ class Engine {
   // The request and completion a sequence belongs to; nulls when it already ended.
   std::pair<Request*, Completion*> Owner(scheduler::SeqId seq);
   void DeliverTokens(const StepOutput& result, const scheduler::UpdateResult& update);
-  void DeliverToken(const SampledToken& t, scheduler::FinishReason reason, absl::Time now);
+  void DeliverToken(const SampledToken& t, scheduler::FinishReason reason);
   // Ends one completion (and, before the fork, the completions that never started).
   void Finish(Request& r, Completion& c, FinishReason reason, RequestOutput out);
   void EndCompletion(Request& r, Completion& c, FinishReason reason, absl::Time now,

@@ -41,26 +41,32 @@ void Engine::DeliverTokens(const StepOutput& result, const scheduler::UpdateResu
   absl::flat_hash_map<scheduler::SeqId, scheduler::FinishReason> finished;
   for (const auto& f : update.finished) finished[f.seq_id] = f.reason;
   const absl::Time now = absl::Now();
+  // Token times first, so that the observer has this step's gaps before any sink hears of an end
+  // (a client that scrapes /metrics right after its last token sees every gap counted).
   gaps_.clear();
   for (const SampledToken& t : result.tokens) {
-    const auto fit = finished.find(t.seq_id);
-    DeliverToken(t, fit == finished.end() ? scheduler::FinishReason::kNone : fit->second, now);
+    auto [r, c] = Owner(t.seq_id);
+    if (c == nullptr) continue;
+    if (c->first_token == absl::InfinitePast()) {
+      c->first_token = now;
+    } else {
+      gaps_.push_back(now - c->last_token);
+    }
+    c->last_token = now;
   }
   if (observer_ != nullptr && !gaps_.empty()) observer_->OnTokenGaps(gaps_);
+  for (const SampledToken& t : result.tokens) {
+    const auto fit = finished.find(t.seq_id);
+    DeliverToken(t, fit == finished.end() ? scheduler::FinishReason::kNone : fit->second);
+  }
 }
 
-void Engine::DeliverToken(const SampledToken& t, scheduler::FinishReason reason, absl::Time now) {
+void Engine::DeliverToken(const SampledToken& t, scheduler::FinishReason reason) {
   auto [rp, cp] = Owner(t.seq_id);
   if (cp == nullptr) return;  // aborted while the step ran
   Request& r = *rp;
   Completion& c = *cp;
   ++c.tokens;
-  if (c.first_token == absl::InfinitePast()) {
-    c.first_token = now;
-  } else {
-    gaps_.push_back(now - c.last_token);
-  }
-  c.last_token = now;
 
   RequestOutput out;
   out.index = c.index;

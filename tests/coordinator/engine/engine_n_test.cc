@@ -339,11 +339,11 @@ TEST(EngineNTest, PreemptedChildrenRecomputeToTheSameTokens) {
   EXPECT_GT(s.preemptions, 0);
 }
 
-TEST(EngineNTest, RejectsNOutsideOneToSixteen) {
+TEST(EngineNTest, RejectsNOutsideOneToSixteenOrPastTheBatch) {
   SeededExecutor exec;
-  auto engine = Engine::Create(Config(), exec, nullptr);
+  auto engine = Engine::Create(Config(), exec, nullptr);  // max_num_seqs 8
   ASSERT_TRUE(engine.ok()) << engine.status();
-  for (int n : {0, 17}) {
+  for (int n : {0, 17, 9}) {
     Collector c;
     auto st = (*engine)->Submit("", Opts(n, 1, 2), c.Sink());
     EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
