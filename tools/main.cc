@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   tpserve::GenerateOptions gen;
-  CLI::App* generate = app.add_subcommand("generate", "generate tokens with the local CPU engine");
+  CLI::App* generate = app.add_subcommand(
+      "generate", "generate tokens with the local engine (--model), or from a cluster (--server)");
   CLI::Option* model_opt =
       generate->add_option("--model", gen.model, "a .gguf file or a Hugging Face model folder");
   tpserve::ClientOptions client;
@@ -52,14 +53,26 @@ int main(int argc, char** argv) {
   ids->excludes(text);
   generate->add_flag("--chat", gen.chat, "wrap --prompt in the model's chat template");
   generate->add_option("--max-tokens", gen.max_tokens, "tokens to generate")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   generate->add_option("--temperature", gen.temperature, "0 = greedy")
-      ->check(CLI::NonNegativeNumber);
-  generate->add_option("--top-k", gen.top_k, "0 = off");
-  generate->add_option("--top-p", gen.top_p, "1 = off")->check(CLI::Range(0.0f, 1.0f));
-  generate->add_option("--min-p", gen.min_p, "0 = off")->check(CLI::Range(0.0f, 1.0f));
-  generate->add_option("--seed", gen.seed, "sampling seed");
-  generate->add_option("--threads", gen.threads, "CPU threads")->check(CLI::PositiveNumber);
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  generate->add_option("--top-k", gen.top_k, "0 = off")->capture_default_str();
+  generate->add_option("--top-p", gen.top_p, "1 = off")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
+  generate->add_option("--min-p", gen.min_p, "0 = off")
+      ->check(CLI::Range(0.0f, 1.0f))
+      ->capture_default_str();
+  generate->add_option("--seed", gen.seed, "sampling seed")->capture_default_str();
+  generate->add_option("--threads", gen.threads, "CPU threads (local engine)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  generate
+      ->add_option("--device", gen.device,
+                   "local engine device: cpu, or cuda:K[:fp32] in a CUDA build (bf16 by default)")
+      ->capture_default_str();
   generate->add_flag("--ignore-eos", gen.ignore_eos, "keep going past end-of-sequence tokens");
 
   tpserve::UpOptions up;
@@ -69,11 +82,11 @@ int main(int argc, char** argv) {
   CLI::App* chat_cmd = app.add_subcommand("chat", "interactive chat with a running cluster");
   chat_cmd->add_option("--server", chat.server, "HOST:PORT of the cluster (tpserve up prints it)")
       ->required();
-  chat_cmd->add_option("--system", chat.system, "system prompt");
+  chat_cmd->add_option("--system", chat.system, "system prompt (none by default)");
   chat_cmd->add_option("--max-tokens", chat.max_tokens, "most tokens per answer (-1: no cap)")
       ->capture_default_str();
   chat_cmd->add_option("--temperature", chat.temperature, "0 = greedy")->capture_default_str();
-  chat_cmd->add_option("--seed", chat.seed, "sampling seed");
+  chat_cmd->add_option("--seed", chat.seed, "sampling seed (unset: the server picks one)");
 
   tpserve::BenchOptions bench;
   CLI::App* bench_cmd = tpserve::AddBenchCommand(app, bench);
