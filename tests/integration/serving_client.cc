@@ -28,7 +28,8 @@ Streamed Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& req,
     r.last = resp;
   }
   r.status = reader->Finish();
-  r.took = absl::Now() - start;
+  r.end = absl::Now();
+  r.took = r.end - start;
   return r;
 }
 

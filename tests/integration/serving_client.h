@@ -31,6 +31,7 @@ struct Streamed {
   grpc::Status status;
   int responses = 0;
   absl::Duration took;  // from the call to Finish
+  absl::Time end;       // when Finish returned
 };
 
 Streamed Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& req,

@@ -41,7 +41,7 @@ TEST(ServingLimitsTest, QueueLimitPrefixCacheOffAndBadOptions) {
   // of the same request alone, which the golden pins for its first 16.
   grpc::ClientContext running_ctx;
   running_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
-  auto running = stub->Generate(&running_ctx, Greedy(prompt(0), 120));
+  auto running = stub->Generate(&running_ctx, Greedy(prompt(0), 240));
   std::vector<int32_t> running_ids;
   v1::GenerateResponse resp;
   ASSERT_TRUE(running->Read(&resp)) << cluster.Logs();
@@ -75,7 +75,7 @@ TEST(ServingLimitsTest, QueueLimitPrefixCacheOffAndBadOptions) {
   }
   const grpc::Status running_status = running->Finish();
   ASSERT_TRUE(running_status.ok()) << running_status.error_message();
-  ASSERT_EQ(running_ids.size(), 120u);
+  ASSERT_EQ(running_ids.size(), 240u);
   EXPECT_EQ(std::vector<int32_t>(running_ids.begin(), running_ids.begin() + 16), greedy(0));
   waiter.join();
   ASSERT_TRUE(waited.status.ok()) << waited.status.error_message();

@@ -1,7 +1,10 @@
-// Batch invariance on the real model: SmolLM2-135M (Q4_1 GGUF) at TP=2 on loopback. A seeded,
-// sampled request and a greedy one give the same tokens alone and among 31 concurrent requests
-// (few tokens each: SmolLM2 runs at ~5-10 tokens/s per stream on this machine).
+// The real model, SmolLM2-135M (Q4_1 GGUF) at TP=2 on loopback: a seeded, sampled request and a
+// greedy one give the same tokens alone and among 31 concurrent requests (few tokens each:
+// SmolLM2 runs at ~5-10 tokens/s per stream on this machine), and a 300 ms gRPC deadline ends a
+// long generation (seconds on this model, whatever the machine's load) and frees its blocks.
+#include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <latch>
 #include <string>
@@ -16,31 +19,57 @@
 namespace tpserve::testing {
 namespace {
 
-TEST(ServingSmolLm2Test, SeededAndGreedyRequestsAreBatchInvariant) {
-  const std::string model = ModelsDir() + "/SmolLM2-135M-Instruct.Q4_1.gguf";
-  if (!std::filesystem::exists(model)) GTEST_SKIP() << model << " not found (fetch-models.sh)";
-  const nlohmann::json golden = ExpectedGolden("smollm2-135m-q4_1");
-  const auto prompt = [&](int i) {
-    return golden["cases"][i]["input_ids"].get<std::vector<int32_t>>();
-  };
-  constexpr int kTokens = 8;
-  const std::vector<int32_t> golden_greedy =
-      golden["cases"][2]["greedy"].get<std::vector<int32_t>>();
+class ServingSmolLm2Test : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string model = ModelsDir() + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (!std::filesystem::exists(model)) return;  // SetUp skips
+    cluster_ = new LocalCluster(model, 2, {"--max-context", "256"});
+    const absl::Status up = cluster_->WaitHealth(true, absl::Seconds(120));
+    ASSERT_TRUE(up.ok()) << up;
+    stub_ = cluster_->Stub().release();
+  }
+  static void TearDownTestSuite() {
+    delete stub_;
+    delete cluster_;
+    stub_ = nullptr;
+    cluster_ = nullptr;
+  }
+  void SetUp() override {
+    if (cluster_ == nullptr)
+      GTEST_SKIP() << "SmolLM2 not in " << ModelsDir() << " (fetch-models.sh)";
+    ASSERT_NE(stub_, nullptr) << "the cluster did not start";
+    golden_ = ExpectedGolden("smollm2-135m-q4_1");
+  }
+  std::vector<int32_t> Prompt(int i) const {
+    return golden_["cases"][i]["input_ids"].get<std::vector<int32_t>>();
+  }
+  // The first `n` golden greedy tokens of case `i`.
+  std::vector<int32_t> GoldenGreedy(int i, int n) const {
+    const auto all = golden_["cases"][i]["greedy"].get<std::vector<int32_t>>();
+    return std::vector<int32_t>(all.begin(), all.begin() + n);
+  }
 
-  LocalCluster cluster(model, 2, {"--max-context", "256"});
-  const absl::Status up = cluster.WaitHealth(true, absl::Seconds(120));
-  ASSERT_TRUE(up.ok()) << up;
-  auto stub = cluster.Stub();
+  static LocalCluster* cluster_;
+  static v1::Inference::Stub* stub_;
+  nlohmann::json golden_;
+};
+
+LocalCluster* ServingSmolLm2Test::cluster_ = nullptr;
+v1::Inference::Stub* ServingSmolLm2Test::stub_ = nullptr;
+
+TEST_F(ServingSmolLm2Test, SeededAndGreedyRequestsAreBatchInvariant) {
+  constexpr int kTokens = 8;
+  const auto prompt = [&](int i) { return Prompt(i); };
 
   const v1::GenerateRequest sampled = Sampled(prompt(0), kTokens, 0.8f, 0.9f, 1234);
   const v1::GenerateRequest greedy = Greedy(prompt(2), kTokens);
-  const Streamed sampled_alone = Generate(*stub, sampled, absl::Seconds(60));
+  const Streamed sampled_alone = Generate(*stub_, sampled, absl::Seconds(60));
   ASSERT_TRUE(sampled_alone.status.ok()) << sampled_alone.status.error_message();
   ASSERT_EQ(sampled_alone.ids.size(), static_cast<size_t>(kTokens));
-  const Streamed greedy_alone = Generate(*stub, greedy, absl::Seconds(60));
+  const Streamed greedy_alone = Generate(*stub_, greedy, absl::Seconds(60));
   ASSERT_TRUE(greedy_alone.status.ok()) << greedy_alone.status.error_message();
-  EXPECT_EQ(greedy_alone.ids,
-            std::vector<int32_t>(golden_greedy.begin(), golden_greedy.begin() + kTokens));
+  EXPECT_EQ(greedy_alone.ids, GoldenGreedy(2, kTokens));
 
   // 30 others: random token prompts of 4..18 tokens, greedy or sampled with their own seeds,
   // kTokens + 4 new tokens so that they outlive the two.
@@ -55,14 +84,14 @@ TEST(ServingSmolLm2Test, SeededAndGreedyRequestsAreBatchInvariant) {
   std::atomic<bool> done{false};
   std::thread monitor([&] {
     while (!done) {
-      absl::StatusOr<v1::ServerStats> s = Stats(*stub);
+      absl::StatusOr<v1::ServerStats> s = Stats(*stub_);
       if (s.ok()) max_running = std::max(max_running.load(), s->running());
       absl::SleepFor(absl::Milliseconds(20));
     }
   });
   std::vector<std::thread> threads;
   for (size_t i = 0; i < others.size(); ++i) {
-    threads.emplace_back([&, i] { results[i] = Generate(*stub, others[i], absl::Seconds(180)); });
+    threads.emplace_back([&, i] { results[i] = Generate(*stub_, others[i], absl::Seconds(180)); });
   }
   const absl::Time until = absl::Now() + absl::Seconds(30);
   while (max_running < 20 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
@@ -70,11 +99,11 @@ TEST(ServingSmolLm2Test, SeededAndGreedyRequestsAreBatchInvariant) {
   std::latch go(2);
   std::thread a([&] {
     go.arrive_and_wait();
-    sampled_batched = Generate(*stub, sampled, absl::Seconds(180));
+    sampled_batched = Generate(*stub_, sampled, absl::Seconds(180));
   });
   std::thread b([&] {
     go.arrive_and_wait();
-    greedy_batched = Generate(*stub, greedy, absl::Seconds(180));
+    greedy_batched = Generate(*stub_, greedy, absl::Seconds(180));
   });
   a.join();
   b.join();
@@ -87,10 +116,31 @@ TEST(ServingSmolLm2Test, SeededAndGreedyRequestsAreBatchInvariant) {
   EXPECT_EQ(sampled_batched.ids, sampled_alone.ids);
   EXPECT_EQ(greedy_batched.ids, greedy_alone.ids);
   EXPECT_GE(max_running.load(), 20) << "the requests did not run as one batch";
+  // Others still running when both targets had ended: they shared every step of the two.
+  const absl::Time targets_end = std::max(sampled_batched.end, greedy_batched.end);
+  const int outlived = static_cast<int>(std::count_if(
+      results.begin(), results.end(), [&](const Streamed& r) { return r.end > targets_end; }));
+  std::printf("[  figures ] max running %d, others outliving the two %d\n", max_running.load(),
+              outlived);
+  EXPECT_GE(outlived, 10);
   for (size_t i = 0; i < others.size(); ++i) {
     ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
     EXPECT_EQ(results[i].ids.size(), static_cast<size_t>(kTokens + 4)) << i;
   }
+}
+
+// A 300 ms gRPC deadline on a 200-token generation (seconds on this model): DEADLINE_EXCEEDED
+// soon after the deadline, the KV blocks are freed, and the next request is served correctly.
+TEST_F(ServingSmolLm2Test, DeadlineEndsTheRequestAndFreesItsBlocks) {
+  const Streamed r = Generate(*stub_, Greedy(Prompt(2), 200), absl::Milliseconds(300));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << r.status.error_message();
+  EXPECT_LT(r.took, absl::Seconds(1));
+  EXPECT_LT(r.ids.size(), 200u);
+  const absl::Status idle = WaitIdle(*stub_, absl::Seconds(5));
+  EXPECT_TRUE(idle.ok()) << idle;
+  const Streamed next = Generate(*stub_, Greedy(Prompt(0), 8), absl::Seconds(60));
+  ASSERT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.ids, GoldenGreedy(0, 8));
 }
 
 }  // namespace
