@@ -1,5 +1,7 @@
 // `tpserve up`: a local cluster on loopback — one tpserve-coordinator and N tpserve-worker
-// processes, their logs prefixed with the process name, ready when health says SERVING.
+// processes, their logs prefixed with the process name, ready when health says SERVING. While
+// the workers load their shards, a live progress bar per rank when stderr is a terminal (the
+// workers' progress log lines otherwise).
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,17 @@ struct UpOptions {
   int64_t memory_budget = 0;  // per worker, bytes; 0: the workers decide
   int max_context = 0;        // 0: the model's context length
   int ready_timeout_s = 600;
+  // Passed through; empty / 0 / false: the process's own default.
+  std::string http_listen;       // coordinator --http-listen (HOST:PORT; port 0 picks one here)
+  std::string log_format;        // every process: --log-format text|json
+  std::string log_level;         // every process: --log-level
+  std::string device = "cpu";    // "cpu", or "cuda": rank r gets --device cuda:r
+  std::string dtype;             // workers: --dtype fp32|bf16
+  std::string collectives;       // workers: --collectives gloo|nccl
+  int max_seqs = 0;              // coordinator --max-seqs
+  int max_batch_tokens = 0;      // coordinator --max-batch-tokens
+  int kv_block_size = 0;         // coordinator --kv-block-size
+  bool no_prefix_cache = false;  // coordinator --no-prefix-cache
 };
 
 // Registers the `up` subcommand and its flags on `app`, filling `options` when parsed.

@@ -9,9 +9,13 @@
 #     TP (required)           tensor-parallel degree = number of workers
 #     LISTEN                  public gRPC + health            (default 0.0.0.0:50051)
 #     CLUSTER_LISTEN          Cluster service for the workers (default 0.0.0.0:50052)
-#     HTTP_LISTEN, METRICS_LISTEN, KV_BLOCK_SIZE, MAX_BATCH_TOKENS, MAX_SEQS, MEMORY_BUDGET,
-#     MAX_CONTEXT, MAX_WAITING, STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S:
+#     HTTP_LISTEN             OpenAI-compatible HTTP API and /metrics, e.g. 0.0.0.0:8080
+#                             (--http-listen; default: off)
+#     LOG_FORMAT, LOG_LEVEL   text|json, info|debug|... (--log-format, --log-level)
+#     KV_BLOCK_SIZE, MAX_BATCH_TOKENS, MAX_SEQS, MEMORY_BUDGET, MAX_CONTEXT, MAX_WAITING,
+#     STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S:
 #                             passed as the flags of the same name when set
+#     NO_PREFIX_CACHE=1       --no-prefix-cache
 #   entrypoint.sh worker [EXTRA FLAGS...]
 #     COORDINATOR             HOST:PORT of the coordinator's Cluster service; default under
 #                             LeaderWorkerSet: $LWS_LEADER_ADDRESS:50052
@@ -20,10 +24,12 @@
 #                             the coordinator, the group's leader), else the host name's -N suffix
 #     TP (required)           group size, must equal the coordinator's
 #     DEVICE                  cpu (default) or cuda:K
+#     DTYPE                   fp32 or bf16 (--dtype; default: the device's)
+#     COLLECTIVES             gloo (default) or nccl (--collectives; GPU ranks)
 #     LISTEN                  Worker control service          (default 0.0.0.0:50061)
 #     ADVERTISE               address peers and the coordinator dial; default POD_IP
-#     DATA_INTERFACE, THREADS, MEMORY_BUDGET, MODEL, REGISTER_INTERVAL, LOG_LEVEL: the flags of
-#                             the same name
+#     DATA_INTERFACE, THREADS, MEMORY_BUDGET, MODEL, REGISTER_INTERVAL, LOG_FORMAT, LOG_LEVEL:
+#                             the flags of the same name
 #   entrypoint.sh fetch-models
 #     TPSERVE_CACHE           where scripts/fetch-models.sh puts models/ (the model volume)
 #
@@ -54,7 +60,6 @@ case $role in
     opt --listen "${LISTEN:-0.0.0.0:50051}"
     opt --cluster-listen "${CLUSTER_LISTEN:-0.0.0.0:50052}"
     opt --http-listen "${HTTP_LISTEN:-}"
-    opt --metrics-listen "${METRICS_LISTEN:-}"
     opt --kv-block-size "${KV_BLOCK_SIZE:-}"
     opt --max-batch-tokens "${MAX_BATCH_TOKENS:-}"
     opt --max-seqs "${MAX_SEQS:-}"
@@ -64,6 +69,12 @@ case $role in
     opt --step-timeout-ms "${STEP_TIMEOUT_MS:-}"
     opt --collective-timeout-ms "${COLLECTIVE_TIMEOUT_MS:-}"
     opt --load-timeout-s "${LOAD_TIMEOUT_S:-}"
+    case ${NO_PREFIX_CACHE:-} in
+      ""|0|false) ;;
+      *) args+=(--no-prefix-cache) ;;
+    esac
+    opt --log-format "${LOG_FORMAT:-}"
+    opt --log-level "${LOG_LEVEL:-}"
     ;;
   worker)
     coordinator=${COORDINATOR:-}
@@ -85,6 +96,8 @@ case $role in
     opt --rank "$rank"
     opt --tp "$TP"
     opt --device "${DEVICE:-cpu}"
+    opt --dtype "${DTYPE:-}"
+    opt --collectives "${COLLECTIVES:-}"
     opt --listen "${LISTEN:-0.0.0.0:50061}"
     opt --advertise "${ADVERTISE:-${POD_IP:-}}"
     opt --data-interface "${DATA_INTERFACE:-}"
@@ -92,6 +105,7 @@ case $role in
     opt --memory-budget "${MEMORY_BUDGET:-}"
     opt --model "${MODEL:-}"
     opt --register-interval "${REGISTER_INTERVAL:-}"
+    opt --log-format "${LOG_FORMAT:-}"
     opt --log-level "${LOG_LEVEL:-}"
     ;;
   fetch-models)

@@ -128,9 +128,11 @@ def stage_semantics(objs, bin_dir=None):
         if device == "cpu" and gpus:
             errors.append(f"semantics: {name_of(owner)}: DEVICE=cpu but requests {gpus} GPU(s)")
 
-    # Probes hit ports the container declares. The coordinator's readiness is grpc.health.v1 (the
-    # truth about the group); liveness / startup may be TCP (no always-SERVING health service yet),
-    # and so may all worker probes (workers serve no grpc.health.v1 yet).
+    # Probes hit ports the container declares. Readiness is grpc.health.v1 for both roles (the
+    # coordinator's: the truth about the group; a worker's: its shard is served). Liveness /
+    # startup may be TCP for the coordinator (no always-SERVING health service yet); workers have
+    # one ("liveness"), and a worker liveness probe on the default service would restart ranks
+    # that only wait for their group, so it must name a service.
     for owner, role, t in coord + work:
         c = t["spec"]["containers"][0]
         ports = {p["containerPort"] for p in c.get("ports", [])} | {p.get("name") for p in c.get("ports", [])}
@@ -138,10 +140,14 @@ def stage_semantics(objs, bin_dir=None):
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             p = c.get(probe, {})
             kind = "grpc" if "grpc" in p else "tcpSocket" if "tcpSocket" in p else None
-            need_grpc = is_coord and probe == "readinessProbe"
+            need_grpc = probe == "readinessProbe"
             if kind is None or (need_grpc and kind != "grpc"):
                 errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} is not a "
                               f"{'gRPC health' if need_grpc else 'gRPC health or TCP'} probe")
+            elif not is_coord and probe != "readinessProbe" and kind == "grpc" and not p[kind].get("service"):
+                errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} checks the worker's default "
+                              "health service, NOT_SERVING while the rank waits for its group: use "
+                              "service: liveness")
             elif p[kind].get("port") not in ports:
                 errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} port {p[kind].get('port')} "
                               "not declared")

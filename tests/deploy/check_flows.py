@@ -9,7 +9,7 @@ stdin, one line per socket, from `ss` in each namespace:
 ROLE is coordinator, worker or client; argv: IP=ROLE pairs naming every address.
 
 Allowed (the server side is the end that listens on the port):
-  client      -> coordinator 50051 (gRPC; HTTP 8080 and metrics 9090 too)
+  client      -> coordinator 50051 (gRPC; HTTP + /metrics 8080 too)
   worker      -> coordinator 50052 (Cluster: registration, rendezvous store)
   coordinator -> worker      50061 (control) and nothing else of the workers'
   worker      -> worker      any port (Gloo pairs listen on ephemeral ports, and close the
@@ -18,7 +18,7 @@ Prints each distinct flow; exit 1 when one is not allowed.
 """
 import sys
 
-ALLOWED = {("client", "coordinator"): {50051, 8080, 9090},
+ALLOWED = {("client", "coordinator"): {50051, 8080},
            ("worker", "coordinator"): {50052},
            ("coordinator", "worker"): {50061}}
 

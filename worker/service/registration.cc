@@ -4,33 +4,16 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/spdlog.h"
 #include "tpserve/v1/worker.grpc.pb.h"
-#include "worker/service/memory_budget.h"
 
 namespace tpserve {
 namespace {
-
-std::string CpuModelName() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      if (colon != std::string::npos) {
-        std::string name = line.substr(colon + 1);
-        name.erase(0, name.find_first_not_of(' '));
-        return name;
-      }
-    }
-  }
-  return "cpu";
-}
 
 // Sleeps `d` in short slices so that a stop request is noticed promptly.
 void SleepUnlessStopped(absl::Duration d, const std::function<bool()>& stopped) {
@@ -42,16 +25,16 @@ void SleepUnlessStopped(absl::Duration d, const std::function<bool()>& stopped) 
 
 }  // namespace
 
-v1::DeviceInfo CpuDeviceInfo(int threads) {
-  v1::DeviceInfo d;
-  d.set_kind("cpu");
-  d.set_index(0);
-  d.set_name(CpuModelName());
-  d.set_memory_total_bytes(HostTotalBytes());
-  d.set_memory_free_bytes(HostAvailableBytes());
-  d.set_compute_units(threads);
-  d.set_compute_capability(0);
-  return d;
+v1::DeviceInfo DeviceInfoOf(const DeviceDescription& d) {
+  v1::DeviceInfo info;
+  info.set_kind(d.kind);
+  info.set_index(d.index);
+  info.set_name(d.name);
+  info.set_memory_total_bytes(d.memory_total_bytes);
+  info.set_memory_free_bytes(d.memory_free_bytes);
+  info.set_compute_units(d.compute_units);
+  info.set_compute_capability(d.compute_capability);
+  return info;
 }
 
 std::string MakeIncarnation() {
@@ -68,21 +51,42 @@ struct Registrar::Impl {
   std::string coordinator;
   v1::RegisterRequest request;
   std::unique_ptr<v1::Cluster::Stub> stub;
+  absl::Mutex mu;
+  grpc::ClientContext* in_flight ABSL_GUARDED_BY(mu) = nullptr;
+  bool cancelled ABSL_GUARDED_BY(mu) = false;
 };
 
 Registrar::Registrar(const std::string& coordinator, v1::RegisterRequest request)
-    : impl_(new Impl{coordinator, std::move(request),
-                     v1::Cluster::NewStub(
-                         grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()))}) {}
+    : impl_(std::make_unique<Impl>()) {
+  impl_->coordinator = coordinator;
+  impl_->request = std::move(request);
+  impl_->stub =
+      v1::Cluster::NewStub(grpc::CreateChannel(coordinator, grpc::InsecureChannelCredentials()));
+}
 
 Registrar::~Registrar() = default;
+
+void Registrar::Cancel() {
+  absl::MutexLock lock(&impl_->mu);
+  impl_->cancelled = true;
+  if (impl_->in_flight != nullptr) impl_->in_flight->TryCancel();
+}
 
 absl::StatusOr<v1::RegisterResponse> Registrar::RegisterOnce(absl::Duration timeout) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout)));
   v1::RegisterResponse resp;
+  {
+    absl::MutexLock lock(&impl_->mu);
+    if (impl_->cancelled) return absl::CancelledError("registration cancelled");
+    impl_->in_flight = &ctx;
+  }
   const grpc::Status st = impl_->stub->Register(&ctx, impl_->request, &resp);
+  {
+    absl::MutexLock lock(&impl_->mu);
+    impl_->in_flight = nullptr;
+  }
   if (st.ok()) return resp;
   return absl::Status(static_cast<absl::StatusCode>(st.error_code()),
                       absl::StrCat("coordinator ", impl_->coordinator,

@@ -12,12 +12,12 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "tpserve/v1/worker.pb.h"
+#include "worker/service/device.h"
 
 namespace tpserve {
 
-// The CPU this process computes on: model name (/proc/cpuinfo), host memory total / available,
-// `threads` compute units.
-v1::DeviceInfo CpuDeviceInfo(int threads);
+// Register's DeviceInfo for what this process computes on (device.h).
+v1::DeviceInfo DeviceInfoOf(const DeviceDescription& d);
 
 // "host:pid:start-time-ns": unique per process start.
 std::string MakeIncarnation();
@@ -38,6 +38,10 @@ class Registrar {
   // `coordinator` is the Cluster service's "host:port".
   Registrar(const std::string& coordinator, v1::RegisterRequest request);
   ~Registrar();
+
+  // Cancels the call in flight and makes every later one return CANCELLED at once (any thread;
+  // a stopping worker must not wait out an RPC to a coordinator that is stopping too).
+  void Cancel();
 
   // One Register call.
   absl::StatusOr<v1::RegisterResponse> RegisterOnce(absl::Duration timeout);

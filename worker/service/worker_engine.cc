@@ -12,11 +12,6 @@
 namespace tpserve {
 namespace {
 
-int ThreadsOrDefault(int threads) {
-  if (threads > 0) return threads;
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-}
-
 std::string RangeString(const Range& r) { return absl::StrCat("[", r.begin, ", ", r.end, ")"); }
 
 std::string ShardString(const RankShard& s) {
@@ -28,9 +23,17 @@ std::string ShardString(const RankShard& s) {
 int64_t MicrosBetween(absl::Time a, absl::Time b) { return absl::ToInt64Microseconds(b - a); }
 
 // Without a budget from the coordinator or --memory-budget: half of the host's available memory,
-// shared by the group's ranks as if they all ran on this host (`tpserve up`), so that loading
-// them one after another never starves the last.
-int64_t DefaultBudget(int world_size) { return HostAvailableBytes() / 2 / std::max(1, world_size); }
+// at most kDefaultHostBudgetBytes, shared by the group's ranks as if they all ran on this host
+// (`tpserve up`), so that loading them one after another never starves the last.
+//
+// The cap is there because the CPU KV pool is zero-filled at load and freed at exit, and both
+// scale with its size: half of a 23 GiB host (an 11 GiB pool for SmolLM2 at TP=1) took 83 s to
+// load and 6 s to exit on the 2-vCPU test VM, past `tpserve up`'s 10 s stop limit. 2 GiB still
+// holds ~40k tokens of SmolLM2 KV per rank group; larger pools are a --memory-budget away.
+constexpr int64_t kDefaultHostBudgetBytes = int64_t{2} << 30;
+int64_t DefaultBudget(int world_size) {
+  return std::min(HostAvailableBytes() / 2, kDefaultHostBudgetBytes) / std::max(1, world_size);
+}
 
 }  // namespace
 
@@ -61,14 +64,32 @@ struct WorkerEngine::Loaded {
 };
 
 WorkerEngine::WorkerEngine(WorkerOptions options)
-    : options_(std::move(options)), backend_(ThreadsOrDefault(options_.threads)) {}
+    : options_(std::move(options)),
+      device_(options_.device ? options_.device : OpenCpuDevice(options_.threads)),
+      backend_(device_->backend()) {}
 
 WorkerEngine::~WorkerEngine() = default;
 
 void WorkerEngine::SetState(WorkerState s, std::string message) {
-  absl::MutexLock lock(&mu_);
-  state_ = s;
-  message_ = std::move(message);
+  {
+    absl::MutexLock lock(&mu_);
+    state_ = s;
+    message_ = std::move(message);
+  }
+  Publish();
+}
+
+void WorkerEngine::Publish() {
+  if (!options_.on_state) return;
+  // Under publish_mu_ and reading the state inside it: two racing publishers cannot leave the
+  // listener with the older state.
+  absl::MutexLock publish(&publish_mu_);
+  WorkerState now;
+  {
+    absl::MutexLock lock(&mu_);
+    now = state_;
+  }
+  options_.on_state(now);
 }
 
 HealthSnapshot WorkerEngine::Snapshot() const {
@@ -81,14 +102,19 @@ HealthSnapshot WorkerEngine::Snapshot() const {
 }
 
 void WorkerEngine::MarkBroken(const absl::Status& why) {
-  absl::MutexLock lock(&mu_);
-  if (state_ != WorkerState::kReady) return;  // nothing loaded to break
-  state_ = WorkerState::kBroken;
-  message_ = absl::StrCat("generation ", generation_, " failed: ", why.ToString(),
-                          "; waiting for LoadModel with a new generation");
+  {
+    absl::MutexLock lock(&mu_);
+    if (state_ != WorkerState::kReady) return;  // nothing loaded to break
+    state_ = WorkerState::kBroken;
+    message_ = absl::StrCat("generation ", generation_, " failed: ", why.ToString(),
+                            "; waiting for LoadModel with a new generation");
+  }
+  Publish();
 }
 
 void WorkerEngine::MarkDraining() { SetState(WorkerState::kDraining, "Drain called"); }
+
+void WorkerEngine::MarkStopping() { SetState(WorkerState::kDraining, "shutting down"); }
 
 void WorkerEngine::Release() {
   loaded_.reset();
@@ -99,28 +125,34 @@ void WorkerEngine::Release() {
 
 absl::StatusOr<std::unique_ptr<Communicator>> WorkerEngine::Connect(const LoadSpec& spec) {
   const int world = spec.shard.world_size;
-  if (spec.comm_kind == LoadSpec::CommKind::kNccl) {
-    return absl::UnimplementedError(
-        "communicator KIND_NCCL: this worker computes on the CPU; CPU ranks use KIND_GLOO");
-  }
-  if (world == 1) return std::unique_ptr<Communicator>(new LocalCommunicator());
-  if (spec.comm_kind != LoadSpec::CommKind::kGloo) {
+  if (world > 1 && spec.comm_kind == LoadSpec::CommKind::kLocal) {
     return absl::InvalidArgumentError(absl::StrCat(
         "communicator KIND_LOCAL cannot connect a group of ", world, " ranks; use KIND_GLOO"));
   }
-  if (!options_.make_store) {
-    return absl::FailedPreconditionError(
-        "this worker has no rendezvous store (start it with --coordinator)");
-  }
-  std::unique_ptr<KvStore> store = options_.make_store();
-  GlooOptions gloo{.rank = options_.rank,
-                   .world_size = world,
-                   .hostname = options_.data_host,
-                   .interface = options_.data_interface,
-                   .store_prefix = spec.store_prefix,
-                   .timeout = spec.comm_timeout};
-  ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm, GlooCommunicator::Create(*store, gloo));
-  return std::unique_ptr<Communicator>(std::move(comm));
+  ConnectRequest request;
+  request.rank = options_.rank;
+  request.world_size = world;
+  request.nccl_requested = spec.comm_kind == LoadSpec::CommKind::kNccl;
+  request.store_prefix = spec.store_prefix;
+  request.timeout = spec.comm_timeout;
+  request.make_store = options_.make_store;
+  request.make_gloo = [&]() -> absl::StatusOr<std::unique_ptr<Communicator>> {
+    if (!options_.make_store) {
+      return absl::FailedPreconditionError(
+          "this worker has no rendezvous store (start it with --coordinator)");
+    }
+    std::unique_ptr<KvStore> store = options_.make_store();
+    GlooOptions gloo{.rank = options_.rank,
+                     .world_size = world,
+                     .hostname = options_.data_host,
+                     .interface = options_.data_interface,
+                     .store_prefix = spec.store_prefix,
+                     .timeout = spec.comm_timeout};
+    ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm,
+                     GlooCommunicator::Create(*store, gloo));
+    return std::unique_ptr<Communicator>(std::move(comm));
+  };
+  return device_->Connect(request);
 }
 
 absl::StatusOr<LoadReport> WorkerEngine::Load(const LoadSpec& spec) {
@@ -144,10 +176,7 @@ absl::StatusOr<LoadReport> WorkerEngine::Load(const LoadSpec& spec) {
         "memory_budget_bytes, max_batch_sequences, max_batch_tokens and max_context_length must "
         "be >= 0");
   }
-  if (!spec.dtype.empty() && spec.dtype != "f32" && spec.dtype != "float32") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dtype \"", spec.dtype, "\": the CPU backend computes in f32 (send \"f32\" or \"\")"));
-  }
+  RETURN_IF_ERROR(device_->CheckDtype(spec.dtype));
   {
     absl::MutexLock lock(&mu_);
     if (generation_ != 0 && spec.generation == generation_) {
@@ -164,7 +193,9 @@ absl::StatusOr<LoadReport> WorkerEngine::Load(const LoadSpec& spec) {
     steps_ = 0;
     message_ = absl::StrCat("loading ", spec.model_path, " for generation ", spec.generation);
   }
+  Publish();
   absl::StatusOr<LoadReport> report = LoadLocked(spec);
+  backend_.Arm(nullptr);
   if (!report.ok()) {
     loaded_.reset();
     SetState(WorkerState::kIdle, absl::StrCat("last LoadModel (generation ", spec.generation,
@@ -172,10 +203,16 @@ absl::StatusOr<LoadReport> WorkerEngine::Load(const LoadSpec& spec) {
     return report.status();
   }
   report->load_time_ms = absl::ToDoubleMilliseconds(absl::Now() - start);
-  absl::MutexLock lock(&mu_);
-  state_ = WorkerState::kReady;
-  generation_ = spec.generation;
-  message_.clear();
+  {
+    absl::MutexLock lock(&mu_);
+    // A Drain or SIGTERM that came during the load wins: the model is loaded but not served.
+    if (state_ == WorkerState::kLoading) {
+      state_ = WorkerState::kReady;
+      message_.clear();
+    }
+    generation_ = spec.generation;
+  }
+  Publish();
   return report;
 }
 
@@ -199,7 +236,13 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
 
   ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, Connect(spec));
   loaded->comm = std::make_unique<TimedCommunicator>(std::move(comm));
+  LoadProgress::Report on_progress = options_.on_load_progress;
+  if (!on_progress) on_progress = [](int64_t, int64_t) {};
+  LoadProgress progress(weight_bytes, std::move(on_progress));
+  backend_.Arm(&progress);
   ASSIGN_OR_RETURN(loaded->model, LoadCausalLm(loaded->files, plan, backend_, *loaded->comm));
+  backend_.Arm(nullptr);
+  progress.Finish();
 
   const int64_t block_size = spec.kv_block_size;
   const KvCacheConfig one_block{.num_layers = config.num_layers,
@@ -211,6 +254,14 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
   sizing.budget_bytes = spec.memory_budget_bytes > 0       ? spec.memory_budget_bytes
                         : options_.memory_budget_bytes > 0 ? options_.memory_budget_bytes
                                                            : DefaultBudget(spec.shard.world_size);
+  // A GPU without an explicit budget: the KV pool gets 90 % of what the device has free once
+  // the weights are on it (they are dequantised there, so the file's bytes do not tell).
+  if (spec.memory_budget_bytes == 0 && options_.memory_budget_bytes == 0) {
+    if (std::optional<int64_t> free = device_->FreeDeviceBytes()) {
+      sizing.budget_bytes = *free / 10 * 9;
+      sizing.weight_bytes = 0;
+    }
+  }
   sizing.activation_bytes = StepActivationBytes(
       config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 2048,
       spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256);

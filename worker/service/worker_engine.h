@@ -17,11 +17,12 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "worker/backend/cpu/cpu_backend.h"
 #include "worker/model/model_loader.h"
 #include "worker/parallel/kv_store.h"
 #include "worker/parallel/shard_plan.h"
 #include "worker/runtime/model_runner.h"
+#include "worker/service/device.h"
+#include "worker/service/load_progress.h"
 #include "worker/service/logits_processing.h"
 #include "worker/service/timed_communicator.h"
 
@@ -32,7 +33,9 @@ const char* WorkerStateName(WorkerState s);
 
 struct WorkerOptions {
   int rank = 0;
-  // CPU threads of the backend (0: all hardware threads).
+  // What this rank computes on (device.h); null: the CPU with `threads` threads (0: all
+  // hardware threads).
+  std::shared_ptr<WorkerDevice> device;
   int threads = 0;
   // Where this rank's Gloo pairs listen (an address peers can reach) or a network interface
   // (takes precedence).
@@ -43,6 +46,12 @@ struct WorkerOptions {
   int64_t memory_budget_bytes = 0;
   // Makes the rendezvous store of a Gloo group (the coordinator's, through rendezvous_client).
   std::function<std::unique_ptr<KvStore>()> make_store;
+  // Called after every state change with the state then current (from the thread that changed
+  // it; calls are serialised, and the last one carries the latest state). grpc.health.v1 hangs
+  // off this.
+  std::function<void(WorkerState)> on_state;
+  // Shard-loading progress (LoadProgress: every ~10 % or 1 s, and once at the end).
+  LoadProgress::Report on_load_progress;
 };
 
 // LoadModelRequest, without the proto types.
@@ -144,21 +153,27 @@ class WorkerEngine {
 
   // Refuse new plans from now on (any thread).
   void MarkDraining();
+  // The process is stopping (SIGTERM): like MarkDraining, reported as "shutting down".
+  void MarkStopping();
   // Drops the model, KV cache and communicator (executor thread).
   void Release();
 
   HealthSnapshot Snapshot() const;
+  const WorkerDevice& device() const { return *device_; }
 
  private:
   struct Loaded;  // model files, communicator, model, runner of one generation
 
   void SetState(WorkerState s, std::string message) ABSL_LOCKS_EXCLUDED(mu_);
+  // Tells options_.on_state the current state (call after changing it, outside mu_).
+  void Publish() ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
   absl::StatusOr<std::unique_ptr<Communicator>> Connect(const LoadSpec& spec);
   absl::StatusOr<LoadReport> LoadLocked(const LoadSpec& spec);
   absl::StatusOr<StepOutcome> Run(PlanStep plan, absl::Time received);
 
   const WorkerOptions options_;
-  CpuBackend backend_;
+  std::shared_ptr<WorkerDevice> device_;
+  CountingBackend backend_;         // device_'s backend, counting the bytes a load reads
   std::unique_ptr<Loaded> loaded_;  // executor thread only
 
   mutable absl::Mutex mu_;
@@ -166,6 +181,7 @@ class WorkerEngine {
   int64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
   std::string message_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex publish_mu_;
 };
 
 }  // namespace tpserve

@@ -8,14 +8,17 @@
 
 #include <atomic>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <thread>
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/base/logging.h"
 #include "coordinator/cluster/rendezvous_client.h"
 #include "spdlog/spdlog.h"
+#include "worker/service/device.h"
 #include "worker/service/registration.h"
 #include "worker/service/worker_server.h"
 
@@ -31,6 +34,8 @@ struct Flags {
   int rank = -1;
   int world_size = 1;
   std::string device = "cpu";
+  std::string dtype;
+  std::string collectives = "gloo";
   std::string listen = "0.0.0.0:0";
   std::string advertise;
   std::string data_interface;
@@ -58,10 +63,6 @@ int Run(const Flags& f) {
     std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
     return 2;
   }
-  if (f.device != "cpu") {
-    spdlog::error("--device {}: this build runs CPU ranks only (--device cpu)", f.device);
-    return 2;
-  }
   if (f.rank >= f.world_size) {
     spdlog::error("--rank {} is outside a group of --tp {} ranks", f.rank, f.world_size);
     return 2;
@@ -70,6 +71,14 @@ int Run(const Flags& f) {
                           ? f.threads
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   const std::string host = AdvertiseHost(f);
+  // Before anything listens or registers: a worker that cannot compute says why and exits 2.
+  absl::StatusOr<std::unique_ptr<WorkerDevice>> device = OpenDevice(DeviceOptions{
+      .device = f.device, .dtype = f.dtype, .collectives = f.collectives, .threads = threads});
+  if (!device.ok()) {
+    spdlog::error("{}", std::string(device.status().message()));
+    return 2;
+  }
+  std::shared_ptr<WorkerDevice> shared_device = std::move(*device);
 
   // Signals are taken by sigwait below: block them before any thread starts (threads inherit
   // the mask), so no gRPC or Gloo thread is interrupted by them.
@@ -79,13 +88,16 @@ int Run(const Flags& f) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  WorkerOptions options{
-      .rank = f.rank,
-      .threads = threads,
-      .data_host = host,
-      .data_interface = f.data_interface,
-      .memory_budget_bytes = f.memory_budget,
-      .make_store = [coordinator = f.coordinator]() { return MakeRendezvousClient(coordinator); }};
+  WorkerOptions options;
+  options.rank = f.rank;
+  options.device = shared_device;
+  options.threads = threads;
+  options.data_host = host;
+  options.data_interface = f.data_interface;
+  options.memory_budget_bytes = f.memory_budget;
+  options.make_store = [coordinator = f.coordinator]() {
+    return MakeRendezvousClient(coordinator);
+  };
   absl::StatusOr<std::unique_ptr<WorkerServer>> server =
       WorkerServer::Start(f.listen, std::move(options));
   if (!server.ok()) {
@@ -93,14 +105,14 @@ int Run(const Flags& f) {
     return 1;
   }
   const std::string control_address = absl::StrCat(host, ":", (*server)->port());
-  spdlog::info("Worker service on {} (advertised as {}), {} threads, coordinator {}", f.listen,
-               control_address, threads, f.coordinator);
+  spdlog::info("Worker service on {} (advertised as {}), {}, coordinator {}", f.listen,
+               control_address, shared_device->Summary(), f.coordinator);
 
   v1::RegisterRequest req;
   req.set_rank(f.rank);
   req.set_world_size(f.world_size);
   req.set_incarnation(MakeIncarnation());
-  *req.mutable_device() = CpuDeviceInfo(threads);
+  *req.mutable_device() = DeviceInfoOf(shared_device->Describe());
   req.set_memory_budget_bytes(f.memory_budget);
   req.set_control_address(control_address);
   req.set_data_host(f.data_interface.empty() ? host : "");
@@ -110,8 +122,8 @@ int Run(const Flags& f) {
 
   std::atomic<bool> stopping{false};
   std::atomic<int> exit_code{0};
-  std::thread registrar([&]() {
-    Registrar registrar(f.coordinator, req);
+  Registrar registrar(f.coordinator, req);
+  std::thread registering([&]() {
     const auto stopped = [&]() { return stopping.load(); };
     absl::StatusOr<v1::RegisterResponse> resp = registrar.RegisterWithRetry(stopped);
     absl::Status st = resp.status();
@@ -131,12 +143,20 @@ int Run(const Flags& f) {
 
   int sig = 0;
   sigwait(&signals, &sig);
+  const absl::Time signalled = absl::Now();
   stopping = true;
   if (exit_code == 0) spdlog::info("{}: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
-  (*server)->Shutdown(absl::Seconds(2));
-  registrar.join();
+  // The coordinator is usually stopping at the same moment (tpserve up, a rolling restart): a
+  // Register call to it is cancelled rather than waited out.
+  registrar.Cancel();
+  // Health turns NOT_SERVING at once; streams still open after the grace are cancelled (a step
+  // in flight finishes or hits its collective deadline).
+  (*server)->Shutdown(absl::Seconds(1));
+  registering.join();
+  // Freeing the model and KV pool costs time proportional to the pool (the kernel returns its
+  // pages): see DefaultBudget in worker_engine.cc for why the default pool is capped.
   server->reset();
-  spdlog::info("stopped");
+  spdlog::info("stopped in {} ms", absl::ToInt64Milliseconds(absl::Now() - signalled));
   return exit_code;
 }
 
@@ -159,7 +179,18 @@ int main(int argc, char** argv) {
                  "Ranks in the group; must equal the coordinator's --tp")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--device", f.device, "Compute device (this build: cpu)")->capture_default_str();
+  app.add_option("--device", f.device,
+                 "Compute device: cpu, or cuda:K for GPU K (needs a CUDA build and an NVIDIA "
+                 "driver; one GPU per rank)")
+      ->capture_default_str();
+  app.add_option("--dtype", f.dtype,
+                 "Compute dtype: fp32 or bf16 (default: the device's, cpu fp32, cuda bf16)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--collectives", f.collectives,
+                 "Data plane between ranks: gloo (TCP; on GPUs staged through host memory) or "
+                 "nccl (GPU ranks only; every rank of the group must pass the same)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"gloo", "nccl"}));
   app.add_option("--listen", f.listen,
                  "HOST:PORT the Worker service listens on; port 0 picks a free one")
       ->capture_default_str();
@@ -175,7 +206,8 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--memory-budget", f.memory_budget,
                  "Bytes for weights + KV cache + activations when the coordinator sends no "
-                 "budget; 0 = half of the host's available memory, divided by --tp")
+                 "budget; 0 = half of the host's available memory, at most 2 GiB, divided by --tp "
+                 "(CPU), or 90 % of the GPU's free memory after the weights (CUDA)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--model", f.model,

@@ -1,5 +1,7 @@
-// A gRPC server hosting the Worker service (tpserve-worker's, and in-process tests'). No gRPC
-// types in this header.
+// A gRPC server hosting the Worker service (tpserve-worker's, and in-process tests') and
+// grpc.health.v1: "" and "tpserve.v1.Worker" are SERVING while the engine is READY (a model
+// loaded and served), NOT_SERVING while idle, loading, draining, broken or stopping; "liveness"
+// is SERVING while the server runs. No gRPC types in this header.
 #pragma once
 
 #include <memory>
@@ -19,9 +21,9 @@ class WorkerServer {
                                                              WorkerOptions options);
   ~WorkerServer();  // Shutdown(1 s) if not done yet
 
-  // Stops accepting calls, cancels streams still open after `grace` and waits for their
-  // handlers. The executor stops in the destructor (a step in flight runs to its end or its
-  // collective deadline).
+  // Marks the engine stopping (health NOT_SERVING, new plans refused), stops accepting calls,
+  // cancels streams still open after `grace` and waits for their handlers. The executor stops in
+  // the destructor (a step in flight runs to its end or its collective deadline).
   void Shutdown(absl::Duration grace);
 
   int port() const { return port_; }
@@ -29,9 +31,11 @@ class WorkerServer {
 
  private:
   struct Impl;
-  WorkerServer(std::unique_ptr<Impl> impl, int port);
+  class HealthPublisher;
+  WorkerServer(std::unique_ptr<Impl> impl, std::shared_ptr<HealthPublisher> health, int port);
 
   std::unique_ptr<Impl> impl_;
+  std::shared_ptr<HealthPublisher> health_;
   int port_ = 0;
 };
 

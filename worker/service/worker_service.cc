@@ -160,8 +160,22 @@ class WorkerService::ExecuteReactor final
   } totals_ ABSL_GUARDED_BY(mu_);
 };
 
+namespace {
+
+// Loading progress in the worker's log (tpserve up draws its progress bars from these lines).
+WorkerOptions WithProgressLog(WorkerOptions options) {
+  if (!options.on_load_progress) {
+    options.on_load_progress = [](int64_t done, int64_t total) {
+      spdlog::info("{}", FormatLoadProgress(done, total));
+    };
+  }
+  return options;
+}
+
+}  // namespace
+
 WorkerService::WorkerService(WorkerOptions options)
-    : engine_(std::move(options)), executor_([this]() { ExecutorLoop(); }) {}
+    : engine_(WithProgressLog(std::move(options))), executor_([this]() { ExecutorLoop(); }) {}
 
 WorkerService::~WorkerService() {
   {

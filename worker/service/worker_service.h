@@ -37,6 +37,8 @@ class WorkerService final : public v1::Worker::CallbackService {
                                   v1::DrainResponse* resp) override;
 
   const WorkerEngine& engine() const { return engine_; }
+  // The process is stopping: refuse new plans, report NOT_SERVING.
+  void MarkStopping() { engine_.MarkStopping(); }
 
  private:
   class ExecuteReactor;

@@ -1,7 +1,8 @@
 // The Worker service in this process on loopback, driven by a real gRPC client: LoadModel of a
 // tiny golden checkpoint, Execute streams of batched prefill + decode plans whose greedy tokens
 // and log-probs must match the transformers goldens, and the error paths (malformed plans, wrong
-// generation, bad loads, Drain) with the service still answering Health.
+// generation, bad loads, Drain) with the service still answering Health; grpc.health.v1 following
+// the engine's state; shard-loading progress reports.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -10,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "coordinator/api/health_client.h"
 #include "grpcpp/grpcpp.h"
 #include "tests/worker/model/golden.h"
 #include "tests/worker/service/plans.h"
@@ -349,6 +351,81 @@ TEST_F(WorkerServiceTest, CancelledStreamLeavesTheWorkerReady) {
   *plan.add_sequences() = testing::SequenceOf(0, {1, 2, 3}, 0, 1);
   v1::StepResult result;
   EXPECT_TRUE(ExecuteOne(plan, &result).ok());
+}
+
+// grpc.health.v1 on the control port: "" and the Worker service SERVING only while a model is
+// served; "liveness" SERVING throughout (a rank waiting for its group is alive, not ready).
+TEST_F(WorkerServiceTest, GrpcHealthIsServingOnlyWhileAModelIsServed) {
+  const std::string address = absl::StrCat("127.0.0.1:", server_->port());
+  const auto check = [&](const std::string& service) {
+    absl::StatusOr<HealthState> h = CheckHealth(address, service, absl::Seconds(5));
+    EXPECT_TRUE(h.ok()) << h.status();
+    return h.value_or(HealthState::kUnknown);
+  };
+  EXPECT_EQ(check(""), HealthState::kNotServing);  // idle: nothing loaded
+  EXPECT_EQ(check("tpserve.v1.Worker"), HealthState::kNotServing);
+  EXPECT_EQ(check("liveness"), HealthState::kServing);
+
+  v1::LoadModelResponse loaded;
+  ASSERT_TRUE(Load(LoadRequest(1), &loaded).ok());
+  EXPECT_EQ(check(""), HealthState::kServing);
+  EXPECT_EQ(check("tpserve.v1.Worker"), HealthState::kServing);
+
+  // A malformed plan breaks the rank: not ready until a new generation loads.
+  v1::StepPlan bad;
+  bad.set_generation(1);
+  *bad.add_sequences() = testing::SequenceOf(0, {1 << 30}, 0, 1);  // token past the vocabulary
+  v1::StepResult result;
+  EXPECT_FALSE(ExecuteOne(bad, &result).ok());
+  EXPECT_EQ(check(""), HealthState::kNotServing);
+  ASSERT_TRUE(Load(LoadRequest(2), &loaded).ok());
+  EXPECT_EQ(check(""), HealthState::kServing);
+
+  {
+    grpc::ClientContext ctx;
+    v1::DrainResponse resp;
+    ASSERT_TRUE(stub_->Drain(&ctx, v1::DrainRequest(), &resp).ok());
+  }
+  EXPECT_EQ(check(""), HealthState::kNotServing);
+  EXPECT_EQ(check("liveness"), HealthState::kServing);
+  // grpc.health.v1 Check answers NOT_FOUND for a service it does not know.
+  EXPECT_EQ(CheckHealth(address, "no.such.Service", absl::Seconds(5)).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+// The worker reports its slice's loading progress: increasing byte counts against the slice's
+// total (the LoadModel response's weight_bytes), one report per ~10 %, the last one complete.
+// The one before the last shows the counting saw (nearly) every byte the loader read.
+TEST(WorkerLoadProgressTest, ReportsBytesOfTheSliceUpToItsTotal) {
+  std::vector<std::pair<int64_t, int64_t>> reports;
+  absl::Mutex mu;
+  WorkerOptions options;
+  options.threads = 1;
+  options.on_load_progress = [&](int64_t done, int64_t total) {
+    absl::MutexLock lock(&mu);
+    reports.emplace_back(done, total);
+  };
+  absl::StatusOr<std::unique_ptr<WorkerServer>> server =
+      WorkerServer::Start("127.0.0.1:0", std::move(options));
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto stub = v1::Worker::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*server)->port()),
+                                                      grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::LoadModelResponse loaded;
+  ASSERT_TRUE(stub->LoadModel(&ctx, LoadRequest(1), &loaded).ok());
+
+  absl::MutexLock lock(&mu);
+  ASSERT_GE(reports.size(), 3u);
+  EXPECT_LE(reports.size(), 11u);  // one per 10 % step at most, the final one included
+  const int64_t total = loaded.weight_bytes();
+  for (size_t i = 0; i < reports.size(); ++i) {
+    EXPECT_EQ(reports[i].second, total) << "report " << i;
+    if (i > 0) {
+      EXPECT_GT(reports[i].first, reports[i - 1].first) << "report " << i;
+    }
+  }
+  EXPECT_EQ(reports.back().first, total);
+  EXPECT_GE(reports[reports.size() - 2].first * 10, total * 9);
 }
 
 }  // namespace

@@ -1,0 +1,138 @@
+#include "worker/service/device.h"
+
+#include <charconv>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "worker/backend/cpu/cpu_backend.h"
+#include "worker/service/memory_budget.h"
+
+#if TPSERVE_HAVE_CUDA
+#include "worker/service/cuda_device.h"
+#endif
+
+namespace tpserve {
+namespace {
+
+std::string CpuModelName() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) != 0) continue;
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string name = line.substr(colon + 1);
+    name.erase(0, name.find_first_not_of(' '));
+    return name;
+  }
+  return "cpu";
+}
+
+bool IsFp32(const std::string& dtype) {
+  return dtype == "fp32" || dtype == "f32" || dtype == "float32";
+}
+
+class CpuDevice final : public WorkerDevice {
+ public:
+  explicit CpuDevice(int threads) : threads_(threads), backend_(threads) {}
+
+  Backend& backend() override { return backend_; }
+
+  DeviceDescription Describe() const override {
+    return DeviceDescription{.kind = "cpu",
+                             .index = 0,
+                             .name = CpuModelName(),
+                             .memory_total_bytes = HostTotalBytes(),
+                             .memory_free_bytes = HostAvailableBytes(),
+                             .compute_units = threads_,
+                             .compute_capability = 0};
+  }
+
+  std::string Summary() const override {
+    return absl::StrCat("cpu fp32 (", threads_, " threads), collectives gloo");
+  }
+
+  absl::Status CheckDtype(const std::string& dtype) const override {
+    if (dtype.empty() || IsFp32(dtype)) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dtype \"", dtype, "\": the CPU backend computes in f32 (send \"f32\" or \"\")"));
+  }
+
+  std::optional<int64_t> FreeDeviceBytes() const override { return std::nullopt; }
+
+  absl::StatusOr<std::unique_ptr<Communicator>> Connect(const ConnectRequest& r) override {
+    if (r.nccl_requested) {
+      return absl::UnimplementedError(
+          "communicator KIND_NCCL: this worker computes on the CPU; CPU ranks use KIND_GLOO "
+          "(start it with --device cuda:K for NCCL)");
+    }
+    if (r.world_size == 1) return std::unique_ptr<Communicator>(new LocalCommunicator());
+    return r.make_gloo();
+  }
+
+ private:
+  const int threads_;
+  CpuBackend backend_;
+};
+
+int ThreadsOrDefault(int threads) {
+  if (threads > 0) return threads;
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
+bool BuiltWithCuda() { return TPSERVE_HAVE_CUDA != 0; }
+bool BuiltWithNccl() { return TPSERVE_HAVE_NCCL != 0; }
+
+std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads) {
+  return std::make_unique<CpuDevice>(ThreadsOrDefault(threads));
+}
+
+absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o) {
+  if (o.collectives != "gloo" && o.collectives != "nccl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--collectives ", o.collectives, ": expected gloo or nccl"));
+  }
+  if (!o.dtype.empty() && !IsFp32(o.dtype) && o.dtype != "bf16") {
+    return absl::InvalidArgumentError(absl::StrCat("--dtype ", o.dtype, ": expected fp32 or bf16"));
+  }
+  if (o.device == "cpu") {
+    if (o.dtype == "bf16") {
+      return absl::InvalidArgumentError(
+          "--dtype bf16: the CPU backend computes in fp32 (bf16 is for --device cuda:K)");
+    }
+    if (o.collectives == "nccl") {
+      return absl::InvalidArgumentError(
+          "--collectives nccl: NCCL connects GPUs; CPU ranks use gloo (or use --device cuda:K)");
+    }
+    return OpenCpuDevice(o.threads);
+  }
+  // cuda or cuda:K
+  int index = 0;
+  const std::string prefix = "cuda:";
+  if (o.device != "cuda") {
+    if (o.device.rfind(prefix, 0) != 0 || o.device.size() == prefix.size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--device ", o.device, ": expected cpu, cuda or cuda:K (K = GPU ordinal)"));
+    }
+    const char* begin = o.device.data() + prefix.size();
+    const char* end = o.device.data() + o.device.size();
+    const auto [stop, ec] = std::from_chars(begin, end, index);
+    if (ec != std::errc() || stop != end || index < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--device ", o.device, ": expected cpu, cuda or cuda:K (K = GPU ordinal)"));
+    }
+  }
+#if TPSERVE_HAVE_CUDA
+  return OpenCudaDevice(index, !IsFp32(o.dtype), o.collectives == "nccl");
+#else
+  return absl::FailedPreconditionError(absl::StrCat(
+      "--device ", o.device,
+      ": this tpserve-worker was built without CUDA (configure where nvcc is found, or with "
+      "-DTPSERVE_WITH_CUDA=ON); use --device cpu"));
+#endif
+}
+
+}  // namespace tpserve
