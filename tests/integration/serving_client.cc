@@ -1,5 +1,6 @@
 #include "tests/integration/serving_client.h"
 
+#include <algorithm>
 #include <fstream>
 #include <random>
 
@@ -23,7 +24,17 @@ Streamed Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& req,
   v1::GenerateResponse resp;
   while (reader->Read(&resp)) {
     if (r.responses++ == 0) r.request_id = resp.request_id();
-    for (const v1::Token& t : resp.tokens()) r.ids.push_back(t.id());
+    const size_t index = static_cast<size_t>(std::max(resp.index(), 0));
+    if (r.by_index.size() <= index) {
+      r.by_index.resize(index + 1);
+      r.usage_by_index.resize(index + 1);
+    }
+    for (const v1::Token& t : resp.tokens()) {
+      r.ids.push_back(t.id());
+      r.by_index[index].push_back(t.id());
+    }
+    if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)
+      r.usage_by_index[index] = resp.usage();
     r.text += resp.text();
     r.last = resp;
   }

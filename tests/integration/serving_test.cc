@@ -271,10 +271,10 @@ TEST_F(ServingTest, CancelAndAbortFreeTheBlocks) {
   EXPECT_EQ(next.ids, GoldenGreedy(0));
 }
 
-// Workers with a --memory-budget that leaves room for only kTinyPool KV blocks, ten concurrent
-// requests that need several times that: the engine preempts and recomputes, and every request
-// still gets exactly the greedy tokens it gets alone on an unconstrained cluster (the goldens for
-// the golden prompts), none lost or duplicated.
+// Workers with a --memory-budget that leaves room for only kTinyPool KV blocks, twelve concurrent
+// requests (two with n = 2) that need several times that: the engine preempts and recomputes, and
+// every request still gets exactly the greedy tokens it gets alone on an unconstrained cluster (the
+// goldens for the golden prompts), none lost or duplicated.
 TEST_F(ServingTest, PreemptionUnderATinyKvBudgetKeepsEveryToken) {
   constexpr int kTinyPool = 24;  // blocks of 4 tokens: the largest request needs 18
   // The budget: the shared cluster's minus the blocks it has beyond kTinyPool. A worker keeps
@@ -289,17 +289,31 @@ TEST_F(ServingTest, PreemptionUnderATinyKvBudgetKeepsEveryToken) {
 
   struct Case {
     v1::GenerateRequest req;
-    std::vector<int32_t> expected;
+    std::vector<std::vector<int32_t>> expected;  // by completion index
   };
   std::vector<Case> cases;
-  for (int i = 0; i < 3; ++i) cases.push_back({Greedy(GoldenPrompt(i), 16), GoldenGreedy(i)});
+  for (int i = 0; i < 3; ++i) cases.push_back({Greedy(GoldenPrompt(i), 16), {GoldenGreedy(i)}});
   for (int i = 0; i < 7; ++i) {  // 10..28 prompt tokens + 40 new: 13..17 blocks each
     const v1::GenerateRequest req =
         Greedy(RandomPrompt(300 + i, 10 + 3 * i, info_->vocab_size()), 40);
     const Streamed alone = Generate(*stub_, req);
     ASSERT_TRUE(alone.status.ok()) << alone.status.error_message();
     ASSERT_EQ(alone.ids.size(), 40u);
-    cases.push_back({req, alone.ids});
+    cases.push_back({req, {alone.ids}});
+  }
+  // Two seeded n = 2 requests (completions forked from shared prompt blocks; 3 + 2 x 8 blocks):
+  // completion i must equal n = 1 with seed + i.
+  for (int i = 0; i < 2; ++i) {
+    const std::vector<int32_t> prompt = RandomPrompt(400 + i, 12, info_->vocab_size());
+    v1::GenerateRequest req = Sampled(prompt, 32, 0.8f, 0.9f, 50 + 10 * i);
+    req.set_n(2);
+    Case c{req, {}};
+    for (int k = 0; k < 2; ++k) {
+      const Streamed alone = Generate(*stub_, Sampled(prompt, 32, 0.8f, 0.9f, 50 + 10 * i + k));
+      ASSERT_TRUE(alone.status.ok()) << alone.status.error_message();
+      c.expected.push_back(alone.ids);
+    }
+    cases.push_back(c);
   }
 
   LocalCluster tiny(ModelPath(), 2, kEngineArgs, {"--memory-budget", std::to_string(budget)});
@@ -323,12 +337,15 @@ TEST_F(ServingTest, PreemptionUnderATinyKvBudgetKeepsEveryToken) {
   for (size_t i = 0; i < cases.size(); ++i) {
     ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message() << "\n"
                                         << tiny.Logs();
-    EXPECT_EQ(results[i].ids, cases[i].expected) << "request " << i;
+    ASSERT_EQ(results[i].by_index.size(), cases[i].expected.size()) << "request " << i;
+    for (size_t k = 0; k < cases[i].expected.size(); ++k) {
+      EXPECT_EQ(results[i].by_index[k], cases[i].expected[k]) << "request " << i << "." << k;
+      EXPECT_EQ(results[i].usage_by_index[k].completion_tokens(),
+                static_cast<int>(cases[i].expected[k].size()))
+          << i << "." << k;
+      recomputations += results[i].usage_by_index[k].recomputations();
+    }
     EXPECT_EQ(results[i].last.finish_reason(), v1::FINISH_REASON_LENGTH) << i;
-    EXPECT_EQ(Usage(results[i], &v1::Usage::completion_tokens),
-              static_cast<int>(cases[i].expected.size()))
-        << i;
-    recomputations += Usage(results[i], &v1::Usage::recomputations);
   }
   absl::StatusOr<v1::ServerStats> stats = Stats(*stub);
   ASSERT_TRUE(stats.ok()) << stats.status();
