@@ -78,9 +78,9 @@ class ProgressBoard {
       constexpr int kWidth = 30;
       const double f = std::min(1.0, static_cast<double>(done_[r]) / total_[r]);
       const int fill = static_cast<int>(f * kWidth);
-      std::fprintf(stderr, "worker %-6zu| loading [%s%s] %3.0f%%  %.1f / %.1f MiB\n", r,
-                   std::string(fill, '#').c_str(), std::string(kWidth - fill, '.').c_str(), 100 * f,
-                   done_[r] / 1048576.0, total_[r] / 1048576.0);
+      std::fprintf(stderr, "worker %-6zu| loading [%s%s] %3d%%  %.1f / %.1f MiB\n", r,
+                   std::string(fill, '#').c_str(), std::string(kWidth - fill, '.').c_str(),
+                   static_cast<int>(100 * f), done_[r] / 1048576.0, total_[r] / 1048576.0);
       ++drawn_;
     }
     std::fflush(stderr);
@@ -208,15 +208,17 @@ void StopAll(std::vector<std::unique_ptr<Child>>& children) {
   }
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   for (auto& c : children) {
+    bool killed = false;
     while (!c->exited) {
       const pid_t r = waitpid(c->pid, &c->status, WNOHANG);
       if (r == c->pid || r < 0) {
         c->exited = true;
         break;
       }
-      if (absl::Now() > deadline) {
+      if (absl::Now() > deadline && !killed) {
         Say(absl::StrCat(c->name, " did not stop within 10 s; killing it"));
         kill(c->pid, SIGKILL);
+        killed = true;
       }
       absl::SleepFor(absl::Milliseconds(20));
     }
@@ -304,6 +306,7 @@ int RunUp(const UpOptions& o) {
   cargs.insert(cargs.end(), logs.begin(), logs.end());
   Say(absl::StrCat("starting ", coordinator, " and ", o.tp, " x ", worker, " (",
                    o.device == "cpu" ? absl::StrCat(threads, " thread(s) each")
+                   : o.tp == 1       ? std::string("cuda:0")
                                      : absl::StrCat("cuda:0 .. cuda:", o.tp - 1),
                    ")"));
   bool ok = start("coordinator", -1, cargs);

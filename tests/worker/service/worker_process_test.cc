@@ -114,7 +114,13 @@ class TwoRankGroupTest : public ::testing::Test {
   void Connect() {
     stubs_.clear();
     for (const WorkerInfo& w : registry_.workers()) {
+      // Register's DeviceInfo: the CPU, host memory (tpserve-worker --device cpu).
       EXPECT_EQ(w.device_kind, "cpu");
+      EXPECT_EQ(w.device_index, 0);
+      EXPECT_FALSE(w.device_name.empty());
+      EXPECT_GT(w.memory_total_bytes, 0);
+      EXPECT_GT(w.memory_free_bytes, 0);
+      EXPECT_LE(w.memory_free_bytes, w.memory_total_bytes);
       EXPECT_EQ(w.data_host, "127.0.0.1");
       stubs_.push_back(v1::Worker::NewStub(
           grpc::CreateChannel(w.control_address, grpc::InsecureChannelCredentials())));
