@@ -34,6 +34,8 @@ const std::vector<std::string> kEngineArgs = {
 
 std::string ModelPath() { return absl::StrCat(kGoldenModels, "/", kModel); }
 
+// One cluster for the suite: shared by every test when the binary runs them all, one per test
+// under ctest (gtest_discover_tests runs each test in its own process).
 class ServingTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
