@@ -239,10 +239,12 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
   LoadProgress::Report on_progress = options_.on_load_progress;
   if (!on_progress) on_progress = [](int64_t, int64_t) {};
   LoadProgress progress(weight_bytes, std::move(on_progress));
+  const std::optional<int64_t> free_before = device_->FreeDeviceBytes();
   backend_.Arm(&progress);
   ASSIGN_OR_RETURN(loaded->model, LoadCausalLm(loaded->files, plan, backend_, *loaded->comm));
   backend_.Arm(nullptr);
   progress.Finish();
+  const std::optional<int64_t> free_after = device_->FreeDeviceBytes();
 
   const int64_t block_size = spec.kv_block_size;
   const KvCacheConfig one_block{.num_layers = config.num_layers,
@@ -254,12 +256,13 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
   sizing.budget_bytes = spec.memory_budget_bytes > 0       ? spec.memory_budget_bytes
                         : options_.memory_budget_bytes > 0 ? options_.memory_budget_bytes
                                                            : DefaultBudget(spec.shard.world_size);
-  // A GPU without an explicit budget: the KV pool gets 90 % of what the device has free once
-  // the weights are on it (they are dequantised there, so the file's bytes do not tell).
-  if (spec.memory_budget_bytes == 0 && options_.memory_budget_bytes == 0) {
-    if (std::optional<int64_t> free = device_->FreeDeviceBytes()) {
-      sizing.budget_bytes = *free / 10 * 9;
-      sizing.weight_bytes = 0;
+  // A GPU holds its weights dequantised (bf16 / fp32), so the file's bytes do not tell what they
+  // take: count what the load took from the device. Without an explicit budget the KV pool
+  // gets 90 % of what the device has free once the weights are on it.
+  if (free_before && free_after) {
+    sizing.weight_bytes = std::max<int64_t>(0, *free_before - *free_after);
+    if (spec.memory_budget_bytes == 0 && options_.memory_budget_bytes == 0) {
+      sizing.budget_bytes = *free_after / 10 * 9 + sizing.weight_bytes;
     }
   }
   sizing.activation_bytes = StepActivationBytes(
