@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <memory>
@@ -395,20 +396,29 @@ TEST_F(WorkerServiceTest, GrpcHealthIsServingOnlyWhileAModelIsServed) {
 
 // The worker reports its slice's loading progress: increasing byte counts against the slice's
 // total (the LoadModel response's weight_bytes), one report per ~10 %, the last one complete.
-// The one before the last shows the counting saw (nearly) every byte the loader read.
+// The one before the last shows the counting saw (nearly) every byte the loader read. While
+// the shard loads, grpc.health.v1 says NOT_SERVING.
 TEST(WorkerLoadProgressTest, ReportsBytesOfTheSliceUpToItsTotal) {
   std::vector<std::pair<int64_t, int64_t>> reports;
   absl::Mutex mu;
+  std::atomic<int> port{0};
+  std::vector<HealthState> health_while_loading;
   WorkerOptions options;
   options.threads = 1;
   options.on_load_progress = [&](int64_t done, int64_t total) {
     absl::MutexLock lock(&mu);
     reports.emplace_back(done, total);
+    if (reports.size() == 1) {  // mid-load: the gRPC threads answer while the executor loads
+      absl::StatusOr<HealthState> h =
+          CheckHealth(absl::StrCat("127.0.0.1:", port.load()), "", absl::Seconds(5));
+      health_while_loading.push_back(h.value_or(HealthState::kUnknown));
+    }
   };
   absl::StatusOr<std::unique_ptr<WorkerServer>> server =
       WorkerServer::Start("127.0.0.1:0", std::move(options));
   ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = v1::Worker::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*server)->port()),
+  port = (*server)->port();
+  auto stub = v1::Worker::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port.load()),
                                                       grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   v1::LoadModelResponse loaded;
@@ -426,6 +436,10 @@ TEST(WorkerLoadProgressTest, ReportsBytesOfTheSliceUpToItsTotal) {
   }
   EXPECT_EQ(reports.back().first, total);
   EXPECT_GE(reports[reports.size() - 2].first * 10, total * 9);
+  EXPECT_THAT(health_while_loading, ::testing::ElementsAre(HealthState::kNotServing));
+  EXPECT_EQ(CheckHealth(absl::StrCat("127.0.0.1:", port.load()), "", absl::Seconds(5))
+                .value_or(HealthState::kUnknown),
+            HealthState::kServing);
 }
 
 }  // namespace
