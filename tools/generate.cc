@@ -124,6 +124,7 @@ absl::Status Generate(const GenerateOptions& o) {
   StepSequence seq{.seq_id = 0,
                    .tokens = prompt,
                    .start_pos = 0,
+                   .block_table = {},  // grown below as positions are added
                    .sampling = SamplingParams{.temperature = o.temperature,
                                               .top_k = o.top_k,
                                               .top_p = o.top_p,
