@@ -1,5 +1,7 @@
 #include "worker/backend/tensor.h"
 
+#include <sys/mman.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -11,6 +13,8 @@
 namespace tpserve {
 namespace {
 
+constexpr size_t kLazyZeroBytes = size_t{4} << 20;
+
 int64_t Product(const std::vector<int64_t>& shape) {
   return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
 }
@@ -21,6 +25,15 @@ Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
   const int64_t n = Product(shape_);
   // 64-byte alignment: one AVX-512 register, one cache line.
   const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
+  if (bytes >= kLazyZeroBytes) {
+    // Big buffers (the KV pool: gigabytes) come zeroed from the kernel, page by page on first
+    // touch: load and exit cost what is used, not the pool size (memset of 11 GB took 40 s).
+    void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TPSERVE_CHECK(m != MAP_FAILED, "out of memory mapping %zu bytes", bytes);
+    storage_ = std::shared_ptr<void>(m, [bytes](void* q) { munmap(q, bytes); });
+    data_ = static_cast<float*>(m);
+    return;
+  }
   void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
   TPSERVE_CHECK(p != nullptr, "out of memory allocating %zu bytes", bytes);
   std::memset(p, 0, bytes);
