@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "coordinator/api/http/openai_convert.h"
 #include "prometheus/text_serializer.h"
 
 namespace tpserve::api::http {
@@ -23,17 +24,10 @@ const Histogram::BucketBoundaries kLatencyBuckets = {0.3,  0.5,   0.8,   1.0,   
                                                      5.0,  10.0,  15.0,  20.0,  30.0, 40.0, 50.0,
                                                      60.0, 120.0, 240.0, 480.0, 960.0};
 
-// vLLM's finished_reason label values.
+// vLLM's finished_reason label values (OpenAI's names; an ended request always has one).
 const char* ReasonLabel(engine::FinishReason reason) {
-  switch (reason) {
-    case engine::FinishReason::kLength:
-    case engine::FinishReason::kContextLength:
-      return "length";
-    case engine::FinishReason::kAborted:
-      return "abort";
-    default:
-      return "stop";
-  }
+  const char* name = OpenAiFinishReason(reason);
+  return name == nullptr ? "stop" : name;
 }
 
 }  // namespace

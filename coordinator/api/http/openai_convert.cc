@@ -303,6 +303,11 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(const ServedModel& model, Endpo
 }
 
 json FinishReasonJson(engine::FinishReason reason) {
+  const char* name = OpenAiFinishReason(reason);
+  return name == nullptr ? json(nullptr) : json(name);
+}
+
+const char* OpenAiFinishReason(engine::FinishReason reason) {
   switch (reason) {
     case engine::FinishReason::kNone:
       return nullptr;

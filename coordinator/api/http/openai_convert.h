@@ -36,6 +36,9 @@ absl::StatusOr<OpenAiRequest> ParseOpenAiRequest(const ServedModel& model, Endpo
 
 // "stop" | "length" | "abort" (the client went away); null while running.
 nlohmann::json FinishReasonJson(engine::FinishReason reason);
+// OpenAI's (and vLLM's finished_reason label's) name of a finish reason: "length", "abort",
+// "stop"; nullptr for kNone (still running).
+const char* OpenAiFinishReason(engine::FinishReason reason);
 
 // The "logprobs" object of one choice for these tokens (completions: tokens / token_logprobs /
 // top_logprobs / text_offset, starting at `text_offset`; chat: {"content": [...]}).
