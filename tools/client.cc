@@ -94,6 +94,7 @@ int RunGenerateClient(const ClientOptions& o) {
   FillOptions(o, &req);
   Streamed s = Stream(*stub, req, o.timeout_s);
   std::printf("\n");
+  std::fflush(stdout);  // the text's end before the usage line on stderr, also through a pipe
   if (!s.status.ok()) return ReportError(s.status);
   PrintUsage(s.last);
   return 0;
@@ -127,6 +128,7 @@ int RunChatClient(const ClientOptions& o) {
     FillOptions(o, &req);
     Streamed s = Stream(*stub, req, o.timeout_s);
     std::printf("\n");
+    std::fflush(stdout);
     if (!s.status.ok()) {
       ReportError(s.status);
       history.pop_back();
