@@ -158,6 +158,10 @@ int Run(const Flags& f) {
     serving_now.store(serving);
   };
   set_health(false);
+  // "liveness": SERVING while the process runs (a Kubernetes liveness probe). Readiness ("" and
+  // tpserve.v1.Inference) is NOT_SERVING while a lost rank re-forms; restarting the coordinator
+  // then would only lose its queue.
+  health->SetServingStatus("liveness", true);
   const std::string cluster_addr =
       HostPort(f.cluster_listen.empty() ? f.listen : f.cluster_listen, cluster_port);
   spdlog::info(

@@ -130,9 +130,9 @@ def stage_semantics(objs, bin_dir=None):
 
     # Probes hit ports the container declares. Readiness is grpc.health.v1 for both roles (the
     # coordinator's: the truth about the group; a worker's: its shard is served). Liveness /
-    # startup may be TCP for the coordinator (no always-SERVING health service yet); workers have
-    # one ("liveness"), and a worker liveness probe on the default service would restart ranks
-    # that only wait for their group, so it must name a service.
+    # startup are TCP or a gRPC probe naming the always-SERVING "liveness" service: a liveness
+    # probe on the default service would restart a worker that only waits for its group, or a
+    # coordinator waiting for a lost rank to return (losing its queue).
     for owner, role, t in coord + work:
         c = t["spec"]["containers"][0]
         ports = {p["containerPort"] for p in c.get("ports", [])} | {p.get("name") for p in c.get("ports", [])}
@@ -144,10 +144,11 @@ def stage_semantics(objs, bin_dir=None):
             if kind is None or (need_grpc and kind != "grpc"):
                 errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} is not a "
                               f"{'gRPC health' if need_grpc else 'gRPC health or TCP'} probe")
-            elif not is_coord and probe != "readinessProbe" and kind == "grpc" and not p[kind].get("service"):
-                errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} checks the worker's default "
-                              "health service, NOT_SERVING while the rank waits for its group: use "
-                              "service: liveness")
+            elif probe != "readinessProbe" and kind == "grpc" and not p[kind].get("service"):
+                what = "a lost rank returns" if is_coord else "the rank waits for its group"
+                errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} checks the "
+                              f"{'coordinator' if is_coord else 'worker'}'s default health service, "
+                              f"NOT_SERVING while {what}: use service: liveness")
             elif p[kind].get("port") not in ports:
                 errors.append(f"semantics: {name_of(owner)} {c['name']}: {probe} port {p[kind].get('port')} "
                               "not declared")

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "coordinator/api/health_client.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "gtest/gtest.h"
@@ -247,6 +248,10 @@ TEST(ClusterTest, KilledWorkerEndsTheStreamWithUnavailableAndTheGroupReforms) {
   EXPECT_LT(took, absl::Seconds(5));
   EXPECT_TRUE(cluster.WaitHealth(false, absl::Seconds(5)).ok());
   EXPECT_TRUE(cluster.CoordinatorAlive());
+  // Not ready, but alive: the liveness service a Kubernetes liveness probe asks stays SERVING.
+  absl::StatusOr<HealthState> alive = CheckHealth(cluster.address(), "liveness", absl::Seconds(2));
+  ASSERT_TRUE(alive.ok()) << alive.status();
+  EXPECT_EQ(*alive, HealthState::kServing);
 
   // Meanwhile new requests are refused, not hung.
   Result refused = Generate(*stub, Greedy({3}, 2), absl::Seconds(10));
