@@ -317,35 +317,26 @@ absl::StatusOr<std::string> InferenceService::Start(const v1::GenerateRequest& r
   return engine->Submit(id, std::move(*options), std::move(sink));
 }
 
+template <typename Reactor>
+Reactor* InferenceService::Launch(Reactor* reactor, const v1::GenerateRequest& request) {
+  const bool echo = request.output().echo_prompt();
+  std::vector<int32_t> prompt;
+  if (echo) prompt = PromptIds(model_, request.prompt()).value_or(std::vector<int32_t>{});
+  const std::string id = RequestId(request);
+  reactor->SetId(id);
+  reactor->Begin(Start(request, id, Reactor::MakeSink(reactor->state(), echo, std::move(prompt))));
+  return reactor;
+}
+
 grpc::ServerWriteReactor<v1::GenerateResponse>* InferenceService::Generate(
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
-  auto* reactor = new GenerateReactor(engine_.load());
-  std::vector<int32_t> prompt;
-  if (request->output().echo_prompt()) {
-    prompt = PromptIds(model_, request->prompt()).value_or(std::vector<int32_t>{});
-  }
-  const std::string id = RequestId(*request);
-  reactor->SetId(id);
-  reactor->Begin(Start(*request, id,
-                       GenerateReactor::MakeSink(reactor->state(), request->output().echo_prompt(),
-                                                 std::move(prompt))));
-  return reactor;
+  return Launch(new GenerateReactor(engine_.load()), *request);
 }
 
 grpc::ServerUnaryReactor* InferenceService::Complete(grpc::CallbackServerContext* ctx,
                                                      const v1::GenerateRequest* request,
                                                      v1::CompleteResponse* response) {
-  auto* reactor = new CompleteReactor(engine_.load(), response);
-  std::vector<int32_t> prompt;
-  if (request->output().echo_prompt()) {
-    prompt = PromptIds(model_, request->prompt()).value_or(std::vector<int32_t>{});
-  }
-  const std::string id = RequestId(*request);
-  reactor->SetId(id);
-  reactor->Begin(Start(*request, id,
-                       CompleteReactor::MakeSink(reactor->state(), request->output().echo_prompt(),
-                                                 std::move(prompt))));
-  return reactor;
+  return Launch(new CompleteReactor(engine_.load(), response), *request);
 }
 
 grpc::ServerUnaryReactor* InferenceService::Tokenize(grpc::CallbackServerContext* ctx,

@@ -67,6 +67,10 @@ class InferenceService final : public v1::Inference::CallbackService {
   // Validates and submits; on error the status to finish the call with.
   absl::StatusOr<std::string> Start(const v1::GenerateRequest& request, const std::string& id,
                                     engine::RequestSink sink);
+  // Generate and Complete: names the call, submits it and starts `reactor` (a new'ed reactor
+  // that deletes itself when done); returns it.
+  template <typename Reactor>
+  Reactor* Launch(Reactor* reactor, const v1::GenerateRequest& request);
   // The request's id: the client's, or a new one (known before the engine can answer).
   std::string RequestId(const v1::GenerateRequest& request);
 
