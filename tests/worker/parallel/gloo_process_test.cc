@@ -1,7 +1,6 @@
 // GlooCommunicator across real processes: this test hosts the coordinator's Cluster service
 // (the rendezvous store over gRPC) and starts each rank as a child process (gloo_rank_child.cc).
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -17,8 +16,7 @@
 #include "coordinator/cluster/cluster_server.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-
-extern char** environ;
+#include "tests/testing/child_process.h"
 
 namespace tpserve {
 namespace {
@@ -32,29 +30,8 @@ std::string UniquePrefix() {
   return absl::StrCat("proc", getpid(), "-", n++, "/");
 }
 
-pid_t Spawn(const std::vector<std::string>& args) {
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ);
-  EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
-  return rc == 0 ? pid : -1;
-}
-
-// The exit code of `pid`, or -1 if it is still running after `timeout` (it is then killed).
-int WaitExit(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    const pid_t done = waitpid(pid, &status, WNOHANG);
-    if (done == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
+using ::tpserve::testing::Spawn;
+using ::tpserve::testing::WaitExit;
 
 class GlooProcessTest : public ::testing::Test {
  protected:

@@ -6,7 +6,6 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,12 +21,11 @@
 #include "coordinator/cluster/cluster_server.h"
 #include "grpcpp/grpcpp.h"
 #include "proto/shard_plan_proto.h"
+#include "tests/testing/child_process.h"
 #include "tests/worker/model/golden.h"
 #include "tests/worker/service/plans.h"
 #include "tpserve/v1/worker.grpc.pb.h"
 #include "worker/model/model_loader.h"
-
-extern char** environ;
 
 namespace tpserve {
 namespace {
@@ -36,30 +34,8 @@ using testing::GoldenCase;
 
 constexpr const char* kModel = "llama-gqa-llama3";
 
-pid_t Spawn(const std::vector<std::string>& args) {
-  std::vector<char*> argv;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ);
-  EXPECT_EQ(rc, 0) << "posix_spawn " << args[0];
-  return rc == 0 ? pid : -1;
-}
-
-// The exit code of `pid`, or -1 if it is still running after `timeout` (it is then killed).
-int WaitExit(pid_t pid, absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    int status = 0;
-    if (waitpid(pid, &status, WNOHANG) == pid) {
-      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, nullptr, 0);
-  return -1;
-}
+using ::tpserve::testing::Spawn;
+using ::tpserve::testing::WaitExit;
 
 std::vector<pid_t> StartWorkers(const std::string& coordinator, int world, int tp_flag,
                                 const std::string& register_interval = "2") {
