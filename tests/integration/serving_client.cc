@@ -1,8 +1,11 @@
 #include "tests/integration/serving_client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
+#include <latch>
 #include <random>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -121,6 +124,50 @@ std::unique_ptr<v1::Inference::Stub> StubOnNewConnection(const std::string& addr
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   return v1::Inference::NewStub(
       grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+}
+
+BatchRun RunInsideABatch(v1::Inference::Stub& stub, const std::vector<v1::GenerateRequest>& targets,
+                         const std::vector<v1::GenerateRequest>& others, int min_running,
+                         absl::Duration start_wait, absl::Duration timeout) {
+  BatchRun run;
+  run.targets.resize(targets.size());
+  run.others.resize(others.size());
+  std::atomic<int> max_running{0};
+  std::atomic<bool> done{false};
+  std::thread monitor([&] {
+    while (!done) {
+      absl::StatusOr<v1::ServerStats> s = Stats(stub);
+      if (s.ok()) max_running = std::max(max_running.load(), s->running());
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  });
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < others.size(); ++i) {
+    threads.emplace_back([&, i] { run.others[i] = Generate(stub, others[i], timeout); });
+  }
+  const absl::Time wait_until = absl::Now() + start_wait;
+  while (max_running < min_running && absl::Now() < wait_until) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  std::latch go(static_cast<std::ptrdiff_t>(targets.size()));
+  std::vector<std::thread> target_threads;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    target_threads.emplace_back([&, i] {
+      go.arrive_and_wait();
+      run.targets[i] = Generate(stub, targets[i], timeout);
+    });
+  }
+  for (auto& t : target_threads) t.join();
+  for (auto& t : threads) t.join();
+  done = true;
+  monitor.join();
+  run.max_running = max_running.load();
+  absl::Time targets_end = absl::InfinitePast();
+  for (const Streamed& t : run.targets) targets_end = std::max(targets_end, t.end);
+  run.others_outliving =
+      static_cast<int>(std::count_if(run.others.begin(), run.others.end(),
+                                     [&](const Streamed& r) { return r.end > targets_end; }));
+  return run;
 }
 
 }  // namespace tpserve::testing

@@ -57,6 +57,19 @@ absl::StatusOr<v1::ModelInfo> Info(v1::Inference::Stub& stub);
 // kept only by the prefix cache count as free). The last stats are in the error otherwise.
 absl::Status WaitIdle(v1::Inference::Stub& stub, absl::Duration timeout);
 
+// Batch invariance runs: `others` start first; once ServerStats.running reaches `min_running`
+// (or `start_wait` passed) every target starts at the same moment, so the targets share their
+// steps with the others. Waits for all of them.
+struct BatchRun {
+  std::vector<Streamed> targets;  // by the order of the targets given
+  std::vector<Streamed> others;
+  int max_running = 0;       // highest ServerStats.running seen during the run
+  int others_outliving = 0;  // others that ended after every target (shared all their steps)
+};
+BatchRun RunInsideABatch(v1::Inference::Stub& stub, const std::vector<v1::GenerateRequest>& targets,
+                         const std::vector<v1::GenerateRequest>& others, int min_running,
+                         absl::Duration start_wait, absl::Duration timeout);
+
 // A stub on a channel of its own (not sharing the process-wide subchannel pool), i.e. another
 // TCP connection than the other stubs of `address`.
 std::unique_ptr<v1::Inference::Stub> StubOnNewConnection(const std::string& address);

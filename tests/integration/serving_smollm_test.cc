@@ -3,12 +3,9 @@
 // SmolLM2 runs at ~5-10 tokens/s per stream on this machine), and a 300 ms gRPC deadline ends a
 // long generation (seconds on this model, whatever the machine's load) and frees its blocks.
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <filesystem>
-#include <latch>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -79,50 +76,21 @@ TEST_F(ServingSmolLm2Test, SeededAndGreedyRequestsAreBatchInvariant) {
     others.push_back(i % 3 == 0 ? Greedy(p, kTokens + 4)
                                 : Sampled(p, kTokens + 4, 0.6f + 0.1f * (i % 6), 0.95f, 77 + i));
   }
-  std::vector<Streamed> results(others.size());
-  std::atomic<int> max_running{0};
-  std::atomic<bool> done{false};
-  std::thread monitor([&] {
-    while (!done) {
-      absl::StatusOr<v1::ServerStats> s = Stats(*stub_);
-      if (s.ok()) max_running = std::max(max_running.load(), s->running());
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-  });
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < others.size(); ++i) {
-    threads.emplace_back([&, i] { results[i] = Generate(*stub_, others[i], absl::Seconds(180)); });
-  }
-  const absl::Time until = absl::Now() + absl::Seconds(30);
-  while (max_running < 20 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(10));
-  Streamed sampled_batched, greedy_batched;
-  std::latch go(2);
-  std::thread a([&] {
-    go.arrive_and_wait();
-    sampled_batched = Generate(*stub_, sampled, absl::Seconds(180));
-  });
-  std::thread b([&] {
-    go.arrive_and_wait();
-    greedy_batched = Generate(*stub_, greedy, absl::Seconds(180));
-  });
-  a.join();
-  b.join();
-  for (auto& t : threads) t.join();
-  done = true;
-  monitor.join();
+  const BatchRun run = RunInsideABatch(*stub_, {sampled, greedy}, others, /*min_running=*/20,
+                                       absl::Seconds(30), absl::Seconds(180));
+  const Streamed& sampled_batched = run.targets[0];
+  const Streamed& greedy_batched = run.targets[1];
+  const std::vector<Streamed>& results = run.others;
 
   ASSERT_TRUE(sampled_batched.status.ok()) << sampled_batched.status.error_message();
   ASSERT_TRUE(greedy_batched.status.ok()) << greedy_batched.status.error_message();
   EXPECT_EQ(sampled_batched.ids, sampled_alone.ids);
   EXPECT_EQ(greedy_batched.ids, greedy_alone.ids);
-  EXPECT_GE(max_running.load(), 20) << "the requests did not run as one batch";
+  EXPECT_GE(run.max_running, 20) << "the requests did not run as one batch";
   // Others still running when both targets had ended: they shared every step of the two.
-  const absl::Time targets_end = std::max(sampled_batched.end, greedy_batched.end);
-  const int outlived = static_cast<int>(std::count_if(
-      results.begin(), results.end(), [&](const Streamed& r) { return r.end > targets_end; }));
-  std::printf("[  figures ] max running %d, others outliving the two %d\n", max_running.load(),
-              outlived);
-  EXPECT_GE(outlived, 10);
+  std::printf("[  figures ] max running %d, others outliving the two %d\n", run.max_running,
+              run.others_outliving);
+  EXPECT_GE(run.others_outliving, 10);
   for (size_t i = 0; i < others.size(); ++i) {
     ASSERT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
     EXPECT_EQ(results[i].ids.size(), static_cast<size_t>(kTokens + 4)) << i;

@@ -5,9 +5,7 @@
 // 300 ms). Expected tokens come from the transformers goldens
 // (tests/data/golden/models/README.md) or from the same request run alone.
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
-#include <latch>
 #include <string>
 #include <thread>
 #include <vector>
@@ -121,53 +119,23 @@ TEST_F(ServingTest, SeededAndGreedyRequestsAreBatchInvariant) {
     if (i % 6 == 1) r.mutable_sampling()->set_presence_penalty(0.5f);
     others.push_back(r);
   }
-  std::vector<Streamed> other_results(others.size());
-  std::atomic<bool> done{false};
-  std::atomic<int> max_running{0};
-  std::thread monitor([&] {
-    while (!done) {
-      absl::StatusOr<v1::ServerStats> s = Stats(*stub_);
-      if (s.ok()) max_running = std::max(max_running.load(), s->running());
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-  });
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < others.size(); ++i) {
-    threads.emplace_back([&, i] { other_results[i] = Generate(*stub_, others[i]); });
-  }
   // The two start once most of the others run (the batch is then a mix of their prefill chunks
   // and the others' decodes).
-  const absl::Time wait_until = absl::Now() + absl::Seconds(10);
-  while (max_running < 20 && absl::Now() < wait_until) absl::SleepFor(absl::Milliseconds(5));
-  Streamed sampled_batched, greedy_batched;
-  std::latch go(2);
-  std::thread a([&] {
-    go.arrive_and_wait();
-    sampled_batched = Generate(*stub_, sampled);
-  });
-  std::thread b([&] {
-    go.arrive_and_wait();
-    greedy_batched = Generate(*stub_, greedy);
-  });
-  a.join();
-  b.join();
-  for (auto& t : threads) t.join();
-  done = true;
-  monitor.join();
+  const BatchRun run = RunInsideABatch(*stub_, {sampled, greedy}, others, /*min_running=*/20,
+                                       absl::Seconds(10), absl::Seconds(120));
+  const Streamed& sampled_batched = run.targets[0];
+  const Streamed& greedy_batched = run.targets[1];
+  const std::vector<Streamed>& other_results = run.others;
 
   ASSERT_TRUE(sampled_batched.status.ok()) << sampled_batched.status.error_message();
   ASSERT_TRUE(greedy_batched.status.ok()) << greedy_batched.status.error_message();
   EXPECT_EQ(sampled_batched.ids, sampled_alone.ids);
   EXPECT_EQ(greedy_batched.ids, GoldenGreedy(2));
-  EXPECT_GE(max_running.load(), 20) << "the requests did not run as one batch";
+  EXPECT_GE(run.max_running, 20) << "the requests did not run as one batch";
   // Others still running when both targets had ended: they shared every step of the two.
-  const absl::Time targets_end = std::max(sampled_batched.end, greedy_batched.end);
-  const int outlived =
-      static_cast<int>(std::count_if(other_results.begin(), other_results.end(),
-                                     [&](const Streamed& r) { return r.end > targets_end; }));
-  std::printf("[  figures ] max running %d, others outliving the two %d\n", max_running.load(),
-              outlived);
-  EXPECT_GE(outlived, 10);
+  std::printf("[  figures ] max running %d, others outliving the two %d\n", run.max_running,
+              run.others_outliving);
+  EXPECT_GE(run.others_outliving, 10);
   for (size_t i = 0; i < others.size(); ++i) {
     ASSERT_TRUE(other_results[i].status.ok())
         << i << ": " << other_results[i].status.error_message();
