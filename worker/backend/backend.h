@@ -50,6 +50,12 @@ struct AttentionParams {
   int64_t sliding_window = 0;
 };
 
+// The argument checks every backend's Attention makes (aborting with the problem, like the other
+// shape checks): q and out [T, heads, head_dim] with the cache's head_dim; each sequence's rows
+// inside [0, T) and a block table that covers all its positions.
+void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
+                        std::span<const AttentionSeq> seqs, const Tensor& out);
+
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -28,9 +28,7 @@ void CpuBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64
 void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
                            std::span<const AttentionSeq> seqs, const AttentionParams& params,
                            Tensor* out) {
-  TPSERVE_CHECK(q.ndim() == 3 && q.shape() == out->shape() && q.dim(2) == cache.head_dim,
-                "Attention: q %s, out %s, head_dim %lld", q.ShapeString().c_str(),
-                out->ShapeString().c_str(), static_cast<long long>(cache.head_dim));
+  CheckAttentionArgs(q, cache, seqs, *out);
   const int64_t num_tokens = q.dim(0), heads = q.dim(1), hd = q.dim(2);
   const int64_t bs = cache.block_size, kv_row = cache.kv_heads * hd;
 
@@ -38,12 +36,6 @@ void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
   std::vector<int32_t> seq_of(num_tokens, -1);
   for (size_t s = 0; s < seqs.size(); ++s) {
     const AttentionSeq& seq = seqs[s];
-    TPSERVE_CHECK(seq.token_begin >= 0 && seq.token_begin + seq.num_tokens <= num_tokens,
-                  "Attention: sequence %zu rows out of range", s);
-    const int64_t ctx = seq.start_pos + seq.num_tokens;
-    TPSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * bs >= ctx,
-                  "Attention: sequence %zu has %zu blocks for %lld positions", s,
-                  seq.block_table.size(), static_cast<long long>(ctx));
     for (int64_t t = 0; t < seq.num_tokens; ++t)
       seq_of[seq.token_begin + t] = static_cast<int32_t>(s);
   }

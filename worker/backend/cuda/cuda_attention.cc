@@ -51,9 +51,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
                             std::span<const AttentionSeq> seqs, const AttentionParams& params,
                             Tensor* out) {
   Bind();
-  TPSERVE_CHECK(q.ndim() == 3 && q.shape() == out->shape() && q.dim(2) == cache.head_dim,
-                "Attention: q %s, out %s, head_dim %lld", q.ShapeString().c_str(),
-                out->ShapeString().c_str(), static_cast<long long>(cache.head_dim));
+  CheckAttentionArgs(q, cache, seqs, *out);
   TPSERVE_CHECK(cache.head_dim <= 256, "Attention: head_dim %lld > 256 is not supported on CUDA",
                 static_cast<long long>(cache.head_dim));
   const int64_t T = q.dim(0), bs = cache.block_size;
@@ -65,12 +63,6 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   bool all_decode = true;
   for (size_t s = 0; s < seqs.size(); ++s) {
     const AttentionSeq& seq = seqs[s];
-    TPSERVE_CHECK(seq.token_begin >= 0 && seq.token_begin + seq.num_tokens <= T,
-                  "Attention: sequence %zu rows out of range", s);
-    const int64_t ctx = seq.start_pos + seq.num_tokens;
-    TPSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * bs >= ctx,
-                  "Attention: sequence %zu has %zu blocks for %lld positions", s,
-                  seq.block_table.size(), static_cast<long long>(ctx));
     const int64_t offset = static_cast<int64_t>(tables.size());
     tables.insert(tables.end(), seq.block_table.begin(), seq.block_table.end());
     for (int64_t t = 0; t < seq.num_tokens; ++t) {

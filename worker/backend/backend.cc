@@ -1,0 +1,24 @@
+#include "worker/backend/backend.h"
+
+#include "worker/backend/check.h"
+
+namespace tpserve {
+
+void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
+                        std::span<const AttentionSeq> seqs, const Tensor& out) {
+  TPSERVE_CHECK(q.ndim() == 3 && q.shape() == out.shape() && q.dim(2) == cache.head_dim,
+                "Attention: q %s, out %s, head_dim %lld", q.ShapeString().c_str(),
+                out.ShapeString().c_str(), static_cast<long long>(cache.head_dim));
+  const int64_t num_tokens = q.dim(0);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    const AttentionSeq& seq = seqs[s];
+    TPSERVE_CHECK(seq.token_begin >= 0 && seq.token_begin + seq.num_tokens <= num_tokens,
+                  "Attention: sequence %zu rows out of range", s);
+    const int64_t ctx = seq.start_pos + seq.num_tokens;
+    TPSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * cache.block_size >= ctx,
+                  "Attention: sequence %zu has %zu blocks for %lld positions", s,
+                  seq.block_table.size(), static_cast<long long>(ctx));
+  }
+}
+
+}  // namespace tpserve
