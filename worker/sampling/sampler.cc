@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace tpserve {
 namespace {
 
@@ -22,6 +26,25 @@ double CounterUniform(uint64_t seed, uint64_t counter) {
 }
 
 int32_t Argmax(std::span<const float> logits) {
+  // Same answer as std::max_element (the first maximum; NaNs never win unless first), with
+  // wide compares: the LM head's output is tens of thousands of floats per sequence.
+#if defined(__AVX512F__)
+  const int64_t n = static_cast<int64_t>(logits.size());
+  if (n == 0 || std::isnan(logits[0])) return 0;
+  const float* x = logits.data();
+  __m512 acc = _mm512_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    // max_ps returns its second operand when either is NaN: NaN elements leave acc unchanged.
+    acc = _mm512_mask_max_ps(acc, m, _mm512_maskz_loadu_ps(m, x + i), acc);
+  }
+  const __m512 best = _mm512_set1_ps(_mm512_reduce_max_ps(acc));
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __mmask16 eq = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, x + i), best, _CMP_EQ_OQ);
+    if (eq != 0) return static_cast<int32_t>(i + __builtin_ctz(eq));
+  }
+#endif
   return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 

@@ -11,6 +11,7 @@
 
 #include "tests/worker/backend/random_weights.h"
 #include "worker/backend/cpu/cpu_backend.h"
+#include "worker/backend/cpu/vec_math.h"
 #include "worker/backend/cpu/thread_pool.h"
 #include "worker/backend/rope.h"
 
@@ -160,6 +161,27 @@ TEST(CpuOps, EmbeddingOverAVocabRange) {
 // Two sequences (one continuing after cached positions, one fresh), GQA with 3 query heads per
 // KV head, a rank's slice of heads, scattered block tables; reference in double over contiguous
 // K/V.
+TEST(VecMath, ExpShiftedSumAndMaxMatchLibm) {
+  std::vector<float> x;
+  for (float v = -90.0f; v <= 0.5f; v += 0.0137f) x.push_back(v);
+  const float shift = -1.5f;
+  std::vector<float> e = x;
+  const float sum = ExpShiftedSum(e.data(), static_cast<int64_t>(e.size()), shift);
+  double ref_sum = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double ref = std::exp(static_cast<double>(x[i]) - shift);
+    ref_sum += ref;
+    if (x[i] - shift >= -87.0f) {
+      EXPECT_NEAR(e[i], ref, 4e-7 * ref) << x[i];
+    } else {
+      EXPECT_LE(e[i], 2e-38f) << x[i];  // clamped at e^-87
+    }
+  }
+  EXPECT_NEAR(sum, ref_sum, 1e-5 * ref_sum);
+  EXPECT_EQ(MaxOf(x.data(), static_cast<int64_t>(x.size())), x.back());
+  EXPECT_EQ(MaxOf(x.data(), 5), x[4]);
+}
+
 TEST(CpuOps, PagedCausalAttentionMatchesReference) {
   std::mt19937 rng(6);
   CpuBackend be(2);

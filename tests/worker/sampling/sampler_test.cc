@@ -40,6 +40,23 @@ TEST(Sampler, GreedyIsArgmax) {
   }
 }
 
+TEST(Sampler, ArgmaxIsStdMaxElementOnTiesNansAndTails) {
+  std::mt19937 rng(2);
+  std::uniform_int_distribution<int> small(-3, 3);
+  for (int n : {1, 5, 16, 17, 33, 1000, 49152}) {
+    for (int trial = 0; trial < 10; ++trial) {
+      std::vector<float> l(n);
+      for (float& x : l) x = static_cast<float>(small(rng));  // many ties
+      if (trial % 3 == 1) l[rng() % n] = NAN;                // a NaN anywhere
+      if (trial % 3 == 2) l[0] = NAN;                        // a NaN first: max_element gives 0
+      if (trial == 9) std::fill(l.begin(), l.end(), -INFINITY);
+      const int32_t expected =
+          static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+      EXPECT_EQ(Argmax(l), expected) << "n " << n << " trial " << trial;
+    }
+  }
+}
+
 TEST(Sampler, TemperatureOnlyIsSoftmax) {
   const auto d = FilteredDistribution(Logits(), SamplingParams{.temperature = 1.0f});
   ASSERT_EQ(d.size(), 5u);

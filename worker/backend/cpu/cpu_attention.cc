@@ -39,41 +39,74 @@ void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
     for (int64_t t = 0; t < seq.num_tokens; ++t)
       seq_of[seq.token_begin + t] = static_cast<int32_t>(s);
   }
+  // The local query heads that read each local KV head: [head_begin[k], head_begin[k + 1]).
+  const int64_t first_kvh = params.q_head_begin / params.group_size - params.kv_head_begin;
+  const int64_t last_kvh = (params.q_head_begin + heads - 1) / params.group_size -
+                           params.kv_head_begin;
+  const int64_t groups = last_kvh - first_kvh + 1;
+  std::vector<int64_t> head_begin(groups + 1, heads);
+  for (int64_t h = heads - 1; h >= 0; --h) {
+    head_begin[(params.q_head_begin + h) / params.group_size - params.kv_head_begin - first_kvh] =
+        h;
+  }
 
-  // One task per (token, head): scores over the visible positions, softmax, weighted sum of V.
-  pool_.ParallelFor(num_tokens * heads, 1, [&](int64_t begin, int64_t end) {
+  // One task per (token, KV head): each K and V row is read once for the query heads that
+  // share it; positions are walked block by block through the table (no division per
+  // position); scores of one head are contiguous, so softmax runs on whole vectors.
+  pool_.ParallelFor(num_tokens * groups, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task / heads, h = task % heads;
-      float* o = out->data() + (t * heads + h) * hd;
+      const int64_t t = task / groups, k = task % groups;
+      const int64_t h0 = head_begin[k], h1 = head_begin[k + 1], nh = h1 - h0;
+      const int64_t kvh = first_kvh + k;
+      float* out_t = out->data() + t * heads * hd;
       if (seq_of[t] < 0) {  // row not claimed by any sequence (padding)
-        std::memset(o, 0, hd * sizeof(float));
+        std::memset(out_t + h0 * hd, 0, nh * hd * sizeof(float));
         continue;
       }
       const AttentionSeq& seq = seqs[seq_of[t]];
       const int64_t ctx = seq.start_pos + (t - seq.token_begin) + 1;  // causal: up to itself
       const int64_t first =
           params.sliding_window > 0 ? std::max<int64_t>(0, ctx - params.sliding_window) : 0;
-      const int64_t kvh = (params.q_head_begin + h) / params.group_size - params.kv_head_begin;
-      const float* qv = q.data() + (t * heads + h) * hd;
-      scores.resize(ctx);
-      float max_score = -INFINITY;
-      for (int64_t p = first; p < ctx; ++p) {
-        const int64_t slot = static_cast<int64_t>(seq.block_table[p / bs]) * bs + p % bs;
-        scores[p] = Dot(qv, cache.k + slot * kv_row + kvh * hd, hd) * params.scale;
-        max_score = std::max(max_score, scores[p]);
+      const int64_t len = ctx - first;
+      const float* q_t = q.data() + t * heads * hd;
+      scores.resize(nh * len);
+      // Visits the K (or V) rows of positions [first, ctx): fn(position - first, row). Blocks
+      // are scattered, so the next block's rows are prefetched while this one is read.
+      const auto block_rows = [&](const float* base, int64_t p) {
+        return base + (static_cast<int64_t>(seq.block_table[p / bs]) * bs + p % bs) * kv_row +
+               kvh * hd;
+      };
+      const auto for_rows = [&](const float* base, auto&& fn) {
+        for (int64_t p = first; p < ctx;) {
+          const int64_t run = std::min(bs - p % bs, ctx - p);
+          if (p + run < ctx) {
+            const float* next = block_rows(base, p + run);
+            const int64_t next_run = std::min(bs, ctx - p - run);
+            for (int64_t i = 0; i < next_run; ++i) {
+              for (int64_t c = 0; c < hd; c += 16) {
+                __builtin_prefetch(next + i * kv_row + c);
+              }
+            }
+          }
+          const float* row = block_rows(base, p);
+          for (int64_t i = 0; i < run; ++i, row += kv_row) fn(p - first + i, row);
+          p += run;
+        }
+      };
+      for_rows(cache.k, [&](int64_t i, const float* krow) {
+        for (int64_t h = 0; h < nh; ++h)
+          scores[h * len + i] = Dot(q_t + (h0 + h) * hd, krow, hd) * params.scale;
+      });
+      std::memset(out_t + h0 * hd, 0, nh * hd * sizeof(float));
+      for (int64_t h = 0; h < nh; ++h) {
+        float* s = scores.data() + h * len;
+        const float inv_sum = 1.0f / ExpShiftedSum(s, len, MaxOf(s, len));
+        for (int64_t i = 0; i < len; ++i) s[i] *= inv_sum;
       }
-      float sum = 0.0f;
-      for (int64_t p = first; p < ctx; ++p) {
-        scores[p] = std::exp(scores[p] - max_score);
-        sum += scores[p];
-      }
-      std::memset(o, 0, hd * sizeof(float));
-      const float inv_sum = 1.0f / sum;
-      for (int64_t p = first; p < ctx; ++p) {
-        const int64_t slot = static_cast<int64_t>(seq.block_table[p / bs]) * bs + p % bs;
-        Axpy(scores[p] * inv_sum, cache.v + slot * kv_row + kvh * hd, o, hd);
-      }
+      for_rows(cache.v, [&](int64_t i, const float* vrow) {
+        for (int64_t h = 0; h < nh; ++h) Axpy(scores[h * len + i], vrow, out_t + (h0 + h) * hd, hd);
+      });
     }
   });
 }
