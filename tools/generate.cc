@@ -69,14 +69,21 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const GenerateOptions& o, const T
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> MakeBackendFor(const GenerateOptions& o) {
+  // cpu, cpu:int8x2, cpu:int8, cpu:fp32
+  if (o.device == "cpu" || o.device.rfind("cpu:", 0) == 0) {
+    const std::string precision = o.device == "cpu" ? "" : o.device.substr(4);
+    absl::StatusOr<CpuPrecision> p = ParseCpuPrecision(precision);
+    if (!p.ok()) {
+      return absl::Status(p.status().code(),
+                          absl::StrCat("--device ", o.device, ": ", p.status().message()));
+    }
+    return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(o.threads, *p));
+  }
 #if TPSERVE_HAVE_CUDA
   return MakeBackend(o.device, o.threads);
 #else
-  if (o.device != "cpu") {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--device ", o.device, ": this build has no CUDA backend (configure with nvcc present)"));
-  }
-  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(o.threads));
+  return absl::FailedPreconditionError(absl::StrCat(
+      "--device ", o.device, ": this build has no CUDA backend (configure with nvcc present)"));
 #endif
 }
 

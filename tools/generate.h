@@ -19,7 +19,7 @@ struct GenerateOptions {
   float min_p = 0.0f;
   uint64_t seed = 0;
   int threads = 2;
-  std::string device = "cpu";  // cpu, or cuda:K[:fp32] in a CUDA build
+  std::string device = "cpu";  // cpu[:int8x2|:int8|:fp32], or cuda:K[:fp32] in a CUDA build
   bool ignore_eos = false;
 };
 

@@ -414,9 +414,10 @@ CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   cmd->add_option("--dtype", options.dtype,
-                  "workers' compute dtype: fp32 or bf16 (default: the device's; cpu fp32, "
-                  "cuda bf16)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+                  "workers' compute dtype: int8x2, int8 or fp32 on cpu (default int8x2 where "
+                  "the build has AVX-512 VNNI; see tpserve-worker --help), bf16 or fp32 on cuda "
+                  "(default bf16)")
+      ->check(CLI::IsMember({"fp32", "bf16", "int8", "int8x2"}));
   cmd->add_option("--collectives", options.collectives,
                   "workers' data plane: gloo (TCP; staged through host memory on GPUs) or nccl "
                   "(--device cuda only; default gloo)")

@@ -146,7 +146,8 @@ absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, Kv
                       .cols = H,
                       .data = reinterpret_cast<const uint8_t*>(x.data()),
                       .row_stride_bytes = static_cast<size_t>(H) * sizeof(float),
-                      .owned = nullptr};
+                      .owned = nullptr,
+                      .int8 = nullptr};
   be.Embedding(last_rows, x_rows, 0, &last);
   be.RmsNorm(last, m.final_norm, 1e-5f, &last);
   Tensor logits = be.Alloc({R, s.vocab});

@@ -3,9 +3,12 @@
 //   decode:  memory read bandwidth / bytes of weights read per token (the roofline of a
 //            bandwidth-bound decoder at batch 1);
 //   prefill: GFLOP/s of the forward's matmuls vs cblas_sgemm GFLOP/s on the same shapes.
+// With --batch, also decodes B sequences at once (one token each per step) and prints the
+// aggregate tokens/s per batch size and its ratio to one sequence: how batching scales.
 // Nothing here is asserted; see the final report / README for recorded numbers.
 //
 // Usage: engine_bench [--model PATH] [--threads N] [--prompt-tokens N] [--decode-tokens N]
+//                     [--precision int8x2|int8|fp32] [--batch 1,8,32]
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
@@ -80,7 +83,54 @@ double SgemmGflops(ThreadPool& pool, int64_t m, int64_t n, int64_t k, int reps) 
   return best;
 }
 
-int Run(const std::string& model_path, int threads, int prompt_tokens, int decode_tokens) {
+struct Options {
+  std::string model;
+  int threads = 2, prompt_tokens = 128, decode_tokens = 64;
+  std::string precision = "default";
+  std::vector<int> batch;
+};
+
+// Aggregate decode tokens/s of `b` sequences decoding together (each after its own prefill of
+// the same prompt), `steps` steps.
+double BatchedDecode(ModelRunner& runner, const std::vector<int32_t>& prompt, int b, int steps,
+                     int64_t blocks_per_seq) {
+  std::vector<std::vector<int32_t>> tables(b);
+  for (int s = 0; s < b; ++s) {
+    for (int64_t i = 0; i < blocks_per_seq; ++i)
+      tables[s].push_back(static_cast<int32_t>(s * blocks_per_seq + i));
+  }
+  Step prefill;
+  for (int s = 0; s < b; ++s) {
+    prefill.sequences.push_back(
+        StepSequence{.tokens = prompt, .start_pos = 0, .block_table = tables[s]});
+  }
+  auto r = runner.Execute(prefill);
+  if (!r.ok()) {
+    std::fprintf(stderr, "%s\n", r.status().ToString().c_str());
+    std::exit(1);
+  }
+  std::vector<int32_t> next = r->tokens;
+  const int64_t p = static_cast<int64_t>(prompt.size());
+  const auto start = Clock::now();
+  for (int i = 0; i < steps; ++i) {
+    Step step;
+    for (int s = 0; s < b; ++s) {
+      step.sequences.push_back(
+          StepSequence{.tokens = {next[s]}, .start_pos = p + i, .block_table = tables[s]});
+    }
+    auto d = runner.Execute(step);
+    if (!d.ok()) {
+      std::fprintf(stderr, "%s\n", d.status().ToString().c_str());
+      std::exit(1);
+    }
+    next = d->tokens;
+  }
+  return static_cast<double>(b) * steps / Seconds(Clock::now() - start);
+}
+
+int Run(const Options& o) {
+  const std::string& model_path = o.model;
+  const int threads = o.threads, prompt_tokens = o.prompt_tokens, decode_tokens = o.decode_tokens;
   const char* coretype = std::getenv("OPENBLAS_CORETYPE");
   std::printf("OpenBLAS: core %s (OPENBLAS_CORETYPE=%s), config %s\n", openblas_get_corename(),
               coretype ? coretype : "<unset>", openblas_get_config());
@@ -108,7 +158,14 @@ int Run(const std::string& model_path, int threads, int prompt_tokens, int decod
               threads, sgemm);
 
   // ---- the model ----
-  CpuBackend backend(threads);
+  absl::StatusOr<CpuPrecision> precision =
+      ParseCpuPrecision(o.precision == "default" ? "" : o.precision);
+  if (!precision.ok()) {
+    std::fprintf(stderr, "%s\n", precision.status().ToString().c_str());
+    return 2;
+  }
+  CpuBackend backend(threads, *precision);
+  std::printf("matmul precision: %s\n", CpuPrecisionName(backend.precision()));
   LocalCommunicator comm;
   auto model = LoadCausalLm(*files, SingleRankPlan(c), backend, comm);
   if (!model.ok()) {
@@ -137,7 +194,9 @@ int Run(const std::string& model_path, int threads, int prompt_tokens, int decod
 
   const int64_t block_size = 16;
   const int64_t blocks = (prompt_tokens + decode_tokens + block_size - 1) / block_size + 1;
-  auto runner = ModelRunner::Create(**model, backend, true, blocks, block_size);
+  const int max_batch = o.batch.empty() ? 1 : *std::max_element(o.batch.begin(), o.batch.end());
+  auto runner =
+      ModelRunner::Create(**model, backend, true, blocks * std::max(1, max_batch), block_size);
   if (!runner.ok()) {
     std::fprintf(stderr, "%s\n", runner.status().ToString().c_str());
     return 1;
@@ -192,6 +251,19 @@ int Run(const std::string& model_path, int threads, int prompt_tokens, int decod
   std::printf("prefill: %d tokens in %.3f s: %.1f tok/s, %.1f GFLOP/s = %.0f%% of sgemm\n",
               prompt_tokens, prefill_s, prompt_tokens / prefill_s, prefill_flops / prefill_s / 1e9,
               100.0 * prefill_flops / prefill_s / 1e9 / sgemm);
+
+  // ---- batched decode ----
+  double one = 0.0;
+  for (int b : o.batch) {
+    if (b < 1) continue;
+    const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks);
+    if (one == 0.0) one = b == 1 ? tps : 0.0;
+    std::printf(
+        "batched decode: %2d sequences x %d steps: %7.1f tok/s aggregate, %6.2f ms/step%s\n", b,
+        decode_tokens, tps, 1e3 * b / tps,
+        one > 0.0 ? (" = " + std::to_string(tps / one).substr(0, 4) + "x one sequence").c_str()
+                  : "");
+  }
   return 0;
 }
 
@@ -204,11 +276,16 @@ int main(int argc, char** argv) {
   std::string model =
       std::string(models ? models : std::string(std::getenv("HOME")) + "/.cache/tpserve/models") +
       "/SmolLM2-135M-Instruct.Q4_1.gguf";
-  int threads = 2, prompt_tokens = 128, decode_tokens = 64;
-  app.add_option("--model", model, "a .gguf file or a Hugging Face model folder");
-  app.add_option("--threads", threads, "CPU threads");
-  app.add_option("--prompt-tokens", prompt_tokens, "prefill length");
-  app.add_option("--decode-tokens", decode_tokens, "tokens to decode");
+  tpserve::Options o;
+  o.model = model;
+  app.add_option("--model", o.model, "a .gguf file or a Hugging Face model folder");
+  app.add_option("--threads", o.threads, "CPU threads");
+  app.add_option("--prompt-tokens", o.prompt_tokens, "prefill length");
+  app.add_option("--decode-tokens", o.decode_tokens, "tokens to decode (per batched run too)");
+  app.add_option("--precision", o.precision, "CPU matmul precision: int8x2, int8, fp32 or default")
+      ->check(CLI::IsMember({"int8x2", "int8", "fp32", "default"}));
+  app.add_option("--batch", o.batch, "batch sizes for the batched decode runs, e.g. 1,8,32")
+      ->delimiter(',');
   CLI11_PARSE(app, argc, argv);
-  return tpserve::Run(model, threads, prompt_tokens, decode_tokens);
+  return tpserve::Run(o);
 }

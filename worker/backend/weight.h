@@ -1,7 +1,8 @@
 // A weight matrix as the backend keeps it: [rows, cols] = [out_features, in_features] in the
 // file's element type (dense or block-quantised), rows `row_stride_bytes` apart. On the CPU the
 // data usually points straight into the mmapped file (a rank's slice included); types the
-// kernels do not read directly are converted to fp32 at load and owned here.
+// kernels do not read directly are converted to fp32 at load and owned here. The CPU backend
+// may also keep an int8-kernel re-layout of quantised weights (`int8`, see cpu/int8_gemm.h).
 #pragma once
 
 #include <cstddef>
@@ -12,6 +13,8 @@
 
 namespace tpserve {
 
+struct PackedInt8Weight;
+
 struct Weight {
   DType dtype = DType::kF32;
   int64_t rows = 0;  // output features
@@ -19,6 +22,7 @@ struct Weight {
   const uint8_t* data = nullptr;
   size_t row_stride_bytes = 0;
   std::shared_ptr<void> owned;  // set when the backend made its own copy
+  std::shared_ptr<const PackedInt8Weight> int8;  // CPU: the same rows packed for Int8Gemm
 
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride_bytes; }
   bool empty() const { return data == nullptr; }

@@ -178,7 +178,8 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
                         .cols = H,
                         .data = reinterpret_cast<const uint8_t*>(x.data()),
                         .row_stride_bytes = static_cast<size_t>(H) * sizeof(float),
-                        .owned = nullptr};
+                        .owned = nullptr,
+                        .int8 = nullptr};
     const std::vector<int32_t> rows(logit_rows.begin(), logit_rows.end());
     be.Embedding(rows, x_rows, 0, &last);
   }

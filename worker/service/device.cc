@@ -35,7 +35,8 @@ bool IsFp32(const std::string& dtype) {
 
 class CpuDevice final : public WorkerDevice {
  public:
-  explicit CpuDevice(int threads) : threads_(threads), backend_(threads) {}
+  CpuDevice(int threads, CpuPrecision precision)
+      : threads_(threads), backend_(threads, precision) {}
 
   Backend& backend() override { return backend_; }
 
@@ -50,13 +51,17 @@ class CpuDevice final : public WorkerDevice {
   }
 
   std::string Summary() const override {
-    return absl::StrCat("cpu fp32 (", threads_, " threads), collectives gloo");
+    return absl::StrCat("cpu ", CpuPrecisionName(backend_.precision()), " (", threads_,
+                        " threads), collectives gloo");
   }
 
   absl::Status CheckDtype(const std::string& dtype) const override {
-    if (dtype.empty() || IsFp32(dtype)) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(
-        "dtype \"", dtype, "\": the CPU backend computes in f32 (send \"f32\" or \"\")"));
+    if (dtype.empty() || IsFp32(dtype) || dtype == "int8" || dtype == "int8x2") {
+      return absl::OkStatus();
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("dtype \"", dtype,
+                     "\": the CPU backend computes in int8x2, int8 or f32 (send one, or \"\")"));
   }
 
   std::optional<int64_t> FreeDeviceBytes() const override { return std::nullopt; }
@@ -86,8 +91,8 @@ int ThreadsOrDefault(int threads) {
 bool BuiltWithCuda() { return TPSERVE_HAVE_CUDA != 0; }
 bool BuiltWithNccl() { return TPSERVE_HAVE_NCCL != 0; }
 
-std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads) {
-  return std::make_unique<CpuDevice>(ThreadsOrDefault(threads));
+std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads, CpuPrecision precision) {
+  return std::make_unique<CpuDevice>(ThreadsOrDefault(threads), precision);
 }
 
 absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o) {
@@ -95,19 +100,28 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o)
     return absl::InvalidArgumentError(
         absl::StrCat("--collectives ", o.collectives, ": expected gloo or nccl"));
   }
-  if (!o.dtype.empty() && !IsFp32(o.dtype) && o.dtype != "bf16") {
-    return absl::InvalidArgumentError(absl::StrCat("--dtype ", o.dtype, ": expected fp32 or bf16"));
+  if (!o.dtype.empty() && !IsFp32(o.dtype) && o.dtype != "bf16" && o.dtype != "int8" &&
+      o.dtype != "int8x2") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dtype ", o.dtype, ": expected fp32, int8x2 or int8 (cpu), bf16 (cuda)"));
   }
   if (o.device == "cpu") {
     if (o.dtype == "bf16") {
       return absl::InvalidArgumentError(
-          "--dtype bf16: the CPU backend computes in fp32 (bf16 is for --device cuda:K)");
+          "--dtype bf16: the CPU backend computes in int8x2, int8 or fp32 (bf16 is for --device "
+          "cuda:K)");
     }
+
     if (o.collectives == "nccl") {
       return absl::InvalidArgumentError(
           "--collectives nccl: NCCL connects GPUs; CPU ranks use gloo (or use --device cuda:K)");
     }
-    return OpenCpuDevice(o.threads);
+    absl::StatusOr<CpuPrecision> precision = ParseCpuPrecision(o.dtype);
+    if (!precision.ok()) {
+      return absl::Status(precision.status().code(),
+                          absl::StrCat("--dtype ", precision.status().message()));
+    }
+    return OpenCpuDevice(o.threads, *precision);
   }
   // cuda or cuda:K
   int index = 0;

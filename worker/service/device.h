@@ -20,6 +20,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "worker/backend/backend.h"
+#include "worker/backend/cpu/cpu_backend.h"
 #include "worker/parallel/communicator.h"
 #include "worker/parallel/kv_store.h"
 
@@ -27,7 +28,9 @@ namespace tpserve {
 
 struct DeviceOptions {
   std::string device = "cpu";        // "cpu" or "cuda:K" ("cuda" = cuda:0)
-  std::string dtype;                 // "" (the device's default: cpu fp32, cuda bf16), fp32, bf16
+  // "" (the device's default: cpu int8 where the build has the VNNI kernel, else fp32; cuda
+  // bf16), fp32, int8 (cpu), bf16 (cuda)
+  std::string dtype;
   std::string collectives = "gloo";  // "gloo" or "nccl" (CUDA only)
   int threads = 0;                   // CPU backend threads; 0: all hardware threads
 };
@@ -64,8 +67,8 @@ class WorkerDevice {
   virtual DeviceDescription Describe() const = 0;
   // "cpu fp32", "cuda:1 bf16, collectives nccl": for logs.
   virtual std::string Summary() const = 0;
-  // OK when LoadModel's dtype ("" = the device's default; f32/fp32/float32, bf16) is what this
-  // device computes in; INVALID_ARGUMENT saying what it computes in otherwise.
+  // OK when LoadModel's dtype ("" = the device's default; f32/fp32/float32, int8, bf16) is
+  // what this device computes in; INVALID_ARGUMENT saying what it computes in otherwise.
   virtual absl::Status CheckDtype(const std::string& dtype) const = 0;
   // Free device memory now, in bytes, when the device has its own (CUDA); nullopt for host
   // memory (the engine then uses its host default).
@@ -82,7 +85,8 @@ class WorkerDevice {
 absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& options);
 
 // The CPU device (cannot fail).
-std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads);
+std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads,
+                                            CpuPrecision precision = CpuPrecision::kDefault);
 
 // Whether this binary has the CUDA backend / the NCCL communicator compiled in.
 bool BuiltWithCuda();

@@ -184,8 +184,11 @@ int main(int argc, char** argv) {
                  "driver; one GPU per rank)")
       ->capture_default_str();
   app.add_option("--dtype", f.dtype,
-                 "Compute dtype: fp32 or bf16 (default: the device's, cpu fp32, cuda bf16)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
+                 "Compute dtype. cpu: int8x2 (default where the build has AVX-512 VNNI: "
+                 "Q4_0/Q4_1/Q8_0 weights multiply activations held as two int8 terms, ~15 bits), "
+                 "int8 (one int8 term, llama.cpp's rounding: fastest, least exact) or fp32; "
+                 "cuda: bf16 (default) or fp32")
+      ->check(CLI::IsMember({"fp32", "bf16", "int8", "int8x2"}));
   app.add_option("--collectives", f.collectives,
                  "Data plane between ranks: gloo (TCP; on GPUs staged through host memory) or "
                  "nccl (GPU ranks only; every rank of the group must pass the same)")

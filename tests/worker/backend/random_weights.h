@@ -65,7 +65,8 @@ inline RandomMatrix MakeRandomMatrix(DType dtype, int64_t rows, int64_t cols, st
                     .cols = cols,
                     .data = m.bytes.data(),
                     .row_stride_bytes = stride,
-                    .owned = nullptr};
+                    .owned = nullptr,
+                    .int8 = nullptr};
   return m;
 }
 

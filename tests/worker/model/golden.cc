@@ -56,8 +56,9 @@ std::string ModelsDir() {
   return std::string(home ? home : "") + "/.cache/tpserve/models";
 }
 
-std::unique_ptr<Engine> OpenEngine(const std::string& path, int64_t num_blocks) {
-  auto e = std::make_unique<Engine>();
+std::unique_ptr<Engine> OpenEngine(const std::string& path, int64_t num_blocks,
+                                   CpuPrecision precision) {
+  auto e = std::make_unique<Engine>(precision);
   auto files = OpenModelFiles(path);
   EXPECT_TRUE(files.ok()) << files.status();
   if (!files.ok()) return nullptr;

@@ -32,15 +32,18 @@ double RelativeDiff(const float* a, const float* b, int64_t n);
 // $TPSERVE_MODELS, else $HOME/.cache/tpserve/models.
 std::string ModelsDir();
 
-// A one-rank CPU engine (2 threads) over a model path, with a KV pool of `num_blocks`.
+// A one-rank CPU engine (2 threads) over a model path, with a KV pool of `num_blocks`. fp32
+// matmuls unless asked otherwise: the goldens are transformers in fp32.
 struct Engine {
+  explicit Engine(CpuPrecision precision) : backend(2, precision) {}
   ModelFiles files;
-  CpuBackend backend{2};
+  CpuBackend backend;
   LocalCommunicator comm;
   std::unique_ptr<CausalLm> model;
   std::unique_ptr<ModelRunner> runner;
 };
-std::unique_ptr<Engine> OpenEngine(const std::string& path, int64_t num_blocks);
+std::unique_ptr<Engine> OpenEngine(const std::string& path, int64_t num_blocks,
+                                   CpuPrecision precision = CpuPrecision::kFp32);
 
 // Prefills c.input_ids (logits of every position, or of the last), then decodes greedily one
 // token at a time through the KV cache until c.greedy.size() tokens, as the reference did.

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "worker/backend/cpu/int8_gemm.h"
 #include "worker/service/load_progress.h"
 
 namespace tpserve {
@@ -35,7 +36,7 @@ ConnectRequest GroupOf(int world_size, bool nccl) {
   return r;
 }
 
-TEST(OpenDeviceTest, CpuIsTheDefaultAndComputesInFp32) {
+TEST(OpenDeviceTest, CpuIsTheDefaultAndComputesInInt8OrFp32) {
   absl::StatusOr<std::unique_ptr<WorkerDevice>> d = OpenDevice(Options("cpu", "", "gloo", 2));
   ASSERT_TRUE(d.ok()) << d.status();
   const DeviceDescription desc = (*d)->Describe();
@@ -46,7 +47,13 @@ TEST(OpenDeviceTest, CpuIsTheDefaultAndComputesInFp32) {
   EXPECT_FALSE((*d)->FreeDeviceBytes().has_value());
   EXPECT_TRUE((*d)->CheckDtype("").ok());
   EXPECT_TRUE((*d)->CheckDtype("f32").ok());
+  EXPECT_TRUE((*d)->CheckDtype("int8").ok());
+  EXPECT_TRUE((*d)->CheckDtype("int8x2").ok());
   EXPECT_EQ((*d)->CheckDtype("bf16").code(), absl::StatusCode::kInvalidArgument);
+  // The default precision: int8x2 where this build has the VNNI kernel.
+  const auto& cpu = static_cast<const CpuBackend&>((*d)->backend());
+  EXPECT_EQ(cpu.precision(), Int8GemmAvailable() ? CpuPrecision::kInt8x2 : CpuPrecision::kFp32);
+  EXPECT_THAT((*d)->Summary(), HasSubstr(Int8GemmAvailable() ? "cpu int8x2" : "cpu fp32"));
   // LoadModel asking for NCCL on a CPU rank.
   absl::StatusOr<std::unique_ptr<Communicator>> c = (*d)->Connect(GroupOf(2, /*nccl=*/true));
   EXPECT_EQ(c.status().code(), absl::StatusCode::kUnimplemented);
@@ -64,12 +71,30 @@ TEST(OpenDeviceTest, BadFlagsSayWhatIsAccepted) {
   EXPECT_EQ(OpenStatus(Options("cuda:")).code(), absl::StatusCode::kInvalidArgument);
   st = OpenStatus(Options("cpu", "bf16"));
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("CPU backend computes in fp32"));
+  EXPECT_THAT(st.message(), HasSubstr("CPU backend computes in int8x2, int8 or fp32"));
   st = OpenStatus(Options("cpu", "", "nccl"));
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.message(), HasSubstr("CPU ranks use gloo"));
   EXPECT_EQ(OpenStatus(Options("cpu", "", "mpi")).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(OpenStatus(Options("cpu", "fp16")).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(OpenDeviceTest, CpuDtypeChoosesTheMatmulPrecision) {
+  absl::StatusOr<std::unique_ptr<WorkerDevice>> fp32 = OpenDevice(Options("cpu", "fp32"));
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_EQ(static_cast<const CpuBackend&>((*fp32)->backend()).precision(), CpuPrecision::kFp32);
+  EXPECT_EQ(OpenStatus(Options("cpu", "int4")).code(), absl::StatusCode::kInvalidArgument);
+  for (auto [name, want] : {std::pair{"int8", CpuPrecision::kInt8},
+                            std::pair{"int8x2", CpuPrecision::kInt8x2}}) {
+    absl::StatusOr<std::unique_ptr<WorkerDevice>> d = OpenDevice(Options("cpu", name));
+    if (!Int8GemmAvailable()) {
+      EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition);
+      EXPECT_THAT(d.status().message(), HasSubstr("AVX-512 VNNI"));
+      continue;
+    }
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_EQ(static_cast<const CpuBackend&>((*d)->backend()).precision(), want);
+  }
 }
 
 // No GPU in CI: a CUDA build explains the missing driver, a CPU build that it has no CUDA. On a

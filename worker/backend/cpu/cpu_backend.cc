@@ -9,7 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/backend/check.h"
+#include "worker/backend/cpu/int8_gemm.h"
 #include "worker/backend/cpu/quant_kernels.h"
+#include "worker/backend/cpu/vec_math.h"
 
 namespace tpserve {
 namespace {
@@ -21,7 +23,42 @@ void CheckSameShape(const Tensor& a, const Tensor& b, const char* op) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int num_threads) : pool_(num_threads) {
+absl::StatusOr<CpuPrecision> ParseCpuPrecision(std::string_view name) {
+  if (name.empty()) return CpuPrecision::kDefault;
+  if (name == "fp32" || name == "f32" || name == "float32") return CpuPrecision::kFp32;
+  if (name != "int8" && name != "int8x2") {
+    return absl::InvalidArgumentError(absl::StrCat("CPU precision \"", std::string(name),
+                                                   "\": expected int8x2, int8 or fp32"));
+  }
+  if (!Int8GemmAvailable()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(std::string(name), ": this build has no AVX-512 VNNI kernel (build on a CPU "
+                     "with AVX-512 VNNI, TPSERVE_NATIVE=ON); use fp32"));
+  }
+  return name == "int8" ? CpuPrecision::kInt8 : CpuPrecision::kInt8x2;
+}
+
+const char* CpuPrecisionName(CpuPrecision p) {
+  switch (p) {
+    case CpuPrecision::kInt8x2:
+      return "int8x2";
+    case CpuPrecision::kInt8:
+      return "int8";
+    case CpuPrecision::kFp32:
+      return "fp32";
+    case CpuPrecision::kDefault:
+      break;
+  }
+  return "default";
+}
+
+CpuBackend::CpuBackend(int num_threads, CpuPrecision precision)
+    : pool_(num_threads),
+      precision_(precision != CpuPrecision::kDefault ? precision
+                 : Int8GemmAvailable()                ? CpuPrecision::kInt8x2
+                                                      : CpuPrecision::kFp32) {
+  TPSERVE_CHECK(!int8_matmuls() || Int8GemmAvailable(),
+                "CpuBackend: int8 matmuls need a build with AVX-512 VNNI");
   // Prefill calls sgemm from every pool thread at once, one tile each.
   openblas_set_num_threads(1);
 }
@@ -50,7 +87,12 @@ absl::StatusOr<Weight> CpuBackend::LoadWeight(const TensorView& view) {
            .cols = view.cols,
            .data = view.data,
            .row_stride_bytes = view.row_stride_bytes,
-           .owned = nullptr};
+           .owned = nullptr,
+           .int8 = nullptr};
+  if (int8_matmuls() && Int8GemmPacks(view.dtype) && view.cols % 32 == 0) {
+    // Matmuls read the packed copy; the mapping stays for row lookups (embeddings).
+    w.int8 = PackInt8Weight(view.dtype, view.rows, view.cols, view.data, view.row_stride_bytes);
+  }
   if (CpuKernelReads(view.dtype)) return w;  // zero copy: reads the mapping
   // K-quants and other types: fp32 copy, row by row (the view may be a column window).
   auto buffer = std::shared_ptr<float[]>(new float[view.rows * view.cols]);
@@ -109,7 +151,16 @@ void CpuBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
   CheckSameShape(gate, *out, "SiluMul");
   // Decode-sized inputs (a few thousand floats) run inline: waking threads would cost more.
   pool_.ParallelFor(gate.numel(), 8192, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+    int64_t i = begin;
+#if defined(__AVX512F__)
+    for (; i + 16 <= end; i += 16) {
+      const __m512 g = _mm512_loadu_ps(gate.data() + i);
+      const __m512 e = Exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+      const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+      _mm512_storeu_ps(out->data() + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up.data() + i)));
+    }
+#endif
+    for (; i < end; ++i) {
       const float g = gate.data()[i];
       out->data()[i] = g / (1.0f + std::exp(-g)) * up.data()[i];
     }

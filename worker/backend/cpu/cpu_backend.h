@@ -1,27 +1,62 @@
-// The CPU backend: fp32 compute, weights in their file type (F32/F16/BF16/Q4_0/Q4_1/Q8_0 read
-// directly, others converted to fp32 at load). The oracle every other backend is tested against.
+// The CPU backend: weights in their file type (F32/F16/BF16/Q4_0/Q4_1/Q8_0 read directly,
+// others converted to fp32 at load), activations in fp32. The oracle every other backend is
+// tested against.
 //
-// Threads: one pool of `num_threads` (the caller included) shared by all ops. Matmuls with few
-// activation rows (decode) use fused dequantise+dot kernels; with many rows (prefill) each
-// thread dequantises tiles of weight rows to fp32 and multiplies them with single-threaded
-// OpenBLAS sgemm (so OpenBLAS's own threading is switched off when a CpuBackend is created).
+// Matmul precision (CpuPrecision):
+// - kInt8x2 (the default where the build has AVX-512 VNNI): Q4_0/Q4_1/Q8_0 weights are packed
+//   at load and multiply activations held as two int8 terms per element (~15 bits), in
+//   integers (cpu/int8_gemm.h). SmolLM2's logits stay within ~3e-4 of transformers' fp32.
+// - kInt8: the same with one int8 term, llama.cpp's rounding: ~1.5x faster at large batches,
+//   logits move by a few percent (a greedy continuation may differ at a near-tie).
+// - kFp32: every weight is dequantised to fp32 and multiplies fp32 activations (exact up to
+//   summation order; what the fp32 reference tests hold to 1e-4).
+// On both int8 paths each output is bitwise the same whatever batch it is computed in. Dense
+// (F32/F16/BF16) weights always take the fp32 paths.
+//
+// Threads: one pool of `num_threads` (the caller included) shared by all ops. On the fp32
+// paths, matmuls with few activation rows (decode) use fused dequantise+dot kernels; with many
+// rows (prefill) each thread dequantises tiles of weight rows to fp32 and multiplies them with
+// single-threaded OpenBLAS sgemm (so OpenBLAS's own threading is switched off when a
+// CpuBackend is created).
 #pragma once
 
 #include <memory>
+#include <string_view>
+
+#include "absl/status/statusor.h"
 
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/thread_pool.h"
 
 namespace tpserve {
 
+enum class CpuPrecision {
+  kDefault,  // kInt8x2 where Int8GemmAvailable(), else kFp32
+  kInt8,     // activations as one int8 per element (llama.cpp's rounding)
+  kInt8x2,   // activations as two int8 terms (~15 bits)
+  kFp32,
+};
+
+// "" -> kDefault, "int8" -> kInt8 and "int8x2" -> kInt8x2 (FAILED_PRECONDITION in a build
+// without the VNNI kernel), "fp32" / "f32" / "float32" -> kFp32; INVALID_ARGUMENT otherwise.
+absl::StatusOr<CpuPrecision> ParseCpuPrecision(std::string_view name);
+// "int8x2", "int8", "fp32" ("default" for kDefault).
+const char* CpuPrecisionName(CpuPrecision p);
+
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int num_threads = 1);
+  // kInt8 / kInt8x2 on a build without the VNNI kernel is a programming error (callers check
+  // Int8GemmAvailable(), or go through ParseCpuPrecision).
+  explicit CpuBackend(int num_threads = 1, CpuPrecision precision = CpuPrecision::kDefault);
 
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
   int num_threads() const { return pool_.size(); }
   ThreadPool& pool() { return pool_; }
+  CpuPrecision precision() const { return precision_; }  // never kDefault
+  bool int8_matmuls() const {
+    return precision_ == CpuPrecision::kInt8 || precision_ == CpuPrecision::kInt8x2;
+  }
 
   Tensor Alloc(std::vector<int64_t> shape) override;
   Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override;
@@ -49,6 +84,7 @@ class CpuBackend final : public Backend {
 
  private:
   ThreadPool pool_;
+  CpuPrecision precision_;
 };
 
 }  // namespace tpserve

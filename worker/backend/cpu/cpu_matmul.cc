@@ -1,5 +1,9 @@
 // y[n, out] = x[n, in] · wᵀ on the CPU.
 //
+// Packed quantised weights (CpuPrecision::kInt8): x is rounded to int8 blocks once, then each
+// thread runs the VNNI kernel over a range of 16-row groups (cpu/int8_gemm.h), for any n.
+//
+// Otherwise, fp32:
 // Few rows (decode): each thread owns a range of weight rows and streams them once through the
 // fused dequantise+dot kernel, up to kMaxDotRows activation rows at a time; the cost is reading
 // the weight, so this runs near memory bandwidth. Many rows (prefill): each thread dequantises
@@ -12,6 +16,7 @@
 
 #include "worker/backend/check.h"
 #include "worker/backend/cpu/cpu_backend.h"
+#include "worker/backend/cpu/int8_gemm.h"
 #include "worker/backend/cpu/quant_kernels.h"
 
 namespace tpserve {
@@ -29,6 +34,21 @@ void CpuBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
   if (n == 0) return;
   const float* xd = x.data();
   float* yd = y->data();
+
+  if (w.int8 != nullptr) {
+    // The caller's buffer (a lambda naming a thread_local would see each pool thread's own).
+    thread_local Int8Activations buffer;
+    Int8Activations* xq = &buffer;
+    xq->Resize(n, in, precision_ == CpuPrecision::kInt8x2 ? 2 : 1);
+    if (n >= 8) {
+      pool_.ParallelFor(n, 2, [&](int64_t b, int64_t e) { QuantizeActivations(xd, in, b, e, xq); });
+    } else {
+      QuantizeActivations(xd, in, 0, n, xq);
+    }
+    pool_.ParallelFor(w.int8->groups, 2,
+                      [&](int64_t b, int64_t e) { Int8Gemm(*w.int8, *xq, b, e, yd, out); });
+    return;
+  }
 
   if (n <= kFusedMaxRows) {
     pool_.ParallelFor(out, 16, [&](int64_t begin, int64_t end) {

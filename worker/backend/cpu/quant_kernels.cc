@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "worker/backend/check.h"
+#include "worker/backend/cpu/static_dispatch.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__F16C__)
 #define TPSERVE_AVX512 1
@@ -167,22 +168,9 @@ void DotRowsAvx512(const uint8_t* w, int64_t n, const float* x, int64_t x_stride
 template <DType T>
 void DotRowsDispatchN(const uint8_t* w, int64_t n, const float* x, int64_t x_stride, int nx,
                       float* out, int64_t out_stride) {
-  switch (nx) {
-#define TPSERVE_CASE(k) \
-  case k:               \
-    return DotRowsAvx512<T, k>(w, n, x, x_stride, out, out_stride);
-    TPSERVE_CASE(1)
-    TPSERVE_CASE(2)
-    TPSERVE_CASE(3)
-    TPSERVE_CASE(4)
-    TPSERVE_CASE(5)
-    TPSERVE_CASE(6)
-    TPSERVE_CASE(7)
-    TPSERVE_CASE(8)
-#undef TPSERVE_CASE
-    default:
-      TPSERVE_CHECK(false, "DotRows: nx=%d", nx);
-  }
+  const bool done = WithStaticCount<kMaxDotRows>(
+      nx, [&](auto k) { DotRowsAvx512<T, k()>(w, n, x, x_stride, out, out_stride); });
+  TPSERVE_CHECK(done, "DotRows: nx=%d", nx);
 }
 
 #endif  // TPSERVE_AVX512

@@ -1,0 +1,368 @@
+#include "worker/backend/cpu/int8_gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "worker/backend/check.h"
+#include "worker/backend/cpu/static_dispatch.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512VNNI__) && defined(__F16C__)
+#define TPSERVE_VNNI 1
+#include <immintrin.h>
+#endif
+
+namespace tpserve {
+namespace {
+
+constexpr int64_t kRows = 16;        // output rows interleaved in one group
+constexpr int64_t kBlock = 32;       // elements per quantisation block
+constexpr int64_t kHeaderBytes = 64;  // fp16 d[16], fp16 m[16]
+
+// Weights of one element as stored: the source block's element e as u (see the header).
+struct SourceBlock {
+  DType t;
+  const uint8_t* p;  // the GGML block
+  uint16_t d() const {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+  }
+  uint16_t m() const {
+    uint16_t v = 0;
+    if (t == DType::kQ4_1) std::memcpy(&v, p + 2, 2);
+    return v;
+  }
+  uint8_t u(int e) const {
+    if (t == DType::kQ8_0) return static_cast<uint8_t>(p[2 + e] ^ 0x80);
+    const uint8_t* qs = p + (t == DType::kQ4_1 ? 4 : 2);
+    return e < 16 ? (qs[e] & 0x0F) : (qs[e - 16] >> 4);
+  }
+};
+
+int64_t SourceBlockBytes(DType t) { return t == DType::kQ4_0 ? 18 : t == DType::kQ4_1 ? 20 : 34; }
+int Offset(DType t) { return t == DType::kQ4_0 ? 8 : t == DType::kQ8_0 ? 128 : 0; }
+bool FourBit(DType t) { return t != DType::kQ8_0; }
+
+// Byte position of element e of lane r in a packed block's weight area.
+inline int64_t PackedIndex(bool four_bit, int64_t r, int e, bool* high) {
+  if (four_bit) {  // chunk k = e / 8 holds elements 8k..8k+3 low, 8k+4..8k+7 high
+    const int k = e / 8, w = e % 8;
+    *high = w >= 4;
+    return k * 64 + r * 4 + (w % 4);
+  }
+  *high = false;
+  return (e / 4) * 64 + r * 4 + e % 4;
+}
+
+}  // namespace
+
+bool Int8GemmAvailable() {
+#if TPSERVE_VNNI
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool Int8GemmPacks(DType t) {
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0;
+}
+
+std::shared_ptr<const PackedInt8Weight> PackInt8Weight(DType dtype, int64_t rows, int64_t cols,
+                                                       const uint8_t* data,
+                                                       size_t row_stride_bytes) {
+  TPSERVE_CHECK(Int8GemmPacks(dtype) && cols % kBlock == 0 && rows > 0,
+                "PackInt8Weight: %s [%lld, %lld]", DTypeName(dtype), static_cast<long long>(rows),
+                static_cast<long long>(cols));
+  auto w = std::make_shared<PackedInt8Weight>();
+  w->dtype = dtype;
+  w->rows = rows;
+  w->cols = cols;
+  w->groups = (rows + kRows - 1) / kRows;
+  const bool four_bit = FourBit(dtype);
+  w->block_bytes = kHeaderBytes + (four_bit ? kRows * kBlock / 2 : kRows * kBlock);
+  const int64_t nb = cols / kBlock;
+  const size_t total = static_cast<size_t>(w->groups * nb * w->block_bytes);
+  w->data = std::shared_ptr<uint8_t[]>(static_cast<uint8_t*>(std::aligned_alloc(64, total)),
+                                       [](uint8_t* p) { std::free(p); });
+  TPSERVE_CHECK(w->data != nullptr, "PackInt8Weight: out of memory (%zu bytes)", total);
+  std::memset(w->data.get(), 0, total);
+  const int64_t src_bytes = SourceBlockBytes(dtype);
+  for (int64_t g = 0; g < w->groups; ++g) {
+    for (int64_t b = 0; b < nb; ++b) {
+      uint8_t* out = w->data.get() + (g * nb + b) * w->block_bytes;
+      uint16_t* d = reinterpret_cast<uint16_t*>(out);
+      uint16_t* m = reinterpret_cast<uint16_t*>(out + 32);
+      uint8_t* u = out + kHeaderBytes;
+      for (int64_t r = 0; r < kRows && g * kRows + r < rows; ++r) {
+        const SourceBlock src{dtype, data + (g * kRows + r) * row_stride_bytes + b * src_bytes};
+        d[r] = src.d();
+        m[r] = src.m();
+        for (int e = 0; e < kBlock; ++e) {
+          bool high;
+          const int64_t at = PackedIndex(four_bit, r, e, &high);
+          u[at] |= high ? static_cast<uint8_t>(src.u(e) << 4) : src.u(e);
+        }
+      }
+    }
+  }
+  return w;
+}
+
+void Int8Activations::Resize(int64_t new_rows, int64_t new_cols, int new_terms) {
+  TPSERVE_CHECK(new_cols % kBlock == 0 && (new_terms == 1 || new_terms == 2),
+                "Int8Activations: %lld columns, %d terms", static_cast<long long>(new_cols),
+                new_terms);
+  rows = new_rows;
+  cols = new_cols;
+  terms = new_terms;
+  const int64_t need = rows * cols;
+  if (need > capacity) {
+    capacity = std::max(need, 2 * capacity);
+    q.reset(new int8_t[capacity]);
+    q2.reset(new int8_t[capacity]);
+    d.reset(new float[capacity / kBlock]);
+    s.reset(new float[capacity / kBlock]);
+    sum.reset(new int32_t[capacity / kBlock]);
+  }
+}
+
+void QuantizeActivations(const float* x, int64_t ldx, int64_t row_begin, int64_t row_end,
+                         Int8Activations* out) {
+  const int64_t nb = out->cols / kBlock;
+  const bool two = out->terms == 2;
+  for (int64_t j = row_begin; j < row_end; ++j) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + j * ldx + b * kBlock;
+      int8_t* q = out->q.get() + j * out->cols + b * kBlock;
+      int8_t* q2 = out->q2.get() + j * out->cols + b * kBlock;
+      const int64_t at = j * nb + b;
+#if TPSERVE_VNNI
+      const __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+      const float d = amax / 127.0f;
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      const __m512 f0 = _mm512_roundscale_ps(_mm512_mul_ps(x0, _mm512_set1_ps(id)),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 f1 = _mm512_roundscale_ps(_mm512_mul_ps(x1, _mm512_set1_ps(id)),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512i q0 = _mm512_cvtps_epi32(f0), q1 = _mm512_cvtps_epi32(f1);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtsepi32_epi8(q1));
+      int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      float step = d;
+      if (two) {  // what q leaves, |r| <= d / 2, in steps of d / 254
+        const __m512 id2 = _mm512_set1_ps(id * static_cast<float>(kSecondTerm));
+        const __m512 r0 = _mm512_fnmadd_ps(f0, _mm512_set1_ps(d), x0);
+        const __m512 r1 = _mm512_fnmadd_ps(f1, _mm512_set1_ps(d), x1);
+        const __m512i p0 = _mm512_max_epi32(
+            _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(r0, id2)), _mm512_set1_epi32(127)),
+            _mm512_set1_epi32(-127));
+        const __m512i p1 = _mm512_max_epi32(
+            _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(r1, id2)), _mm512_set1_epi32(127)),
+            _mm512_set1_epi32(-127));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q2), _mm512_cvtsepi32_epi8(p0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q2 + 16), _mm512_cvtsepi32_epi8(p1));
+        sum = kSecondTerm * sum + _mm512_reduce_add_epi32(_mm512_add_epi32(p0, p1));
+        step = d / static_cast<float>(kSecondTerm);
+      }
+#else
+      float amax = 0.0f;
+      for (int64_t i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float d = amax / 127.0f;
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      int32_t sum = 0, sum2 = 0;
+      for (int64_t i = 0; i < kBlock; ++i) {
+        const float f = std::nearbyint(xb[i] * id);
+        q[i] = static_cast<int8_t>(std::clamp(static_cast<int>(f), -127, 127));
+        sum += q[i];
+        if (two) {
+          const float r = std::fma(-f, d, xb[i]);
+          const int v = static_cast<int>(std::nearbyint(r * (id * kSecondTerm)));
+          q2[i] = static_cast<int8_t>(std::clamp(v, -127, 127));
+          sum2 += q2[i];
+        }
+      }
+      float step = d;
+      if (two) {
+        sum = kSecondTerm * sum + sum2;
+        step = d / static_cast<float>(kSecondTerm);
+      }
+#endif
+      out->d[at] = step;
+      out->sum[at] = sum;
+      out->s[at] = step * static_cast<float>(sum);
+    }
+  }
+}
+
+void Int8GemmReference(const PackedInt8Weight& w, const Int8Activations& x, float* y,
+                       int64_t ldy) {
+  TPSERVE_CHECK(x.cols == w.cols, "Int8GemmReference: x has %lld columns, weight %lld",
+                static_cast<long long>(x.cols), static_cast<long long>(w.cols));
+  const bool four_bit = FourBit(w.dtype), has_min = w.dtype == DType::kQ4_1;
+  const int32_t offset = Offset(w.dtype);
+  const int64_t nb = w.cols / kBlock;
+  for (int64_t j = 0; j < x.rows; ++j) {
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const int64_t g = r / kRows, lane = r % kRows;
+      float acc = 0.0f;
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = w.block(g, b);
+        uint16_t dh, mh;
+        std::memcpy(&dh, blk + 2 * lane, 2);
+        std::memcpy(&mh, blk + 32 + 2 * lane, 2);
+        const int8_t* xq = x.q.get() + j * x.cols + b * kBlock;
+        const int8_t* xq2 = x.q2.get() + j * x.cols + b * kBlock;
+        int32_t isum = 0, isum2 = 0;
+        for (int e = 0; e < kBlock; ++e) {
+          bool high;
+          const uint8_t byte = blk[kHeaderBytes + PackedIndex(four_bit, lane, e, &high)];
+          const int u = four_bit ? (high ? byte >> 4 : byte & 0x0F) : byte;
+          isum += u * xq[e];
+          if (x.terms == 2) isum2 += u * xq2[e];
+        }
+        if (x.terms == 2) isum = kSecondTerm * isum + isum2;
+        isum -= offset * x.sum[j * nb + b];
+        const float scale = HalfToFloat(dh) * x.d[j * nb + b];
+        acc = std::fma(static_cast<float>(isum), scale, acc);
+        if (has_min) acc = std::fma(HalfToFloat(mh), x.s[j * nb + b], acc);
+      }
+      y[j * ldy + r] = acc;
+    }
+  }
+}
+
+#if TPSERVE_VNNI
+namespace {
+
+inline __m512i Bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm512_set1_epi32(v);
+}
+
+// NJ activation rows x the 16 rows of group g. Per block, the 16 x 32 weights are unpacked
+// once into u[8] (lane r of u[m]: elements 4m..4m+3 of row r) and stay in registers while
+// every activation row is multiplied with them.
+template <bool kFourBit, bool kMin, int kOffset, int kTerms, int NJ>
+void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g, int64_t j0,
+                 float* y, int64_t ldy, __mmask16 store_mask) {
+  const int64_t nb = w.cols / kBlock;
+  const int64_t xc = x.cols;
+  const int8_t* xq = x.q.get() + j0 * xc;
+  const int8_t* xq2 = kTerms == 2 ? x.q2.get() + j0 * xc : nullptr;
+  const float* xd = x.d.get() + j0 * nb;
+  const float* xs = x.s.get() + j0 * nb;
+  const int32_t* xsum = x.sum.get() + j0 * nb;
+  __m512 acc[NJ];
+#pragma GCC unroll 16
+  for (int j = 0; j < NJ; ++j) acc[j] = _mm512_setzero_ps();
+  const __m512i nib = _mm512_set1_epi8(0x0F);
+  const uint8_t* blk = w.block(g, 0);
+  for (int64_t b = 0; b < nb; ++b, blk += w.block_bytes) {
+    const uint8_t* packed = blk + kHeaderBytes;
+    __m512i u[8];
+    if constexpr (kFourBit) {
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const __m512i v = _mm512_load_si512(packed + 64 * k);
+        u[2 * k] = _mm512_and_si512(v, nib);
+        u[2 * k + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+      }
+    } else {
+#pragma GCC unroll 8
+      for (int k = 0; k < 8; ++k) u[k] = _mm512_load_si512(packed + 64 * k);
+    }
+    const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk)));
+    __m512 mw;
+    if constexpr (kMin) {
+      mw = _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(blk + 32)));
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < NJ; ++j) {
+      // Two dependency chains (even / odd m) so that one row's block is not 8 serial dpbusd.
+      const int8_t* xb = xq + j * xc + b * kBlock;
+      __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int m = 0; m < 8; m += 2) {
+        even = _mm512_dpbusd_epi32(even, u[m], Bcast4(xb + 4 * m));
+        odd = _mm512_dpbusd_epi32(odd, u[m + 1], Bcast4(xb + 4 * m + 4));
+      }
+      __m512i isum = _mm512_add_epi32(even, odd);
+      if constexpr (kTerms == 2) {  // 254 * sum(u * q) + sum(u * q2)
+        const int8_t* xb2 = xq2 + j * xc + b * kBlock;
+        even = _mm512_mullo_epi32(isum, _mm512_set1_epi32(kSecondTerm));
+        odd = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int m = 0; m < 8; m += 2) {
+          even = _mm512_dpbusd_epi32(even, u[m], Bcast4(xb2 + 4 * m));
+          odd = _mm512_dpbusd_epi32(odd, u[m + 1], Bcast4(xb2 + 4 * m + 4));
+        }
+        isum = _mm512_add_epi32(even, odd);
+      }
+      if constexpr (kOffset != 0) {
+        isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(kOffset * xsum[j * nb + b]));
+      }
+      const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[j * nb + b]));
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[j]);
+      if constexpr (kMin) acc[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[j * nb + b]), acc[j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NJ; ++j) {
+    _mm512_mask_storeu_ps(y + (j0 + j) * ldy + g * kRows, store_mask, acc[j]);
+  }
+}
+
+constexpr int kMaxRowsPerPass = 8;
+
+template <bool kFourBit, bool kMin, int kOffset, int kTerms>
+void GemmGroups(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, int64_t g1,
+                float* y, int64_t ldy) {
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t valid = std::min<int64_t>(kRows, w.rows - g * kRows);
+    const __mmask16 mask = valid == kRows ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1);
+    for (int64_t j0 = 0; j0 < x.rows; j0 += kMaxRowsPerPass) {
+      const int nj = static_cast<int>(std::min<int64_t>(kMaxRowsPerPass, x.rows - j0));
+      WithStaticCount<kMaxRowsPerPass>(nj, [&](auto k) {
+        GroupKernel<kFourBit, kMin, kOffset, kTerms, k()>(w, x, g, j0, y, ldy, mask);
+      });
+    }
+  }
+}
+
+template <int kTerms>
+void GemmTerms(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, int64_t g1,
+               float* y, int64_t ldy) {
+  switch (w.dtype) {
+    case DType::kQ4_1:
+      return GemmGroups<true, true, 0, kTerms>(w, x, g0, g1, y, ldy);
+    case DType::kQ4_0:
+      return GemmGroups<true, false, 8, kTerms>(w, x, g0, g1, y, ldy);
+    case DType::kQ8_0:
+      return GemmGroups<false, false, 128, kTerms>(w, x, g0, g1, y, ldy);
+    default:
+      TPSERVE_CHECK(false, "Int8Gemm: %s is not packed", DTypeName(w.dtype));
+  }
+}
+
+}  // namespace
+#endif  // TPSERVE_VNNI
+
+void Int8Gemm(const PackedInt8Weight& w, const Int8Activations& x, int64_t group_begin,
+              int64_t group_end, float* y, int64_t ldy) {
+  TPSERVE_CHECK(x.cols == w.cols, "Int8Gemm: x has %lld columns, weight %lld",
+                static_cast<long long>(x.cols), static_cast<long long>(w.cols));
+#if TPSERVE_VNNI
+  if (x.terms == 2) return GemmTerms<2>(w, x, group_begin, group_end, y, ldy);
+  return GemmTerms<1>(w, x, group_begin, group_end, y, ldy);
+#else
+  TPSERVE_CHECK(false, "Int8Gemm: no VNNI kernel for %s in this build", DTypeName(w.dtype));
+#endif
+}
+
+}  // namespace tpserve
