@@ -6,9 +6,9 @@
 # explain the scaling.
 #
 #   bench/cluster/serving.sh [--tp N] [--model PATH] [--input-len L] [--output-len L]
-#                            [--streams "1 8 32"] [--waves W] [--out DIR]
+#                            [--streams "1 8 32"] [--waves W] [--dtype D] [--out DIR]
 #   defaults: SmolLM2-135M-Instruct Q4_1 from the model cache, TP=1, 64-token prompts, 128-token
-#   outputs (ignore_eos), greedy; each level runs one warm-up wave, then W waves (W x streams
+#   outputs (ignore_eos), greedy, the workers' default dtype (--dtype: int8x2, int8, fp32); each level runs one warm-up wave, then W waves (W x streams
 #   requests, at least 4) measured; JSON per level in DIR (default: a fresh folder under /tmp).
 #   Also reports the CPU time the cluster's processes got during each level (/proc), since the
 #   machine is shared: output tokens per cluster CPU-second scales independently of other load.
@@ -18,10 +18,11 @@ cd "$(dirname "$0")/../.."
 BUILD=${TPSERVE_BUILD_DIR:-build}
 TPSERVE=$BUILD/tools/tpserve
 MODEL=${TPSERVE_MODELS:-$HOME/.cache/tpserve/models}/SmolLM2-135M-Instruct.Q4_1.gguf
-TP=1 INPUT=64 OUTPUT=128 STREAMS="1 8 32" WAVES=2 OUT=""
+TP=1 INPUT=64 OUTPUT=128 STREAMS="1 8 32" WAVES=2 OUT="" DTYPE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tp) TP=$2; shift 2 ;;
+    --dtype) DTYPE=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --input-len) INPUT=$2; shift 2 ;;
     --output-len) OUTPUT=$2; shift 2 ;;
@@ -38,7 +39,9 @@ OUT=${OUT:-$(mktemp -d /tmp/tpserve-serving.XXXXXX)}
 mkdir -p "$OUT"
 LOG=$OUT/cluster.log
 
-coproc UP { exec "$TPSERVE" up --model "$MODEL" --tp "$TP" 2>"$LOG"; }
+UP_ARGS=(--model "$MODEL" --tp "$TP")
+[ -n "$DTYPE" ] && UP_ARGS+=(--dtype "$DTYPE")
+coproc UP { exec "$TPSERVE" up "${UP_ARGS[@]}" 2>"$LOG"; }
 UP_PID=$UP_PID
 stop_cluster() { kill -INT "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true; }
 trap stop_cluster EXIT
@@ -46,7 +49,7 @@ if ! read -r -t 600 ADDR <&"${UP[0]}"; then
   echo "serving.sh: the cluster did not become SERVING; log: $LOG" >&2
   exit 1
 fi
-echo "serving.sh: TP=$TP cluster SERVING at $ADDR; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "serving.sh: TP=$TP dtype=${DTYPE:-default} cluster SERVING at $ADDR; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 # CPU seconds used so far by the cluster's processes (children of `tpserve up`), and the machine's
 # busy / total CPU seconds (/proc/stat): the machine is shared, so the report says how much CPU
