@@ -64,6 +64,13 @@ std::string HostPort(const std::string& address, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+// Rank 0's device kind and compute dtype (what ModelInfo reports), once it has registered.
+std::optional<std::pair<std::string, std::string>> RankZeroDevice(const WorkerRegistry& registry) {
+  const std::optional<WorkerInfo> w = registry.worker(0);
+  if (!w.has_value()) return std::nullopt;
+  return std::make_pair(w->device_kind, w->compute_dtype);
+}
+
 int Run(const Flags& f) {
   // Signals go to sigwait in main; every thread started below inherits the mask.
   sigset_t signals;
@@ -131,6 +138,10 @@ int Run(const Flags& f) {
                                                             .max_batch_sequences = f.max_seqs,
                                                             .max_batch_tokens = f.max_batch_tokens,
                                                             .context_length = context,
+                                                            .worker_device =
+                                                                [&registry] {
+                                                                  return RankZeroDevice(registry);
+                                                                },
                                                             .serving = [&group, &serving_now] {
                                                               return serving_now.load() &&
                                                                      group.ready();

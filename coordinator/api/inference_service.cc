@@ -414,6 +414,12 @@ grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerCon
   r->set_has_chat_template(model_.chat_template.has_value());
   r->set_tensor_parallel(info_.tensor_parallel);
   r->set_device(info_.device);
+  if (info_.worker_device) {
+    if (auto d = info_.worker_device(); d.has_value()) {
+      if (!d->first.empty()) r->set_device(d->first);
+      if (!d->second.empty()) r->set_compute_dtype(d->second);
+    }
+  }
   r->set_kv_block_size(info_.kv_block_size);
   r->set_kv_blocks(kv_blocks_.load());
   r->set_max_batch_sequences(info_.max_batch_sequences);

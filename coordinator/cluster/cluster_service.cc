@@ -28,6 +28,7 @@ WorkerInfo WorkerInfoFromProto(const v1::RegisterRequest& req) {
   w.device_kind = req.device().kind();
   w.device_index = req.device().index();
   w.device_name = req.device().name();
+  w.compute_dtype = req.device().compute_dtype();
   w.memory_total_bytes = req.device().memory_total_bytes();
   w.memory_free_bytes = req.device().memory_free_bytes();
   w.memory_budget_bytes = req.memory_budget_bytes();

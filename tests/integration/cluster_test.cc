@@ -317,6 +317,13 @@ TEST(ClusterTest, SmolLm2ChatTp2) {
     EXPECT_EQ(info.num_kv_heads(), 3);
     EXPECT_TRUE(info.has_chat_template());
     EXPECT_GT(info.kv_blocks(), 0);
+    // What the workers compute in, as rank 0 registered it (not a coordinator constant).
+    EXPECT_EQ(info.device(), "cpu");
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    EXPECT_EQ(info.compute_dtype(), "int8x2");  // the workers' default with the VNNI kernel
+#else
+    EXPECT_EQ(info.compute_dtype(), "f32");
+#endif
   }
   v1::GenerateRequest req;
   *req.mutable_prompt()->mutable_chat() = chat;

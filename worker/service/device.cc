@@ -47,7 +47,10 @@ class CpuDevice final : public WorkerDevice {
                              .memory_total_bytes = HostTotalBytes(),
                              .memory_free_bytes = HostAvailableBytes(),
                              .compute_units = threads_,
-                             .compute_capability = 0};
+                             .compute_capability = 0,
+                             .compute_dtype = backend_.precision() == CpuPrecision::kFp32
+                                                  ? "f32"
+                                                  : CpuPrecisionName(backend_.precision())};
   }
 
   std::string Summary() const override {

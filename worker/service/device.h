@@ -44,6 +44,7 @@ struct DeviceDescription {
   int64_t memory_free_bytes = 0;
   int compute_units = 0;       // CPU threads or CUDA SMs
   int compute_capability = 0;  // major * 10 + minor; 0 for CPU
+  std::string compute_dtype;   // "int8x2", "int8", "f32" (cpu); "bf16", "f32" (cuda)
 };
 
 // The group a LoadModel connects (LoadSpec's communicator, plus how to reach the store).

@@ -34,6 +34,7 @@ v1::DeviceInfo DeviceInfoOf(const DeviceDescription& d) {
   info.set_memory_free_bytes(d.memory_free_bytes);
   info.set_compute_units(d.compute_units);
   info.set_compute_capability(d.compute_capability);
+  info.set_compute_dtype(d.compute_dtype);
   return info;
 }
 
