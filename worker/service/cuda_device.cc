@@ -140,6 +140,7 @@ class CudaDevice final : public WorkerDevice {
       d.compute_capability = prop.major * 10 + prop.minor;
     }
     d.memory_free_bytes = FreeDeviceBytes().value_or(0);
+    d.compute_dtype = bf16() ? "bf16" : "f32";
     return d;
   }
 
