@@ -5,6 +5,7 @@
 #
 #   scripts/setup.sh            # C++ build deps + .venv with test requirements
 #   scripts/setup.sh --reference # also .venv-ref with the heavy reference stack (torch, transformers)
+#   scripts/setup.sh --peers     # also .venv-peers with peer engines (llama-cpp-python, compiled)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,5 +46,8 @@ make_venv() {  # make_venv DIR REQUIREMENTS
 make_venv .venv scripts/requirements-test.txt
 if [ "${1:-}" = "--reference" ]; then
   make_venv .venv-ref scripts/reference/requirements.txt
+fi
+if [ "${1:-}" = "--peers" ]; then
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} make_venv .venv-peers bench/peers/requirements.txt
 fi
 echo "setup: ok"
