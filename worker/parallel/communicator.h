@@ -3,7 +3,9 @@
 // Every rank calls the same collectives in the same order (the step plan makes sure of that). A
 // failed collective returns an error on every rank that notices it; the communicator is then
 // unusable and the group is rebuilt by the coordinator (DESIGN.md §7). Implementations: Local (one
-// rank, no copies), Gloo (CPU ranks over TCP), NCCL (GPU ranks).
+// rank, no copies), Gloo (CPU ranks over TCP), Shm (CPU ranks on one host, over a shared segment,
+// Gloo for large payloads; workers use it whenever the negotiation finds one host), NCCL (GPU
+// ranks).
 #pragma once
 
 #include <cstddef>

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
 #include "worker/parallel/gloo_communicator.h"
+#include "worker/parallel/shm_communicator.h"
 #include "worker/sampling/sampler.h"
 #include "worker/service/memory_budget.h"
 
@@ -150,7 +151,14 @@ absl::StatusOr<std::unique_ptr<Communicator>> WorkerEngine::Connect(const LoadSp
                      .timeout = spec.comm_timeout};
     ASSIGN_OR_RETURN(std::unique_ptr<GlooCommunicator> comm,
                      GlooCommunicator::Create(*store, gloo));
-    return std::unique_ptr<Communicator>(std::move(comm));
+    // Ranks on one host move their collectives through shared memory (Gloo stays for payloads
+    // larger than a slot); elsewhere this is the Gloo communicator itself.
+    return ShmCommunicator::Wrap(*store,
+                                 ShmOptions{.rank = options_.rank,
+                                            .world_size = world,
+                                            .store_prefix = spec.store_prefix,
+                                            .timeout = spec.comm_timeout},
+                                 std::move(comm));
   };
   return device_->Connect(request);
 }

@@ -43,11 +43,15 @@ class GlooProcessTest : public ::testing::Test {
   }
 
   std::vector<pid_t> StartRanks(int world, const std::string& prefix, int timeout_ms,
-                                const std::string& mode) {
+                                const std::string& mode, bool shm = false) {
     std::vector<pid_t> pids;
     for (int r = 0; r < world; ++r) {
-      pids.push_back(Spawn({GLOO_RANK_CHILD, server_->address(), std::to_string(r),
-                            std::to_string(world), prefix, std::to_string(timeout_ms), mode}));
+      std::vector<std::string> args = {GLOO_RANK_CHILD,          server_->address(),
+                                       std::to_string(r),        std::to_string(world),
+                                       prefix,                   std::to_string(timeout_ms),
+                                       mode};
+      if (shm) args.push_back("shm");
+      pids.push_back(Spawn(args));
     }
     return pids;
   }
@@ -57,14 +61,18 @@ class GlooProcessTest : public ::testing::Test {
   std::unique_ptr<ClusterServer> server_;
 };
 
-TEST_F(GlooProcessTest, CollectivesAcrossTwoAndThreeProcesses) {
+class CollectivesTest : public GlooProcessTest, public ::testing::WithParamInterface<bool> {};
+
+// Over Gloo alone, and wrapped in shared memory (what workers on one host use).
+TEST_P(CollectivesTest, CollectivesAcrossTwoAndThreeProcesses) {
   constexpr int kRendezvousFailed = 4;
   for (int world : {2, 3}) {
     SCOPED_TRACE(absl::StrCat(world, " processes"));
     // A group whose rendezvous failed is formed again under a new prefix, as the coordinator
     // does (see RunRanks in gloo_communicator_test.cc for the rare Gloo connect failure).
     for (int attempt = 1; attempt <= 3; ++attempt) {
-      std::vector<pid_t> pids = StartRanks(world, UniquePrefix(), 20000, "collectives");
+      std::vector<pid_t> pids =
+          StartRanks(world, UniquePrefix(), 20000, "collectives", /*shm=*/GetParam());
       std::vector<int> codes;
       for (pid_t pid : pids) codes.push_back(WaitExit(pid, absl::Seconds(60)));
       if (attempt < 3 && std::count(codes.begin(), codes.end(), kRendezvousFailed) > 0) continue;
@@ -73,6 +81,9 @@ TEST_F(GlooProcessTest, CollectivesAcrossTwoAndThreeProcesses) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Transport, CollectivesTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "shm" : "gloo"; });
 
 // `stop_signal` on the last rank while all ranks all-reduce in a loop: the survivors' collective
 // must fail (not hang) within the timeout, with a status that names the op.
@@ -119,6 +130,22 @@ TEST_F(GlooProcessTest, KilledPeerMakesSurvivorsFailWithinTheTimeout) {
   // (Gloo does not fail pending sends when a pair closes).
   ExpectSurvivorsFail(store_, pids, prefix, SIGKILL, absl::Seconds(3),
                       {absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded});
+}
+
+// Shared memory has no socket to close: a survivor waiting on a killed rank notices through
+// /proc (it is gone, or a zombie until `up` reaps it) and fails with UNAVAILABLE.
+TEST_F(GlooProcessTest, ShmKilledPeerMakesSurvivorsFailWithinTheTimeout) {
+  const std::string prefix = UniquePrefix();
+  std::vector<pid_t> pids = StartRanks(3, prefix, 3000, "hold", /*shm=*/true);
+  ExpectSurvivorsFail(store_, pids, prefix, SIGKILL, absl::Seconds(3),
+                      {absl::StatusCode::kUnavailable});
+}
+
+TEST_F(GlooProcessTest, ShmStoppedPeerMakesSurvivorsTimeOut) {
+  const std::string prefix = UniquePrefix();
+  std::vector<pid_t> pids = StartRanks(2, prefix, 1500, "hold", /*shm=*/true);
+  ExpectSurvivorsFail(store_, pids, prefix, SIGSTOP, absl::Milliseconds(1500),
+                      {absl::StatusCode::kDeadlineExceeded});
 }
 
 TEST_F(GlooProcessTest, StoppedPeerMakesSurvivorsTimeOut) {

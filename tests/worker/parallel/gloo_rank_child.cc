@@ -1,8 +1,11 @@
 // One rank of the multi-process Gloo test (gloo_process_test.cc), started as a child process.
 // Rendezvous goes through the coordinator's store over gRPC, as in production.
 //
-//   gloo_rank_child STORE_ADDR RANK WORLD PREFIX TIMEOUT_MS MODE
+//   gloo_rank_child STORE_ADDR RANK WORLD PREFIX TIMEOUT_MS MODE [shm]
 //
+// With "shm", the Gloo communicator is wrapped by ShmCommunicator (all ranks run on this host,
+// so it must be shared memory: exit 5 otherwise), and "collectives" also all-reduces a payload
+// larger than a slot (through the Gloo fallback).
 // MODE "collectives": runs each collective once, checks the results against the arithmetic of
 //   the inputs, exits 0 (2 on a wrong value, 3 on an error status, 4 when the rendezvous failed).
 // MODE "hold": after a barrier, sets PREFIX+"ready/"+RANK in the store and all-reduces in a loop
@@ -17,6 +20,7 @@
 #include "absl/time/clock.h"
 #include "coordinator/cluster/rendezvous_client.h"
 #include "worker/parallel/gloo_communicator.h"
+#include "worker/parallel/shm_communicator.h"
 
 namespace tpserve {
 namespace {
@@ -31,10 +35,12 @@ int Wrong(const std::string& what) {
   return 2;
 }
 
-int Collectives(GlooCommunicator& comm) {
+int Collectives(Communicator& comm, bool shm) {
   const int r = comm.rank();
   const int n = comm.world_size();
-  for (size_t count : {size_t{576}, size_t{1} << 20}) {
+  std::vector<size_t> sizes = {size_t{576}, size_t{1} << 20};
+  if (shm) sizes.push_back(size_t{5} << 20);  // 20 MB: more than a 16 MB slot
+  for (size_t count : sizes) {
     std::vector<float> data(count);
     for (size_t i = 0; i < count; ++i) data[i] = static_cast<float>((r + 1) * (i % 997));
     if (absl::Status st = comm.AllReduceSum(data.data(), count); !st.ok()) return Fail(st);
@@ -79,7 +85,7 @@ int Collectives(GlooCommunicator& comm) {
   return 0;
 }
 
-int Hold(GlooCommunicator& comm, KvStore& store, const std::string& prefix) {
+int Hold(Communicator& comm, KvStore& store, const std::string& prefix) {
   if (absl::Status st = comm.Barrier(); !st.ok()) return Fail(st);
   if (absl::Status st = store.Set(absl::StrCat(prefix, "ready/", comm.rank()), "1"); !st.ok()) {
     return Fail(st);
@@ -101,11 +107,12 @@ int Hold(GlooCommunicator& comm, KvStore& store, const std::string& prefix) {
 }
 
 int Main(int argc, char** argv) {
-  if (argc != 7) {
-    std::fprintf(stderr, "usage: %s STORE RANK WORLD PREFIX TIMEOUT_MS collectives|hold\n",
+  if (argc != 7 && !(argc == 8 && std::string(argv[7]) == "shm")) {
+    std::fprintf(stderr, "usage: %s STORE RANK WORLD PREFIX TIMEOUT_MS collectives|hold [shm]\n",
                  argv[0]);
     return 64;
   }
+  const bool shm = argc == 8;
   const std::string address = argv[1];
   GlooOptions opts;
   opts.rank = std::atoi(argv[2]);
@@ -120,8 +127,27 @@ int Main(int argc, char** argv) {
     Fail(comm.status());
     return 4;  // rendezvous failed: the test may form the group again
   }
-  if (mode == "collectives") return Collectives(**comm);
-  if (mode == "hold") return Hold(**comm, *store, opts.store_prefix);
+  std::unique_ptr<Communicator> group = std::move(*comm);
+  if (shm) {
+    absl::StatusOr<std::unique_ptr<Communicator>> wrapped =
+        ShmCommunicator::Wrap(*store,
+                              ShmOptions{.rank = opts.rank,
+                                         .world_size = opts.world_size,
+                                         .store_prefix = opts.store_prefix,
+                                         .timeout = opts.timeout},
+                              std::move(group));
+    if (!wrapped.ok()) {
+      Fail(wrapped.status());
+      return 4;
+    }
+    group = std::move(*wrapped);
+    if (dynamic_cast<ShmCommunicator*>(group.get()) == nullptr) {
+      std::fprintf(stderr, "rank child: ranks on one host did not get shared memory\n");
+      return 5;
+    }
+  }
+  if (mode == "collectives") return Collectives(*group, shm);
+  if (mode == "hold") return Hold(*group, *store, opts.store_prefix);
   std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
   return 64;
 }
