@@ -43,6 +43,7 @@ struct Flags {
   int max_waiting = 1024;
   int step_timeout_ms = 60000;
   int collective_timeout_ms = 30000;
+  int resume_window_s = 60;
   int load_timeout_s = 600;
   bool no_prefix_cache = false;
   std::string http_listen;  // empty: no HTTP server (off unless asked: ports must not collide)
@@ -221,6 +222,7 @@ int Run(const Flags& f) {
     ec.scheduler.max_waiting = f.max_waiting;
     ec.scheduler.max_model_len = context;
     ec.scheduler.enable_prefix_caching = !f.no_prefix_cache;
+    ec.resume_window = absl::Seconds(f.resume_window_s);
     for (int64_t e : config.eos_token_ids) ec.scheduler.eos_token_ids.push_back(int32_t(e));
     if ((*model)->tokenizer) {
       for (int32_t e : (*model)->tokenizer->eos_ids()) {
@@ -363,6 +365,12 @@ int main(int argc, char** argv) {
   app.add_option("--step-timeout-ms", f.step_timeout_ms,
                  "deadline of one step on all ranks; a rank past it fails the step")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--resume-window-s", f.resume_window_s,
+                 "when a worker is lost mid-generation, how long the requests in flight wait for "
+                 "the worker group to re-form (a restarted rank registering again) before they "
+                 "fail; they then continue by recomputing prompt + output. 0: fail at once")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--collective-timeout-ms", f.collective_timeout_ms,
                  "deadline of the workers' rendezvous and of each collective")

@@ -218,6 +218,28 @@ void Engine::TakeInbox() {
 
 bool Engine::RunStep() {
   if (!scheduler_->HasUnfinished()) return false;
+  const bool recovering = recovering_since_ != absl::InfinitePast();
+  if (recovering && !executor_.ready()) {
+    if (absl::Now() - recovering_since_ < config_.resume_window) {
+      // Waiting for the group to re-form is not a stuck loop: health says NOT_SERVING through
+      // the group, not "stuck" through the engine.
+      {
+        absl::MutexLock lock(&mu_);
+        stats_.last_progress = absl::Now();
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+      return true;
+    }
+    spdlog::error("engine: the worker group did not re-form within {}; failing {} request(s)",
+                  absl::FormatDuration(config_.resume_window), requests_.size());
+    recovering_since_ = absl::InfinitePast();
+    FailAll(absl::UnavailableError(absl::StrCat(
+        "a worker failed during generation (", recovery_cause_.message(),
+        ") and the worker group did not re-form within ",
+        absl::FormatDuration(config_.resume_window), "; retry when the server reports SERVING")));
+    RefreshQueueStats();
+    return true;
+  }
   if (!executor_.ready()) {
     FailAll(absl::UnavailableError(
         absl::StrCat("the worker group is not ready: ", executor_.not_ready_reason())));
@@ -260,9 +282,26 @@ bool Engine::RunStep() {
       ++stats_.failed_steps;
       stats_.last_progress = absl::Now();
     }
-    // The workers' KV is gone; requests in flight end now (DESIGN §7: recovery by recompute is
-    // a later step), and the scheduler forgets what it had placed.
+    // The workers' KV is gone: the scheduler puts every running sequence back in the queue to
+    // be recomputed from prompt + output. With a resume window the requests wait for the group
+    // to re-form (the check at the top of RunStep); without one they end now.
     scheduler_->RecoverFromFailedStep();
+    if (config_.resume_window > absl::ZeroDuration()) {
+      if (recovering_since_ == absl::InfinitePast()) {
+        recovering_since_ = absl::Now();
+        recovery_cause_ = result.status();
+        spdlog::warn(
+            "engine: {} request(s) wait up to {} for the worker group to re-form, then resume by "
+            "recompute",
+            requests_.size(), absl::FormatDuration(config_.resume_window));
+        absl::MutexLock lock(&mu_);
+        ++stats_.recoveries;
+      }
+      RefreshQueueStats();
+      // The group may not have noticed the loss yet: do not fail steps in a tight loop.
+      absl::SleepFor(absl::Milliseconds(50));
+      return true;
+    }
     FailAll(absl::UnavailableError(
         absl::StrCat("a worker failed during generation (", result.status().message(),
                      "); the request was stopped, retry when the server reports SERVING")));
@@ -277,6 +316,13 @@ bool Engine::RunStep() {
     scheduler_->RecoverFromFailedStep();
     FailAll(absl::InternalError(absl::StrCat("bad step result: ", update.status().message())));
     return true;
+  }
+  if (recovering_since_ != absl::InfinitePast()) {
+    spdlog::info("engine: resumed {} request(s) on the re-formed worker group after {}",
+                 requests_.size(), absl::FormatDuration(absl::Now() - recovering_since_));
+    recovering_since_ = absl::InfinitePast();
+    absl::MutexLock lock(&mu_);
+    ++stats_.resumed;
   }
   {
     absl::MutexLock lock(&mu_);

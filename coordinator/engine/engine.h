@@ -45,6 +45,10 @@ struct EngineConfig {
   int vocab_size = 0;  // token ids must be in [0, vocab_size)
   // Longest wait of the idle loop before it looks at its queues again.
   absl::Duration idle_wait = absl::Milliseconds(100);
+  // After a failed step (a worker lost, DESIGN §7): how long the requests in flight wait for the
+  // worker group to re-form; they then continue where their streams stopped, by recomputing
+  // prompt + output so far (no token lost or repeated). Zero: they fail at once (UNAVAILABLE).
+  absl::Duration resume_window = absl::ZeroDuration();
 };
 
 // Totals since start (for metrics, health and benchmarks).
@@ -62,6 +66,10 @@ struct EngineStats {
   scheduler::BlockUsage blocks;
   int64_t preemptions = 0;
   int64_t prefix_hit_tokens = 0;
+  // Failed steps after which the requests in flight were kept to resume (resume_window > 0), and
+  // resumptions that completed a step on the re-formed group.
+  int64_t recoveries = 0;
+  int64_t resumed = 0;
   StepTiming last_step;
   // For health (a stuck loop): whether requests are queued or running, and the last time a step
   // completed (failed steps included) or the loop was idle. busy && now - last_progress growing
@@ -164,6 +172,10 @@ class Engine {
   absl::flat_hash_map<scheduler::SeqId, std::unique_ptr<Request>> requests_;
   absl::flat_hash_map<scheduler::SeqId, Request*> owners_;
   uint64_t next_step_id_ = 1;
+  // Set by the first failed step of a recovery (resume_window > 0), cleared by the next step
+  // that completes; the window counts from here.
+  absl::Time recovering_since_ = absl::InfinitePast();
+  absl::Status recovery_cause_;
   std::vector<absl::Duration> gaps_;  // inter-token gaps of the step being delivered (reused)
 
   std::thread thread_;

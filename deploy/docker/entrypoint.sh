@@ -13,7 +13,7 @@
 #                             (--http-listen; default: off)
 #     LOG_FORMAT, LOG_LEVEL   text|json, info|debug|... (--log-format, --log-level)
 #     KV_BLOCK_SIZE, MAX_BATCH_TOKENS, MAX_SEQS, MEMORY_BUDGET, MAX_CONTEXT, MAX_WAITING,
-#     STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S:
+#     STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S, RESUME_WINDOW_S:
 #                             passed as the flags of the same name when set
 #     NO_PREFIX_CACHE=1       --no-prefix-cache
 #   entrypoint.sh worker [EXTRA FLAGS...]
@@ -68,6 +68,7 @@ case $role in
     opt --max-waiting "${MAX_WAITING:-}"
     opt --step-timeout-ms "${STEP_TIMEOUT_MS:-}"
     opt --collective-timeout-ms "${COLLECTIVE_TIMEOUT_MS:-}"
+    opt --resume-window-s "${RESUME_WINDOW_S:-}"
     opt --load-timeout-s "${LOAD_TIMEOUT_S:-}"
     case ${NO_PREFIX_CACHE:-} in
       ""|0|false) ;;
