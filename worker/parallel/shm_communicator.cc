@@ -122,8 +122,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> ShmCommunicator::Wrap(
       why = absl::StrCat("shm_open(", segment->name, "): ", std::strerror(errno));
     } else {
       segment->unlink_on_close = true;
-      if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
-        why = absl::StrCat("ftruncate: ", std::strerror(errno));
+      // Reserve the pages now: on a full /dev/shm (containers default to 64 MB) this fails
+      // here, and the group keeps Gloo, instead of a SIGBUS at the first collective.
+      const int reserve = posix_fallocate(fd, 0, static_cast<off_t>(bytes));
+      if (reserve != 0) {
+        why = absl::StrCat("reserving ", bytes >> 20, " MiB in /dev/shm: ", std::strerror(reserve));
       } else {
         void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {

@@ -150,6 +150,16 @@ TEST(ShmCommunicator, ARankOnAnotherHostKeepsTheFallbackEverywhere) {
            });
 }
 
+// A segment /dev/shm cannot hold (here: 1 TiB per rank) is refused when rank 0 reserves it:
+// every rank keeps the fallback, nothing crashes later.
+TEST(ShmCommunicator, ASegmentThatDoesNotFitKeepsTheFallbackEverywhere) {
+  RunRanks(2, ShmOptions{.timeout = absl::Seconds(20), .slot_bytes = size_t{1} << 40},
+           [&](int r, Communicator& comm, RecordingFallback* fallback) {
+             EXPECT_EQ(fallback, nullptr) << "rank " << r << " got shared memory";
+             EXPECT_EQ(dynamic_cast<ShmCommunicator*>(&comm), nullptr);
+           });
+}
+
 TEST(ShmCommunicator, AMissingRankFailsTheWaitAtTheDeadline) {
   RunRanks(2, ShmOptions{.timeout = absl::Milliseconds(300)},
            [&](int r, Communicator& comm, RecordingFallback*) {

@@ -1,7 +1,8 @@
 // y[n, out] = x[n, in] · wᵀ on the CPU.
 //
-// Packed quantised weights (CpuPrecision::kInt8): x is rounded to int8 blocks once, then each
-// thread runs the VNNI kernel over a range of 16-row groups (cpu/int8_gemm.h), for any n.
+// Packed quantised weights (CpuPrecision::kInt8 / kInt8x2): x is rounded to int8 blocks (one or
+// two terms) once, then each thread runs the VNNI kernel over a range of 16-row groups
+// (cpu/int8_gemm.h), for any n.
 //
 // Otherwise, fp32:
 // Few rows (decode): each thread owns a range of weight rows and streams them once through the
