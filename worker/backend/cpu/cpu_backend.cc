@@ -91,7 +91,8 @@ absl::StatusOr<Weight> CpuBackend::LoadWeight(const TensorView& view) {
            .int8 = nullptr};
   if (int8_matmuls() && Int8GemmPacks(view.dtype) && view.cols % 32 == 0) {
     // Matmuls read the packed copy; the mapping stays for row lookups (embeddings).
-    w.int8 = PackInt8Weight(view.dtype, view.rows, view.cols, view.data, view.row_stride_bytes);
+    w.int8 = PackInt8Weight(view.dtype, view.rows, view.cols, view.data, view.row_stride_bytes,
+                            &pool_);
   }
   if (CpuKernelReads(view.dtype)) return w;  // zero copy: reads the mapping
   // K-quants and other types: fp32 copy, row by row (the view may be a column window).

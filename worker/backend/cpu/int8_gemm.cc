@@ -7,6 +7,7 @@
 
 #include "worker/backend/check.h"
 #include "worker/backend/cpu/static_dispatch.h"
+#include "worker/backend/cpu/thread_pool.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
@@ -73,7 +74,7 @@ bool Int8GemmPacks(DType t) {
 
 std::shared_ptr<const PackedInt8Weight> PackInt8Weight(DType dtype, int64_t rows, int64_t cols,
                                                        const uint8_t* data,
-                                                       size_t row_stride_bytes) {
+                                                       size_t row_stride_bytes, ThreadPool* pool) {
   TPSERVE_CHECK(Int8GemmPacks(dtype) && cols % kBlock == 0 && rows > 0,
                 "PackInt8Weight: %s [%lld, %lld]", DTypeName(dtype), static_cast<long long>(rows),
                 static_cast<long long>(cols));
@@ -89,25 +90,36 @@ std::shared_ptr<const PackedInt8Weight> PackInt8Weight(DType dtype, int64_t rows
   w->data = std::shared_ptr<uint8_t[]>(static_cast<uint8_t*>(std::aligned_alloc(64, total)),
                                        [](uint8_t* p) { std::free(p); });
   TPSERVE_CHECK(w->data != nullptr, "PackInt8Weight: out of memory (%zu bytes)", total);
-  std::memset(w->data.get(), 0, total);
+  // Where element e of lane 0 goes (lane r adds 4 r), and whether as a high nibble.
+  int64_t at[kBlock];
+  bool high[kBlock];
+  for (int e = 0; e < kBlock; ++e) at[e] = PackedIndex(four_bit, 0, e, &high[e]);
   const int64_t src_bytes = SourceBlockBytes(dtype);
-  for (int64_t g = 0; g < w->groups; ++g) {
-    for (int64_t b = 0; b < nb; ++b) {
-      uint8_t* out = w->data.get() + (g * nb + b) * w->block_bytes;
-      uint16_t* d = reinterpret_cast<uint16_t*>(out);
-      uint16_t* m = reinterpret_cast<uint16_t*>(out + 32);
-      uint8_t* u = out + kHeaderBytes;
+  const auto pack_groups = [&](int64_t g0, int64_t g1) {
+    std::memset(w->data.get() + g0 * nb * w->block_bytes, 0,
+                static_cast<size_t>((g1 - g0) * nb * w->block_bytes));
+    for (int64_t g = g0; g < g1; ++g) {
       for (int64_t r = 0; r < kRows && g * kRows + r < rows; ++r) {
-        const SourceBlock src{dtype, data + (g * kRows + r) * row_stride_bytes + b * src_bytes};
-        d[r] = src.d();
-        m[r] = src.m();
-        for (int e = 0; e < kBlock; ++e) {
-          bool high;
-          const int64_t at = PackedIndex(four_bit, r, e, &high);
-          u[at] |= high ? static_cast<uint8_t>(src.u(e) << 4) : src.u(e);
+        const uint8_t* row = data + (g * kRows + r) * row_stride_bytes;
+        for (int64_t b = 0; b < nb; ++b) {
+          uint8_t* out = w->data.get() + (g * nb + b) * w->block_bytes;
+          const SourceBlock src{dtype, row + b * src_bytes};
+          const uint16_t d = src.d(), m = src.m();
+          std::memcpy(out + 2 * r, &d, 2);
+          std::memcpy(out + 32 + 2 * r, &m, 2);
+          uint8_t* u = out + kHeaderBytes + 4 * r;
+          for (int e = 0; e < kBlock; ++e) {
+            const uint8_t v = src.u(e);
+            u[at[e]] |= high[e] ? static_cast<uint8_t>(v << 4) : v;
+          }
         }
       }
     }
+  };
+  if (pool != nullptr) {
+    pool->ParallelFor(w->groups, 8, pack_groups);
+  } else {
+    pack_groups(0, w->groups);
   }
   return w;
 }

@@ -29,6 +29,8 @@
 
 namespace tpserve {
 
+class ThreadPool;
+
 // Whether this build has the VNNI kernel (compiled with AVX-512 F/BW/VL and VNNI).
 bool Int8GemmAvailable();
 
@@ -46,11 +48,13 @@ struct PackedInt8Weight {
   }
 };
 
-// Packs rows [0, rows) of a weight whose row r starts at row(r) (cols elements in `dtype`).
-// Rows past `rows` in the last group are zero. cols must be a multiple of 32.
+// Packs rows [0, rows) of a weight whose row r starts at data + r * row_stride_bytes (cols
+// elements in `dtype`). Rows past `rows` in the last group are zero. cols must be a multiple of
+// 32. With a pool, groups are packed in parallel.
 std::shared_ptr<const PackedInt8Weight> PackInt8Weight(DType dtype, int64_t rows, int64_t cols,
                                                        const uint8_t* data,
-                                                       size_t row_stride_bytes);
+                                                       size_t row_stride_bytes,
+                                                       ThreadPool* pool = nullptr);
 
 // Activations rounded per 32-element block to one int8 term (q, step dx = max|x| / 127), or to
 // two (q2 rounds what q leaves, with step dx / 254): x ~ dx * q + (dx / 254) * q2, ~15 bits.
