@@ -152,6 +152,8 @@ int FreePort() {
 struct Child {
   std::string name;
   int rank = -1;  // workers: their rank (progress lines); -1 for the coordinator
+  std::vector<std::string> argv;
+  int restarts = 0;
   pid_t pid = -1;
   std::thread logger;
   bool exited = false;
@@ -280,6 +282,7 @@ int RunUp(const UpOptions& o) {
     auto c = std::make_unique<Child>();
     c->name = std::move(name);
     c->rank = rank;
+    c->argv = argv;
     if (!Spawn(*c, argv)) {
       Say(absl::StrCat("cannot start ", argv[0]));
       return false;
@@ -340,7 +343,20 @@ int RunUp(const UpOptions& o) {
       if (!c->exited && waitpid(c->pid, &c->status, WNOHANG) == c->pid) {
         c->exited = true;
         close_board();
-        Say(absl::StrCat(c->name, " ", ExitText(c->status), "; stopping the cluster"));
+        // A worker is started again: it registers, the coordinator re-forms the group, and the
+        // requests in flight resume (coordinator --resume-window-s).
+        if (c->rank >= 0 && c->restarts < o.worker_restarts) {
+          ++c->restarts;
+          Say(absl::StrCat(c->name, " ", ExitText(c->status), "; starting it again (restart ",
+                           c->restarts, " of ", o.worker_restarts, ")"));
+          if (c->logger.joinable()) c->logger.join();  // its pipe closed with it
+          c->exited = false;
+          if (Spawn(*c, c->argv)) continue;
+          c->exited = true;
+          Say(absl::StrCat("cannot start ", c->argv[0], " again"));
+        } else {
+          Say(absl::StrCat(c->name, " ", ExitText(c->status), "; stopping the cluster"));
+        }
         died = true;
       }
     }
@@ -454,6 +470,11 @@ CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
                   "(default: info)")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
   cmd->add_option("--ready-timeout", options.ready_timeout_s, "seconds to wait for SERVING")
+      ->capture_default_str();
+  cmd->add_option("--worker-restarts", options.worker_restarts,
+                  "times a worker that exits is started again (its requests in flight resume "
+                  "once the group re-forms); 0: any exit stops the cluster")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   return cmd;
 }

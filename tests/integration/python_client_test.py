@@ -1,7 +1,8 @@
 """The public API from Python: `tpserve up` starts a TP=2 cluster on loopback, a grpcio client
 generated from proto/tpserve/v1/inference.proto (grpc_tools, at test time) streams a greedy
-generation that must equal the transformers golden, grpc.health.v1 says SERVING, and Ctrl-C
-(SIGINT) stops every process.
+generation that must equal the transformers golden, grpc.health.v1 says SERVING; a worker killed
+mid-stream is started again by `up` and the stream goes on to its last token; Ctrl-C (SIGINT)
+stops every process.
 
 Run: python tests/integration/python_client_test.py TPSERVE_BIN  (ctest passes the path).
 """
@@ -31,6 +32,23 @@ def generated_stubs():
     sys.path.insert(0, out)
     from tpserve.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
     return inference_pb2, inference_pb2_grpc
+
+
+def worker_pid(parent, rank):
+    """The pid of `parent`'s child process started with --rank `rank`."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if ppid == parent and b"--rank" in argv and argv[argv.index(b"--rank") + 1] == b"%d" % rank:
+            return int(entry)
+    raise AssertionError(f"no child of {parent} with --rank {rank}")
 
 
 def main():
@@ -74,6 +92,31 @@ def main():
             sampling=pb.SamplingParams(temperature=0.0),
             stopping=pb.StoppingCriteria(max_tokens=5, ignore_eos=True)), timeout=30)
         assert [t.id for t in done.tokens] == expected["cases"][0]["greedy"][:5], done
+
+        # Rank 1 killed after the first streamed token: `up` starts it again, the coordinator
+        # re-forms the group, and the stream resumes by recompute to its last token.
+        total = 200  # prompt + output within the tiny model's 256 positions
+        stream = stub.Generate(pb.GenerateRequest(
+            prompt=pb.Prompt(tokens=pb.TokenIds(ids=expected["cases"][0]["input_ids"])),
+            sampling=pb.SamplingParams(temperature=0.0),
+            stopping=pb.StoppingCriteria(max_tokens=total, ignore_eos=True)), timeout=120)
+        first = next(stream)
+        ids = [t.id for t in first.tokens]
+        os.kill(worker_pid(up.pid, 1), signal.SIGKILL)
+        last = first
+        for resp in stream:
+            ids.extend(t.id for t in resp.tokens)
+            last = resp
+        assert len(ids) == total, len(ids)
+        assert last.finish_reason == pb.FINISH_REASON_LENGTH, last
+        deadline = time.time() + 60
+        while True:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                               timeout=5).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            assert time.time() < deadline, "not SERVING again within 60 s"
+            time.sleep(0.2)
     finally:
         up.send_signal(signal.SIGINT)
         try:
@@ -85,6 +128,8 @@ def main():
         err = log.read()
     assert rc == 0, f"tpserve up exited with {rc}:\n{err[-3000:]}"
     assert "all processes stopped" in err, err[-3000:]
+    assert "worker 1" in err and "starting it again (restart 1 of 5)" in err, err[-3000:]
+    assert "resume by recompute" in err and "resumed 1 request(s)" in err, err[-3000:]
     print("python client: OK")
 
 
