@@ -344,8 +344,9 @@ int RunUp(const UpOptions& o) {
         c->exited = true;
         close_board();
         // A worker is started again: it registers, the coordinator re-forms the group, and the
-        // requests in flight resume (coordinator --resume-window-s).
-        if (c->rank >= 0 && c->restarts < o.worker_restarts) {
+        // requests in flight resume (coordinator --resume-window-s). Not before the cluster
+        // first served: an exit then is a start-up error that a restart would only repeat.
+        if (c->rank >= 0 && ever_served && c->restarts < o.worker_restarts) {
           ++c->restarts;
           Say(absl::StrCat(c->name, " ", ExitText(c->status), "; starting it again (restart ",
                            c->restarts, " of ", o.worker_restarts, ")"));
@@ -472,8 +473,9 @@ CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
   cmd->add_option("--ready-timeout", options.ready_timeout_s, "seconds to wait for SERVING")
       ->capture_default_str();
   cmd->add_option("--worker-restarts", options.worker_restarts,
-                  "times a worker that exits is started again (its requests in flight resume "
-                  "once the group re-forms); 0: any exit stops the cluster")
+                  "times a worker that exits after the cluster first served is started again (its "
+                  "requests in flight resume once the group re-forms); 0: any exit stops the "
+                  "cluster")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   return cmd;

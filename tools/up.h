@@ -21,8 +21,8 @@ struct UpOptions {
   int64_t memory_budget = 0;  // per worker, bytes; 0: the workers decide
   int max_context = 0;        // 0: the model's context length
   int ready_timeout_s = 600;
-  // Times a worker that exits is started again (the coordinator re-forms the group and the
-  // requests in flight resume); 0: any exit stops the cluster.
+  // Times a worker that exits after the cluster first served is started again (the coordinator
+  // re-forms the group and the requests in flight resume); 0: any exit stops the cluster.
   int worker_restarts = 5;
   // Passed through; empty / 0 / false: the process's own default.
   std::string http_listen;       // coordinator --http-listen (HOST:PORT; port 0 picks one here)
