@@ -70,9 +70,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   generate
-      ->add_option("--device", gen.device,
-                   "local engine device: cpu[:int8x2|:int8|:fp32] (int8x2 by default where the build has "
-                   "AVX-512 VNNI), or cuda:K[:fp32] in a CUDA build (bf16 by default)")
+      ->add_option(
+          "--device", gen.device,
+          "local engine device: cpu[:int8x2|:int8|:fp32] (int8x2 by default where the build has "
+          "AVX-512 VNNI), or cuda:K[:fp32] in a CUDA build (bf16 by default)")
       ->capture_default_str();
   generate->add_flag("--ignore-eos", gen.ignore_eos, "keep going past end-of-sequence tokens");
 

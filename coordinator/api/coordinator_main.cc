@@ -134,19 +134,16 @@ int Run(const Flags& f) {
   std::atomic<bool> serving_now{false};  // what grpc.health.v1 says (set by the supervisor)
   absl::Mutex verdict_mu;                // the supervisor's latest verdict, for GET /health
   api::HealthVerdict verdict{false, "the worker group is not loaded yet"};
-  api::InferenceService inference(**model, api::ServingInfo{.tensor_parallel = f.tp,
-                                                            .kv_block_size = f.kv_block_size,
-                                                            .max_batch_sequences = f.max_seqs,
-                                                            .max_batch_tokens = f.max_batch_tokens,
-                                                            .context_length = context,
-                                                            .worker_device =
-                                                                [&registry] {
-                                                                  return RankZeroDevice(registry);
-                                                                },
-                                                            .serving = [&group, &serving_now] {
-                                                              return serving_now.load() &&
-                                                                     group.ready();
-                                                            }});
+  api::InferenceService inference(
+      **model,
+      api::ServingInfo{
+          .tensor_parallel = f.tp,
+          .kv_block_size = f.kv_block_size,
+          .max_batch_sequences = f.max_seqs,
+          .max_batch_tokens = f.max_batch_tokens,
+          .context_length = context,
+          .worker_device = [&registry] { return RankZeroDevice(registry); },
+          .serving = [&group, &serving_now] { return serving_now.load() && group.ready(); }});
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   int port = 0, cluster_port = 0;

@@ -11,8 +11,8 @@
 
 #include "tests/worker/backend/random_weights.h"
 #include "worker/backend/cpu/cpu_backend.h"
-#include "worker/backend/cpu/vec_math.h"
 #include "worker/backend/cpu/thread_pool.h"
+#include "worker/backend/cpu/vec_math.h"
 #include "worker/backend/rope.h"
 
 namespace tpserve {

@@ -5,6 +5,8 @@
 //   and against the unrounded fp32 product within the rounding's worst-case bound;
 // - the vector kernel bitwise equal to the scalar statement of its arithmetic;
 // - batch invariance: a row's outputs are bitwise the same alone or among 40 others.
+#include "worker/backend/cpu/int8_gemm.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,7 +17,6 @@
 
 #include "tests/worker/backend/random_weights.h"
 #include "worker/backend/cpu/cpu_backend.h"
-#include "worker/backend/cpu/int8_gemm.h"
 
 namespace tpserve {
 namespace {
@@ -78,8 +79,7 @@ TEST(QuantizeActivations, WithinHalfAStepAndExactSums) {
         const int64_t e = j * 96 + b * 32 + i;
         const int32_t v = kSecondTerm * q2.q[e] + q2.q2[e];
         EXPECT_EQ(q2.q[e], q.q[e]);  // the first term is the one-term rounding
-        EXPECT_LE(std::fabs(static_cast<double>(v) * step - x[e]), 0.5 * step * 1.001 + 1e-30)
-            << e;
+        EXPECT_LE(std::fabs(static_cast<double>(v) * step - x[e]), 0.5 * step * 1.001 + 1e-30) << e;
         sum += v;
       }
       EXPECT_EQ(q2.sum[at], sum);
@@ -88,8 +88,7 @@ TEST(QuantizeActivations, WithinHalfAStepAndExactSums) {
 }
 
 // (dtype, n rows of x, in, out, activation terms)
-class Int8MatMulTest
-    : public ::testing::TestWithParam<std::tuple<DType, int, int, int, int>> {};
+class Int8MatMulTest : public ::testing::TestWithParam<std::tuple<DType, int, int, int, int>> {};
 
 TEST_P(Int8MatMulTest, MatchesReferences) {
   if (!Int8GemmAvailable()) GTEST_SKIP() << "this build has no AVX-512 VNNI kernel";
@@ -117,8 +116,8 @@ TEST_P(Int8MatMulTest, MatchesReferences) {
       for (int64_t k = 0; k < in; ++k) {
         const double wk = m.dense[o * in + k];
         const double step = q.d[i * (in / 32) + k / 32];  // of the combined integer
-        const double integer = terms == 1 ? q.q[i * in + k]
-                                          : kSecondTerm * q.q[i * in + k] + q.q2[i * in + k];
+        const double integer =
+            terms == 1 ? q.q[i * in + k] : kSecondTerm * q.q[i * in + k] + q.q2[i * in + k];
         ref_q += wk * (integer * step);
         ref += wk * x.row(i)[k];
         mag += std::fabs(wk * x.row(i)[k]);
@@ -152,11 +151,11 @@ TEST(Int8MatMul, RowsAreBitwiseTheSameInAnyBatch) {
   if (!Int8GemmAvailable()) GTEST_SKIP() << "this build has no AVX-512 VNNI kernel";
   std::mt19937 rng(11);
   const int64_t n = 41, in = 192, out = 100;
-  for (auto [t, precision] : {std::pair{DType::kQ4_0, CpuPrecision::kInt8},
-                              std::pair{DType::kQ4_1, CpuPrecision::kInt8},
-                              std::pair{DType::kQ8_0, CpuPrecision::kInt8},
-                              std::pair{DType::kQ4_1, CpuPrecision::kInt8x2},
-                              std::pair{DType::kQ8_0, CpuPrecision::kInt8x2}}) {
+  for (auto [t, precision] :
+       {std::pair{DType::kQ4_0, CpuPrecision::kInt8}, std::pair{DType::kQ4_1, CpuPrecision::kInt8},
+        std::pair{DType::kQ8_0, CpuPrecision::kInt8},
+        std::pair{DType::kQ4_1, CpuPrecision::kInt8x2},
+        std::pair{DType::kQ8_0, CpuPrecision::kInt8x2}}) {
     SCOPED_TRACE(DTypeName(t));
     auto m = MakeRandomMatrix(t, out, in, rng);
     CpuBackend backend(2, precision);

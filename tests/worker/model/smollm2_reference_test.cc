@@ -51,9 +51,9 @@ TEST(SmolLM2Reference, LastLogitsAnd64GreedyTokensMatchTransformers) {
 struct Int8Case {
   CpuPrecision precision;
   const char* name;
-  double max_logits_diff;   // relative, last prompt position
-  int min_agree_percent;    // teacher-forced next tokens
-  bool greedy_must_match;   // free-running 64 tokens equal to transformers'
+  double max_logits_diff;  // relative, last prompt position
+  int min_agree_percent;   // teacher-forced next tokens
+  bool greedy_must_match;  // free-running 64 tokens equal to transformers'
 };
 
 class SmolLM2Int8 : public ::testing::TestWithParam<Int8Case> {};
@@ -78,7 +78,8 @@ TEST_P(SmolLM2Int8, TeacherForcedNextTokensAgreeWithTransformers) {
                             cases[i].greedy.end() - 1);
     forced.greedy.resize(1);
     std::vector<int32_t> unused;
-    const std::vector<float> logits = RunCase(*engine->runner, forced, /*all_logits=*/true, &unused);
+    const std::vector<float> logits =
+        RunCase(*engine->runner, forced, /*all_logits=*/true, &unused);
     const size_t vocab = cases[i].logits.size();
     ASSERT_EQ(logits.size(), forced.input_ids.size() * vocab);
     // Last prompt position: the logits against transformers'.
@@ -94,9 +95,10 @@ TEST_P(SmolLM2Int8, TeacherForcedNextTokensAgreeWithTransformers) {
     RunCase(*engine->runner, cases[i], /*all_logits=*/false, &greedy);
     size_t same = 0;
     while (same < greedy.size() && greedy[same] == cases[i].greedy[same]) ++same;
-    std::printf("%s case %zu: relative logits diff %.3g, teacher-forced next token agrees "
-                "%d / %zu, free-running greedy equal for %zu tokens\n",
-                p.name, i, diff, case_agree, cases[i].greedy.size(), same);
+    std::printf(
+        "%s case %zu: relative logits diff %.3g, teacher-forced next token agrees "
+        "%d / %zu, free-running greedy equal for %zu tokens\n",
+        p.name, i, diff, case_agree, cases[i].greedy.size(), same);
     EXPECT_LE(diff, p.max_logits_diff);
     if (p.greedy_must_match) EXPECT_EQ(greedy, cases[i].greedy);
     agree += case_agree;

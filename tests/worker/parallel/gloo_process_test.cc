@@ -46,9 +46,12 @@ class GlooProcessTest : public ::testing::Test {
                                 const std::string& mode, bool shm = false) {
     std::vector<pid_t> pids;
     for (int r = 0; r < world; ++r) {
-      std::vector<std::string> args = {GLOO_RANK_CHILD,          server_->address(),
-                                       std::to_string(r),        std::to_string(world),
-                                       prefix,                   std::to_string(timeout_ms),
+      std::vector<std::string> args = {GLOO_RANK_CHILD,
+                                       server_->address(),
+                                       std::to_string(r),
+                                       std::to_string(world),
+                                       prefix,
+                                       std::to_string(timeout_ms),
                                        mode};
       if (shm) args.push_back("shm");
       pids.push_back(Spawn(args));

@@ -47,8 +47,8 @@ TEST(Sampler, ArgmaxIsStdMaxElementOnTiesNansAndTails) {
     for (int trial = 0; trial < 10; ++trial) {
       std::vector<float> l(n);
       for (float& x : l) x = static_cast<float>(small(rng));  // many ties
-      if (trial % 3 == 1) l[rng() % n] = NAN;                // a NaN anywhere
-      if (trial % 3 == 2) l[0] = NAN;                        // a NaN first: max_element gives 0
+      if (trial % 3 == 1) l[rng() % n] = NAN;                 // a NaN anywhere
+      if (trial % 3 == 2) l[0] = NAN;                         // a NaN first: max_element gives 0
       if (trial == 9) std::fill(l.begin(), l.end(), -INFINITY);
       const int32_t expected =
           static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());

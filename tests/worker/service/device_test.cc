@@ -84,8 +84,8 @@ TEST(OpenDeviceTest, CpuDtypeChoosesTheMatmulPrecision) {
   ASSERT_TRUE(fp32.ok()) << fp32.status();
   EXPECT_EQ(static_cast<const CpuBackend&>((*fp32)->backend()).precision(), CpuPrecision::kFp32);
   EXPECT_EQ(OpenStatus(Options("cpu", "int4")).code(), absl::StatusCode::kInvalidArgument);
-  for (auto [name, want] : {std::pair{"int8", CpuPrecision::kInt8},
-                            std::pair{"int8x2", CpuPrecision::kInt8x2}}) {
+  for (auto [name, want] :
+       {std::pair{"int8", CpuPrecision::kInt8}, std::pair{"int8x2", CpuPrecision::kInt8x2}}) {
     absl::StatusOr<std::unique_ptr<WorkerDevice>> d = OpenDevice(Options("cpu", name));
     if (!Int8GemmAvailable()) {
       EXPECT_EQ(d.status().code(), absl::StatusCode::kFailedPrecondition);

@@ -18,8 +18,8 @@
 namespace tpserve {
 namespace {
 
-constexpr int64_t kRows = 16;        // output rows interleaved in one group
-constexpr int64_t kBlock = 32;       // elements per quantisation block
+constexpr int64_t kRows = 16;         // output rows interleaved in one group
+constexpr int64_t kBlock = 32;        // elements per quantisation block
 constexpr int64_t kHeaderBytes = 64;  // fp16 d[16], fp16 m[16]
 
 // Weights of one element as stored: the source block's element e as u (see the header).
@@ -68,13 +68,11 @@ bool Int8GemmAvailable() {
 #endif
 }
 
-bool Int8GemmPacks(DType t) {
-  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0;
-}
+bool Int8GemmPacks(DType t) { return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ8_0; }
 
 std::shared_ptr<const PackedInt8Weight> PackInt8Weight(DType dtype, int64_t rows, int64_t cols,
-                                                       const uint8_t* data,
-                                                       size_t row_stride_bytes, ThreadPool* pool) {
+                                                       const uint8_t* data, size_t row_stride_bytes,
+                                                       ThreadPool* pool) {
   TPSERVE_CHECK(Int8GemmPacks(dtype) && cols % kBlock == 0 && rows > 0,
                 "PackInt8Weight: %s [%lld, %lld]", DTypeName(dtype), static_cast<long long>(rows),
                 static_cast<long long>(cols));
@@ -211,8 +209,7 @@ void QuantizeActivations(const float* x, int64_t ldx, int64_t row_begin, int64_t
   }
 }
 
-void Int8GemmReference(const PackedInt8Weight& w, const Int8Activations& x, float* y,
-                       int64_t ldy) {
+void Int8GemmReference(const PackedInt8Weight& w, const Int8Activations& x, float* y, int64_t ldy) {
   TPSERVE_CHECK(x.cols == w.cols, "Int8GemmReference: x has %lld columns, weight %lld",
                 static_cast<long long>(x.cols), static_cast<long long>(w.cols));
   const bool four_bit = FourBit(w.dtype), has_min = w.dtype == DType::kQ4_1;
