@@ -21,7 +21,7 @@ struct Weight {
   int64_t cols = 0;  // input features
   const uint8_t* data = nullptr;
   size_t row_stride_bytes = 0;
-  std::shared_ptr<void> owned;  // set when the backend made its own copy
+  std::shared_ptr<void> owned;                   // set when the backend made its own copy
   std::shared_ptr<const PackedInt8Weight> int8;  // CPU: the same rows packed for Int8Gemm
 
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride_bytes; }

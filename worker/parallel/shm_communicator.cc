@@ -95,8 +95,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> ShmCommunicator::Wrap(
     KvStore& store, const ShmOptions& o, std::unique_ptr<Communicator> fallback) {
   if (o.world_size <= 1 || o.world_size > kMaxRanks) return fallback;
   const std::string prefix = o.store_prefix + "shm/";
-  const std::string identity =
-      o.identity_override.empty() ? HostIdentity() : o.identity_override;
+  const std::string identity = o.identity_override.empty() ? HostIdentity() : o.identity_override;
 
   // Round 1: all on this host?
   std::vector<std::string> id_keys;
@@ -230,16 +229,15 @@ absl::Status ShmCommunicator::Wait(const char* op, bool arrived_flags, uint64_t 
       sched_yield();  // two ranks and a coordinator may share two cores
       if (spins % 256 != 0) continue;
       if (!Alive(h->pids[p])) {
-        broken_ = absl::UnavailableError(
-            absl::StrCat(op, " on rank ", rank_, " of ", world_, ": rank ", p, " (pid ",
-                         h->pids[p], ") exited (shared-memory collectives)"));
+        broken_ = absl::UnavailableError(absl::StrCat(op, " on rank ", rank_, " of ", world_,
+                                                      ": rank ", p, " (pid ", h->pids[p],
+                                                      ") exited (shared-memory collectives)"));
         return broken_;
       }
       if (absl::Now() > deadline) {
-        broken_ = absl::DeadlineExceededError(
-            absl::StrCat(op, " on rank ", rank_, " of ", world_, ": rank ", p,
-                         " did not arrive within ",
-                         absl::FormatDuration(timeout_), " (shared-memory collectives)"));
+        broken_ = absl::DeadlineExceededError(absl::StrCat(
+            op, " on rank ", rank_, " of ", world_, ": rank ", p, " did not arrive within ",
+            absl::FormatDuration(timeout_), " (shared-memory collectives)"));
         return broken_;
       }
     }

@@ -50,8 +50,9 @@ class ShmCommunicator final : public Communicator {
   // A ShmCommunicator over `fallback` when every rank of the group shares this host, else
   // `fallback` itself. Errors only for a broken rendezvous (the store), never for "not on one
   // host". `store` is only used during the call.
-  static absl::StatusOr<std::unique_ptr<Communicator>> Wrap(
-      KvStore& store, const ShmOptions& options, std::unique_ptr<Communicator> fallback);
+  static absl::StatusOr<std::unique_ptr<Communicator>> Wrap(KvStore& store,
+                                                            const ShmOptions& options,
+                                                            std::unique_ptr<Communicator> fallback);
   ~ShmCommunicator() override;
 
   int rank() const override { return rank_; }

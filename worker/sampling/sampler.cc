@@ -41,7 +41,8 @@ int32_t Argmax(std::span<const float> logits) {
   const __m512 best = _mm512_set1_ps(_mm512_reduce_max_ps(acc));
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1);
-    const __mmask16 eq = _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, x + i), best, _CMP_EQ_OQ);
+    const __mmask16 eq =
+        _mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, x + i), best, _CMP_EQ_OQ);
     if (eq != 0) return static_cast<int32_t>(i + __builtin_ctz(eq));
   }
 #endif

@@ -27,7 +27,7 @@
 namespace tpserve {
 
 struct DeviceOptions {
-  std::string device = "cpu";        // "cpu" or "cuda:K" ("cuda" = cuda:0)
+  std::string device = "cpu";  // "cpu" or "cuda:K" ("cuda" = cuda:0)
   // "" (the device's default: cpu int8 where the build has the VNNI kernel, else fp32; cuda
   // bf16), fp32, int8 (cpu), bf16 (cuda)
   std::string dtype;

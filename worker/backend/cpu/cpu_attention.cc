@@ -41,8 +41,8 @@ void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
   }
   // The local query heads that read each local KV head: [head_begin[k], head_begin[k + 1]).
   const int64_t first_kvh = params.q_head_begin / params.group_size - params.kv_head_begin;
-  const int64_t last_kvh = (params.q_head_begin + heads - 1) / params.group_size -
-                           params.kv_head_begin;
+  const int64_t last_kvh =
+      (params.q_head_begin + heads - 1) / params.group_size - params.kv_head_begin;
   const int64_t groups = last_kvh - first_kvh + 1;
   std::vector<int64_t> head_begin(groups + 1, heads);
   for (int64_t h = heads - 1; h >= 0; --h) {

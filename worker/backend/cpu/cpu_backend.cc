@@ -27,12 +27,13 @@ absl::StatusOr<CpuPrecision> ParseCpuPrecision(std::string_view name) {
   if (name.empty()) return CpuPrecision::kDefault;
   if (name == "fp32" || name == "f32" || name == "float32") return CpuPrecision::kFp32;
   if (name != "int8" && name != "int8x2") {
-    return absl::InvalidArgumentError(absl::StrCat("CPU precision \"", std::string(name),
-                                                   "\": expected int8x2, int8 or fp32"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("CPU precision \"", std::string(name), "\": expected int8x2, int8 or fp32"));
   }
   if (!Int8GemmAvailable()) {
     return absl::FailedPreconditionError(
-        absl::StrCat(std::string(name), ": this build has no AVX-512 VNNI kernel (build on a CPU "
+        absl::StrCat(std::string(name),
+                     ": this build has no AVX-512 VNNI kernel (build on a CPU "
                      "with AVX-512 VNNI, TPSERVE_NATIVE=ON); use fp32"));
   }
   return name == "int8" ? CpuPrecision::kInt8 : CpuPrecision::kInt8x2;
@@ -55,8 +56,8 @@ const char* CpuPrecisionName(CpuPrecision p) {
 CpuBackend::CpuBackend(int num_threads, CpuPrecision precision)
     : pool_(num_threads),
       precision_(precision != CpuPrecision::kDefault ? precision
-                 : Int8GemmAvailable()                ? CpuPrecision::kInt8x2
-                                                      : CpuPrecision::kFp32) {
+                 : Int8GemmAvailable()               ? CpuPrecision::kInt8x2
+                                                     : CpuPrecision::kFp32) {
   TPSERVE_CHECK(!int8_matmuls() || Int8GemmAvailable(),
                 "CpuBackend: int8 matmuls need a build with AVX-512 VNNI");
   // Prefill calls sgemm from every pool thread at once, one tile each.
@@ -91,8 +92,8 @@ absl::StatusOr<Weight> CpuBackend::LoadWeight(const TensorView& view) {
            .int8 = nullptr};
   if (int8_matmuls() && Int8GemmPacks(view.dtype) && view.cols % 32 == 0) {
     // Matmuls read the packed copy; the mapping stays for row lookups (embeddings).
-    w.int8 = PackInt8Weight(view.dtype, view.rows, view.cols, view.data, view.row_stride_bytes,
-                            &pool_);
+    w.int8 =
+        PackInt8Weight(view.dtype, view.rows, view.cols, view.data, view.row_stride_bytes, &pool_);
   }
   if (CpuKernelReads(view.dtype)) return w;  // zero copy: reads the mapping
   // K-quants and other types: fp32 copy, row by row (the view may be a column window).

@@ -24,7 +24,6 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
-
 #include "worker/backend/backend.h"
 #include "worker/backend/cpu/thread_pool.h"
 

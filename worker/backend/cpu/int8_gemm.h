@@ -40,8 +40,8 @@ bool Int8GemmPacks(DType t);
 struct PackedInt8Weight {
   DType dtype = DType::kQ4_1;  // the source type (fixes u's meaning)
   int64_t rows = 0, cols = 0;
-  int64_t groups = 0;       // ceil(rows / 16)
-  int64_t block_bytes = 0;  // one 32-column block of one group: header + weights
+  int64_t groups = 0;               // ceil(rows / 16)
+  int64_t block_bytes = 0;          // one 32-column block of one group: header + weights
   std::shared_ptr<uint8_t[]> data;  // groups * (cols / 32) * block_bytes, 64-byte aligned
   const uint8_t* block(int64_t g, int64_t b) const {
     return data.get() + (g * (cols / 32) + b) * block_bytes;
@@ -52,8 +52,7 @@ struct PackedInt8Weight {
 // elements in `dtype`). Rows past `rows` in the last group are zero. cols must be a multiple of
 // 32. With a pool, groups are packed in parallel.
 std::shared_ptr<const PackedInt8Weight> PackInt8Weight(DType dtype, int64_t rows, int64_t cols,
-                                                       const uint8_t* data,
-                                                       size_t row_stride_bytes,
+                                                       const uint8_t* data, size_t row_stride_bytes,
                                                        ThreadPool* pool = nullptr);
 
 // Activations rounded per 32-element block to one int8 term (q, step dx = max|x| / 127), or to
@@ -84,7 +83,6 @@ void Int8Gemm(const PackedInt8Weight& w, const Int8Activations& x, int64_t group
               int64_t group_end, float* y, int64_t ldy);
 
 // The same results computed one element at a time in scalar code (tests).
-void Int8GemmReference(const PackedInt8Weight& w, const Int8Activations& x, float* y,
-                       int64_t ldy);
+void Int8GemmReference(const PackedInt8Weight& w, const Int8Activations& x, float* y, int64_t ldy);
 
 }  // namespace tpserve

@@ -12,7 +12,8 @@ template <int kMax, class Fn>
 bool WithStaticCount(int n, Fn&& fn) {
   return [&]<int... I>(std::integer_sequence<int, I...>) {
     return ((n == I + 1 ? (fn(std::integral_constant<int, I + 1>{}), true) : false) || ...);
-  }(std::make_integer_sequence<int, kMax>{});
+  }
+  (std::make_integer_sequence<int, kMax>{});
 }
 
 }  // namespace tpserve
