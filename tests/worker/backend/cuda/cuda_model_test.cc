@@ -119,7 +119,8 @@ class CudaModel : public ::testing::TestWithParam<ModelCase> {
   static absl::StatusOr<std::vector<Rank>> OneRank(std::unique_ptr<Backend> backend) {
     std::vector<Rank> ranks(1);
     ASSIGN_OR_RETURN(ranks[0].files, OpenModelFiles(ModelPath()));
-    ranks[0].backend = backend ? std::move(backend) : std::make_unique<CpuBackend>(2);
+    ranks[0].backend =
+        backend ? std::move(backend) : std::make_unique<CpuBackend>(2, CpuPrecision::kFp32);
     ranks[0].comm = std::make_unique<LocalCommunicator>();
     RETURN_IF_ERROR(LoadRank(ranks[0], SingleRankPlan(ranks[0].files.config), true));
     return ranks;

@@ -248,7 +248,7 @@ class OpsConformance : public ::testing::TestWithParam<BackendUnderTest> {
     ASSERT_TRUE(be.ok()) << be.status();
     backend_ = std::move(*be);
   }
-  CpuBackend oracle_{2};
+  CpuBackend oracle_{2, CpuPrecision::kFp32};  // the fp32 paths: what the GPU tolerances assume
   std::unique_ptr<Backend> backend_;
 };
 
