@@ -258,6 +258,22 @@ inline __m512i DotBcast(__m512i acc, __m512i u, const int8_t* p) {
   return acc;
 }
 
+// sum over m of dot4(u_m, the 4 int8 at xb + 4 m): one 32-element block of one activation row
+// against the 16 rows of u, in two dependency chains (even / odd m), not 8 serial dpbusd. The
+// weights come by value so that they stay in registers.
+inline __m512i BlockDot(__m512i u0, __m512i u1, __m512i u2, __m512i u3, __m512i u4, __m512i u5,
+                        __m512i u6, __m512i u7, const int8_t* xb) {
+  __m512i even = DotBcast(_mm512_setzero_si512(), u0, xb);
+  __m512i odd = DotBcast(_mm512_setzero_si512(), u1, xb + 4);
+  even = DotBcast(even, u2, xb + 8);
+  odd = DotBcast(odd, u3, xb + 12);
+  even = DotBcast(even, u4, xb + 16);
+  odd = DotBcast(odd, u5, xb + 20);
+  even = DotBcast(even, u6, xb + 24);
+  odd = DotBcast(odd, u7, xb + 28);
+  return _mm512_add_epi32(even, odd);
+}
+
 // NJ activation rows x the 16 rows of group g. Per block, the 16 x 32 weights are unpacked
 // once into u[8] (lane r of u[m]: elements 4m..4m+3 of row r) and stay in registers while
 // every activation row is multiplied with them.
@@ -297,27 +313,13 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
     }
 #pragma GCC unroll 16
     for (int j = 0; j < NJ; ++j) {
-      // Independent dependency chains (even / odd m, and per term) so that one row's block is
-      // not 8 (or 16) serial dpbusd.
-      const int8_t* xb = xq + j * xc + b * kBlock;
-      __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
-#pragma GCC unroll 4
-      for (int m = 0; m < 8; m += 2) {
-        even = DotBcast(even, u[m], xb + 4 * m);
-        odd = DotBcast(odd, u[m + 1], xb + 4 * m + 4);
-      }
-      __m512i isum = _mm512_add_epi32(even, odd);
+      __m512i isum =
+          BlockDot(u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], xq + j * xc + b * kBlock);
       if constexpr (kTerms == 2) {  // 254 * sum(u * q) + sum(u * q2)
-        const int8_t* xb2 = xq2 + j * xc + b * kBlock;
-        __m512i even2 = _mm512_setzero_si512(), odd2 = _mm512_setzero_si512();
-#pragma GCC unroll 4
-        for (int m = 0; m < 8; m += 2) {
-          even2 = DotBcast(even2, u[m], xb2 + 4 * m);
-          odd2 = DotBcast(odd2, u[m + 1], xb2 + 4 * m + 4);
-        }
         // 254 a = (a << 8) - (a << 1): two shifts instead of a 10-cycle vpmulld.
         isum = _mm512_sub_epi32(_mm512_slli_epi32(isum, 8), _mm512_slli_epi32(isum, 1));
-        isum = _mm512_add_epi32(isum, _mm512_add_epi32(even2, odd2));
+        isum = _mm512_add_epi32(isum, BlockDot(u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
+                                               xq2 + j * xc + b * kBlock));
       }
       if constexpr (kOffset != 0) {
         isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(kOffset * xsum[j * nb + b]));
