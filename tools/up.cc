@@ -324,6 +324,7 @@ int RunUp(const UpOptions& o) {
     }
     add(wargs, "--memory-budget", std::to_string(o.memory_budget));
     add(wargs, "--dtype", o.dtype);
+    add(wargs, "--kv-cache-dtype", o.kv_cache_dtype);
     add(wargs, "--collectives", o.collectives);
     wargs.insert(wargs.end(), logs.begin(), logs.end());
     ok = start(absl::StrCat("worker ", r), r, wargs);
@@ -435,6 +436,10 @@ CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
                   "the build has AVX-512 VNNI; see tpserve-worker --help), bf16 or fp32 on cuda "
                   "(default bf16)")
       ->check(CLI::IsMember({"fp32", "bf16", "int8", "int8x2"}));
+  cmd->add_option("--kv-cache-dtype", options.kv_cache_dtype,
+                  "workers' KV cache element type: auto (fp16 on cpu with int8x2 / int8, fp32 "
+                  "otherwise), fp16 (cpu) or fp32")
+      ->check(CLI::IsMember({"auto", "fp16", "fp32"}));
   cmd->add_option("--collectives", options.collectives,
                   "workers' data plane: gloo (TCP; staged through host memory on GPUs) or nccl "
                   "(--device cuda only; default gloo)")

@@ -65,11 +65,13 @@ std::string HostPort(const std::string& address, int port) {
   return absl::StrCat(host, ":", port);
 }
 
-// Rank 0's device kind and compute dtype (what ModelInfo reports), once it has registered.
-std::optional<std::pair<std::string, std::string>> RankZeroDevice(const WorkerRegistry& registry) {
+// Rank 0's device kind, compute and KV dtypes (what ModelInfo reports), once it has registered.
+std::optional<api::ServingInfo::WorkerDevice> RankZeroDevice(const WorkerRegistry& registry) {
   const std::optional<WorkerInfo> w = registry.worker(0);
   if (!w.has_value()) return std::nullopt;
-  return std::make_pair(w->device_kind, w->compute_dtype);
+  return api::ServingInfo::WorkerDevice{.device = w->device_kind,
+                                        .compute_dtype = w->compute_dtype,
+                                        .kv_cache_dtype = w->kv_cache_dtype};
 }
 
 int Run(const Flags& f) {

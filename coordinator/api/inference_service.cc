@@ -416,8 +416,9 @@ grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerCon
   r->set_device(info_.device);
   if (info_.worker_device) {
     if (auto d = info_.worker_device(); d.has_value()) {
-      if (!d->first.empty()) r->set_device(d->first);
-      if (!d->second.empty()) r->set_compute_dtype(d->second);
+      if (!d->device.empty()) r->set_device(d->device);
+      if (!d->compute_dtype.empty()) r->set_compute_dtype(d->compute_dtype);
+      r->set_kv_cache_dtype(d->kv_cache_dtype);
     }
   }
   r->set_kv_block_size(info_.kv_block_size);

@@ -28,9 +28,12 @@ struct ServingInfo {
   // Context length served (--max-context applied; 0: the model's). Once the engine exists,
   // ModelInfo.context_length is the engine's longest sequence, the figure /v1/models reports.
   int context_length = 0;
-  // What the workers report (rank 0's device kind and compute dtype), when one has registered:
-  // takes precedence over device and compute_dtype. Null: always those.
-  std::function<std::optional<std::pair<std::string, std::string>>()> worker_device;
+  // What the workers report (rank 0's), when one has registered: takes precedence over device
+  // and compute_dtype. Null: always those.
+  struct WorkerDevice {
+    std::string device, compute_dtype, kv_cache_dtype;
+  };
+  std::function<std::optional<WorkerDevice>()> worker_device;
   // Whether the cluster serves now (ServerStats.serving); null: whenever the engine exists.
   std::function<bool()> serving;
 };

@@ -29,6 +29,7 @@ WorkerInfo WorkerInfoFromProto(const v1::RegisterRequest& req) {
   w.device_index = req.device().index();
   w.device_name = req.device().name();
   w.compute_dtype = req.device().compute_dtype();
+  w.kv_cache_dtype = req.device().kv_cache_dtype();
   w.memory_total_bytes = req.device().memory_total_bytes();
   w.memory_free_bytes = req.device().memory_free_bytes();
   w.memory_budget_bytes = req.memory_budget_bytes();

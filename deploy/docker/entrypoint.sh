@@ -24,7 +24,9 @@
 #                             the coordinator, the group's leader), else the host name's -N suffix
 #     TP (required)           group size, must equal the coordinator's
 #     DEVICE                  cpu (default) or cuda:K
-#     DTYPE                   fp32 or bf16 (--dtype; default: the device's)
+#     DTYPE                   int8x2, int8, fp32 (cpu) or bf16 (cuda) (--dtype; default: the
+#                             device's)
+#     KV_CACHE_DTYPE          auto, fp16 (cpu) or fp32 (--kv-cache-dtype; default auto)
 #     COLLECTIVES             gloo (default) or nccl (--collectives; GPU ranks)
 #     LISTEN                  Worker control service          (default 0.0.0.0:50061)
 #     ADVERTISE               address peers and the coordinator dial; default POD_IP
@@ -98,6 +100,7 @@ case $role in
     opt --tp "$TP"
     opt --device "${DEVICE:-cpu}"
     opt --dtype "${DTYPE:-}"
+    opt --kv-cache-dtype "${KV_CACHE_DTYPE:-}"
     opt --collectives "${COLLECTIVES:-}"
     opt --listen "${LISTEN:-0.0.0.0:50061}"
     opt --advertise "${ADVERTISE:-${POD_IP:-}}"

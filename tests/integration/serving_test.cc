@@ -247,15 +247,34 @@ TEST_F(ServingTest, CancelAndAbortFreeTheBlocks) {
 // goldens for the golden prompts), none lost or duplicated.
 TEST_F(ServingTest, PreemptionUnderATinyKvBudgetKeepsEveryToken) {
   constexpr int kTinyPool = 24;  // blocks of 4 tokens: the largest request needs 18
-  // The budget: the shared cluster's minus the blocks it has beyond kTinyPool. A worker keeps
+  // The budget: a probe cluster's minus the blocks it has beyond kTinyPool. A worker keeps
   // (budget - weights - activations) / bytes_per_block blocks (worker/service/memory_budget.cc),
-  // the same weights and activations here (same model, TP, --max-batch-tokens, --max-seqs), and a
-  // block holds K and V in f32 for every layer, block_size tokens and the rank's KV heads.
+  // at most --max-seqs x context / block size; the same weights and activations here (same model,
+  // TP, --max-batch-tokens, --max-seqs), and a block holds K and V in the KV dtype ModelInfo
+  // reports for every layer, block_size tokens and the rank's KV heads. The shared cluster may
+  // sit at the cap (an fp16 cache fits twice the blocks), so a probe with half its budget says
+  // where the linear part is.
   const int local_kv_heads = std::max(1, (info_->num_kv_heads() + 1) / 2);
+  ASSERT_TRUE(info_->kv_cache_dtype() == "fp16" || info_->kv_cache_dtype() == "fp32")
+      << "kv_cache_dtype \"" << info_->kv_cache_dtype() << "\"";
+  const int64_t element_bytes = info_->kv_cache_dtype() == "fp16" ? 2 : 4;
   const int64_t bytes_per_block = int64_t{2} * info_->num_layers() * kBlockSize * local_kv_heads *
-                                  info_->head_dim() * static_cast<int64_t>(sizeof(float));
-  ASSERT_GT(info_->kv_blocks(), kTinyPool);
-  const int64_t budget = kBudget - (info_->kv_blocks() - kTinyPool) * bytes_per_block;
+                                  info_->head_dim() * element_bytes;
+  const int64_t cap = int64_t{64} * ((info_->context_length() + kBlockSize - 1) / kBlockSize);
+  int64_t budget = 0;
+  {
+    const int64_t probe_budget = kBudget / 2;
+    LocalCluster probe(ModelPath(), 2, kEngineArgs,
+                       {"--memory-budget", std::to_string(probe_budget)});
+    const absl::Status up = probe.WaitHealth(true, absl::Seconds(90));
+    ASSERT_TRUE(up.ok()) << up;
+    auto stub = probe.Stub();
+    absl::StatusOr<v1::ModelInfo> info = Info(*stub);
+    ASSERT_TRUE(info.ok()) << info.status();
+    ASSERT_GT(info->kv_blocks(), kTinyPool);
+    ASSERT_LT(info->kv_blocks(), cap) << "the probe's pool is capped; lower its budget";
+    budget = probe_budget - (info->kv_blocks() - kTinyPool) * bytes_per_block;
+  }
 
   struct Case {
     v1::GenerateRequest req;

@@ -4,6 +4,8 @@
 
 namespace tpserve {
 
+const char* KvDTypeName(KvDType t) { return t == KvDType::kFp16 ? "fp16" : "fp32"; }
+
 void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
                         std::span<const AttentionSeq> seqs, const Tensor& out) {
   TPSERVE_CHECK(q.ndim() == 3 && q.shape() == out.shape() && q.dim(2) == cache.head_dim,

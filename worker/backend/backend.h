@@ -18,11 +18,24 @@
 
 namespace tpserve {
 
-// One layer of a paged KV pool: K and V are each [num_blocks, block_size, kv_heads, hd]. Token
-// position p of a sequence lives in block block_table[p / block_size], row p % block_size.
+// The element type of a KV cache pool.
+enum class KvDType {
+  kFp32,
+  kFp16,  // IEEE binary16, values saturated to +-65504 when written
+};
+// "fp32" / "fp16".
+const char* KvDTypeName(KvDType t);
+inline int64_t KvDTypeBytes(KvDType t) { return t == KvDType::kFp16 ? 2 : 4; }
+
+// One layer of a paged KV pool: K and V each hold num_blocks * block_size * kv_heads * head_dim
+// elements of `dtype`. Token position p of a sequence lives in block block_table[p /
+// block_size], row p % block_size. How a block's elements are laid out is the backend's: only
+// its WriteKv and Attention read or write a pool (CUDA: [block, row, kv_head, d] fp32; CPU: see
+// cpu_backend.h).
 struct KvLayerView {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
+  KvDType dtype = KvDType::kFp32;
   int64_t num_blocks = 0;
   int64_t block_size = 0;
   int64_t kv_heads = 0;
@@ -99,6 +112,8 @@ class Backend {
                          Tensor* out) = 0;
 
   // ---- attention over the paged cache ----
+  // The element type this backend's KV pools hold (KvCache allocates them in it).
+  virtual KvDType kv_dtype() const { return KvDType::kFp32; }
   // Stores k/v [T, kv_heads, hd] rows at cache slots (block * block_size + offset), one per token.
   virtual void WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
                        const KvLayerView& cache) = 0;

@@ -12,12 +12,19 @@ absl::StatusOr<KvCache> KvCache::Create(Backend& backend, const KvCacheConfig& c
                      ", blocks ", config.num_blocks, ", block size ", config.block_size,
                      ", kv heads ", config.kv_heads, ", head dim ", config.head_dim, ")"));
   }
+  if (config.dtype != backend.kv_dtype()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV cache: dtype ", KvDTypeName(config.dtype), ", but the ", backend.name(),
+                     " backend keeps its KV pools in ", KvDTypeName(backend.kv_dtype())));
+  }
+  // Tensors are fp32: a pool of 16-bit elements takes half as many floats (rounded up).
+  const int64_t elements =
+      config.num_blocks * config.block_size * config.kv_heads * config.head_dim;
+  const int64_t floats = (elements * KvDTypeBytes(config.dtype) + 3) / 4;
   std::vector<Tensor> k, v;
   for (int64_t l = 0; l < config.num_layers; ++l) {
-    const std::vector<int64_t> shape = {config.num_blocks, config.block_size, config.kv_heads,
-                                        config.head_dim};
-    k.push_back(backend.Alloc(shape));
-    v.push_back(backend.Alloc(shape));
+    k.push_back(backend.Alloc({floats}));
+    v.push_back(backend.Alloc({floats}));
   }
   return KvCache(config, std::move(k), std::move(v));
 }
@@ -25,6 +32,7 @@ absl::StatusOr<KvCache> KvCache::Create(Backend& backend, const KvCacheConfig& c
 KvLayerView KvCache::layer(int64_t i) const {
   return KvLayerView{.k = k_[i].data(),
                      .v = v_[i].data(),
+                     .dtype = config_.dtype,
                      .num_blocks = config_.num_blocks,
                      .block_size = config_.block_size,
                      .kv_heads = config_.kv_heads,

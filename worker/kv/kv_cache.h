@@ -1,8 +1,9 @@
 // The paged KV cache of one rank (DESIGN.md §4).
 //
-// Per layer, K and V are pools [num_blocks, block_size, kv_heads, head_dim] of fp32 (kv_heads =
-// this rank's KV heads). A sequence owns a list of block ids (its block table, handed out by the
-// coordinator's block manager; BlockAllocator below does it for single-process tools and
+// Per layer, K and V are pools of num_blocks * block_size * kv_heads * head_dim elements of the
+// backend's KV dtype (kv_heads = this rank's KV heads; the layout inside a block is the
+// backend's, see KvLayerView). A sequence owns a list of block ids (its block table, handed out by
+// the coordinator's block manager; BlockAllocator below does it for single-process tools and
 // tests); position p of the sequence lives in block table[p / block_size] at row
 // p % block_size. Attention reads through the table, so sequences need no contiguous space and
 // blocks can later be shared between sequences with a common prefix.
@@ -23,16 +24,17 @@ struct KvCacheConfig {
   int64_t block_size = 16;
   int64_t kv_heads = 0;  // this rank's
   int64_t head_dim = 0;
+  KvDType dtype = KvDType::kFp32;
 
   // K and V of one block over all layers, in bytes.
   int64_t BytesPerBlock() const {
-    return 2 * num_layers * block_size * kv_heads * head_dim * static_cast<int64_t>(sizeof(float));
+    return 2 * num_layers * block_size * kv_heads * head_dim * KvDTypeBytes(dtype);
   }
 };
 
 class KvCache {
  public:
-  // INVALID_ARGUMENT for non-positive sizes.
+  // INVALID_ARGUMENT for non-positive sizes, or a dtype other than the backend's kv_dtype().
   static absl::StatusOr<KvCache> Create(Backend& backend, const KvCacheConfig& config);
 
   const KvCacheConfig& config() const { return config_; }
@@ -46,7 +48,7 @@ class KvCache {
   KvCache(KvCacheConfig config, std::vector<Tensor> k, std::vector<Tensor> v)
       : config_(config), k_(std::move(k)), v_(std::move(v)) {}
   KvCacheConfig config_;
-  std::vector<Tensor> k_, v_;  // per layer: [num_blocks, block_size, kv_heads, head_dim]
+  std::vector<Tensor> k_, v_;  // per layer: the pools' bytes, held in fp32 Tensors
 };
 
 // Block ids from a free list, for single-process use. The cluster's coordinator owns the real

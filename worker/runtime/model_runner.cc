@@ -15,6 +15,7 @@ absl::StatusOr<std::unique_ptr<ModelRunner>> ModelRunner::Create(CausalLm& model
                                                                .block_size = block_size,
                                                                .kv_heads = model.local_kv_heads(),
                                                                .head_dim = c.head_dim,
+                                                               .dtype = backend.kv_dtype(),
                                                            }));
   return std::unique_ptr<ModelRunner>(new ModelRunner(model, backend, is_rank0, std::move(cache)));
 }

@@ -141,6 +141,7 @@ class CudaDevice final : public WorkerDevice {
     }
     d.memory_free_bytes = FreeDeviceBytes().value_or(0);
     d.compute_dtype = bf16() ? "bf16" : "f32";
+    d.kv_cache_dtype = KvDTypeName(backend_->kv_dtype());
     return d;
   }
 

@@ -35,8 +35,8 @@ bool IsFp32(const std::string& dtype) {
 
 class CpuDevice final : public WorkerDevice {
  public:
-  CpuDevice(int threads, CpuPrecision precision)
-      : threads_(threads), backend_(threads, precision) {}
+  CpuDevice(int threads, CpuPrecision precision, std::optional<KvDType> kv_dtype)
+      : threads_(threads), backend_(threads, precision, kv_dtype) {}
 
   Backend& backend() override { return backend_; }
 
@@ -50,12 +50,14 @@ class CpuDevice final : public WorkerDevice {
                              .compute_capability = 0,
                              .compute_dtype = backend_.precision() == CpuPrecision::kFp32
                                                   ? "f32"
-                                                  : CpuPrecisionName(backend_.precision())};
+                                                  : CpuPrecisionName(backend_.precision()),
+                             .kv_cache_dtype = KvDTypeName(backend_.kv_dtype())};
   }
 
   std::string Summary() const override {
     return absl::StrCat("cpu ", CpuPrecisionName(backend_.precision()), " (", threads_,
-                        " threads), collectives gloo");
+                        " threads), KV cache ", KvDTypeName(backend_.kv_dtype()),
+                        ", collectives gloo");
   }
 
   absl::Status CheckDtype(const std::string& dtype) const override {
@@ -94,8 +96,9 @@ int ThreadsOrDefault(int threads) {
 bool BuiltWithCuda() { return TPSERVE_HAVE_CUDA != 0; }
 bool BuiltWithNccl() { return TPSERVE_HAVE_NCCL != 0; }
 
-std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads, CpuPrecision precision) {
-  return std::make_unique<CpuDevice>(ThreadsOrDefault(threads), precision);
+std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads, CpuPrecision precision,
+                                            std::optional<KvDType> kv_dtype) {
+  return std::make_unique<CpuDevice>(ThreadsOrDefault(threads), precision, kv_dtype);
 }
 
 absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o) {
@@ -124,7 +127,12 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o)
       return absl::Status(precision.status().code(),
                           absl::StrCat("--dtype ", precision.status().message()));
     }
-    return OpenCpuDevice(o.threads, *precision);
+    absl::StatusOr<std::optional<KvDType>> kv = ParseKvDType(o.kv_cache_dtype);
+    if (!kv.ok()) {
+      return absl::Status(kv.status().code(),
+                          absl::StrCat("--kv-cache-dtype: ", kv.status().message()));
+    }
+    return OpenCpuDevice(o.threads, *precision, *kv);
   }
   // cuda or cuda:K
   int index = 0;
@@ -141,6 +149,10 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o)
       return absl::InvalidArgumentError(
           absl::StrCat("--device ", o.device, ": expected cpu, cuda or cuda:K (K = GPU ordinal)"));
     }
+  }
+  if (!o.kv_cache_dtype.empty() && o.kv_cache_dtype != "auto" && !IsFp32(o.kv_cache_dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-cache-dtype ", o.kv_cache_dtype, ": the CUDA backend keeps its KV cache in fp32"));
   }
 #if TPSERVE_HAVE_CUDA
   return OpenCudaDevice(index, !IsFp32(o.dtype), o.collectives == "nccl");

@@ -33,6 +33,9 @@ struct DeviceOptions {
   std::string dtype;
   std::string collectives = "gloo";  // "gloo" or "nccl" (CUDA only)
   int threads = 0;                   // CPU backend threads; 0: all hardware threads
+  // KV cache element type: "" / "auto" (cpu: fp16 with int8x2 / int8, fp32 with fp32; cuda:
+  // fp32), fp16 (cpu), fp32
+  std::string kv_cache_dtype;
 };
 
 // worker.proto DeviceInfo without the proto type.
@@ -45,6 +48,7 @@ struct DeviceDescription {
   int compute_units = 0;       // CPU threads or CUDA SMs
   int compute_capability = 0;  // major * 10 + minor; 0 for CPU
   std::string compute_dtype;   // "int8x2", "int8", "f32" (cpu); "bf16", "f32" (cuda)
+  std::string kv_cache_dtype;  // "fp16", "fp32"
 };
 
 // The group a LoadModel connects (LoadSpec's communicator, plus how to reach the store).
@@ -87,7 +91,8 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& op
 
 // The CPU device (cannot fail).
 std::unique_ptr<WorkerDevice> OpenCpuDevice(int threads,
-                                            CpuPrecision precision = CpuPrecision::kDefault);
+                                            CpuPrecision precision = CpuPrecision::kDefault,
+                                            std::optional<KvDType> kv_dtype = std::nullopt);
 
 // Whether this binary has the CUDA backend / the NCCL communicator compiled in.
 bool BuiltWithCuda();

@@ -79,6 +79,7 @@ class CountingBackend final : public Backend {
                  Tensor* out) override {
     inner_.Embedding(tokens, table, vocab_begin, out);
   }
+  KvDType kv_dtype() const override { return inner_.kv_dtype(); }
   void WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
                const KvLayerView& cache) override {
     inner_.WriteKv(k, v, slots, cache);

@@ -35,6 +35,7 @@ v1::DeviceInfo DeviceInfoOf(const DeviceDescription& d) {
   info.set_compute_units(d.compute_units);
   info.set_compute_capability(d.compute_capability);
   info.set_compute_dtype(d.compute_dtype);
+  info.set_kv_cache_dtype(d.kv_cache_dtype);
   return info;
 }
 

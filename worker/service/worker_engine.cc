@@ -259,7 +259,8 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
                                 .num_blocks = 1,
                                 .block_size = block_size,
                                 .kv_heads = loaded->model->local_kv_heads(),
-                                .head_dim = config.head_dim};
+                                .head_dim = config.head_dim,
+                                .dtype = backend_.kv_dtype()};
   KvSizing sizing{.weight_bytes = weight_bytes, .bytes_per_block = one_block.BytesPerBlock()};
   sizing.budget_bytes = spec.memory_budget_bytes > 0       ? spec.memory_budget_bytes
                         : options_.memory_budget_bytes > 0 ? options_.memory_budget_bytes

@@ -35,6 +35,7 @@ struct Flags {
   int world_size = 1;
   std::string device = "cpu";
   std::string dtype;
+  std::string kv_cache_dtype = "auto";
   std::string collectives = "gloo";
   std::string listen = "0.0.0.0:0";
   std::string advertise;
@@ -72,8 +73,12 @@ int Run(const Flags& f) {
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   const std::string host = AdvertiseHost(f);
   // Before anything listens or registers: a worker that cannot compute says why and exits 2.
-  absl::StatusOr<std::unique_ptr<WorkerDevice>> device = OpenDevice(DeviceOptions{
-      .device = f.device, .dtype = f.dtype, .collectives = f.collectives, .threads = threads});
+  absl::StatusOr<std::unique_ptr<WorkerDevice>> device =
+      OpenDevice(DeviceOptions{.device = f.device,
+                               .dtype = f.dtype,
+                               .collectives = f.collectives,
+                               .threads = threads,
+                               .kv_cache_dtype = f.kv_cache_dtype});
   if (!device.ok()) {
     spdlog::error("{}", std::string(device.status().message()));
     return 2;
@@ -189,6 +194,12 @@ int main(int argc, char** argv) {
                  "int8 (one int8 term, llama.cpp's rounding: fastest, least exact) or fp32; "
                  "cuda: bf16 (default) or fp32")
       ->check(CLI::IsMember({"fp32", "bf16", "int8", "int8x2"}));
+  app.add_option("--kv-cache-dtype", f.kv_cache_dtype,
+                 "KV cache element type. auto: fp16 on cpu with --dtype int8x2 / int8 (half the "
+                 "memory and the bytes attention reads), fp32 with --dtype fp32 and on cuda; "
+                 "fp16 (cpu); fp32")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fp16", "fp32"}));
   app.add_option("--collectives", f.collectives,
                  "Data plane between ranks: gloo (TCP; on GPUs staged through host memory) or "
                  "nccl (GPU ranks only; every rank of the group must pass the same)")

@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 
+#include "common/format/dtype.h"
 #include "tests/worker/backend/random_weights.h"
 #include "worker/backend/cpu/cpu_backend.h"
 #include "worker/backend/cpu/thread_pool.h"
@@ -182,92 +183,164 @@ TEST(VecMath, ExpShiftedSumAndMaxMatchLibm) {
   EXPECT_EQ(MaxOf(x.data(), 5), x[4]);
 }
 
-TEST(CpuOps, PagedCausalAttentionMatchesReference) {
+struct AttentionCase {
+  KvDType dtype;
+  int64_t hd, block, rank_q_heads, rank_kv_heads, group_size, q_head_begin, kv_head_begin;
+};
+
+std::string CaseName(const AttentionCase& c) {
+  return std::string(KvDTypeName(c.dtype)) + " hd " + std::to_string(c.hd) + " block " +
+         std::to_string(c.block) + " q heads " + std::to_string(c.rank_q_heads) + " kv heads " +
+         std::to_string(c.rank_kv_heads);
+}
+
+// The value a pool of `dtype` keeps of x.
+double Kept(KvDType dtype, float x) {
+  return dtype == KvDType::kFp16 ? HalfToFloat(FloatToHalf(x)) : x;
+}
+
+// Paged causal attention (two sequences with scattered blocks, one with a cached history, the
+// sliding window off and on) against a double reference that reads the K/V values the pool
+// keeps: exact fp32 math up to summation order, whatever the dtype.
+void CheckPagedAttention(const AttentionCase& c) {
+  SCOPED_TRACE(CaseName(c));
   std::mt19937 rng(6);
-  CpuBackend be(2);
-  const int64_t hd = 8, block = 4, num_blocks = 12;
-  const int64_t rank_q_heads = 3, rank_kv_heads = 1;  // global q heads 3..5 -> global KV head 1
-  const AttentionParams params{
-      .scale = 0.35f, .group_size = 3, .q_head_begin = 3, .kv_head_begin = 1};
-  Tensor kpool = be.Alloc({num_blocks, block, rank_kv_heads, hd});
-  Tensor vpool = be.Alloc({num_blocks, block, rank_kv_heads, hd});
+  CpuBackend be(2, CpuPrecision::kDefault, c.dtype);
+  ASSERT_EQ(be.kv_dtype(), c.dtype);
+  const int64_t hd = c.hd, block = c.block, num_blocks = 12;
+  const AttentionParams params{.scale = 0.35f,
+                               .group_size = c.group_size,
+                               .q_head_begin = c.q_head_begin,
+                               .kv_head_begin = c.kv_head_begin};
+  const int64_t kvh = c.rank_kv_heads, qh = c.rank_q_heads, row = kvh * hd;
+  Tensor kpool = be.Alloc({num_blocks * block * row});
+  Tensor vpool = be.Alloc({num_blocks * block * row});
   KvLayerView cache{.k = kpool.data(),
                     .v = vpool.data(),
+                    .dtype = c.dtype,
                     .num_blocks = num_blocks,
                     .block_size = block,
-                    .kv_heads = rank_kv_heads,
+                    .kv_heads = kvh,
                     .head_dim = hd};
   struct Seq {
     std::vector<int32_t> table;
     int64_t start, n;
   };
-  const std::vector<Seq> seqs = {{{7, 2, 9}, 5, 6}, {{0, 11}, 0, 7}};
-  // Full K/V histories per sequence: [positions, hd].
+  // Positions per sequence fit in its blocks (block >= 4 here).
+  const std::vector<Seq> seqs = {{{7, 2, 9}, block + 1, block + 2}, {{0, 11}, 0, block + 3}};
+  // Full K/V histories per sequence: [positions, kv heads, hd].
   std::vector<std::vector<float>> K, V;
   for (const Seq& s : seqs) {
-    K.push_back(RandomFloats((s.start + s.n) * hd, rng));
-    V.push_back(RandomFloats((s.start + s.n) * hd, rng));
+    K.push_back(RandomFloats((s.start + s.n) * row, rng));
+    V.push_back(RandomFloats((s.start + s.n) * row, rng));
   }
+  const auto slot = [&](const Seq& s, int64_t p) { return s.table[p / block] * block + p % block; };
   // Cached history of sequence 0 first (one write), then the step's new rows of both.
   {
     std::vector<int64_t> slots;
-    for (int64_t p = 0; p < seqs[0].start; ++p)
-      slots.push_back(seqs[0].table[p / block] * block + p % block);
-    Tensor k = be.FromHost(std::span(K[0]).first(seqs[0].start * hd), {seqs[0].start, 1, hd});
-    Tensor v = be.FromHost(std::span(V[0]).first(seqs[0].start * hd), {seqs[0].start, 1, hd});
+    for (int64_t p = 0; p < seqs[0].start; ++p) slots.push_back(slot(seqs[0], p));
+    Tensor k = be.FromHost(std::span(K[0]).first(seqs[0].start * row), {seqs[0].start, kvh, hd});
+    Tensor v = be.FromHost(std::span(V[0]).first(seqs[0].start * row), {seqs[0].start, kvh, hd});
     be.WriteKv(k, v, slots, cache);
   }
   const int64_t T = seqs[0].n + seqs[1].n;
   std::vector<float> knew, vnew;
   std::vector<int64_t> slots;
   std::vector<AttentionSeq> aseqs;
-  int64_t row = 0;
+  int64_t at = 0;
   for (size_t s = 0; s < seqs.size(); ++s) {
     for (int64_t i = 0; i < seqs[s].n; ++i) {
       const int64_t p = seqs[s].start + i;
-      knew.insert(knew.end(), &K[s][p * hd], &K[s][(p + 1) * hd]);
-      vnew.insert(vnew.end(), &V[s][p * hd], &V[s][(p + 1) * hd]);
-      slots.push_back(seqs[s].table[p / block] * block + p % block);
+      knew.insert(knew.end(), &K[s][p * row], &K[s][(p + 1) * row]);
+      vnew.insert(vnew.end(), &V[s][p * row], &V[s][(p + 1) * row]);
+      slots.push_back(slot(seqs[s], p));
     }
-    aseqs.push_back({.token_begin = row,
+    aseqs.push_back({.token_begin = at,
                      .num_tokens = seqs[s].n,
                      .start_pos = seqs[s].start,
                      .block_table = seqs[s].table});
-    row += seqs[s].n;
+    at += seqs[s].n;
   }
-  be.WriteKv(be.FromHost(knew, {T, 1, hd}), be.FromHost(vnew, {T, 1, hd}), slots, cache);
-  Tensor q = be.FromHost(RandomFloats(T * rank_q_heads * hd, rng), {T, rank_q_heads, hd});
-  for (int64_t window : {0, 3}) {  // whole prefix, then a Mistral-style sliding window
+  be.WriteKv(be.FromHost(knew, {T, kvh, hd}), be.FromHost(vnew, {T, kvh, hd}), slots, cache);
+  Tensor q = be.FromHost(RandomFloats(T * qh * hd, rng), {T, qh, hd});
+  for (int64_t window : {int64_t{0}, block + 1}) {  // whole prefix, then a sliding window
     SCOPED_TRACE("window " + std::to_string(window));
     AttentionParams wparams = params;
     wparams.sliding_window = window;
-    Tensor out = be.Alloc({T, rank_q_heads, hd});
+    Tensor out = be.Alloc({T, qh, hd});
     be.Attention(q, cache, aseqs, wparams, &out);
+    int64_t bad = 0;
     for (size_t s = 0; s < seqs.size(); ++s) {
       for (int64_t i = 0; i < seqs[s].n; ++i) {
         const int64_t t = aseqs[s].token_begin + i, ctx = seqs[s].start + i + 1;
         const int64_t first = window > 0 ? std::max<int64_t>(0, ctx - window) : 0;
-        for (int64_t h = 0; h < rank_q_heads; ++h) {
-          const float* qv = q.data() + (t * rank_q_heads + h) * hd;
+        for (int64_t h = 0; h < qh; ++h) {
+          const int64_t g = (c.q_head_begin + h) / c.group_size - c.kv_head_begin;
+          const float* qv = q.data() + (t * qh + h) * hd;
           std::vector<double> w(ctx, 0.0);
           double mx = -1e300, sum = 0;
           for (int64_t p = first; p < ctx; ++p) {
             double d = 0;
-            for (int64_t j = 0; j < hd; ++j) d += double(qv[j]) * K[s][p * hd + j];
+            for (int64_t j = 0; j < hd; ++j)
+              d += double(qv[j]) * Kept(c.dtype, K[s][(p * kvh + g) * hd + j]);
             w[p] = d * params.scale;
             mx = std::max(mx, w[p]);
           }
           for (int64_t p = first; p < ctx; ++p) sum += (w[p] = std::exp(w[p] - mx));
           for (int64_t j = 0; j < hd; ++j) {
             double o = 0;
-            for (int64_t p = first; p < ctx; ++p) o += w[p] / sum * V[s][p * hd + j];
-            EXPECT_NEAR(out.data()[(t * rank_q_heads + h) * hd + j], o, 1e-5)
-                << "seq " << s << " token " << i << " head " << h;
+            for (int64_t p = first; p < ctx; ++p)
+              o += w[p] / sum * Kept(c.dtype, V[s][(p * kvh + g) * hd + j]);
+            const float got = out.data()[(t * qh + h) * hd + j];
+            if (std::fabs(got - o) > 1e-5 && bad++ < 5) {
+              ADD_FAILURE() << "seq " << s << " token " << i << " head " << h << " dim " << j
+                            << ": " << got << " vs " << o;
+            }
           }
         }
       }
     }
+    EXPECT_EQ(bad, 0);
   }
+}
+
+TEST(CpuOps, PagedCausalAttentionMatchesReference) {
+  for (KvDType dtype : {KvDType::kFp32, KvDType::kFp16}) {
+    // Global q heads 3..5 -> global KV head 1 (tiny sizes, scalar tails everywhere).
+    CheckPagedAttention({dtype, 8, 4, 3, 1, 3, 3, 1});
+    // SmolLM2's shape: hd 64, blocks of 16, 9 q heads over 3 KV heads.
+    CheckPagedAttention({dtype, 64, 16, 9, 3, 3, 0, 0});
+    // Llama's hd 128 (two passes over V), 5 q heads per KV head (a pass of 4, then 1), blocks of
+    // 20 (a vector of 16 positions and a masked one), hd not a multiple of 16 or 4.
+    CheckPagedAttention({dtype, 128, 20, 10, 2, 5, 0, 0});
+    CheckPagedAttention({dtype, 36, 32, 4, 2, 2, 0, 0});
+    CheckPagedAttention({dtype, 6, 5, 2, 2, 1, 2, 2});
+  }
+}
+
+TEST(CpuOps, Fp16KvPoolSaturatesInsteadOfOverflowing) {
+  CpuBackend be(1, CpuPrecision::kDefault, KvDType::kFp16);
+  const int64_t hd = 16, block = 16;
+  Tensor kpool = be.Alloc({block * hd});
+  Tensor vpool = be.Alloc({block * hd});
+  KvLayerView cache{.k = kpool.data(),
+                    .v = vpool.data(),
+                    .dtype = KvDType::kFp16,
+                    .num_blocks = 1,
+                    .block_size = block,
+                    .kv_heads = 1,
+                    .head_dim = hd};
+  std::vector<float> k(hd, 1.0f), v(hd, 0.5f);
+  v[3] = 1e6f;  // beyond fp16's range: kept as 65504, not inf (which would make NaN outputs)
+  std::vector<int64_t> slots = {0};
+  be.WriteKv(be.FromHost(k, {1, 1, hd}), be.FromHost(v, {1, 1, hd}), slots, cache);
+  Tensor q = be.FromHost(std::vector<float>(hd, 0.1f), {1, 1, hd});
+  Tensor out = be.Alloc({1, 1, hd});
+  const std::vector<int32_t> table = {0};
+  const AttentionSeq seq{.token_begin = 0, .num_tokens = 1, .start_pos = 0, .block_table = table};
+  be.Attention(q, cache, std::span(&seq, 1), AttentionParams{.scale = 0.25f}, &out);
+  EXPECT_EQ(out.data()[3], 65504.0f);
+  EXPECT_EQ(out.data()[0], 0.5f);
 }
 
 }  // namespace

@@ -8,18 +8,35 @@ namespace tpserve {
 namespace {
 
 TEST(KvCache, LayersArePoolsOfBlocks) {
-  CpuBackend be(1);
+  for (KvDType dtype : {KvDType::kFp32, KvDType::kFp16}) {
+    CpuBackend be(1, CpuPrecision::kDefault, dtype);
+    auto cache = KvCache::Create(be, {.num_layers = 3,
+                                      .num_blocks = 5,
+                                      .block_size = 4,
+                                      .kv_heads = 2,
+                                      .head_dim = 8,
+                                      .dtype = dtype});
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    const KvLayerView l0 = cache->layer(0), l2 = cache->layer(2);
+    EXPECT_EQ(l0.num_blocks, 5);
+    EXPECT_EQ(l0.block_size, 4);
+    EXPECT_EQ(l0.dtype, dtype);
+    EXPECT_NE(l0.k, l2.k);
+    EXPECT_NE(l0.k, l0.v);
+    // The whole pool is writable: 5 * 4 * 2 * 8 elements of the dtype.
+    const int64_t bytes = 5 * 4 * 2 * 8 * KvDTypeBytes(dtype);
+    static_cast<uint8_t*>(l2.v)[bytes - 1] = 1;
+    EXPECT_EQ(cache->config().BytesPerBlock(), 2 * 3 * 4 * 2 * 8 * KvDTypeBytes(dtype));
+  }
+}
+
+TEST(KvCache, RejectsADtypeTheBackendDoesNotKeep) {
+  CpuBackend be(1, CpuPrecision::kDefault, KvDType::kFp16);
   auto cache = KvCache::Create(
-      be, {.num_layers = 3, .num_blocks = 5, .block_size = 4, .kv_heads = 2, .head_dim = 8});
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  const KvLayerView l0 = cache->layer(0), l2 = cache->layer(2);
-  EXPECT_EQ(l0.num_blocks, 5);
-  EXPECT_EQ(l0.block_size, 4);
-  EXPECT_NE(l0.k, l2.k);
-  EXPECT_NE(l0.k, l0.v);
-  // The whole pool is writable: [5, 4, 2, 8] floats.
-  l2.v[5 * 4 * 2 * 8 - 1] = 1.0f;
-  EXPECT_EQ(cache->config().BytesPerBlock(), 2 * 3 * 4 * 2 * 8 * 4);
+      be,
+      {.num_layers = 1, .num_blocks = 2, .kv_heads = 1, .head_dim = 4, .dtype = KvDType::kFp32});
+  EXPECT_EQ(cache.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(cache.status().message().find("fp16"), std::string::npos) << cache.status();
 }
 
 TEST(KvCache, RejectsEmptySizes) {

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "worker/backend/cpu/int8_gemm.h"
 #include "worker/service/load_progress.h"
 
@@ -95,6 +96,35 @@ TEST(OpenDeviceTest, CpuDtypeChoosesTheMatmulPrecision) {
     ASSERT_TRUE(d.ok()) << d.status();
     EXPECT_EQ(static_cast<const CpuBackend&>((*d)->backend()).precision(), want);
   }
+}
+
+TEST(OpenDeviceTest, KvCacheDtypeFollowsThePrecisionUnlessAskedFor) {
+  const auto kv_of = [](const DeviceOptions& o) -> std::string {
+    absl::StatusOr<std::unique_ptr<WorkerDevice>> d = OpenDevice(o);
+    if (!d.ok()) return d.status().ToString();
+    EXPECT_THAT((*d)->Summary(),
+                HasSubstr(absl::StrCat("KV cache ", (*d)->Describe().kv_cache_dtype)));
+    return (*d)->Describe().kv_cache_dtype;
+  };
+  DeviceOptions o = Options("cpu", "fp32");
+  EXPECT_EQ(kv_of(o), "fp32");  // the oracle keeps everything fp32
+  o.kv_cache_dtype = "fp16";
+  EXPECT_EQ(kv_of(o), "fp16");
+  o = Options("cpu", "");
+  EXPECT_EQ(kv_of(o), Int8GemmAvailable() ? "fp16" : "fp32");
+  o.kv_cache_dtype = "auto";
+  EXPECT_EQ(kv_of(o), Int8GemmAvailable() ? "fp16" : "fp32");
+  o.kv_cache_dtype = "fp32";
+  EXPECT_EQ(kv_of(o), "fp32");
+  o.kv_cache_dtype = "int8";
+  absl::Status st = OpenStatus(o);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("expected auto, fp16 or fp32"));
+  o = Options("cuda:0");
+  o.kv_cache_dtype = "fp16";
+  st = OpenStatus(o);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("KV cache in fp32"));
 }
 
 // No GPU in CI: a CUDA build explains the missing driver, a CPU build that it has no CUDA. On a

@@ -58,7 +58,9 @@ class WorkerServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     WorkerOptions options;
-    options.threads = 1;
+    // An fp32 KV cache: logits and log-probs are held to transformers' at 1e-3, which measures
+    // the ops, not fp16's rounding of K and V.
+    options.device = OpenCpuDevice(1, CpuPrecision::kDefault, KvDType::kFp32);
     absl::StatusOr<std::unique_ptr<WorkerServer>> server =
         WorkerServer::Start("127.0.0.1:0", std::move(options));
     ASSERT_TRUE(server.ok()) << server.status();

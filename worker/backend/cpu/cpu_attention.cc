@@ -1,36 +1,244 @@
 // KV cache writes and causal attention over the paged cache, on the CPU.
+//
+// Pools (cpu_backend.h): K [block, kv_head, d, row] (a block's positions innermost), V [block,
+// kv_head, row, d], elements fp32 or fp16. A query's scores against 16 cached positions are then
+// one vector FMA per dimension (no horizontal sums), and its output accumulates whole V rows.
+// One task per (token, KV head) reads that head's K and V once for every query head that shares
+// it (GQA), walking the block table block by block and prefetching the next block.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "common/format/dtype.h"
 #include "worker/backend/check.h"
 #include "worker/backend/cpu/cpu_backend.h"
+#include "worker/backend/cpu/static_dispatch.h"
 #include "worker/backend/cpu/vec_math.h"
 
-namespace tpserve {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define TPSERVE_ATTN_AVX512 1
+#include <immintrin.h>
+#endif
 
-void CpuBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
-                         const KvLayerView& cache) {
-  const int64_t row = cache.kv_heads * cache.head_dim;  // floats per token per layer
-  TPSERVE_CHECK(k.shape() == v.shape() && k.numel() == static_cast<int64_t>(slots.size()) * row,
-                "WriteKv: k %s, v %s, %zu slots, cache row %lld", k.ShapeString().c_str(),
-                v.ShapeString().c_str(), slots.size(), static_cast<long long>(row));
-  const int64_t capacity = cache.num_blocks * cache.block_size;
-  for (size_t t = 0; t < slots.size(); ++t) {
-    TPSERVE_CHECK(slots[t] >= 0 && slots[t] < capacity, "WriteKv: slot %lld of %lld",
-                  static_cast<long long>(slots[t]), static_cast<long long>(capacity));
-    std::memcpy(cache.k + slots[t] * row, k.data() + t * row, row * sizeof(float));
-    std::memcpy(cache.v + slots[t] * row, v.data() + t * row, row * sizeof(float));
+namespace tpserve {
+namespace {
+
+constexpr float kHalfMax = 65504.0f;
+
+inline float ToFloat(float x) { return x; }
+inline float ToFloat(uint16_t h) { return HalfToFloat(h); }
+inline void Store(float x, float* out) { *out = x; }
+inline void Store(float x, uint16_t* out) {
+  *out = FloatToHalf(std::clamp(x, -kHalfMax, kHalfMax));
+}
+
+#if TPSERVE_ATTN_AVX512
+inline __mmask16 FirstLanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+// 16 elements (lanes outside m are 0 and not read) as fp32.
+inline __m512 Load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 Load16(const uint16_t* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+inline void Store16(__m512 x, float* p, __mmask16 m) { _mm512_mask_storeu_ps(p, m, x); }
+inline void Store16(__m512 x, uint16_t* p, __mmask16 m) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-kHalfMax)), _mm512_set1_ps(kHalfMax));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#endif
+
+inline void PrefetchBytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
+}
+
+// Where one KV head's part of each block lives, for one layer.
+template <typename T>
+struct HeadPools {
+  const T* k;
+  const T* v;
+  int64_t block_stride;  // elements from one block to the next (kv_heads * hd * bs)
+  int64_t hd, bs;
+  const T* k_tile(int32_t block) const { return k + block * block_stride; }  // [hd, bs]
+  const T* v_tile(int32_t block) const { return v + block * block_stride; }  // [bs, hd]
+};
+
+// Calls fn(tile block id, first row, rows, index of that row's position - first) for the runs of
+// positions [first, ctx) block by block, prefetching the next block's tile (`tile_bytes`) of
+// `pool_of(block)` first.
+template <typename Tile, typename Fn>
+void ForBlocks(std::span<const int32_t> table, int64_t bs, int64_t first, int64_t ctx,
+               int64_t tile_bytes, Tile&& tile_of, Fn&& fn) {
+  for (int64_t p = first; p < ctx;) {
+    const int64_t row = p % bs, run = std::min(bs - row, ctx - p);
+    if (p + run < ctx) PrefetchBytes(tile_of(table[(p + run) / bs]), tile_bytes);
+    fn(table[p / bs], row, run, p - first);
+    p += run;
   }
 }
 
-void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
-                           std::span<const AttentionSeq> seqs, const AttentionParams& params,
-                           Tensor* out) {
-  CheckAttentionArgs(q, cache, seqs, *out);
+// scores[h * len + i] = scale * q_h . K[position first + i] for NH query heads (rows of q, hd
+// apart).
+template <int NH, typename T>
+void Scores(const float* q, const HeadPools<T>& pools, std::span<const int32_t> table,
+            int64_t first, int64_t ctx, float scale, float* scores) {
+  const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
+  const int64_t tile_bytes = hd * bs * static_cast<int64_t>(sizeof(T));
+  ForBlocks(
+      table, bs, first, ctx, tile_bytes, [&](int32_t b) { return pools.k_tile(b); },
+      [&](int32_t block, int64_t row, int64_t run, int64_t at) {
+        const T* kt = pools.k_tile(block) + row;  // element (d, i) at kt[d * bs + i]
+#if TPSERVE_ATTN_AVX512
+        for (int64_t c = 0; c < run; c += 16) {
+          const __mmask16 m = FirstLanes(run - c);
+          __m512 acc[NH][4];
+#pragma GCC unroll 4
+          for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
+          }
+          const T* col = kt + c;
+          int64_t d = 0;
+          for (; d + 4 <= hd; d += 4) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              const __m512 kv = Load16(col + (d + j) * bs, m);
+#pragma GCC unroll 4
+              for (int h = 0; h < NH; ++h) {
+                acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + d + j]), kv, acc[h][j]);
+              }
+            }
+          }
+          for (; d < hd; ++d) {
+            const __m512 kv = Load16(col + d * bs, m);
+#pragma GCC unroll 4
+            for (int h = 0; h < NH; ++h) {
+              acc[h][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + d]), kv, acc[h][0]);
+            }
+          }
+#pragma GCC unroll 4
+          for (int h = 0; h < NH; ++h) {
+            const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[h][0], acc[h][1]),
+                                           _mm512_add_ps(acc[h][2], acc[h][3]));
+            _mm512_mask_storeu_ps(scores + h * len + at + c, m,
+                                  _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+          }
+        }
+#else
+        for (int64_t i = 0; i < run; ++i) {
+          for (int h = 0; h < NH; ++h) {
+            float s = 0.0f;
+            for (int64_t d = 0; d < hd; ++d) s += q[h * hd + d] * ToFloat(kt[d * bs + i]);
+            scores[h * len + at + i] = s * scale;
+          }
+        }
+#endif
+      });
+}
+
+// out[h * hd + d] = inv_sum[h] * sum_i p[h * len + i] * V[position first + i][d] for NH heads.
+template <int NH, typename T>
+void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& pools,
+                    std::span<const int32_t> table, int64_t first, int64_t ctx, float* out) {
+  const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
+  const int64_t tile_bytes = hd * bs * static_cast<int64_t>(sizeof(T));
+#if TPSERVE_ATTN_AVX512
+  for (int64_t d0 = 0; d0 < hd; d0 += 64) {  // 4 vectors of dimensions per pass
+    __mmask16 m[4];
+    for (int j = 0; j < 4; ++j) m[j] = d0 + 16 * j < hd ? FirstLanes(hd - d0 - 16 * j) : 0;
+    __m512 acc[NH][4];
+#pragma GCC unroll 4
+    for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
+    }
+    ForBlocks(
+        table, bs, first, ctx, tile_bytes, [&](int32_t b) { return pools.v_tile(b); },
+        [&](int32_t block, int64_t row, int64_t run, int64_t at) {
+          const T* vrow = pools.v_tile(block) + row * hd + d0;
+          for (int64_t i = 0; i < run; ++i, vrow += hd) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              if (m[j] == 0) break;
+              const __m512 vv = Load16(vrow + 16 * j, m[j]);
+#pragma GCC unroll 4
+              for (int h = 0; h < NH; ++h) {
+                acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * len + at + i]), vv, acc[h][j]);
+              }
+            }
+          }
+        });
+#pragma GCC unroll 4
+    for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        if (m[j] == 0) break;
+        Store16(_mm512_mul_ps(acc[h][j], _mm512_set1_ps(inv_sum[h])), out + h * hd + d0 + 16 * j,
+                m[j]);
+      }
+    }
+  }
+#else
+  for (int h = 0; h < NH; ++h) std::fill(out + h * hd, out + (h + 1) * hd, 0.0f);
+  ForBlocks(
+      table, bs, first, ctx, tile_bytes, [&](int32_t b) { return pools.v_tile(b); },
+      [&](int32_t block, int64_t row, int64_t run, int64_t at) {
+        const T* vrow = pools.v_tile(block) + row * hd;
+        for (int64_t i = 0; i < run; ++i, vrow += hd) {
+          for (int h = 0; h < NH; ++h) {
+            const float w = p[h * len + at + i];
+            for (int64_t d = 0; d < hd; ++d) out[h * hd + d] += w * ToFloat(vrow[d]);
+          }
+        }
+      });
+  for (int h = 0; h < NH; ++h) {
+    for (int64_t d = 0; d < hd; ++d) out[h * hd + d] *= inv_sum[h];
+  }
+#endif
+}
+
+template <typename T>
+void WriteKvAs(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
+               const KvLayerView& cache, ThreadPool& pool) {
+  const int64_t kvh = cache.kv_heads, hd = cache.head_dim, bs = cache.block_size;
+  T* kpool = static_cast<T*>(cache.k);
+  T* vpool = static_cast<T*>(cache.v);
+  const auto write = [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t block = slots[t] / bs, row = slots[t] % bs;
+      for (int64_t h = 0; h < kvh; ++h) {
+        const int64_t tile = (block * kvh + h) * hd * bs;
+        const float* ks = k.data() + (t * kvh + h) * hd;
+        const float* vs = v.data() + (t * kvh + h) * hd;
+        T* kd = kpool + tile + row;       // (d, row) at kd[d * bs]
+        T* vd = vpool + tile + row * hd;  // (row, d) at vd[d]
+        for (int64_t d = 0; d < hd; ++d) Store(ks[d], kd + d * bs);
+#if TPSERVE_ATTN_AVX512
+        for (int64_t d = 0; d < hd; d += 16) {
+          const __mmask16 m = FirstLanes(hd - d);
+          Store16(_mm512_maskz_loadu_ps(m, vs + d), vd + d, m);
+        }
+#else
+        for (int64_t d = 0; d < hd; ++d) Store(vs[d], vd + d);
+#endif
+      }
+    }
+  };
+  const int64_t n = static_cast<int64_t>(slots.size());
+  if (n >= 64) {
+    pool.ParallelFor(n, 16, write);  // distinct slots: no two tokens write the same element
+  } else {
+    write(0, n);
+  }
+}
+
+template <typename T>
+void AttentionAs(const Tensor& q, const KvLayerView& cache, std::span<const AttentionSeq> seqs,
+                 const AttentionParams& params, Tensor* out, ThreadPool& pool) {
   const int64_t num_tokens = q.dim(0), heads = q.dim(1), hd = q.dim(2);
-  const int64_t bs = cache.block_size, kv_row = cache.kv_heads * hd;
+  const int64_t bs = cache.block_size;
 
   // Which sequence each token row belongs to.
   std::vector<int32_t> seq_of(num_tokens, -1);
@@ -49,19 +257,17 @@ void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
     head_begin[(params.q_head_begin + h) / params.group_size - params.kv_head_begin - first_kvh] =
         h;
   }
+  const int64_t block_stride = cache.kv_heads * hd * bs;
 
-  // One task per (token, KV head): each K and V row is read once for the query heads that
-  // share it; positions are walked block by block through the table (no division per
-  // position); scores of one head are contiguous, so softmax runs on whole vectors.
-  pool_.ParallelFor(num_tokens * groups, 1, [&](int64_t begin, int64_t end) {
+  pool.ParallelFor(num_tokens * groups, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / groups, k = task % groups;
-      const int64_t h0 = head_begin[k], h1 = head_begin[k + 1], nh = h1 - h0;
+      const int64_t h0 = head_begin[k], h1 = head_begin[k + 1];
       const int64_t kvh = first_kvh + k;
       float* out_t = out->data() + t * heads * hd;
       if (seq_of[t] < 0) {  // row not claimed by any sequence (padding)
-        std::memset(out_t + h0 * hd, 0, nh * hd * sizeof(float));
+        std::memset(out_t + h0 * hd, 0, (h1 - h0) * hd * sizeof(float));
         continue;
       }
       const AttentionSeq& seq = seqs[seq_of[t]];
@@ -69,46 +275,65 @@ void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
       const int64_t first =
           params.sliding_window > 0 ? std::max<int64_t>(0, ctx - params.sliding_window) : 0;
       const int64_t len = ctx - first;
+      const HeadPools<T> pools{.k = static_cast<const T*>(cache.k) + kvh * hd * bs,
+                               .v = static_cast<const T*>(cache.v) + kvh * hd * bs,
+                               .block_stride = block_stride,
+                               .hd = hd,
+                               .bs = bs};
       const float* q_t = q.data() + t * heads * hd;
-      scores.resize(nh * len);
-      // Visits the K (or V) rows of positions [first, ctx): fn(position - first, row). Blocks
-      // are scattered, so the next block's rows are prefetched while this one is read.
-      const auto block_rows = [&](const float* base, int64_t p) {
-        return base + (static_cast<int64_t>(seq.block_table[p / bs]) * bs + p % bs) * kv_row +
-               kvh * hd;
-      };
-      const auto for_rows = [&](const float* base, auto&& fn) {
-        for (int64_t p = first; p < ctx;) {
-          const int64_t run = std::min(bs - p % bs, ctx - p);
-          if (p + run < ctx) {
-            const float* next = block_rows(base, p + run);
-            const int64_t next_run = std::min(bs, ctx - p - run);
-            for (int64_t i = 0; i < next_run; ++i) {
-              for (int64_t c = 0; c < hd; c += 16) {
-                __builtin_prefetch(next + i * kv_row + c);
-              }
-            }
+      for (int64_t hc = h0; hc < h1; hc += 4) {  // up to 4 query heads per pass over K and V
+        const int nh = static_cast<int>(std::min<int64_t>(4, h1 - hc));
+        scores.resize(nh * len);
+        float inv_sum[4];
+        WithStaticCount<4>(nh, [&](auto n) {
+          constexpr int NH = decltype(n)::value;
+          Scores<NH>(q_t + hc * hd, pools, seq.block_table, first, ctx, params.scale,
+                     scores.data());
+          for (int h = 0; h < NH; ++h) {
+            float* s = scores.data() + h * len;
+            inv_sum[h] = 1.0f / ExpShiftedSum(s, len, MaxOf(s, len));
           }
-          const float* row = block_rows(base, p);
-          for (int64_t i = 0; i < run; ++i, row += kv_row) fn(p - first + i, row);
-          p += run;
-        }
-      };
-      for_rows(cache.k, [&](int64_t i, const float* krow) {
-        for (int64_t h = 0; h < nh; ++h)
-          scores[h * len + i] = Dot(q_t + (h0 + h) * hd, krow, hd) * params.scale;
-      });
-      std::memset(out_t + h0 * hd, 0, nh * hd * sizeof(float));
-      for (int64_t h = 0; h < nh; ++h) {
-        float* s = scores.data() + h * len;
-        const float inv_sum = 1.0f / ExpShiftedSum(s, len, MaxOf(s, len));
-        for (int64_t i = 0; i < len; ++i) s[i] *= inv_sum;
+          WeightedValues<NH>(scores.data(), inv_sum, pools, seq.block_table, first, ctx,
+                             out_t + hc * hd);
+        });
       }
-      for_rows(cache.v, [&](int64_t i, const float* vrow) {
-        for (int64_t h = 0; h < nh; ++h) Axpy(scores[h * len + i], vrow, out_t + (h0 + h) * hd, hd);
-      });
     }
   });
+}
+
+}  // namespace
+
+void CpuBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
+                         const KvLayerView& cache) {
+  const int64_t row = cache.kv_heads * cache.head_dim;  // elements per token per layer
+  TPSERVE_CHECK(k.shape() == v.shape() && k.numel() == static_cast<int64_t>(slots.size()) * row,
+                "WriteKv: k %s, v %s, %zu slots, cache row %lld", k.ShapeString().c_str(),
+                v.ShapeString().c_str(), slots.size(), static_cast<long long>(row));
+  TPSERVE_CHECK(cache.dtype == kv_dtype_, "WriteKv: a %s pool, this backend keeps %s",
+                KvDTypeName(cache.dtype), KvDTypeName(kv_dtype_));
+  const int64_t capacity = cache.num_blocks * cache.block_size;
+  for (size_t t = 0; t < slots.size(); ++t) {
+    TPSERVE_CHECK(slots[t] >= 0 && slots[t] < capacity, "WriteKv: slot %lld of %lld",
+                  static_cast<long long>(slots[t]), static_cast<long long>(capacity));
+  }
+  if (cache.dtype == KvDType::kFp16) {
+    WriteKvAs<uint16_t>(k, v, slots, cache, pool_);
+  } else {
+    WriteKvAs<float>(k, v, slots, cache, pool_);
+  }
+}
+
+void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
+                           std::span<const AttentionSeq> seqs, const AttentionParams& params,
+                           Tensor* out) {
+  CheckAttentionArgs(q, cache, seqs, *out);
+  TPSERVE_CHECK(cache.dtype == kv_dtype_, "Attention: a %s pool, this backend keeps %s",
+                KvDTypeName(cache.dtype), KvDTypeName(kv_dtype_));
+  if (cache.dtype == KvDType::kFp16) {
+    AttentionAs<uint16_t>(q, cache, seqs, params, out, pool_);
+  } else {
+    AttentionAs<float>(q, cache, seqs, params, out, pool_);
+  }
 }
 
 }  // namespace tpserve

@@ -53,11 +53,21 @@ const char* CpuPrecisionName(CpuPrecision p) {
   return "default";
 }
 
-CpuBackend::CpuBackend(int num_threads, CpuPrecision precision)
+absl::StatusOr<std::optional<KvDType>> ParseKvDType(std::string_view name) {
+  if (name.empty() || name == "auto") return std::nullopt;
+  if (name == "fp16" || name == "f16" || name == "float16") return KvDType::kFp16;
+  if (name == "fp32" || name == "f32" || name == "float32") return KvDType::kFp32;
+  return absl::InvalidArgumentError(
+      absl::StrCat("KV cache dtype \"", std::string(name), "\": expected auto, fp16 or fp32"));
+}
+
+CpuBackend::CpuBackend(int num_threads, CpuPrecision precision, std::optional<KvDType> kv_dtype)
     : pool_(num_threads),
       precision_(precision != CpuPrecision::kDefault ? precision
                  : Int8GemmAvailable()               ? CpuPrecision::kInt8x2
-                                                     : CpuPrecision::kFp32) {
+                                                     : CpuPrecision::kFp32),
+      kv_dtype_(
+          kv_dtype.value_or(precision_ == CpuPrecision::kFp32 ? KvDType::kFp32 : KvDType::kFp16)) {
   TPSERVE_CHECK(!int8_matmuls() || Int8GemmAvailable(),
                 "CpuBackend: int8 matmuls need a build with AVX-512 VNNI");
   // Prefill calls sgemm from every pool thread at once, one tile each.

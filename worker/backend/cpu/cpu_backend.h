@@ -13,6 +13,13 @@
 // On both int8 paths each output is bitwise the same whatever batch it is computed in. Dense
 // (F32/F16/BF16) weights always take the fp32 paths.
 //
+// KV cache: fp16 by default on the int8 paths (half the memory and the bytes attention reads
+// per cached token), fp32 with kFp32 (the oracle keeps everything fp32); either can be asked
+// for. Within a block the pools are laid out for the attention kernel, which multiplies one
+// query with 16 cached positions per vector instruction:
+//   K [num_blocks, kv_heads, head_dim, block_size]  (positions innermost)
+//   V [num_blocks, kv_heads, block_size, head_dim]
+//
 // Threads: one pool of `num_threads` (the caller included) shared by all ops. On the fp32
 // paths, matmuls with few activation rows (decode) use fused dequantise+dot kernels; with many
 // rows (prefill) each thread dequantises tiles of weight rows to fp32 and multiplies them with
@@ -21,6 +28,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include "absl/status/statusor.h"
@@ -42,11 +50,17 @@ absl::StatusOr<CpuPrecision> ParseCpuPrecision(std::string_view name);
 // "int8x2", "int8", "fp32" ("default" for kDefault).
 const char* CpuPrecisionName(CpuPrecision p);
 
+// "" / "auto" -> nullopt (the backend's default), "fp16" / "f16" / "float16" -> kFp16,
+// "fp32" / "f32" / "float32" -> kFp32; INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::optional<KvDType>> ParseKvDType(std::string_view name);
+
 class CpuBackend final : public Backend {
  public:
   // kInt8 / kInt8x2 on a build without the VNNI kernel is a programming error (callers check
   // Int8GemmAvailable(), or go through ParseCpuPrecision).
-  explicit CpuBackend(int num_threads = 1, CpuPrecision precision = CpuPrecision::kDefault);
+  // kv_dtype: nullopt picks fp16 on the int8 paths, fp32 with kFp32.
+  explicit CpuBackend(int num_threads = 1, CpuPrecision precision = CpuPrecision::kDefault,
+                      std::optional<KvDType> kv_dtype = std::nullopt);
 
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device::kCpu; }
@@ -56,6 +70,8 @@ class CpuBackend final : public Backend {
   bool int8_matmuls() const {
     return precision_ == CpuPrecision::kInt8 || precision_ == CpuPrecision::kInt8x2;
   }
+
+  KvDType kv_dtype() const override { return kv_dtype_; }
 
   Tensor Alloc(std::vector<int64_t> shape) override;
   Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override;
@@ -84,6 +100,7 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   CpuPrecision precision_;
+  KvDType kv_dtype_;
 };
 
 }  // namespace tpserve
