@@ -214,13 +214,17 @@ void WriteKvAs(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
         const float* vs = v.data() + (t * kvh + h) * hd;
         T* kd = kpool + tile + row;       // (d, row) at kd[d * bs]
         T* vd = vpool + tile + row * hd;  // (row, d) at vd[d]
-        for (int64_t d = 0; d < hd; ++d) Store(ks[d], kd + d * bs);
 #if TPSERVE_ATTN_AVX512
         for (int64_t d = 0; d < hd; d += 16) {
           const __mmask16 m = FirstLanes(hd - d);
           Store16(_mm512_maskz_loadu_ps(m, vs + d), vd + d, m);
+          T converted[16];  // K goes down a column of the tile: convert 16, then scatter
+          Store16(_mm512_maskz_loadu_ps(m, ks + d), converted, m);
+          for (int64_t i = 0; i < std::min<int64_t>(16, hd - d); ++i)
+            kd[(d + i) * bs] = converted[i];
         }
 #else
+        for (int64_t d = 0; d < hd; ++d) Store(ks[d], kd + d * bs);
         for (int64_t d = 0; d < hd; ++d) Store(vs[d], vd + d);
 #endif
       }

@@ -274,10 +274,24 @@ inline __m512i BlockDot(__m512i u0, __m512i u1, __m512i u2, __m512i u3, __m512i 
   return _mm512_add_epi32(even, odd);
 }
 
+// How far ahead of the block being multiplied the first pass over a group prefetches the
+// weights. Groups follow each other in memory and each weight is read once per forward pass, so
+// the kernel streams them from DRAM; the hardware prefetcher alone left it waiting on loads
+// (SmolLM2-shaped matmuls, 2 threads: batch 8 int8x2 10.4 -> 5.4 ms, batch 32 25.4 -> 18.9 ms,
+// batch 1 2.9 -> 2.3 ms per forward pass's matmuls).
+constexpr int64_t kPrefetchBytes = 4096;
+
+inline void Prefetch(const uint8_t* p, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) {
+    _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
+  }
+}
+
 // NJ activation rows x the 16 rows of group g. Per block, the 16 x 32 weights are unpacked
 // once into u[8] (lane r of u[m]: elements 4m..4m+3 of row r) and stay in registers while
-// every activation row is multiplied with them.
-template <bool kFourBit, bool kMin, int kOffset, int kTerms, int NJ>
+// every activation row is multiplied with them. With kPrefetch, the weights kPrefetchBytes
+// ahead are prefetched (the first pass over a group, when another group of this call follows).
+template <bool kFourBit, bool kMin, int kOffset, int kTerms, int NJ, bool kPrefetch>
 void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g, int64_t j0,
                  float* y, int64_t ldy, __mmask16 store_mask) {
   const int64_t nb = w.cols / kBlock;
@@ -293,6 +307,7 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
   const __m512i nib = _mm512_set1_epi8(0x0F);
   const uint8_t* blk = w.block(g, 0);
   for (int64_t b = 0; b < nb; ++b, blk += w.block_bytes) {
+    if constexpr (kPrefetch) Prefetch(blk + kPrefetchBytes, w.block_bytes);
     const uint8_t* packed = blk + kHeaderBytes;
     __m512i u[8];
     if constexpr (kFourBit) {
@@ -340,13 +355,19 @@ constexpr int kMaxRowsPerPass = 8;
 template <bool kFourBit, bool kMin, int kOffset, int kTerms>
 void GemmGroups(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, int64_t g1,
                 float* y, int64_t ldy) {
+  // The start of this call's weights: the kernel prefetches the rest as it goes.
+  Prefetch(w.block(g0, 0), std::min(kPrefetchBytes, (g1 - g0) * (w.cols / kBlock) * w.block_bytes));
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t valid = std::min<int64_t>(kRows, w.rows - g * kRows);
     const __mmask16 mask = valid == kRows ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1);
     for (int64_t j0 = 0; j0 < x.rows; j0 += kMaxRowsPerPass) {
       const int nj = static_cast<int>(std::min<int64_t>(kMaxRowsPerPass, x.rows - j0));
       WithStaticCount<kMaxRowsPerPass>(nj, [&](auto k) {
-        GroupKernel<kFourBit, kMin, kOffset, kTerms, k()>(w, x, g, j0, y, ldy, mask);
+        if (j0 == 0 && g + 1 < g1) {
+          GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), true>(w, x, g, j0, y, ldy, mask);
+        } else {
+          GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), false>(w, x, g, j0, y, ldy, mask);
+        }
       });
     }
   }
