@@ -88,6 +88,12 @@ class Backend {
   // ---- dense math ----
   // y[n, out] = x[n, in] · wᵀ with w = [out, in].
   virtual void MatMul(const Tensor& x, const Weight& w, Tensor* y) = 0;
+  // ys[i] = x · ws[i]ᵀ for several weights that read the same x (q/k/v, gate/up): a backend
+  // may prepare x once and run the products as one job. Same results as MatMul one by one.
+  virtual void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
+                            std::span<Tensor* const> ys) {
+    for (size_t i = 0; i < ws.size(); ++i) MatMul(x, *ws[i], ys[i]);
+  }
   // y[r, :] += bias for every row r.
   virtual void AddBias(const Tensor& bias, Tensor* y) = 0;
   // y += x, elementwise, same shape.

@@ -136,9 +136,11 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
 
     // ---- attention block: x += o_proj(attention(rope(q), rope(k), v)) ----
     be.RmsNorm(x, L.attn_norm, c.rms_norm_eps, &h);
-    be.MatMul(h, L.wq, &q2);  // [T, nq*hd]
-    be.MatMul(h, L.wk, &k2);  // [T, nkv*hd]
-    be.MatMul(h, L.wv, &v2);
+    {
+      const Weight* w[] = {&L.wq, &L.wk, &L.wv};
+      Tensor* y[] = {&q2, &k2, &v2};  // [T, nq*hd], [T, nkv*hd], [T, nkv*hd]
+      be.MatMulShared(h, w, y);
+    }
     if (!L.bq.empty()) {
       be.AddBias(L.bq, &q2);
       be.AddBias(L.bk, &k2);
@@ -155,8 +157,11 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
 
     // ---- feed-forward block: x += down(silu(gate(h)) * up(h)) ----
     be.RmsNorm(x, L.ffn_norm, c.rms_norm_eps, &h);
-    be.MatMul(h, L.w_gate, &gate);  // [T, Fl]
-    be.MatMul(h, L.w_up, &up);
+    {
+      const Weight* w[] = {&L.w_gate, &L.w_up};
+      Tensor* y[] = {&gate, &up};  // [T, Fl] each
+      be.MatMulShared(h, w, y);
+    }
     if (!L.b_gate.empty()) {
       be.AddBias(L.b_gate, &gate);
       be.AddBias(L.b_up, &up);

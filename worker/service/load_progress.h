@@ -60,6 +60,10 @@ class CountingBackend final : public Backend {
   absl::StatusOr<Weight> LoadWeight(const TensorView& view) override;
   absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override { inner_.MatMul(x, w, y); }
+  void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
+                    std::span<Tensor* const> ys) override {
+    inner_.MatMulShared(x, ws, ys);
+  }
   void AddBias(const Tensor& bias, Tensor* y) override { inner_.AddBias(bias, y); }
   void Add(const Tensor& x, Tensor* y) override { inner_.Add(x, y); }
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) override {

@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <tuple>
 
 #include "tests/worker/backend/random_weights.h"
 #include "worker/backend/cpu/cpu_backend.h"
+#include "worker/backend/cpu/int8_gemm.h"
 #include "worker/backend/cpu/quant_kernels.h"
 
 namespace tpserve {
@@ -77,6 +79,54 @@ INSTANTIATE_TEST_SUITE_P(
              std::to_string(std::get<2>(info.param)) + "_out" +
              std::to_string(std::get<3>(info.param));
     });
+
+// q/k/v and gate/up read one x: MatMulShared rounds it once and runs the products as one job,
+// with the bits of MatMul one by one (packed weights; rows that leave a partial 16-row group),
+// and falls back to MatMul for weights that are not packed.
+TEST(MatMulShared, SameBitsAsOneMatMulEach) {
+  std::vector<CpuPrecision> precisions = {CpuPrecision::kFp32};
+  if (Int8GemmAvailable())
+    precisions = {CpuPrecision::kInt8, CpuPrecision::kInt8x2, CpuPrecision::kFp32};
+  for (CpuPrecision precision : precisions) {
+    SCOPED_TRACE(CpuPrecisionName(precision));
+    CpuBackend backend(2, precision);
+    std::mt19937 rng(17);
+    const int64_t in = 96;
+    std::vector<testing::RandomMatrix> ms;
+    for (auto [dtype, rows] :
+         {std::pair{DType::kQ4_1, 96}, std::pair{DType::kQ4_0, 40}, std::pair{DType::kQ8_0, 33}}) {
+      ms.push_back(MakeRandomMatrix(dtype, rows, in, rng));
+      if (backend.int8_matmuls()) {
+        ms.back().weight.int8 = PackInt8Weight(dtype, rows, in, ms.back().bytes.data(),
+                                               ms.back().weight.row_stride_bytes);
+      }
+    }
+    for (int64_t n : {1, 5, 32}) {
+      SCOPED_TRACE("n " + std::to_string(n));
+      Tensor x = backend.FromHost(RandomFloats(n * in, rng), {n, in});
+      std::vector<Tensor> shared, alone;
+      std::vector<const Weight*> ws;
+      std::vector<Tensor*> ys;
+      for (const auto& m : ms) {
+        shared.push_back(backend.Alloc({n, m.weight.rows}));
+        alone.push_back(backend.Alloc({n, m.weight.rows}));
+        ws.push_back(&m.weight);
+      }
+      for (Tensor& t : shared) ys.push_back(&t);
+      backend.MatMulShared(x, ws, ys);
+      for (size_t i = 0; i < ms.size(); ++i) {
+        backend.MatMul(x, ms[i].weight, &alone[i]);
+        EXPECT_EQ(std::memcmp(shared[i].data(), alone[i].data(), alone[i].numel() * sizeof(float)),
+                  0)
+            << "weight " << i;
+        // And not trivially: the product is not all zeros.
+        double mag = 0.0;
+        for (int64_t k = 0; k < alone[i].numel(); ++k) mag += std::fabs(alone[i].data()[k]);
+        EXPECT_GT(mag, 0.0);
+      }
+    }
+  }
+}
 
 TEST(LoadWeight, KeepsKernelTypesAndConvertsOthersToF32) {
   std::mt19937 rng(7);

@@ -138,7 +138,16 @@ void CpuBackend::AddBias(const Tensor& bias, Tensor* y) {
 void CpuBackend::Add(const Tensor& x, Tensor* y) {
   CheckSameShape(x, *y, "Add");
   const int64_t n = y->numel();
-  for (int64_t i = 0; i < n; ++i) y->data()[i] += x.data()[i];
+  const auto add = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) y->data()[i] += x.data()[i];
+  };
+  // Elementwise, so the split changes nothing but who computes; small inputs (decode of a few
+  // sequences) stay on the caller.
+  if (n >= 8192) {
+    pool_.ParallelFor(n, 1024, add);
+  } else {
+    add(0, n);
+  }
 }
 
 void CpuBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) {
@@ -201,20 +210,27 @@ void CpuBackend::Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) {
   TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
                 "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
   const int64_t heads = x->dim(1), hd = x->dim(2), half = hd / 2;
-  for (int64_t t = 0; t < x->dim(0); ++t) {
-    const float* c = cos_sin.row(t);
-    const float* s = c + half;
-    for (int64_t h = 0; h < heads; ++h) {
-      float* v = x->data() + (t * heads + h) * hd;
-      for (int64_t i = 0; i < half; ++i) {
-        // Rotate-half pairs (i, i + d/2); interleaved pairs (2i, 2i + 1).
-        float* a = interleaved ? v + 2 * i : v + i;
-        float* b = interleaved ? v + 2 * i + 1 : v + i + half;
-        const float x0 = *a, x1 = *b;
-        *a = x0 * c[i] - x1 * s[i];
-        *b = x1 * c[i] + x0 * s[i];
+  const auto rotate = [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* c = cos_sin.row(t);
+      const float* s = c + half;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* v = x->data() + (t * heads + h) * hd;
+        for (int64_t i = 0; i < half; ++i) {
+          // Rotate-half pairs (i, i + d/2); interleaved pairs (2i, 2i + 1).
+          float* a = interleaved ? v + 2 * i : v + i;
+          float* b = interleaved ? v + 2 * i + 1 : v + i + half;
+          const float x0 = *a, x1 = *b;
+          *a = x0 * c[i] - x1 * s[i];
+          *b = x1 * c[i] + x0 * s[i];
+        }
       }
     }
+  };
+  if (x->dim(0) * heads * hd >= 8192) {
+    pool_.ParallelFor(x->dim(0), 1, rotate);
+  } else {
+    rotate(0, x->dim(0));
   }
 }
 

@@ -33,6 +33,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/backend/backend.h"
+#include "worker/backend/cpu/int8_gemm.h"
 #include "worker/backend/cpu/thread_pool.h"
 
 namespace tpserve {
@@ -80,6 +81,9 @@ class CpuBackend final : public Backend {
   absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
 
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override;
+  // Packed weights: x is rounded to int8 once and all products run as one parallel job.
+  void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
+                    std::span<Tensor* const> ys) override;
   void AddBias(const Tensor& bias, Tensor* y) override;
   void Add(const Tensor& x, Tensor* y) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) override;
@@ -98,6 +102,9 @@ class CpuBackend final : public Backend {
   static constexpr int64_t kFusedMaxRows = 16;
 
  private:
+  // x rounded to int8 (one or two terms, as precision_ says) in a buffer of the calling thread.
+  Int8Activations* QuantizeInput(const Tensor& x);
+
   ThreadPool pool_;
   CpuPrecision precision_;
   KvDType kv_dtype_;

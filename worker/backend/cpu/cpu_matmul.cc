@@ -25,27 +25,67 @@ namespace {
 
 constexpr int64_t kTileRows = 128;
 
+void CheckMatMulShapes(const Tensor& x, const Weight& w, const Tensor& y) {
+  TPSERVE_CHECK(x.cols() == w.cols && y.rows() == x.rows() && y.cols() == w.rows,
+                "MatMul: x %s, weight [%lld, %lld], y %s", x.ShapeString().c_str(),
+                static_cast<long long>(w.rows), static_cast<long long>(w.cols),
+                y.ShapeString().c_str());
+}
+
 }  // namespace
+
+Int8Activations* CpuBackend::QuantizeInput(const Tensor& x) {
+  // The caller's buffer (a lambda naming a thread_local would see each pool thread's own).
+  thread_local Int8Activations buffer;
+  Int8Activations* xq = &buffer;
+  const int64_t n = x.rows(), in = x.cols();
+  xq->Resize(n, in, precision_ == CpuPrecision::kInt8x2 ? 2 : 1);
+  if (n >= 8) {
+    pool_.ParallelFor(n, 2,
+                      [&](int64_t b, int64_t e) { QuantizeActivations(x.data(), in, b, e, xq); });
+  } else {
+    QuantizeActivations(x.data(), in, 0, n, xq);
+  }
+  return xq;
+}
+
+void CpuBackend::MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
+                              std::span<Tensor* const> ys) {
+  TPSERVE_CHECK(ws.size() == ys.size(), "MatMulShared: %zu weights, %zu outputs", ws.size(),
+                ys.size());
+  bool packed = true;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    CheckMatMulShapes(x, *ws[i], *ys[i]);
+    packed &= ws[i]->int8 != nullptr;
+  }
+  if (!packed || ws.size() < 2 || x.rows() == 0) {
+    Backend::MatMulShared(x, ws, ys);
+    return;
+  }
+  const Int8Activations* xq = QuantizeInput(x);
+  // One job over the weights' 16-row groups laid end to end: group index g of the job is
+  // group g - first[i] of weight i.
+  std::vector<int64_t> first(ws.size() + 1, 0);
+  for (size_t i = 0; i < ws.size(); ++i) first[i + 1] = first[i] + ws[i]->int8->groups;
+  pool_.ParallelFor(first.back(), 2, [&](int64_t b, int64_t e) {
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const int64_t g0 = std::max(b, first[i]), g1 = std::min(e, first[i + 1]);
+      if (g0 < g1) {
+        Int8Gemm(*ws[i]->int8, *xq, g0 - first[i], g1 - first[i], ys[i]->data(), ws[i]->rows);
+      }
+    }
+  });
+}
 
 void CpuBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
   const int64_t n = x.rows(), in = w.cols, out = w.rows;
-  TPSERVE_CHECK(x.cols() == in && y->rows() == n && y->cols() == out,
-                "MatMul: x %s, weight [%lld, %lld], y %s", x.ShapeString().c_str(),
-                static_cast<long long>(out), static_cast<long long>(in), y->ShapeString().c_str());
+  CheckMatMulShapes(x, w, *y);
   if (n == 0) return;
   const float* xd = x.data();
   float* yd = y->data();
 
   if (w.int8 != nullptr) {
-    // The caller's buffer (a lambda naming a thread_local would see each pool thread's own).
-    thread_local Int8Activations buffer;
-    Int8Activations* xq = &buffer;
-    xq->Resize(n, in, precision_ == CpuPrecision::kInt8x2 ? 2 : 1);
-    if (n >= 8) {
-      pool_.ParallelFor(n, 2, [&](int64_t b, int64_t e) { QuantizeActivations(xd, in, b, e, xq); });
-    } else {
-      QuantizeActivations(xd, in, 0, n, xq);
-    }
+    const Int8Activations* xq = QuantizeInput(x);
     pool_.ParallelFor(w.int8->groups, 2,
                       [&](int64_t b, int64_t e) { Int8Gemm(*w.int8, *xq, b, e, yd, out); });
     return;
