@@ -5,7 +5,8 @@
 // Matmul precision (CpuPrecision):
 // - kInt8x2 (the default where the build has AVX-512 VNNI): Q4_0/Q4_1/Q8_0 weights are packed
 //   at load and multiply activations held as two int8 terms per element (~15 bits), in
-//   integers (cpu/int8_gemm.h). SmolLM2's logits stay within ~3e-4 of transformers' fp32.
+//   integers (cpu/int8_gemm.h). SmolLM2's logits stay within ~6e-4 of transformers' fp32 (with
+//   the fp16 KV cache; ~3e-4 with an fp32 one).
 // - kInt8: the same with one int8 term, llama.cpp's rounding: ~1.5x faster at large batches,
 //   logits move by a few percent (a greedy continuation may differ at a near-tie).
 // - kFp32: every weight is dequantised to fp32 and multiplies fp32 activations (exact up to
