@@ -188,12 +188,21 @@ std::vector<OpCase> MakeCases() {
         seqs.push_back({.token_begin = 42, .num_tokens = 1, .start_pos = 50});
         rows = 44;
       }
+      // Each sequence's cached history (positions before start_pos) is written with WriteKv
+      // first, then the step's rows: the pools' layout is each backend's own (backend.h), so
+      // only what Attention reads back through the block tables is compared.
+      auto hist_slots = std::make_shared<std::vector<int64_t>>();
+      for (size_t s = 0; s < seqs.size(); ++s) {
+        for (int64_t p = 0; p < seqs[s].start_pos; ++p) {
+          hist_slots->push_back((*tables)[s][p / bs] * bs + p % bs);
+        }
+      }
+      const int64_t hist = static_cast<int64_t>(hist_slots->size());
+      auto k_hist = std::make_shared<std::vector<float>>(RandomFloats(hist * kv_heads * hd, *rng));
+      auto v_hist = std::make_shared<std::vector<float>>(RandomFloats(hist * kv_heads * hd, *rng));
       auto q = std::make_shared<std::vector<float>>(RandomFloats(rows * heads * hd, *rng));
       auto k = std::make_shared<std::vector<float>>(RandomFloats(rows * kv_heads * hd, *rng));
       auto v = std::make_shared<std::vector<float>>(RandomFloats(rows * kv_heads * hd, *rng));
-      const int64_t pool = blocks * bs * kv_heads * hd;
-      auto k_cache = std::make_shared<std::vector<float>>(RandomFloats(pool, *rng));
-      auto v_cache = std::make_shared<std::vector<float>>(RandomFloats(pool, *rng));
       auto slots = std::make_shared<std::vector<int64_t>>();
       for (size_t s = 0; s < seqs.size(); ++s) {
         for (int64_t t = 0; t < seqs[s].num_tokens; ++t) {
@@ -202,35 +211,38 @@ std::vector<OpCase> MakeCases() {
         }
       }
       while (static_cast<int64_t>(slots->size()) < rows) slots->push_back(23 * bs);  // padding
-      cases.push_back({"Attention_hd" + std::to_string(hd) + (decode ? "_decode" : "_prefill"),
-                       false, [=](Backend& be) {
-                         std::vector<AttentionSeq> ss = seqs;
-                         for (size_t s = 0; s < ss.size(); ++s) ss[s].block_table = (*tables)[s];
-                         Tensor kc = be.FromHost(*k_cache, {blocks, bs, kv_heads, hd});
-                         Tensor vc = be.FromHost(*v_cache, {blocks, bs, kv_heads, hd});
-                         const KvLayerView view{.k = kc.data(),
-                                                .v = vc.data(),
-                                                .num_blocks = blocks,
-                                                .block_size = bs,
-                                                .kv_heads = kv_heads,
-                                                .head_dim = hd};
-                         be.WriteKv(be.FromHost(*k, {rows, kv_heads, hd}),
-                                    be.FromHost(*v, {rows, kv_heads, hd}), *slots, view);
-                         Tensor out = Poisoned(be, {rows, heads, hd});
-                         // This rank: global query heads 3..8 of 9, global KV heads 1..2 of 3
-                         // (group 3).
-                         be.Attention(
-                             be.FromHost(*q, {rows, heads, hd}), view, ss,
-                             AttentionParams{.scale = 1.0f / std::sqrt(static_cast<float>(hd)),
-                                             .group_size = 3,
-                                             .q_head_begin = 3,
-                                             .kv_head_begin = 1},
-                             &out);
-                         std::vector<float> result = be.ToHost(out);
-                         std::vector<float> cache = be.ToHost(kc);
-                         result.insert(result.end(), cache.begin(), cache.end());
-                         return result;
-                       }});
+      cases.push_back(
+          {"Attention_hd" + std::to_string(hd) + (decode ? "_decode" : "_prefill"), false,
+           [=](Backend& be) {
+             std::vector<AttentionSeq> ss = seqs;
+             for (size_t s = 0; s < ss.size(); ++s) ss[s].block_table = (*tables)[s];
+             // fp32 floats hold a pool of any KV dtype.
+             Tensor kc = be.Alloc({blocks * bs * kv_heads * hd});
+             Tensor vc = be.Alloc({blocks * bs * kv_heads * hd});
+             const KvLayerView view{.k = kc.data(),
+                                    .v = vc.data(),
+                                    .dtype = be.kv_dtype(),
+                                    .num_blocks = blocks,
+                                    .block_size = bs,
+                                    .kv_heads = kv_heads,
+                                    .head_dim = hd};
+             if (hist > 0) {
+               be.WriteKv(be.FromHost(*k_hist, {hist, kv_heads, hd}),
+                          be.FromHost(*v_hist, {hist, kv_heads, hd}), *hist_slots, view);
+             }
+             be.WriteKv(be.FromHost(*k, {rows, kv_heads, hd}),
+                        be.FromHost(*v, {rows, kv_heads, hd}), *slots, view);
+             Tensor out = Poisoned(be, {rows, heads, hd});
+             // This rank: global query heads 3..8 of 9, global KV heads 1..2 of 3
+             // (group 3).
+             be.Attention(be.FromHost(*q, {rows, heads, hd}), view, ss,
+                          AttentionParams{.scale = 1.0f / std::sqrt(static_cast<float>(hd)),
+                                          .group_size = 3,
+                                          .q_head_begin = 3,
+                                          .kv_head_begin = 1},
+                          &out);
+             return be.ToHost(out);
+           }});
       (void)global_kv;
     }
   }
