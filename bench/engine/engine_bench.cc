@@ -165,7 +165,8 @@ int Run(const Options& o) {
     return 2;
   }
   CpuBackend backend(threads, *precision);
-  std::printf("matmul precision: %s\n", CpuPrecisionName(backend.precision()));
+  std::printf("matmul precision: %s, KV cache %s\n", CpuPrecisionName(backend.precision()),
+              KvDTypeName(backend.kv_dtype()));
   LocalCommunicator comm;
   auto model = LoadCausalLm(*files, SingleRankPlan(c), backend, comm);
   if (!model.ok()) {
