@@ -49,11 +49,6 @@ inline void Store16(__m512 x, uint16_t* p, __mmask16 m) {
 }
 #endif
 
-inline void PrefetchBytes(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-}
-
 // Where one KV head's part of each block lives, for one layer.
 template <typename T>
 struct HeadPools {

@@ -103,8 +103,10 @@ class CpuBackend final : public Backend {
   static constexpr int64_t kFusedMaxRows = 16;
 
  private:
-  // x rounded to int8 (one or two terms, as precision_ says) in a buffer of the calling thread.
-  Int8Activations* QuantizeInput(const Tensor& x);
+  // ys[i] = x · ws[i]ᵀ for packed weights (x.rows() > 0, shapes checked): x rounded to int8
+  // once (one or two terms, as precision_ says), the products as one pool job.
+  void PackedMatMul(const Tensor& x, std::span<const Weight* const> ws,
+                    std::span<Tensor* const> ys);
 
   ThreadPool pool_;
   CpuPrecision precision_;

@@ -34,8 +34,10 @@ void CheckMatMulShapes(const Tensor& x, const Weight& w, const Tensor& y) {
 
 }  // namespace
 
-Int8Activations* CpuBackend::QuantizeInput(const Tensor& x) {
-  // The caller's buffer (a lambda naming a thread_local would see each pool thread's own).
+void CpuBackend::PackedMatMul(const Tensor& x, std::span<const Weight* const> ws,
+                              std::span<Tensor* const> ys) {
+  // x rounded once, in the caller's buffer (a lambda naming a thread_local would see each pool
+  // thread's own).
   thread_local Int8Activations buffer;
   Int8Activations* xq = &buffer;
   const int64_t n = x.rows(), in = x.cols();
@@ -46,23 +48,6 @@ Int8Activations* CpuBackend::QuantizeInput(const Tensor& x) {
   } else {
     QuantizeActivations(x.data(), in, 0, n, xq);
   }
-  return xq;
-}
-
-void CpuBackend::MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
-                              std::span<Tensor* const> ys) {
-  TPSERVE_CHECK(ws.size() == ys.size(), "MatMulShared: %zu weights, %zu outputs", ws.size(),
-                ys.size());
-  bool packed = true;
-  for (size_t i = 0; i < ws.size(); ++i) {
-    CheckMatMulShapes(x, *ws[i], *ys[i]);
-    packed &= ws[i]->int8 != nullptr;
-  }
-  if (!packed || ws.size() < 2 || x.rows() == 0) {
-    Backend::MatMulShared(x, ws, ys);
-    return;
-  }
-  const Int8Activations* xq = QuantizeInput(x);
   // One job over the weights' 16-row groups laid end to end: group index g of the job is
   // group g - first[i] of weight i.
   std::vector<int64_t> first(ws.size() + 1, 0);
@@ -77,6 +62,22 @@ void CpuBackend::MatMulShared(const Tensor& x, std::span<const Weight* const> ws
   });
 }
 
+void CpuBackend::MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
+                              std::span<Tensor* const> ys) {
+  TPSERVE_CHECK(ws.size() == ys.size(), "MatMulShared: %zu weights, %zu outputs", ws.size(),
+                ys.size());
+  bool packed = true;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    CheckMatMulShapes(x, *ws[i], *ys[i]);
+    packed &= ws[i]->int8 != nullptr;
+  }
+  if (!packed) {
+    Backend::MatMulShared(x, ws, ys);
+  } else if (x.rows() > 0) {
+    PackedMatMul(x, ws, ys);
+  }
+}
+
 void CpuBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
   const int64_t n = x.rows(), in = w.cols, out = w.rows;
   CheckMatMulShapes(x, w, *y);
@@ -85,9 +86,9 @@ void CpuBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
   float* yd = y->data();
 
   if (w.int8 != nullptr) {
-    const Int8Activations* xq = QuantizeInput(x);
-    pool_.ParallelFor(w.int8->groups, 2,
-                      [&](int64_t b, int64_t e) { Int8Gemm(*w.int8, *xq, b, e, yd, out); });
+    const Weight* ws[] = {&w};
+    Tensor* ys[] = {y};
+    PackedMatMul(x, ws, ys);
     return;
   }
 

@@ -8,6 +8,7 @@
 #include "worker/backend/check.h"
 #include "worker/backend/cpu/static_dispatch.h"
 #include "worker/backend/cpu/thread_pool.h"
+#include "worker/backend/cpu/vec_math.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
@@ -281,12 +282,6 @@ inline __m512i BlockDot(__m512i u0, __m512i u1, __m512i u2, __m512i u3, __m512i 
 // batch 1 2.9 -> 2.3 ms per forward pass's matmuls).
 constexpr int64_t kPrefetchBytes = 4096;
 
-inline void Prefetch(const uint8_t* p, int64_t bytes) {
-  for (int64_t o = 0; o < bytes; o += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + o), _MM_HINT_T0);
-  }
-}
-
 // NJ activation rows x the 16 rows of group g. Per block, the 16 x 32 weights are unpacked
 // once into u[8] (lane r of u[m]: elements 4m..4m+3 of row r) and stay in registers while
 // every activation row is multiplied with them. With kPrefetch, the weights kPrefetchBytes
@@ -307,7 +302,7 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
   const __m512i nib = _mm512_set1_epi8(0x0F);
   const uint8_t* blk = w.block(g, 0);
   for (int64_t b = 0; b < nb; ++b, blk += w.block_bytes) {
-    if constexpr (kPrefetch) Prefetch(blk + kPrefetchBytes, w.block_bytes);
+    if constexpr (kPrefetch) PrefetchBytes(blk + kPrefetchBytes, w.block_bytes);
     const uint8_t* packed = blk + kHeaderBytes;
     __m512i u[8];
     if constexpr (kFourBit) {
@@ -356,7 +351,8 @@ template <bool kFourBit, bool kMin, int kOffset, int kTerms>
 void GemmGroups(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, int64_t g1,
                 float* y, int64_t ldy) {
   // The start of this call's weights: the kernel prefetches the rest as it goes.
-  Prefetch(w.block(g0, 0), std::min(kPrefetchBytes, (g1 - g0) * (w.cols / kBlock) * w.block_bytes));
+  PrefetchBytes(w.block(g0, 0),
+                std::min(kPrefetchBytes, (g1 - g0) * (w.cols / kBlock) * w.block_bytes));
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t valid = std::min<int64_t>(kRows, w.rows - g * kRows);
     const __mmask16 mask = valid == kRows ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1);
