@@ -5,10 +5,11 @@
 //   prefill: GFLOP/s of the forward's matmuls vs cblas_sgemm GFLOP/s on the same shapes.
 // With --batch, also decodes B sequences at once (one token each per step) and prints the
 // aggregate tokens/s per batch size and its ratio to one sequence: how batching scales.
+// With --op-times, each batched run also prints where a step's time goes, op by op.
 // Nothing here is asserted; see the final report / README for recorded numbers.
 //
 // Usage: engine_bench [--model PATH] [--threads N] [--prompt-tokens N] [--decode-tokens N]
-//                     [--precision int8x2|int8|fp32] [--batch 1,8,32]
+//                     [--precision int8x2|int8|fp32] [--batch 1,8,32] [--op-times]
 #include <cblas.h>
 
 #include <CLI/CLI.hpp>
@@ -25,6 +26,7 @@
 #include <immintrin.h>
 #endif
 
+#include "bench/engine/timing_backend.h"
 #include "worker/backend/cpu/cpu_backend.h"
 #include "worker/backend/cpu/thread_pool.h"
 #include "worker/kv/kv_cache.h"
@@ -88,12 +90,14 @@ struct Options {
   int threads = 2, prompt_tokens = 128, decode_tokens = 64;
   std::string precision = "default";
   std::vector<int> batch;
+  bool op_times = false;
 };
 
 // Aggregate decode tokens/s of `b` sequences decoding together (each after its own prefill of
 // the same prompt), `steps` steps.
+// The op times of `timer` cover the decode steps only; *seconds is their total wall time.
 double BatchedDecode(ModelRunner& runner, const std::vector<int32_t>& prompt, int b, int steps,
-                     int64_t blocks_per_seq) {
+                     int64_t blocks_per_seq, TimingBackend* timer, double* seconds) {
   std::vector<std::vector<int32_t>> tables(b);
   for (int s = 0; s < b; ++s) {
     for (int64_t i = 0; i < blocks_per_seq; ++i)
@@ -111,6 +115,7 @@ double BatchedDecode(ModelRunner& runner, const std::vector<int32_t>& prompt, in
   }
   std::vector<int32_t> next = r->tokens;
   const int64_t p = static_cast<int64_t>(prompt.size());
+  timer->Reset();
   const auto start = Clock::now();
   for (int i = 0; i < steps; ++i) {
     Step step;
@@ -125,7 +130,8 @@ double BatchedDecode(ModelRunner& runner, const std::vector<int32_t>& prompt, in
     }
     next = d->tokens;
   }
-  return static_cast<double>(b) * steps / Seconds(Clock::now() - start);
+  *seconds = Seconds(Clock::now() - start);
+  return static_cast<double>(b) * steps / *seconds;
 }
 
 int Run(const Options& o) {
@@ -164,9 +170,10 @@ int Run(const Options& o) {
     std::fprintf(stderr, "%s\n", precision.status().ToString().c_str());
     return 2;
   }
-  CpuBackend backend(threads, *precision);
-  std::printf("matmul precision: %s, KV cache %s\n", CpuPrecisionName(backend.precision()),
-              KvDTypeName(backend.kv_dtype()));
+  CpuBackend cpu(threads, *precision);
+  std::printf("matmul precision: %s, KV cache %s\n", CpuPrecisionName(cpu.precision()),
+              KvDTypeName(cpu.kv_dtype()));
+  TimingBackend backend(cpu);
   LocalCommunicator comm;
   auto model = LoadCausalLm(*files, SingleRankPlan(c), backend, comm);
   if (!model.ok()) {
@@ -257,13 +264,24 @@ int Run(const Options& o) {
   double one = 0.0;
   for (int b : o.batch) {
     if (b < 1) continue;
-    const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks);
+    double step_s = 0.0;
+    const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks, &backend, &step_s);
     if (one == 0.0) one = b == 1 ? tps : 0.0;
     std::printf(
         "batched decode: %2d sequences x %d steps: %7.1f tok/s aggregate, %6.2f ms/step%s\n", b,
         decode_tokens, tps, 1e3 * b / tps,
         one > 0.0 ? (" = " + std::to_string(tps / one).substr(0, 4) + "x one sequence").c_str()
                   : "");
+    if (o.op_times) {
+      double ops = 0.0;
+      std::string line;
+      for (const auto& [name, t] : backend.totals()) {
+        ops += t.seconds;
+        line += " " + name + " " + std::to_string(1e3 * t.seconds / decode_tokens).substr(0, 5);
+      }
+      std::printf("  ms/step by op:%s, outside ops %.2f\n", line.c_str(),
+                  1e3 * (step_s - ops) / decode_tokens);
+    }
   }
   return 0;
 }
@@ -287,6 +305,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"int8x2", "int8", "fp32", "default"}));
   app.add_option("--batch", o.batch, "batch sizes for the batched decode runs, e.g. 1,8,32")
       ->delimiter(',');
+  app.add_flag("--op-times", o.op_times, "print each batched run's step time split by op");
   CLI11_PARSE(app, argc, argv);
   return tpserve::Run(o);
 }
