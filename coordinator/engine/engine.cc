@@ -69,12 +69,17 @@ absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOption
     return absl::InvalidArgumentError(
         absl::StrCat("n: ", o.n, " completions; give 1 to ", kMaxCompletions));
   }
-  // Forked completions join the running set at once (past max_num_seqs by at most n - 1 for a
-  // while, see Scheduler::Fork); more than a whole batch could never run together.
+  // The n completions hold n places in the running set from admission (Scheduler::Fork) and
+  // count n against the queue limit: more than a whole batch or queue could never run.
   if (o.n > config_.scheduler.max_num_seqs) {
     return absl::InvalidArgumentError(
         absl::StrCat("n: ", o.n, " completions exceed the server's batch of ",
                      config_.scheduler.max_num_seqs, " sequences (--max-seqs)"));
+  }
+  if (o.n > config_.scheduler.max_waiting) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n: ", o.n, " completions exceed the server's queue limit of ",
+                     config_.scheduler.max_waiting, " sequences (--max-waiting)"));
   }
   for (TokenId t : o.stop_token_ids) {
     if (t < 0 || t >= config_.vocab_size) {
@@ -109,9 +114,10 @@ absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOption
   }
   absl::MutexLock lock(&mu_);
   if (stop_) return absl::UnavailableError("the server is shutting down");
-  if (queued_ >= config_.scheduler.max_waiting) {
+  if (queued_ + r->options.n > config_.scheduler.max_waiting) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("queue full (", queued_, " requests waiting); retry later"));
+        absl::StrCat("queue full (", queued_, " sequences waiting, limit ",
+                     config_.scheduler.max_waiting, "); retry later"));
   }
   r->seq = next_seq_;
   next_seq_ += r->options.n;
@@ -122,7 +128,7 @@ absl::StatusOr<std::string> Engine::Submit(std::string request_id, RequestOption
   }
   r->id = request_id;
   live_ids_[request_id] = r->seq;
-  ++queued_;
+  queued_ += r->options.n;
   inbox_.push_back(std::move(r));
   return request_id;
 }
@@ -193,7 +199,8 @@ void Engine::TakeInbox() {
                                  .stop = {.max_tokens = req.options.max_tokens,
                                           .min_tokens = req.options.min_tokens,
                                           .stop_token_ids = req.options.stop_token_ids,
-                                          .ignore_eos = req.options.ignore_eos}};
+                                          .ignore_eos = req.options.ignore_eos},
+                                 .fan_out = req.options.n};
     absl::Status st = scheduler_->Add(std::move(spec));
     if (!st.ok()) Fail(req, st);
   }
@@ -213,7 +220,7 @@ void Engine::TakeInbox() {
     }
   }
   absl::MutexLock lock(&mu_);
-  queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
+  queued_ = QueuedLocked();
 }
 
 bool Engine::RunStep() {
@@ -342,9 +349,15 @@ bool Engine::RunStep() {
   return true;
 }
 
+int Engine::QueuedLocked() const {
+  int n = scheduler_->waiting_demand();
+  for (const auto& r : inbox_) n += r->options.n;
+  return n;
+}
+
 void Engine::RefreshQueueStats() {
   absl::MutexLock lock(&mu_);
-  queued_ = scheduler_->num_waiting() + static_cast<int>(inbox_.size());
+  queued_ = QueuedLocked();
   stats_.running = scheduler_->num_running();
   stats_.waiting = scheduler_->num_waiting();
   stats_.blocks = scheduler_->block_manager().Usage();

@@ -163,7 +163,9 @@ class Engine {
   std::deque<std::string> aborts_ ABSL_GUARDED_BY(mu_);
   // Ids of requests submitted and not finished (inbox or scheduler).
   absl::flat_hash_map<std::string, scheduler::SeqId> live_ids_ ABSL_GUARDED_BY(mu_);
-  int queued_ ABSL_GUARDED_BY(mu_) = 0;  // inbox + scheduler waiting queue
+  // Sequences in the inbox + the scheduler's waiting queue, n > 1 requests counting n.
+  int queued_ ABSL_GUARDED_BY(mu_) = 0;
+  int QueuedLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;

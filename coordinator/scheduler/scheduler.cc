@@ -39,12 +39,18 @@ absl::Status Scheduler::Add(SequenceSpec spec) {
         absl::StrCat("min_tokens: must be in [0, max_tokens=", spec.stop.max_tokens, "], got ",
                      spec.stop.min_tokens));
   }
-  if (num_waiting() >= config_.max_waiting) {
+  if (spec.fan_out < 1 || spec.fan_out > std::min(config_.max_num_seqs, config_.max_waiting)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "n: ", spec.fan_out, " completions; give 1 to ",
+        std::min(config_.max_num_seqs, config_.max_waiting), " (the batch and the queue limit)"));
+  }
+  if (waiting_demand() + spec.fan_out > config_.max_waiting) {
     return absl::ResourceExhaustedError(
-        absl::StrCat(num_waiting(), " requests are waiting, the configured limit is ",
-                     config_.max_waiting, "; retry later"));
+        absl::StrCat(waiting_demand(), " sequences are waiting (forks included), the configured ",
+                     "limit is ", config_.max_waiting, "; retry later"));
   }
   auto seq = std::make_unique<Sequence>(spec.id, std::move(spec.prompt), std::move(spec.stop));
+  seq->set_forks_left(spec.fan_out - 1);
   waiting_.push_back(spec.id);
   seqs_.emplace(spec.id, std::move(seq));
   return absl::OkStatus();
@@ -73,6 +79,9 @@ absl::Status Scheduler::Fork(SeqId parent_id, SeqId child_id, ForkFirstToken fir
     // Leave at least the last prompt token to recompute: its logits give the child's first token.
     shared_blocks = std::min(shared_blocks, (parent.num_tokens() - 1) / blocks_.block_size());
   }
+  // The child takes one of the places the parent held since admission (none held: a caller
+  // forking beyond its fan_out; the child then goes past max_num_seqs until others finish).
+  if (parent.forks_left() > 0) it->second->set_forks_left(parent.forks_left() - 1);
   auto child = std::make_unique<Sequence>(parent.Fork(child_id));
   child->set_status(SequenceStatus::kRunning);
   child->set_num_computed(shared_blocks * blocks_.block_size());
@@ -83,6 +92,18 @@ absl::Status Scheduler::Fork(SeqId parent_id, SeqId child_id, ForkFirstToken fir
   seqs_.emplace(child_id, std::move(child));
   if (!own_step) ++num_awaiting_;
   return absl::OkStatus();
+}
+
+int Scheduler::waiting_demand() const {
+  int n = 0;
+  for (SeqId id : waiting_) n += 1 + seqs_.at(id)->forks_left();
+  return n;
+}
+
+int Scheduler::running_demand() const {
+  int n = 0;
+  for (SeqId id : running_) n += 1 + seqs_.at(id)->forks_left();
+  return n;
 }
 
 absl::Status Scheduler::Abort(SeqId id, FinishReason reason) {

@@ -52,14 +52,16 @@ class Scheduler {
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(const SchedulerConfig& config);
 
   // Queues a new sequence. INVALID_ARGUMENT names the bad field; RESOURCE_EXHAUSTED when
-  // max_waiting sequences already wait (shed load); ALREADY_EXISTS for a live id.
+  // the queue would pass max_waiting sequences, counting the forks of n > 1 ones (shed load);
+  // ALREADY_EXISTS for a live id.
   absl::Status Add(SequenceSpec spec);
 
   // n > 1 completions: `child` becomes a copy of `parent` that shares the parent's full blocks
   // (reference counted) and recomputes only the partial last block. Call it between the Schedule
-  // that samples `parent` (typically the end of its prefill) and the matching Update. Children
-  // count as running sequences: they may take the running set past max_num_seqs, and admission
-  // then waits until it is below again. How the child gets its first token:
+  // that samples `parent` (typically the end of its prefill) and the matching Update. A parent
+  // added with fan_out = n holds n places in the running set from admission, and each child
+  // takes one of them, so forking never passes max_num_seqs (forking more than fan_out - 1
+  // times is allowed, and then does). How the child gets its first token:
   //   kFromParentStep  the caller samples it from the parent's logits and gives it to the child
   //                    in that Update (needs an executor that samples one position twice).
   //   kOwnStep         the child is not sampled in the pending step: it shares one block fewer
@@ -95,6 +97,10 @@ class Scheduler {
   QueueSnapshot Queues() const;
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  // Sequences the waiting queue / running set stand for once every pending fork is made
+  // (what max_waiting / max_num_seqs bound).
+  int waiting_demand() const;
+  int running_demand() const;
   bool HasUnfinished() const { return !seqs_.empty(); }
   const BlockManager& block_manager() const { return blocks_; }
   const SchedulerConfig& config() const { return config_; }

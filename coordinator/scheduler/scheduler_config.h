@@ -17,7 +17,7 @@ struct SchedulerConfig {
   // Per step: at most this many tokens fed in total (decode tokens + prefill chunks) ...
   int max_num_batched_tokens = 2048;
   // ... and at most this many running sequences (each running one is scheduled every step while
-  // the token budget lasts).
+  // the token budget lasts). A sequence with n > 1 completions holds n places from admission.
   int max_num_seqs = 64;
   // Long prompts are prefilled in chunks of what the budget leaves. When false a prompt is only
   // admitted if it fits the remaining budget whole.
@@ -26,7 +26,8 @@ struct SchedulerConfig {
   // take the whole step from the others waiting behind it.
   int max_prefill_chunk = 0;
 
-  // Sequences allowed to wait (new plus preempted); Add answers RESOURCE_EXHAUSTED past it.
+  // Sequences allowed to wait (new plus preempted, one with n > 1 completions counting n); Add
+  // answers RESOURCE_EXHAUSTED past it.
   int max_waiting = 1024;
   // Context length of the model: prompt + output never exceeds it.
   int max_model_len = 8192;

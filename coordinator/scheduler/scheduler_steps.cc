@@ -99,9 +99,11 @@ void Scheduler::PreemptNewest(StepState& step) {
 }
 
 void Scheduler::AdmitWaiting(StepState& step) {
-  while (!waiting_.empty() && step.budget > 0 &&
-         static_cast<int>(running_.size()) < config_.max_num_seqs) {
+  // Places in the running set: each running sequence's and those its forks will take.
+  int held = running_demand();
+  while (!waiting_.empty() && step.budget > 0) {
     Sequence& seq = *seqs_.at(waiting_.front());
+    if (held + 1 + seq.forks_left() > config_.max_num_seqs) break;
     const PrefixHit hit = blocks_.FindCachedPrefix(seq.tokens());
     const int cached = hit.num_tokens(blocks_.block_size());
     const int n = ChunkSize(seq.num_tokens() - cached, step.budget);
@@ -110,6 +112,7 @@ void Scheduler::AdmitWaiting(StepState& step) {
     if (!blocks_.AllocateNew(seq.id(), hit, cached + n)) break;
     waiting_.pop_front();
     running_.push_back(seq.id());
+    held += 1 + seq.forks_left();
     seq.set_status(SequenceStatus::kRunning);
     seq.set_num_computed(cached);
     seq.set_num_cached_tokens(cached);

@@ -68,6 +68,7 @@ Sequence Sequence::Fork(SeqId child_id) const {
   child.status_ = SequenceStatus::kWaiting;
   child.num_computed_ = 0;
   child.num_preemptions_ = 0;
+  child.forks_left_ = 0;
   child.abort_reason_ = FinishReason::kNone;
   return child;
 }

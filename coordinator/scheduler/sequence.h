@@ -51,6 +51,9 @@ struct SequenceSpec {
   SeqId id = 0;
   std::vector<TokenId> prompt;
   StopConditions stop;
+  // Completions this sequence becomes (n): it is forked fan_out - 1 times after its prefill
+  // (Scheduler::Fork), and holds that many places in the running set from admission on.
+  int fan_out = 1;
 };
 
 class Sequence {
@@ -81,6 +84,8 @@ class Sequence {
   // True between a step that samples this sequence and the Update that delivers the token.
   bool awaiting_token() const { return awaiting_token_; }
   bool abort_requested() const { return abort_reason_ != FinishReason::kNone; }
+  // Forks still to come (fan_out - 1 at first; a fork's child has none).
+  int forks_left() const { return forks_left_; }
   FinishReason abort_reason() const { return abort_reason_; }
 
   // Appends a sampled token and returns why the sequence stops now (kNone: it goes on).
@@ -96,6 +101,7 @@ class Sequence {
   void set_finish_reason(FinishReason r) { finish_reason_ = r; }
   void RequestAbort(FinishReason r) { abort_reason_ = r; }
   void CountPreemption() { ++num_preemptions_; }
+  void set_forks_left(int n) { forks_left_ = n; }
 
   // A copy with a new id for an n > 1 completion: same tokens and stop conditions, no blocks yet.
   Sequence Fork(SeqId child_id) const;
@@ -111,6 +117,7 @@ class Sequence {
   int num_computed_ = 0;
   int num_cached_tokens_ = 0;
   int num_preemptions_ = 0;
+  int forks_left_ = 0;
   bool awaiting_token_ = false;
 };
 

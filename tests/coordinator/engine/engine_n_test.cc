@@ -343,12 +343,36 @@ TEST(EngineNTest, RejectsNOutsideOneToSixteenOrPastTheBatch) {
   SeededExecutor exec;
   auto engine = Engine::Create(Config(), exec, nullptr);  // max_num_seqs 8
   ASSERT_TRUE(engine.ok()) << engine.status();
-  for (int n : {0, 17, 9}) {
+  for (int n : {0, 17, 9, 5}) {  // 9 passes the batch (8), 5 the queue limit (4)
     Collector c;
     auto st = (*engine)->Submit("", Opts(n, 1, 2), c.Sink());
     EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_EQ(st.status().message().substr(0, 2), "n:");
   }
+}
+
+TEST(EngineNTest, NCompletionsCountNAgainstTheQueueAndTheBatch) {
+  SeededExecutor exec;
+  exec.PauseAt(1);  // the loop thread waits inside step 1: later submissions stay queued
+  EngineConfig config = Config();
+  config.scheduler.max_num_seqs = 4;  // max_waiting 4 too
+  auto engine = Engine::Create(config, exec, nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  Engine& e = **engine;
+  Collector a, b, c, d;
+  ASSERT_TRUE(e.Submit("a", Opts(4, 1, 3), a.Sink()).ok());  // the whole batch
+  ASSERT_TRUE(exec.WaitPaused());
+  ASSERT_TRUE(e.Submit("b", Opts(3, 2, 3), b.Sink()).ok());  // 3 of the 4 queue places
+  const auto full = e.Submit("c", Opts(2, 3, 3), c.Sink());
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
+  ASSERT_TRUE(e.Submit("d", Opts(1, 4, 3), d.Sink()).ok());  // the last place
+  exec.Resume();
+  for (Collector* col : {&a, &b, &d}) ASSERT_TRUE(col->Wait());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(b.Ids(i), Expected(2 + i, 3)) << "completion " << i;
+  // "a" held all 4 places from its admission, then "b" 3: no step ran more than 4 sequences.
+  for (const StepPlan& plan : exec.plans()) EXPECT_LE(plan.sequences.size(), 4u);
+  const EngineStats s = WaitForEmptyPool(e);
+  EXPECT_EQ(s.blocks.used, 0);
 }
 
 class RecordingObserver : public EngineObserver {

@@ -82,6 +82,66 @@ TEST(SchedulerApiTest, FullWaitingQueueShedsLoad) {
   EXPECT_TRUE(s->Add({.id = 3, .prompt = {1, 2}}).ok());
 }
 
+TEST(SchedulerApiTest, FanOutCountsAgainstTheQueueLimit) {
+  auto s = Make(SmallConfig());  // max_waiting 2, max_num_seqs 4
+  EXPECT_THAT(s->Add({.id = 1, .prompt = {1, 2}, .fan_out = 3}).message(), HasSubstr("n: 3"));
+  EXPECT_EQ(s->Add({.id = 1, .prompt = {1, 2}, .fan_out = 0}).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(s->Add({.id = 1, .prompt = {1, 2}, .fan_out = 2}).ok());
+  EXPECT_EQ(s->waiting_demand(), 2);
+  // One sequence waits, but it stands for two: the queue is full.
+  EXPECT_EQ(s->Add({.id = 2, .prompt = {1, 2}}).code(), absl::StatusCode::kResourceExhausted);
+}
+
+TEST(SchedulerApiTest, FanOutHoldsPlacesInTheBatchFromAdmission) {
+  SchedulerConfig c = SmallConfig();
+  c.max_num_seqs = 3;
+  c.max_waiting = 8;
+  auto s = Make(c);
+  ASSERT_TRUE(
+      s->Add({.id = 1, .prompt = MakePrompt(5, 1), .stop = {.max_tokens = 4}, .fan_out = 2}).ok());
+  ASSERT_TRUE(s->Add({.id = 10, .prompt = MakePrompt(5, 2), .stop = {.max_tokens = 4}}).ok());
+  ASSERT_TRUE(s->Add({.id = 11, .prompt = MakePrompt(5, 3), .stop = {.max_tokens = 4}}).ok());
+  auto out = s->Schedule();
+  ASSERT_TRUE(out.ok());
+  // Sequence 1 holds two places (itself and its fork to come), 10 the third; 11 waits although
+  // only two sequences run.
+  ASSERT_EQ(out->scheduled.size(), 2u);
+  EXPECT_EQ(out->scheduled[0].seq_id, 1);
+  EXPECT_EQ(out->scheduled[1].seq_id, 10);
+  EXPECT_EQ(s->num_running(), 2);
+  EXPECT_EQ(s->running_demand(), 3);
+  ASSERT_TRUE(s->Fork(1, 2).ok());  // takes the held place: never past max_num_seqs
+  EXPECT_EQ(s->num_running(), 3);
+  EXPECT_EQ(s->running_demand(), 3);
+  ASSERT_TRUE(s->Update({{{1, 7}, {2, 8}, {10, 9}}}).ok());
+  out = s->Schedule();
+  ASSERT_TRUE(out.ok());
+  for (const ScheduledSequence& sch : out->scheduled) EXPECT_NE(sch.seq_id, 11);
+  EXPECT_EQ(s->num_running(), 3);
+  EXPECT_TRUE(s->CheckInvariants().ok()) << s->CheckInvariants();
+}
+
+TEST(SchedulerApiTest, AnAbortedParentReleasesTheForksItHeld) {
+  SchedulerConfig c = SmallConfig();
+  c.max_num_seqs = 3;
+  c.max_waiting = 8;
+  auto s = Make(c);
+  ASSERT_TRUE(
+      s->Add({.id = 1, .prompt = MakePrompt(5, 1), .stop = {.max_tokens = 4}, .fan_out = 3}).ok());
+  ASSERT_TRUE(s->Add({.id = 10, .prompt = MakePrompt(5, 2), .stop = {.max_tokens = 4}}).ok());
+  auto out = s->Schedule();
+  ASSERT_TRUE(out.ok());
+  ASSERT_EQ(out->scheduled.size(), 1u);  // 1 holds all three places
+  ASSERT_TRUE(s->Abort(1).ok());
+  ASSERT_TRUE(s->Update({}).ok());
+  out = s->Schedule();
+  ASSERT_TRUE(out.ok());
+  ASSERT_EQ(out->scheduled.size(), 1u);
+  EXPECT_EQ(out->scheduled[0].seq_id, 10);
+  EXPECT_EQ(s->running_demand(), 1);
+}
+
 TEST(SchedulerApiTest, ScheduleUpdateProtocolIsEnforced) {
   auto s = Make(SmallConfig());
   ASSERT_TRUE(s->Add({.id = 1, .prompt = {1, 2, 3}}).ok());

@@ -74,7 +74,8 @@ void RunRandom(uint32_t seed, Totals& totals) {
       r.spec.stop.min_tokens = uniform(0, 1) ? 0 : uniform(0, r.spec.stop.max_tokens);
       r.spec.stop.ignore_eos = uniform(0, 3) == 0;
       if (uniform(0, 4) == 0) r.spec.stop.stop_token_ids = {uniform(0, testing::kVocab - 1)};
-      const int n = uniform(0, 4) == 0 ? uniform(2, 4) : 1;
+      const int n = uniform(0, 4) == 0 ? uniform(2, std::min(4, c.max_num_seqs)) : 1;
+      r.spec.fan_out = n;
       for (int k = 1; k < n; ++k) r.children.push_back(r.spec.id + k);
       ASSERT_TRUE(s.Add(r.spec).ok());
       if (!r.children.empty()) engine.RequestForks(r.spec.id, r.children);
@@ -101,8 +102,9 @@ void RunRandom(uint32_t seed, Totals& totals) {
     }
     const SchedulerOutput out = engine.Step();
     ASSERT_LE(out.num_batched_tokens, c.max_num_batched_tokens);
-    // Forked children may take the running set past max_num_seqs (admission then waits).
-    ASSERT_LE(static_cast<int>(out.scheduled.size()), c.max_num_seqs * 4);
+    // A parent holds its children's places from admission: forks never pass max_num_seqs.
+    ASSERT_LE(static_cast<int>(out.scheduled.size()), c.max_num_seqs);
+    ASSERT_LE(s.running_demand(), c.max_num_seqs);
     ASSERT_FALSE(::testing::Test::HasFailure()) << "at step " << step;
     ++step;
   }
