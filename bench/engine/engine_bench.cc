@@ -26,6 +26,7 @@
 #include <immintrin.h>
 #endif
 
+#include "bench/engine/bandwidth.h"
 #include "bench/engine/timing_backend.h"
 #include "worker/backend/cpu/cpu_backend.h"
 #include "worker/backend/cpu/thread_pool.h"
@@ -40,34 +41,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-// Sum of a float buffer with wide loads: bytes read / second, best of `reps`.
-double ReadBandwidth(ThreadPool& pool, const float* data, int64_t n, int reps) {
-  double best = 0.0;
-  std::vector<float> sink(pool.size());
-  for (int rep = 0; rep < reps; ++rep) {
-    const auto start = Clock::now();
-    pool.ParallelFor(n, 4096, [&](int64_t begin, int64_t end) {
-#if defined(__AVX512F__)
-      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      for (int64_t i = begin; i < end; i += 64) {
-        a0 = _mm512_add_ps(a0, _mm512_load_ps(data + i));
-        a1 = _mm512_add_ps(a1, _mm512_load_ps(data + i + 16));
-        a2 = _mm512_add_ps(a2, _mm512_load_ps(data + i + 32));
-        a3 = _mm512_add_ps(a3, _mm512_load_ps(data + i + 48));
-      }
-      sink[begin * pool.size() / n] =
-          _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#else
-      float s = 0.0f;
-      for (int64_t i = begin; i < end; ++i) s += data[i];
-      sink[begin * pool.size() / n] = s;
-#endif
-    });
-    best = std::max(best, n * sizeof(float) / Seconds(Clock::now() - start));
-  }
-  return best;
-}
 
 // GFLOP/s of y[m, n] = x[m, k] · w[n, k]ᵀ split over the pool by columns of y, each thread one
 // single-threaded sgemm: the way CpuBackend runs prefill matmuls.
@@ -142,13 +115,9 @@ int Run(const Options& o) {
               coretype ? coretype : "<unset>", openblas_get_config());
 
   // ---- machine limits ----
-  const int64_t bw_floats = int64_t{256} << 20;  // 1 GiB buffer, far beyond the caches
-  float* buf = static_cast<float*>(std::aligned_alloc(64, bw_floats * sizeof(float)));
-  std::fill(buf, buf + bw_floats, 1.0f);
   ThreadPool pool1(1), pool_n(threads);
-  const double bw1 = ReadBandwidth(pool1, buf, bw_floats, 5);
-  const double bw_n = ReadBandwidth(pool_n, buf, bw_floats, 5);
-  std::free(buf);
+  const double bw1 = MemoryReadBandwidth(pool1);
+  const double bw_n = MemoryReadBandwidth(pool_n);
   std::printf("memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n", bw1 / 1e9,
               bw_n / 1e9, threads);
 
