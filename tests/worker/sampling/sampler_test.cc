@@ -141,3 +141,78 @@ TEST(Sampler, CounterUniformIsUniform) {
 
 }  // namespace
 }  // namespace tpserve
+
+namespace tpserve {
+namespace {
+
+// SampleToken (buckets, fp32 weights) against SampleTokenBySorting (the full sort, double
+// weights) over many logit shapes and filter settings: the same token in every case. (They may
+// differ where a cumulative sum straddles the uniform number within fp32 rounding; none of these
+// fixed cases does, so any difference here is a bug.)
+TEST(Sampler, BucketedDrawEqualsTheSortedDraw) {
+  std::mt19937 rng(11);
+  int cases = 0, same = 0;
+  for (int v : {5, 17, 1000, 49152}) {
+    for (int shape = 0; shape < 5; ++shape) {
+      std::vector<float> l(v);
+      std::normal_distribution<float> wide(0.0f, shape == 1 ? 10.0f : 3.0f);
+      std::uniform_int_distribution<int> small(-4, 4);
+      for (float& x : l) x = shape == 2 ? static_cast<float>(small(rng)) : wide(rng);  // ties
+      if (shape == 3) {  // suppressed tokens
+        for (int i = 0; i < v; i += 3) l[i] = -INFINITY;
+      }
+      if (shape == 4) l[rng() % v] += 25.0f;  // one token carries nearly all the mass
+      for (float t : {0.3f, 0.7f, 1.0f, 1.5f}) {
+        for (int k : {0, 3, 50, 2000}) {
+          for (float top_p : {1.0f, 0.9f, 0.5f}) {
+            for (float min_p : {0.0f, 0.05f}) {
+              const SamplingParams p{.temperature = t,
+                                     .top_k = k,
+                                     .top_p = top_p,
+                                     .min_p = min_p,
+                                     .seed = static_cast<uint64_t>(rng())};
+              for (uint64_t step = 0; step < 4; ++step) {
+                ++cases;
+                const int32_t fast = SampleToken(l, p, step);
+                const int32_t sorted = SampleTokenBySorting(l, p, step);
+                same += fast == sorted;
+                ASSERT_GE(fast, 0);
+                ASSERT_LT(fast, v);
+                ASSERT_GT(l[fast], -INFINITY) << "drew a suppressed token";
+                if (fast != sorted) {
+                  std::printf("differ: v %d shape %d T %.1f k %d top_p %.2f min_p %.2f: %d vs %d\n",
+                              v, shape, t, k, top_p, min_p, fast, sorted);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  std::printf("bucketed draw equals the sorted draw in %d of %d cases\n", same, cases);
+  EXPECT_EQ(same, cases);
+}
+
+}  // namespace
+}  // namespace tpserve
+
+namespace tpserve {
+namespace {
+
+// The full sort has no order for NaN; the bucketed draw leaves NaN logits out.
+TEST(Sampler, NanLogitsAreNeverDrawn) {
+  std::mt19937 rng(12);
+  std::normal_distribution<float> n;
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<float> l(300);
+    for (float& x : l) x = n(rng);
+    for (int i = trial % 7; i < 300; i += 7) l[i] = NAN;
+    const int32_t t = SampleToken(l, SamplingParams{.temperature = 2.0f, .seed = 3},
+                                  static_cast<uint64_t>(trial));
+    EXPECT_FALSE(std::isnan(l[t])) << "trial " << trial;
+  }
+}
+
+}  // namespace
+}  // namespace tpserve

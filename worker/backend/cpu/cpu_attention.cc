@@ -235,9 +235,12 @@ void WriteKvAs(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
       }
     }
   };
+  // Each token's K goes down the columns of its tiles: ~32 cache lines per head, usually not in
+  // cache (a decode step writes one row of blocks last touched a step ago), so even a few
+  // tokens are worth splitting over the threads.
   const int64_t n = static_cast<int64_t>(slots.size());
-  if (n >= 64) {
-    pool.ParallelFor(n, 16, write);  // distinct slots: no two tokens write the same element
+  if (n >= 8) {
+    pool.ParallelFor(n, 4, write);  // distinct slots: no two tokens write the same element
   } else {
     write(0, n);
   }
