@@ -6,10 +6,13 @@
 # explain the scaling.
 #
 #   bench/cluster/serving.sh [--tp N] [--model PATH] [--input-len L] [--output-len L]
-#                            [--streams "1 8 32"] [--waves W] [--dtype D] [--out DIR]
+#                            [--streams "1 8 32"] [--waves W] [--dtype D] [--temperature T]
+#                            [--out DIR]
 #   defaults: SmolLM2-135M-Instruct Q4_1 from the model cache, TP=1, 64-token prompts, 128-token
-#   outputs (ignore_eos), greedy, the workers' default dtype (--dtype: int8x2, int8, fp32); each level runs one warm-up wave, then W waves (W x streams
-#   requests, at least 4) measured; JSON per level in DIR (default: a fresh folder under /tmp).
+#   outputs (ignore_eos), greedy (--temperature T > 0: seeded sampling at T), the workers'
+#   default dtype (--dtype: int8x2, int8, fp32); each level runs one warm-up wave, then W waves
+#   (W x streams requests, at least 4) measured; JSON per level in DIR (default: a fresh folder
+#   under /tmp).
 #   Also reports the CPU time the cluster's processes got during each level (/proc), since the
 #   machine is shared: output tokens per cluster CPU-second scales independently of other load.
 #   Env: TPSERVE_BUILD_DIR (default build), TPSERVE_MODELS.
@@ -18,18 +21,19 @@ cd "$(dirname "$0")/../.."
 BUILD=${TPSERVE_BUILD_DIR:-build}
 TPSERVE=$BUILD/tools/tpserve
 MODEL=${TPSERVE_MODELS:-$HOME/.cache/tpserve/models}/SmolLM2-135M-Instruct.Q4_1.gguf
-TP=1 INPUT=64 OUTPUT=128 STREAMS="1 8 32" WAVES=2 OUT="" DTYPE=""
+TP=1 INPUT=64 OUTPUT=128 STREAMS="1 8 32" WAVES=2 OUT="" DTYPE="" TEMP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tp) TP=$2; shift 2 ;;
     --dtype) DTYPE=$2; shift 2 ;;
+    --temperature) TEMP=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --input-len) INPUT=$2; shift 2 ;;
     --output-len) OUTPUT=$2; shift 2 ;;
     --streams) STREAMS=$2; shift 2 ;;
     --waves) WAVES=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "serving.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -69,19 +73,22 @@ for c in $STREAMS; do
   n=$(( c * WAVES )); [ "$n" -ge 4 ] || n=4
   echo "serving.sh: $c stream(s): $c warm-up requests, then $n measured" >&2
   "$TPSERVE" bench --server "$ADDR" --concurrency "$c" --num-requests "$c" -q \
-    --input-len "$INPUT" --output-len "$OUTPUT" --seed 1000 >/dev/null
+    --input-len "$INPUT" --output-len "$OUTPUT" --temperature "$TEMP" --seed 1000 >/dev/null
   before=$(cpu_snapshot)
   "$TPSERVE" bench --server "$ADDR" --concurrency "$c" --num-requests "$n" \
-    --input-len "$INPUT" --output-len "$OUTPUT" --json "$OUT/c$c.json" | tee "$OUT/c$c.txt"
+    --input-len "$INPUT" --output-len "$OUTPUT" --temperature "$TEMP" \
+    --json "$OUT/c$c.json" | tee "$OUT/c$c.txt"
   after=$(cpu_snapshot)
   echo "$before $after $TCK $(cut -d' ' -f1 /proc/loadavg)" > "$OUT/c$c.cpu"
 done
 stop_cluster
 trap - EXIT
 
-python3 - "$OUT" "$STREAMS" "$TP" "$INPUT" "$OUTPUT" <<'PY'
+python3 - "$OUT" "$STREAMS" "$TP" "$INPUT" "$OUTPUT" "$TEMP" <<'PY'
 import json, os, sys
 out, streams, tp, inp, outp = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5]
+temp = float(sys.argv[6])
+decoding = f"temperature {temp:g}" if temp > 0 else "greedy"
 rows = []
 for c in streams:
     r = json.load(open(os.path.join(out, f"c{c}.json")))
@@ -96,7 +103,7 @@ for c in streams:
     r["tok_per_cpu_s"] = r["output_tokens"] / r["cluster_cpu_s"] if r["cluster_cpu_s"] else 0
     rows.append(r)
 base, base_cpu = rows[0]["output_throughput"] or 1, rows[0]["tok_per_cpu_s"] or 1
-print(f"\nSmolLM2 serving, TP={tp}, {inp}-token prompts, {outp}-token outputs, greedy, "
+print(f"\nSmolLM2 serving, TP={tp}, {inp}-token prompts, {outp}-token outputs, {decoding}, "
       f"{os.cpu_count()} CPUs (results in {out})")
 print("| streams | ok/failed | output tok/s | vs 1 stream | TTFT p50 / p99 ms | ITL p50 / p99 ms "
       "| KV max | preemptions | step ms (compute) | tok/step |")

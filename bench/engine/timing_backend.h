@@ -99,6 +99,9 @@ class TimingBackend final : public Backend {
                  const AttentionParams& params, Tensor* out) override {
     Time("attention", [&] { inner_.Attention(q, cache, seqs, params, out); });
   }
+  void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override {
+    Time("host", [&] { inner_.ForEachOnHost(n, fn); });
+  }
 
  private:
   Backend& inner_;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -129,6 +130,14 @@ class Backend {
   virtual void Attention(const Tensor& q, const KvLayerView& cache,
                          std::span<const AttentionSeq> seqs, const AttentionParams& params,
                          Tensor* out) = 0;
+
+  // ---- host work ----
+  // Calls fn(i) for every i in [0, n), on host threads this backend owns where it has idle ones
+  // (the CPU backend's pool), else in order on the caller. The calls must be independent: per-row
+  // host work between device ops (sampling, log-probs).
+  virtual void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+  }
 };
 
 }  // namespace tpserve

@@ -72,14 +72,19 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
   std::vector<float> host = backend_.ToHost(logits);  // [rows, V]
   int64_t row = 0;
   for (const StepSequence& s : step.sequences) {
-    const int64_t rows = s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
     result.logits_row.push_back(row);
-    const int64_t last = row + rows - 1;
-    result.tokens.push_back(s.sample ? SampleToken(std::span<const float>(&host[last * V], V),
-                                                   s.sampling, s.sample_step)
-                                     : -1);
-    row += rows;
+    row += s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
   }
+  // Each sequence's draw reads only its own row: they run side by side on the host threads.
+  result.tokens.assign(step.sequences.size(), -1);
+  backend_.ForEachOnHost(static_cast<int64_t>(step.sequences.size()), [&](int64_t i) {
+    const StepSequence& s = step.sequences[i];
+    if (!s.sample) return;
+    const int64_t rows = s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
+    const int64_t last = result.logits_row[i] + rows - 1;
+    result.tokens[i] =
+        SampleToken(std::span<const float>(&host[last * V], V), s.sampling, s.sample_step);
+  });
   result.vocab_size = V;
   if (step.return_logits) result.logits = std::move(host);
   return result;

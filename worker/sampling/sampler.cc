@@ -131,11 +131,36 @@ class BucketedLogits {
     logits_ = logits;
     const int64_t n = static_cast<int64_t>(logits.size());
     float hi = -INFINITY, lo = INFINITY;
-    for (float l : logits) {
-      if (l == INFINITY) return false;  // certain: the arg-max picks the first such token
+    bool all_finite = true;
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    {
+      __m512 vhi = _mm512_set1_ps(-INFINITY), vlo = _mm512_set1_ps(INFINITY);
+      const __m512 inf = _mm512_set1_ps(INFINITY);
+      for (; i + 16 <= n; i += 16) {
+        const __m512 l = _mm512_loadu_ps(logits.data() + i);
+        // |l| < inf: false for +-inf and NaN.
+        const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(l), inf, _CMP_LT_OQ);
+        all_finite &= finite == 0xFFFF;
+        vhi = _mm512_mask_max_ps(vhi, finite, vhi, l);
+        vlo = _mm512_mask_min_ps(vlo, finite, vlo, l);
+      }
+      hi = _mm512_reduce_max_ps(vhi);
+      lo = _mm512_reduce_min_ps(vlo);
+    }
+#endif
+    for (; i < n; ++i) {
+      const float l = logits[i];
       if (std::isfinite(l)) {
         hi = std::max(hi, l);
         lo = std::min(lo, l);
+      } else {
+        all_finite = false;
+      }
+    }
+    if (!all_finite) {
+      for (float l : logits) {
+        if (l == INFINITY) return false;  // certain: the arg-max picks the first such token
       }
     }
     if (!(hi > -INFINITY)) return false;
@@ -143,7 +168,7 @@ class BucketedLogits {
     const float inv_t = 1.0f / temperature;
     key_.resize(n);
     weight_.resize(n);
-    int64_t i = 0;
+    i = 0;
 #if defined(__AVX512F__)
     const __m512 vhi = _mm512_set1_ps(hi), vscale = _mm512_set1_ps(scale),
                  vinv = _mm512_set1_ps(inv_t), last = _mm512_set1_ps(kBuckets - 1);
@@ -169,7 +194,7 @@ class BucketedLogits {
     min_weight_.assign(kBuckets, INFINITY);
     for (i = 0; i < n; ++i) {
       const float l = logits[i];
-      if (!std::isfinite(l)) {
+      if (!all_finite && !std::isfinite(l)) {
         if (std::isnan(l)) {  // no defined probability: never drawn
           key_[i] = kNoBucket;
           continue;

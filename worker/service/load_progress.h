@@ -92,6 +92,9 @@ class CountingBackend final : public Backend {
                  const AttentionParams& params, Tensor* out) override {
     inner_.Attention(q, cache, seqs, params, out);
   }
+  void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override {
+    inner_.ForEachOnHost(n, fn);
+  }
 
  private:
   void Count(const TensorView& view);

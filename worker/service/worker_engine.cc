@@ -365,23 +365,30 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
   out.generation = plan.generation;
   out.rank = options_.rank;
   if (rank0) {
+    std::vector<size_t> sampled;
     for (size_t i = 0; i < sample.size(); ++i) {
-      if (!sample[i]) continue;
+      if (sample[i]) sampled.push_back(i);
+    }
+    // Each draw reads and adjusts only its own logits row: they run side by side on the host
+    // threads (a draw over 49k logits is tens of microseconds; 32 of them in a row would be a
+    // visible part of the step).
+    out.tokens.resize(sampled.size());
+    backend_.ForEachOnHost(static_cast<int64_t>(sampled.size()), [&](int64_t k) {
+      const size_t i = sampled[k];
       const StepSequence& seq = plan.step.sequences[i];
       const SequenceSampling& s = plan.sampling[i];
       const int64_t rows = seq.all_logits ? static_cast<int64_t>(seq.tokens.size()) : 1;
       const int64_t last = result.logits_row[i] + rows - 1;
       std::span<float> row(&result.logits[last * V], V);
       if (s.adjustments.active()) ApplyAdjustments(s.adjustments, row);
-      SampledOut token;
+      SampledOut& token = out.tokens[k];
       token.sequence_id = s.sequence_id;
       token.token_id = SampleToken(row, seq.sampling, seq.sample_step);
       if (s.logprobs || s.top_logprobs > 0) {
         token.has_logprobs = true;
         token.logprobs = ComputeLogprobs(row, token.token_id, s.top_logprobs);
       }
-      out.tokens.push_back(std::move(token));
-    }
+    });
   }
   const absl::Time done = absl::Now();
   out.timing.total_us = MicrosBetween(received, done);

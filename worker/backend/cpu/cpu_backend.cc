@@ -280,6 +280,16 @@ void CpuBackend::Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) {
   }
 }
 
+void CpuBackend::ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 1) {
+    if (n == 1) fn(0);
+    return;
+  }
+  pool_.ParallelFor(n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(i);
+  });
+}
+
 void CpuBackend::Embedding(std::span<const int32_t> tokens, const Weight& table,
                            int64_t vocab_begin, Tensor* out) {
   TPSERVE_CHECK(out->rows() == static_cast<int64_t>(tokens.size()) && out->cols() == table.cols,

@@ -98,6 +98,7 @@ class CpuBackend final : public Backend {
                const KvLayerView& cache) override;
   void Attention(const Tensor& q, const KvLayerView& cache, std::span<const AttentionSeq> seqs,
                  const AttentionParams& params, Tensor* out) override;
+  void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override;
 
   // Activation rows up to which MatMul uses the fused kernels instead of tiles + sgemm.
   static constexpr int64_t kFusedMaxRows = 16;
