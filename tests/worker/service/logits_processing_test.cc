@@ -5,8 +5,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
+#include <random>
 #include <vector>
 
 namespace tpserve {
@@ -86,6 +89,42 @@ TEST(LogitsProcessing, SuppressedTokensHaveNoMass) {
   const TokenLogprobs lp = ComputeLogprobs(logits, 1, 0);
   EXPECT_FLOAT_EQ(lp.logprob, without);
   EXPECT_EQ(ComputeLogprobs(logits, 2, 0).logprob, -std::numeric_limits<float>::infinity());
+}
+
+// A whole vocabulary (vector passes and tails), with ties and suppressed tokens: log-probs
+// within fp32 rounding of the double-precision definition, top-n equal to a full sort's.
+TEST(LogitsProcessing, LogprobsOfAFullVocabularyMatchTheDefinition) {
+  std::mt19937 rng(5);
+  for (int v : {7, 49152, 49157}) {
+    for (int shape = 0; shape < 3; ++shape) {
+      std::vector<float> logits(v);
+      std::normal_distribution<float> n(0.0f, 4.0f);
+      std::uniform_int_distribution<int> small(-3, 3);
+      for (float& l : logits) l = shape == 1 ? static_cast<float>(small(rng)) : n(rng);
+      if (shape == 2) {
+        for (int i = 0; i < v; i += 5) logits[i] = -std::numeric_limits<float>::infinity();
+      }
+      double max = -INFINITY, sum = 0.0;
+      for (float l : logits) max = std::max(max, static_cast<double>(l));
+      for (float l : logits) sum += std::exp(static_cast<double>(l) - max);
+      const double log_z = max + std::log(sum);
+      std::vector<int32_t> order(v);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      for (int top_n : {0, 1, 5, 20}) {
+        const int32_t token = static_cast<int32_t>(rng() % v);
+        const TokenLogprobs lp = ComputeLogprobs(logits, token, top_n);
+        if (std::isinf(logits[token])) {
+          EXPECT_EQ(lp.logprob, -std::numeric_limits<float>::infinity());
+        } else {
+          EXPECT_NEAR(lp.logprob, logits[token] - log_z, 1e-5) << "v " << v << " shape " << shape;
+        }
+        const std::vector<int32_t> want(order.begin(), order.begin() + std::min(top_n, v));
+        EXPECT_EQ(lp.top_ids, want) << "v " << v << " shape " << shape << " top " << top_n;
+      }
+    }
+  }
 }
 
 }  // namespace
