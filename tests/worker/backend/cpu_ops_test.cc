@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -301,6 +302,25 @@ void CheckPagedAttention(const AttentionCase& c) {
       }
     }
     EXPECT_EQ(bad, 0);
+    // Each token alone (as a decode step would see it) gives bitwise the output it got as part
+    // of its sequence's chunk, where it shared passes over K and V with the chunk's other tokens
+    // (batch invariance: how a prompt is chunked must not change a single bit).
+    int64_t differ = 0;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int64_t i = 0; i < seqs[s].n; ++i) {
+        const int64_t t = aseqs[s].token_begin + i;
+        Tensor q1 =
+            be.FromHost(std::span<const float>(q.data() + t * qh * hd, qh * hd), {1, qh, hd});
+        const AttentionSeq one{.token_begin = 0,
+                               .num_tokens = 1,
+                               .start_pos = seqs[s].start + i,
+                               .block_table = seqs[s].table};
+        Tensor o1 = be.Alloc({1, qh, hd});
+        be.Attention(q1, cache, std::span(&one, 1), wparams, &o1);
+        differ += std::memcmp(o1.data(), out.data() + t * qh * hd, qh * hd * sizeof(float)) != 0;
+      }
+    }
+    EXPECT_EQ(differ, 0) << "tokens whose output depends on the chunk they came in";
   }
 }
 

@@ -26,6 +26,12 @@ namespace {
 
 constexpr float kHalfMax = 65504.0f;
 
+// Attention tasks (AttentionAs): consecutive tokens of a sequence per task, and query rows (heads
+// x tokens) that share one pass over K and V. Scores and WeightedValues keep 4 accumulators per
+// row: 6 rows are 24 of the 32 vector registers.
+constexpr int64_t kTileTokens = 4;
+constexpr int kMaxRows = 6;
+
 inline float ToFloat(float x) { return x; }
 inline float ToFloat(uint16_t h) { return HalfToFloat(h); }
 inline void Store(float x, float* out) { *out = x; }
@@ -84,10 +90,11 @@ void ForBlocks(std::span<const int32_t> table, int64_t bs, int64_t first, int64_
   }
 }
 
-// scores[h * len + i] = scale * q_h . K[position first + i] for NH query heads (rows of q, hd
-// apart).
-template <int NH, typename T>
-void Scores(const float* q, const HeadPools<T>& pools, std::span<const int32_t> table,
+// scores[r * len + i] = scale * q[r] . K[position first + i] for NR query rows (query heads of
+// one or more tokens) that read the same KV head. Each row's arithmetic is the same whatever the
+// other rows are.
+template <int NR, typename T>
+void Scores(const float* const* q, const HeadPools<T>& pools, std::span<const int32_t> table,
             int64_t first, int64_t ctx, float scale, float* scores) {
   const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
   const int64_t tile_bytes = hd * bs * static_cast<int64_t>(sizeof(T));
@@ -98,9 +105,9 @@ void Scores(const float* q, const HeadPools<T>& pools, std::span<const int32_t> 
 #if TPSERVE_ATTN_AVX512
         for (int64_t c = 0; c < run; c += 16) {
           const __mmask16 m = FirstLanes(run - c);
-          __m512 acc[NH][4];
-#pragma GCC unroll 4
-          for (int h = 0; h < NH; ++h) {
+          __m512 acc[NR][4];
+#pragma GCC unroll 8
+          for (int h = 0; h < NR; ++h) {
 #pragma GCC unroll 4
             for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
           }
@@ -110,21 +117,21 @@ void Scores(const float* q, const HeadPools<T>& pools, std::span<const int32_t> 
 #pragma GCC unroll 4
             for (int j = 0; j < 4; ++j) {
               const __m512 kv = Load16(col + (d + j) * bs, m);
-#pragma GCC unroll 4
-              for (int h = 0; h < NH; ++h) {
-                acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + d + j]), kv, acc[h][j]);
+#pragma GCC unroll 8
+              for (int h = 0; h < NR; ++h) {
+                acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(q[h][d + j]), kv, acc[h][j]);
               }
             }
           }
           for (; d < hd; ++d) {
             const __m512 kv = Load16(col + d * bs, m);
-#pragma GCC unroll 4
-            for (int h = 0; h < NH; ++h) {
-              acc[h][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + d]), kv, acc[h][0]);
+#pragma GCC unroll 8
+            for (int h = 0; h < NR; ++h) {
+              acc[h][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[h][d]), kv, acc[h][0]);
             }
           }
-#pragma GCC unroll 4
-          for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 8
+          for (int h = 0; h < NR; ++h) {
             const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[h][0], acc[h][1]),
                                            _mm512_add_ps(acc[h][2], acc[h][3]));
             _mm512_mask_storeu_ps(scores + h * len + at + c, m,
@@ -133,9 +140,9 @@ void Scores(const float* q, const HeadPools<T>& pools, std::span<const int32_t> 
         }
 #else
         for (int64_t i = 0; i < run; ++i) {
-          for (int h = 0; h < NH; ++h) {
+          for (int h = 0; h < NR; ++h) {
             float s = 0.0f;
-            for (int64_t d = 0; d < hd; ++d) s += q[h * hd + d] * ToFloat(kt[d * bs + i]);
+            for (int64_t d = 0; d < hd; ++d) s += q[h][d] * ToFloat(kt[d * bs + i]);
             scores[h * len + at + i] = s * scale;
           }
         }
@@ -143,19 +150,19 @@ void Scores(const float* q, const HeadPools<T>& pools, std::span<const int32_t> 
       });
 }
 
-// out[h * hd + d] = inv_sum[h] * sum_i p[h * len + i] * V[position first + i][d] for NH heads.
-template <int NH, typename T>
+// out[r][d] = inv_sum[r] * sum_i p[r * len + i] * V[position first + i][d] for NR rows.
+template <int NR, typename T>
 void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& pools,
-                    std::span<const int32_t> table, int64_t first, int64_t ctx, float* out) {
+                    std::span<const int32_t> table, int64_t first, int64_t ctx, float* const* out) {
   const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
   const int64_t tile_bytes = hd * bs * static_cast<int64_t>(sizeof(T));
 #if TPSERVE_ATTN_AVX512
   for (int64_t d0 = 0; d0 < hd; d0 += 64) {  // 4 vectors of dimensions per pass
     __mmask16 m[4];
     for (int j = 0; j < 4; ++j) m[j] = d0 + 16 * j < hd ? FirstLanes(hd - d0 - 16 * j) : 0;
-    __m512 acc[NH][4];
-#pragma GCC unroll 4
-    for (int h = 0; h < NH; ++h) {
+    __m512 acc[NR][4];
+#pragma GCC unroll 8
+    for (int h = 0; h < NR; ++h) {
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) acc[h][j] = _mm512_setzero_ps();
     }
@@ -168,38 +175,37 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
             for (int j = 0; j < 4; ++j) {
               if (m[j] == 0) break;
               const __m512 vv = Load16(vrow + 16 * j, m[j]);
-#pragma GCC unroll 4
-              for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 8
+              for (int h = 0; h < NR; ++h) {
                 acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * len + at + i]), vv, acc[h][j]);
               }
             }
           }
         });
-#pragma GCC unroll 4
-    for (int h = 0; h < NH; ++h) {
+#pragma GCC unroll 8
+    for (int h = 0; h < NR; ++h) {
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
         if (m[j] == 0) break;
-        Store16(_mm512_mul_ps(acc[h][j], _mm512_set1_ps(inv_sum[h])), out + h * hd + d0 + 16 * j,
-                m[j]);
+        Store16(_mm512_mul_ps(acc[h][j], _mm512_set1_ps(inv_sum[h])), out[h] + d0 + 16 * j, m[j]);
       }
     }
   }
 #else
-  for (int h = 0; h < NH; ++h) std::fill(out + h * hd, out + (h + 1) * hd, 0.0f);
+  for (int h = 0; h < NR; ++h) std::fill(out[h], out[h] + hd, 0.0f);
   ForBlocks(
       table, bs, first, ctx, tile_bytes, [&](int32_t b) { return pools.v_tile(b); },
       [&](int32_t block, int64_t row, int64_t run, int64_t at) {
         const T* vrow = pools.v_tile(block) + row * hd;
         for (int64_t i = 0; i < run; ++i, vrow += hd) {
-          for (int h = 0; h < NH; ++h) {
+          for (int h = 0; h < NR; ++h) {
             const float w = p[h * len + at + i];
-            for (int64_t d = 0; d < hd; ++d) out[h * hd + d] += w * ToFloat(vrow[d]);
+            for (int64_t d = 0; d < hd; ++d) out[h][d] += w * ToFloat(vrow[d]);
           }
         }
       });
-  for (int h = 0; h < NH; ++h) {
-    for (int64_t d = 0; d < hd; ++d) out[h * hd + d] *= inv_sum[h];
+  for (int h = 0; h < NR; ++h) {
+    for (int64_t d = 0; d < hd; ++d) out[h][d] *= inv_sum[h];
   }
 #endif
 }
@@ -271,42 +277,73 @@ void AttentionAs(const Tensor& q, const KvLayerView& cache, std::span<const Atte
   }
   const int64_t block_stride = cache.kv_heads * hd * bs;
 
-  pool.ParallelFor(num_tokens * groups, 1, [&](int64_t begin, int64_t end) {
+  // Rows not claimed by any sequence (padding) are zero.
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    if (seq_of[t] < 0) std::memset(out->data() + t * heads * hd, 0, heads * hd * sizeof(float));
+  }
+  // Tasks: (tile, KV head). A tile is up to kTileTokens consecutive tokens of one sequence (a
+  // prefill chunk); their query heads that share the KV head go through K and V together, up to
+  // kMaxRows at a time, so each K/V element loaded and converted feeds several rows' FMAs. A
+  // decode token is a tile of one. With a sliding window the tokens' first positions differ:
+  // tiles of one token there.
+  struct Tile {
+    int32_t seq;
+    int64_t t0, n;
+  };
+  std::vector<Tile> tiles;
+  const int64_t tile_tokens = params.sliding_window > 0 ? 1 : kTileTokens;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    for (int64_t t = 0; t < seqs[s].num_tokens; t += tile_tokens) {
+      tiles.push_back(Tile{.seq = static_cast<int32_t>(s),
+                           .t0 = seqs[s].token_begin + t,
+                           .n = std::min(tile_tokens, seqs[s].num_tokens - t)});
+    }
+  }
+  const int64_t num_tasks = static_cast<int64_t>(tiles.size()) * groups;
+  pool.ParallelFor(num_tasks, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task / groups, k = task % groups;
-      const int64_t h0 = head_begin[k], h1 = head_begin[k + 1];
+      const Tile& tile = tiles[task / groups];
+      const int64_t k = task % groups;
+      const int64_t h0 = head_begin[k], h1 = head_begin[k + 1], nh = h1 - h0;
       const int64_t kvh = first_kvh + k;
-      float* out_t = out->data() + t * heads * hd;
-      if (seq_of[t] < 0) {  // row not claimed by any sequence (padding)
-        std::memset(out_t + h0 * hd, 0, (h1 - h0) * hd * sizeof(float));
-        continue;
-      }
-      const AttentionSeq& seq = seqs[seq_of[t]];
-      const int64_t ctx = seq.start_pos + (t - seq.token_begin) + 1;  // causal: up to itself
-      const int64_t first =
-          params.sliding_window > 0 ? std::max<int64_t>(0, ctx - params.sliding_window) : 0;
-      const int64_t len = ctx - first;
+      const AttentionSeq& seq = seqs[tile.seq];
       const HeadPools<T> pools{.k = static_cast<const T*>(cache.k) + kvh * hd * bs,
                                .v = static_cast<const T*>(cache.v) + kvh * hd * bs,
                                .block_stride = block_stride,
                                .hd = hd,
                                .bs = bs};
-      const float* q_t = q.data() + t * heads * hd;
-      for (int64_t hc = h0; hc < h1; hc += 4) {  // up to 4 query heads per pass over K and V
-        const int nh = static_cast<int>(std::min<int64_t>(4, h1 - hc));
-        scores.resize(nh * len);
-        float inv_sum[4];
-        WithStaticCount<4>(nh, [&](auto n) {
-          constexpr int NH = decltype(n)::value;
-          Scores<NH>(q_t + hc * hd, pools, seq.block_table, first, ctx, params.scale,
-                     scores.data());
-          for (int h = 0; h < NH; ++h) {
-            float* s = scores.data() + h * len;
-            inv_sum[h] = 1.0f / ExpShiftedSum(s, len, MaxOf(s, len));
+      // Rows token-major: row r is query head h0 + r % nh of token tile.t0 + r / nh.
+      const int64_t rows = tile.n * nh;
+      for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
+        const int nr = static_cast<int>(std::min<int64_t>(kMaxRows, rows - r0));
+        const float* qr[kMaxRows];
+        float* outr[kMaxRows];
+        int64_t ctx_of[kMaxRows];
+        for (int r = 0; r < nr; ++r) {
+          const int64_t t = tile.t0 + (r0 + r) / nh, h = h0 + (r0 + r) % nh;
+          qr[r] = q.data() + (t * heads + h) * hd;
+          outr[r] = out->data() + (t * heads + h) * hd;
+          ctx_of[r] = seq.start_pos + (t - seq.token_begin) + 1;  // causal: up to itself
+        }
+        // The last row's token sees the most positions; a row of an earlier token has its
+        // scores past its own position set to probability 0 (its softmax covers only its own).
+        const int64_t ctx = ctx_of[nr - 1];
+        const int64_t first =
+            params.sliding_window > 0 ? std::max<int64_t>(0, ctx - params.sliding_window) : 0;
+        const int64_t len = ctx - first;
+        scores.resize(nr * len);
+        float inv_sum[kMaxRows];
+        WithStaticCount<kMaxRows>(nr, [&](auto n) {
+          constexpr int NR = decltype(n)::value;
+          Scores<NR>(qr, pools, seq.block_table, first, ctx, params.scale, scores.data());
+          for (int r = 0; r < NR; ++r) {
+            float* s = scores.data() + r * len;
+            const int64_t own = ctx_of[r] - first;
+            inv_sum[r] = 1.0f / ExpShiftedSum(s, own, MaxOf(s, own));
+            std::fill(s + own, s + len, 0.0f);
           }
-          WeightedValues<NH>(scores.data(), inv_sum, pools, seq.block_table, first, ctx,
-                             out_t + hc * hd);
+          WeightedValues<NR>(scores.data(), inv_sum, pools, seq.block_table, first, ctx, outr);
         });
       }
     }
