@@ -164,6 +164,8 @@ class BucketedLogits {
       }
     }
     if (!(hi > -INFINITY)) return false;
+    // (hi - lo overflowing to inf gives scale 0: everything in bucket 0 but the logits whose
+    // distance to hi overflows too, which land in the last; the order stays right.)
     const float scale = hi > lo ? (kBuckets - 1) / (hi - lo) : 0.0f;
     const float inv_t = 1.0f / temperature;
     key_.resize(n);
@@ -184,9 +186,10 @@ class BucketedLogits {
 #endif
     for (; i < n; ++i) {
       const float d = hi - logits[i];
-      key_[i] = std::isfinite(d)
-                    ? static_cast<uint16_t>(std::min(d * scale, static_cast<float>(kBuckets - 1)))
-                    : 0;  // set below
+      // As the vector lanes: past the last bucket, or NaN (inf * 0 when the logits span more
+      // than a float), goes to the last one.
+      const float k = d * scale;
+      key_[i] = k < kBuckets - 1 ? static_cast<uint16_t>(k) : kBuckets - 1;
       weight_[i] = std::exp(-d * inv_t);
     }
     count_.assign(kBuckets, 0);

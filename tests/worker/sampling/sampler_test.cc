@@ -200,6 +200,27 @@ TEST(Sampler, BucketedDrawEqualsTheSortedDraw) {
 namespace tpserve {
 namespace {
 
+// Logits spanning more than a float (their differences overflow), a single finite logit among
+// suppressed ones, and every logit suppressed.
+TEST(Sampler, ExtremeLogitRangesDrawLikeTheSort) {
+  const std::vector<std::vector<float>> rows = {
+      {3e38f, -3e38f, 0.0f, 1.0f, 2.0f, -1e38f, 3e38f},
+      {-INFINITY, -INFINITY, 4.0f, -INFINITY},
+      {1.0f, 1.0f, 1.0f, 1.0f},
+  };
+  for (const std::vector<float>& l : rows) {
+    for (uint64_t step = 0; step < 50; ++step) {
+      for (const SamplingParams& p :
+           {SamplingParams{.temperature = 1.0f, .seed = 9},
+            SamplingParams{.temperature = 0.5f, .top_k = 2, .top_p = 0.7f, .seed = 9}}) {
+        EXPECT_EQ(SampleToken(l, p, step), SampleTokenBySorting(l, p, step)) << "step " << step;
+      }
+    }
+  }
+  const std::vector<float> none(5, -INFINITY);  // nothing can be drawn: the arg-max's answer
+  EXPECT_EQ(SampleToken(none, SamplingParams{.temperature = 1.0f}, 0), 0);
+}
+
 // The full sort has no order for NaN; the bucketed draw leaves NaN logits out.
 TEST(Sampler, NanLogitsAreNeverDrawn) {
   std::mt19937 rng(12);
