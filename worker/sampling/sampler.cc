@@ -257,6 +257,13 @@ class BucketedLogits {
 struct Kept {
   int full = kBuckets;
   std::vector<int32_t> tail;
+
+  double Mass(const BucketedLogits& b) const {
+    double m = 0.0;
+    for (int k = 0; k < full; ++k) m += b.mass(k);
+    for (int32_t t : tail) m += b.weight(t);
+    return m;
+  }
 };
 
 // Ends `kept` at the first token for which stop(token, weight) holds, keeping that token when
@@ -298,11 +305,8 @@ int32_t SampleBucketed(std::span<const float> logits, const SamplingParams& para
         b, &kept, true, [&](int k) { return seen + b.count(k) < params.top_k; },
         [&](int k) { seen += b.count(k); }, [&](int32_t, float) { return ++seen == params.top_k; });
   }
-  double total = 0.0;
-  for (int k = 0; k < kept.full; ++k) total += b.mass(k);
-  for (int32_t t : kept.tail) total += b.weight(t);
   if (params.top_p < 1.0f) {  // the shortest prefix whose mass reaches top_p of the total
-    const double target = static_cast<double>(params.top_p) * total;
+    const double target = static_cast<double>(params.top_p) * kept.Mass(b);
     double cum = 0.0;
     CutAt(
         b, &kept, true, [&](int k) { return cum + b.mass(k) < target; },
@@ -319,16 +323,12 @@ int32_t SampleBucketed(std::span<const float> logits, const SamplingParams& para
           return cut;
         });
   }
-  double kept_total = 0.0;
-  for (int k = 0; k < kept.full; ++k) kept_total += b.mass(k);
-  for (int32_t t : kept.tail) kept_total += b.weight(t);
-  // Inverse CDF: the first token whose cumulative weight passes u * kept_total.
-  const double target = CounterUniform(params.seed, step) * kept_total;
+  // Inverse CDF: the first token whose cumulative weight passes u * (the kept mass).
+  const double target = CounterUniform(params.seed, step) * kept.Mass(b);
   double cum = 0.0;
-  int32_t token = -1, last = -1;
-  Kept all = kept;
+  int32_t token = -1, last = -1;  // last: the latest token walked one by one that has weight
   CutAt(
-      b, &all, true, [&](int k) { return cum + b.mass(k) <= target; },
+      b, &kept, true, [&](int k) { return cum + b.mass(k) <= target; },
       [&](int k) { cum += b.mass(k); },
       [&](int32_t t, float w) {
         if (w > 0.0f) last = t;
@@ -336,13 +336,16 @@ int32_t SampleBucketed(std::span<const float> logits, const SamplingParams& para
         return token >= 0;
       });
   if (token >= 0) return token;
-  // u within rounding of 1: the least probable kept token that can be drawn. The walk saw it
-  // unless it passed the buckets after `last` whole: then it is in the last of those.
-  for (int k = all.full - 1; k >= 0 && all.tail.empty(); --k) {
-    if (b.count(k) == 0 || b.mass(k) == 0.0) continue;
-    const std::vector<int32_t>& sorted = b.Sorted(k);
-    for (auto it = sorted.rbegin(); it != sorted.rend(); ++it) {
-      if (b.weight(*it) > 0.0f) return *it;
+  // u * mass rounded up to the whole mass: the least probable kept token with weight. A tail is
+  // walked one by one (so `last` is it); otherwise it is in the last bucket with mass, which the
+  // walk may have passed whole.
+  if (kept.tail.empty()) {
+    for (int k = kept.full - 1; k >= 0; --k) {
+      if (b.mass(k) == 0.0) continue;
+      const std::vector<int32_t>& sorted = b.Sorted(k);
+      for (auto it = sorted.rbegin(); it != sorted.rend(); ++it) {
+        if (b.weight(*it) > 0.0f) return *it;
+      }
     }
   }
   return last >= 0 ? last : Argmax(logits);
