@@ -3,8 +3,10 @@
 // Pools (cpu_backend.h): K [block, kv_head, d, row] (a block's positions innermost), V [block,
 // kv_head, row, d], elements fp32 or fp16. A query's scores against 16 cached positions are then
 // one vector FMA per dimension (no horizontal sums), and its output accumulates whole V rows.
-// One task per (token, KV head) reads that head's K and V once for every query head that shares
-// it (GQA), walking the block table block by block and prefetching the next block.
+// One task per (up to 4 consecutive tokens of a sequence, KV head) reads that head's K and V once
+// for every query head of those tokens that shares it (GQA; up to 6 query rows per pass), walking
+// the block table block by block and prefetching a few blocks ahead. A row's arithmetic does not
+// depend on the rows it shares a pass with: how a prompt is chunked or batched changes no bit.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
