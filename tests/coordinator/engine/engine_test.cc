@@ -238,6 +238,9 @@ TEST(EngineTest, AbortEndsTheStreamWithAborted) {
 TEST(EngineTest, FailedStepEndsEveryRequestWithUnavailable) {
   FakeExecutor exec;
   exec.set_fail_at_step(3);
+  // Steps that take a while, so that "b" is in before step 3 fails (instant steps let "a" reach
+  // the failure first on a busy machine, and "b" was then refused as not ready).
+  exec.set_delay(absl::Milliseconds(5));
   auto engine = Engine::Create(Config(), exec, nullptr);
   ASSERT_TRUE(engine.ok()) << engine.status();
   Collector a, b;
