@@ -1,5 +1,7 @@
 #include "worker/runtime/model_runner.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
 
@@ -75,16 +77,21 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
     result.logits_row.push_back(row);
     row += s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
   }
-  // Each sequence's draw reads only its own row: they run side by side on the host threads.
+  // Each sequence's draw reads only its own row: they run side by side on the host threads (none
+  // when the caller samples itself, as the worker engine does).
   result.tokens.assign(step.sequences.size(), -1);
-  backend_.ForEachOnHost(static_cast<int64_t>(step.sequences.size()), [&](int64_t i) {
-    const StepSequence& s = step.sequences[i];
-    if (!s.sample) return;
-    const int64_t rows = s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
-    const int64_t last = result.logits_row[i] + rows - 1;
-    result.tokens[i] =
-        SampleToken(std::span<const float>(&host[last * V], V), s.sampling, s.sample_step);
-  });
+  const bool any = std::any_of(step.sequences.begin(), step.sequences.end(),
+                               [](const StepSequence& s) { return s.sample; });
+  if (any) {
+    backend_.ForEachOnHost(static_cast<int64_t>(step.sequences.size()), [&](int64_t i) {
+      const StepSequence& s = step.sequences[i];
+      if (!s.sample) return;
+      const int64_t rows = s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
+      const int64_t last = result.logits_row[i] + rows - 1;
+      result.tokens[i] =
+          SampleToken(std::span<const float>(&host[last * V], V), s.sampling, s.sample_step);
+    });
+  }
   result.vocab_size = V;
   if (step.return_logits) result.logits = std::move(host);
   return result;
