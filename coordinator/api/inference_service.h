@@ -24,7 +24,7 @@ struct ServingInfo {
   std::string compute_dtype = "f32";
   int kv_block_size = 16;
   int max_batch_sequences = 64;
-  int max_batch_tokens = 2048;
+  int max_batch_tokens = 512;
   // Context length served (--max-context applied; 0: the model's). Once the engine exists,
   // ModelInfo.context_length is the engine's longest sequence, the figure /v1/models reports.
   int context_length = 0;

@@ -31,7 +31,7 @@ struct WorkerGroupOptions {
   int kv_block_size = 16;
   int64_t memory_budget_bytes = 0;  // per rank; 0: what each worker registered with
   int max_batch_sequences = 64;
-  int max_batch_tokens = 2048;
+  int max_batch_tokens = 512;
   int max_context_length = 2048;
   // The model as the coordinator read it; every rank must report the same.
   std::string architecture;

@@ -15,7 +15,7 @@ struct SchedulerConfig {
   bool enable_prefix_caching = true;
 
   // Per step: at most this many tokens fed in total (decode tokens + prefill chunks) ...
-  int max_num_batched_tokens = 2048;
+  int max_num_batched_tokens = 512;
   // ... and at most this many running sequences (each running one is scheduled every step while
   // the token budget lasts). A sequence with n > 1 completions holds n places from admission.
   int max_num_seqs = 64;

@@ -275,7 +275,7 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
     }
   }
   sizing.activation_bytes = StepActivationBytes(
-      config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 2048,
+      config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 512,
       spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256);
   if (spec.max_batch_sequences > 0 && spec.max_context_length > 0) {
     sizing.max_useful_blocks =
