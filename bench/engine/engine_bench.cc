@@ -28,6 +28,7 @@
 #endif
 
 #include "bench/engine/bandwidth.h"
+#include "bench/engine/compute_peak.h"
 #include "bench/engine/timing_backend.h"
 #include "worker/backend/cpu/cpu_backend.h"
 #include "worker/backend/cpu/thread_pool.h"
@@ -145,6 +146,11 @@ int Run(const Options& o) {
   std::printf("cblas_sgemm [%d x %lld x %lld], %d threads: %.1f GFLOP/s\n", prompt_tokens,
               static_cast<long long>(c.intermediate_size), static_cast<long long>(c.hidden_size),
               threads, sgemm);
+  const double vnni = VnniInstructionRate(pool_n);
+  if (vnni > 0.0) {
+    std::printf("vpdpbusd issue rate, %d threads: %.2f G/s = %.0f G int8 products/s\n", threads,
+                vnni / 1e9, 64.0 * vnni / 1e9);
+  }
 
   // ---- the model ----
   absl::StatusOr<CpuPrecision> precision =
@@ -182,6 +188,12 @@ int Run(const Options& o) {
                                 3.0 * c.intermediate_size);
   const double flops_per_token =
       2.0 * (c.num_layers * layer_weights + static_cast<double>(c.vocab_size) * c.hidden_size);
+  // The compute bound of batched decode: every token's matmul products at the machine's rate
+  // for this precision (int8x2 issues two vpdpbusd per 64 products, int8 one; fp32: sgemm).
+  double products_per_s = sgemm * 1e9 / 2.0;
+  if (cpu.precision() == CpuPrecision::kInt8) products_per_s = 64.0 * vnni;
+  if (cpu.precision() == CpuPrecision::kInt8x2) products_per_s = 32.0 * vnni;
+  const double compute_bound = products_per_s / (flops_per_token / 2.0);
 
   const int64_t block_size = 16;
   const int64_t blocks = (prompt_tokens + decode_tokens + block_size - 1) / block_size + 1;
@@ -247,6 +259,11 @@ int Run(const Options& o) {
               prompt_tokens, prefill_s, prompt_tokens / prefill_s, prefill_flops / prefill_s / 1e9,
               100.0 * prefill_flops / prefill_s / 1e9 / sgemm);
   if (o.op_times) PrintOpTimes("prefill", prefill_ops, prefill_s, 1);
+  std::printf(
+      "batched decode compute bound (%.2f GMAC per token at %.0f G products/s, %s): %.1f tok/s "
+      "= %.2fx the decode roofline: the most batching can give on this machine\n",
+      flops_per_token / 2e9, products_per_s / 1e9, CpuPrecisionName(cpu.precision()), compute_bound,
+      compute_bound / roofline);
 
   // ---- batched decode ----
   double one = 0.0;
@@ -256,9 +273,10 @@ int Run(const Options& o) {
     const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks, &backend, &step_s);
     if (one == 0.0) one = b == 1 ? tps : 0.0;
     std::printf(
-        "batched decode: %2d sequences x %d steps: %7.1f tok/s aggregate, %6.2f ms/step%s\n", b,
-        decode_tokens, tps, 1e3 * b / tps,
-        one > 0.0 ? (" = " + std::to_string(tps / one).substr(0, 4) + "x one sequence").c_str()
+        "batched decode: %2d sequences x %d steps: %7.1f tok/s aggregate, %6.2f ms/step, %3.0f%% "
+        "of the compute bound%s\n",
+        b, decode_tokens, tps, 1e3 * b / tps, 100.0 * tps / compute_bound,
+        one > 0.0 ? (", " + std::to_string(tps / one).substr(0, 4) + "x one sequence").c_str()
                   : "");
     if (o.op_times) PrintOpTimes("step", backend.totals(), step_s, decode_tokens);
   }

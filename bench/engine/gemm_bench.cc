@@ -1,0 +1,133 @@
+// The packed int8 matmul kernel alone (cpu/int8_gemm.h), against the machine's multiply issue
+// rate measured in the same run (compute_peak.h) and its memory read bandwidth (bandwidth.h).
+//
+// A random Q4_1 weight [out, in] (SmolLM2-135M's gate/up shape by default) multiplies n
+// activation rows, split over the thread pool by 16-row groups as CpuBackend does. With
+// --copies C > 1 the product cycles through C distinct copies of the weight, so that the weights
+// come from memory (a forward pass reads each matrix once) rather than from the caches. Prints
+// GMAC/s per n and terms, the share of the vpdpbusd issue rate that implies (int8x2 issues two
+// per 64 products, int8 one) and the weight GB/s. Nothing is asserted.
+//
+// Usage: gemm_bench [--out 1536] [--in 576] [--n 1,8,32] [--terms 1,2] [--copies 1,64]
+//                   [--threads 2] [--reps 20]
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "bench/engine/bandwidth.h"
+#include "bench/engine/compute_peak.h"
+#include "common/format/dtype.h"
+#include "worker/backend/cpu/int8_gemm.h"
+#include "worker/backend/cpu/thread_pool.h"
+
+namespace tpserve {
+namespace {
+
+struct Options {
+  int64_t out = 1536, in = 576;
+  std::vector<int> n{1, 8, 32};
+  std::vector<int> terms{1, 2};
+  std::vector<int> copies{1, 64};
+  int threads = 2, reps = 20;
+};
+
+// Q4_1 bytes of a random [rows, cols] matrix: fp16 d and m in a sane range, random nibbles.
+std::vector<uint8_t> RandomQ4_1(int64_t rows, int64_t cols, std::mt19937& rng) {
+  const int64_t blocks = rows * cols / 32;
+  std::vector<uint8_t> bytes(blocks * 20);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* p = bytes.data() + b * 20;
+    const uint16_t d = FloatToHalf(scale(rng)), m = FloatToHalf(-8.0f * scale(rng));
+    std::memcpy(p, &d, 2);
+    std::memcpy(p + 2, &m, 2);
+    for (int i = 4; i < 20; ++i) p[i] = static_cast<uint8_t>(byte(rng));
+  }
+  return bytes;
+}
+
+int Run(const Options& o) {
+  if (!Int8GemmAvailable()) {
+    std::fprintf(stderr, "gemm_bench: this build has no AVX-512 VNNI kernel\n");
+    return 2;
+  }
+  if (o.in % 32 != 0) {
+    std::fprintf(stderr, "gemm_bench: --in must be a multiple of 32\n");
+    return 2;
+  }
+  ThreadPool pool(o.threads);
+  const double vnni = VnniInstructionRate(pool);
+  const double bw = MemoryReadBandwidth(pool);
+  std::printf(
+      "vpdpbusd issue rate, %d threads: %.2f G/s (%.0f G int8 products/s); read "
+      "bandwidth %.1f GB/s\n",
+      o.threads, vnni / 1e9, 64.0 * vnni / 1e9, bw / 1e9);
+  std::mt19937 rng(7);
+  const int max_copies = *std::max_element(o.copies.begin(), o.copies.end());
+  std::vector<std::shared_ptr<const PackedInt8Weight>> weights;
+  for (int c = 0; c < max_copies; ++c) {
+    const std::vector<uint8_t> bytes = RandomQ4_1(o.out, o.in, rng);
+    weights.push_back(
+        PackInt8Weight(DType::kQ4_1, o.out, o.in, bytes.data(), o.in / 32 * 20, &pool));
+  }
+  const double packed_bytes =
+      static_cast<double>(weights[0]->groups) * (o.in / 32) * weights[0]->block_bytes;
+  std::printf("weight [%lld x %lld] Q4_1, packed %.2f MB per copy\n", static_cast<long long>(o.out),
+              static_cast<long long>(o.in), packed_bytes / 1e6);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int terms : o.terms) {
+    for (int copies : o.copies) {
+      for (int n : o.n) {
+        std::vector<float> x(n * o.in);
+        for (float& v : x) v = u(rng);
+        Int8Activations q;
+        q.Resize(n, o.in, terms);
+        QuantizeActivations(x.data(), o.in, 0, n, &q);
+        std::vector<float> y(n * o.out);
+        const int64_t groups = weights[0]->groups;
+        const int calls = o.reps * copies;
+        auto once = [&](int c) {
+          const PackedInt8Weight& w = *weights[c % copies];
+          pool.ParallelFor(groups, 2,
+                           [&](int64_t b, int64_t e) { Int8Gemm(w, q, b, e, y.data(), o.out); });
+        };
+        for (int c = 0; c < copies; ++c) once(c);  // warm-up
+        const auto start = std::chrono::steady_clock::now();
+        for (int c = 0; c < calls; ++c) once(c);
+        const double s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / calls;
+        const double macs = static_cast<double>(n) * o.out * o.in;
+        const double instr = macs * terms / 64.0;
+        std::printf(
+            "terms %d, %2d copies (%7.1f MB), n %2d: %8.1f us, %6.1f GMAC/s = %3.0f%% of the "
+            "vpdpbusd rate, weights %5.1f GB/s\n",
+            terms, copies, copies * packed_bytes / 1e6, n, s * 1e6, macs / s / 1e9,
+            100.0 * instr / s / vnni, packed_bytes / s / 1e9);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace tpserve
+
+int main(int argc, char** argv) {
+  CLI::App app{"tpserve packed int8 matmul benchmark"};
+  tpserve::Options o;
+  app.add_option("--out", o.out, "weight rows (outputs)");
+  app.add_option("--in", o.in, "weight columns (inputs), a multiple of 32");
+  app.add_option("--n", o.n, "activation rows, e.g. 1,8,32")->delimiter(',');
+  app.add_option("--terms", o.terms, "activation terms: 1 (int8), 2 (int8x2)")->delimiter(',');
+  app.add_option("--copies", o.copies, "distinct weight copies cycled through, e.g. 1,64")
+      ->delimiter(',');
+  app.add_option("--threads", o.threads, "threads");
+  app.add_option("--reps", o.reps, "timed passes over the copies");
+  CLI11_PARSE(app, argc, argv);
+  return tpserve::Run(o);
+}
