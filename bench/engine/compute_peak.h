@@ -47,7 +47,7 @@ inline void VnniChains(int64_t iters, int seed, int32_t* out) {
 
 // vpdpbusd instructions retired per second by all threads of `pool` together, best of `reps`
 // (0 where the build has no AVX-512 VNNI).
-inline double VnniInstructionRate(ThreadPool& pool, int reps = 3) {
+inline double VnniInstructionRate(ThreadPool& pool, int reps = 5) {
 #if defined(__AVX512F__) && defined(__AVX512VNNI__)
   constexpr int kChains = 16;       // as in VnniChains
   const int64_t iters = 1'000'000;  // per chunk; 8 chunks per thread, handed out as they finish
