@@ -1,21 +1,23 @@
 // The packed int8 matmul kernel alone (cpu/int8_gemm.h), against the machine's multiply issue
 // rate measured in the same run (compute_peak.h) and its memory read bandwidth (bandwidth.h).
 //
-// A random Q4_1 weight [out, in] (SmolLM2-135M's gate/up shape by default) multiplies n
-// activation rows, split over the thread pool by 16-row groups as CpuBackend does. With
+// A random Q4_1 (or --dtype q8_0) weight [out, in] (SmolLM2-135M's gate/up shape by default)
+// multiplies n activation rows, split over the thread pool by 16-row groups as CpuBackend does.
+// With
 // --copies C > 1 the product cycles through C distinct copies of the weight, so that the weights
 // come from memory (a forward pass reads each matrix once) rather than from the caches. Prints
 // GMAC/s per n and terms, the share of the vpdpbusd issue rate that implies (int8x2 issues two
 // per 64 products, int8 one) and the weight GB/s. Nothing is asserted.
 //
 // Usage: gemm_bench [--out 1536] [--in 576] [--n 1,8,32] [--terms 1,2] [--copies 1,64]
-//                   [--threads 2] [--reps 20]
+//                   [--dtype q4_1|q8_0] [--threads 2] [--reps 20]
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bench/engine/bandwidth.h"
@@ -33,20 +35,23 @@ struct Options {
   std::vector<int> terms{1, 2};
   std::vector<int> copies{1, 64};
   int threads = 2, reps = 20;
+  std::string dtype = "q4_1";
 };
 
-// Q4_1 bytes of a random [rows, cols] matrix: fp16 d and m in a sane range, random nibbles.
-std::vector<uint8_t> RandomQ4_1(int64_t rows, int64_t cols, std::mt19937& rng) {
-  const int64_t blocks = rows * cols / 32;
-  std::vector<uint8_t> bytes(blocks * 20);
+// Bytes of a random [rows, cols] Q4_1 or Q8_0 matrix: fp16 scales (and Q4_1's min) in a sane
+// range, random quants.
+std::vector<uint8_t> RandomQuantized(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const bool q4 = dtype == DType::kQ4_1;
+  const int64_t blocks = rows * cols / 32, block_bytes = q4 ? 20 : 34, header = q4 ? 4 : 2;
+  std::vector<uint8_t> bytes(blocks * block_bytes);
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> scale(0.001f, 0.05f);
   for (int64_t b = 0; b < blocks; ++b) {
-    uint8_t* p = bytes.data() + b * 20;
+    uint8_t* p = bytes.data() + b * block_bytes;
     const uint16_t d = FloatToHalf(scale(rng)), m = FloatToHalf(-8.0f * scale(rng));
     std::memcpy(p, &d, 2);
-    std::memcpy(p + 2, &m, 2);
-    for (int i = 4; i < 20; ++i) p[i] = static_cast<uint8_t>(byte(rng));
+    if (q4) std::memcpy(p + 2, &m, 2);
+    for (int64_t i = header; i < block_bytes; ++i) p[i] = static_cast<uint8_t>(byte(rng));
   }
   return bytes;
 }
@@ -67,18 +72,19 @@ int Run(const Options& o) {
       "vpdpbusd issue rate, %d threads: %.2f G/s (%.0f G int8 products/s); read "
       "bandwidth %.1f GB/s\n",
       o.threads, vnni / 1e9, 64.0 * vnni / 1e9, bw / 1e9);
+  const DType dtype = o.dtype == "q8_0" ? DType::kQ8_0 : DType::kQ4_1;
+  const int64_t row_bytes = o.in / 32 * (dtype == DType::kQ8_0 ? 34 : 20);
   std::mt19937 rng(7);
   const int max_copies = *std::max_element(o.copies.begin(), o.copies.end());
   std::vector<std::shared_ptr<const PackedInt8Weight>> weights;
   for (int c = 0; c < max_copies; ++c) {
-    const std::vector<uint8_t> bytes = RandomQ4_1(o.out, o.in, rng);
-    weights.push_back(
-        PackInt8Weight(DType::kQ4_1, o.out, o.in, bytes.data(), o.in / 32 * 20, &pool));
+    const std::vector<uint8_t> bytes = RandomQuantized(dtype, o.out, o.in, rng);
+    weights.push_back(PackInt8Weight(dtype, o.out, o.in, bytes.data(), row_bytes, &pool));
   }
   const double packed_bytes =
       static_cast<double>(weights[0]->groups) * (o.in / 32) * weights[0]->block_bytes;
-  std::printf("weight [%lld x %lld] Q4_1, packed %.2f MB per copy\n", static_cast<long long>(o.out),
-              static_cast<long long>(o.in), packed_bytes / 1e6);
+  std::printf("weight [%lld x %lld] %s, packed %.2f MB per copy\n", static_cast<long long>(o.out),
+              static_cast<long long>(o.in), DTypeName(dtype), packed_bytes / 1e6);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   for (int terms : o.terms) {
     for (int copies : o.copies) {
@@ -126,6 +132,7 @@ int main(int argc, char** argv) {
   app.add_option("--terms", o.terms, "activation terms: 1 (int8), 2 (int8x2)")->delimiter(',');
   app.add_option("--copies", o.copies, "distinct weight copies cycled through, e.g. 1,64")
       ->delimiter(',');
+  app.add_option("--dtype", o.dtype, "weight type")->check(CLI::IsMember({"q4_1", "q8_0"}));
   app.add_option("--threads", o.threads, "threads");
   app.add_option("--reps", o.reps, "timed passes over the copies");
   CLI11_PARSE(app, argc, argv);
