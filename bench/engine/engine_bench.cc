@@ -73,6 +73,25 @@ void PrintOpTimes(const char* what, const std::map<std::string, TimingBackend::T
               1e3 * (seconds - ops) / count);
 }
 
+// "  matmuls by weight shape ..." for the matmul totals of `count` runs: ms per run, GMAC/s and,
+// where there is one, the share of the multiply issue rate (`products_per_s`, in products of
+// this precision per second).
+void PrintMatMuls(const std::map<std::string, TimingBackend::MatMulTotal>& matmuls, int count,
+                  double products_per_s) {
+  std::string line;
+  for (const auto& [shape, t] : matmuls) {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "; [%s] %.2f ms %.0f GMAC/s", shape.c_str(),
+                  1e3 * t.seconds / count, t.macs / t.seconds / 1e9);
+    line += buf;
+    if (products_per_s > 0.0) {
+      std::snprintf(buf, sizeof(buf), " (%.0f%%)", 100.0 * t.macs / t.seconds / products_per_s);
+      line += buf;
+    }
+  }
+  std::printf("  matmuls by weight shape (out x in), per step%s\n", line.c_str());
+}
+
 struct Options {
   std::string model;
   int threads = 2, prompt_tokens = 128, decode_tokens = 64;
@@ -278,7 +297,10 @@ int Run(const Options& o) {
         b, decode_tokens, tps, 1e3 * b / tps, 100.0 * tps / compute_bound,
         one > 0.0 ? (", " + std::to_string(tps / one).substr(0, 4) + "x one sequence").c_str()
                   : "");
-    if (o.op_times) PrintOpTimes("step", backend.totals(), step_s, decode_tokens);
+    if (o.op_times) {
+      PrintOpTimes("step", backend.totals(), step_s, decode_tokens);
+      PrintMatMuls(backend.matmuls(), decode_tokens, products_per_s);
+    }
   }
   return 0;
 }

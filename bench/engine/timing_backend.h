@@ -21,6 +21,13 @@ class TimingBackend final : public Backend {
     double seconds = 0.0;
     int64_t calls = 0;
   };
+  // Matmuls by weight shape, keys "out x in" (for a shared matmul, out is the weights' rows
+  // added up): seconds, calls and multiply-adds.
+  struct MatMulTotal {
+    double seconds = 0.0;
+    int64_t calls = 0;
+    double macs = 0.0;
+  };
 
  private:
   template <typename F>
@@ -41,7 +48,11 @@ class TimingBackend final : public Backend {
   explicit TimingBackend(Backend& inner) : inner_(inner) {}
 
   const std::map<std::string, Total>& totals() const { return totals_; }
-  void Reset() { totals_.clear(); }
+  const std::map<std::string, MatMulTotal>& matmuls() const { return matmuls_; }
+  void Reset() {
+    totals_.clear();
+    matmuls_.clear();
+  }
 
   std::string name() const override { return inner_.name(); }
   Device device() const override { return inner_.device(); }
@@ -61,11 +72,17 @@ class TimingBackend final : public Backend {
     return inner_.LoadVector(view);
   }
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override {
+    const auto start = std::chrono::steady_clock::now();
     Time("matmul", [&] { inner_.MatMul(x, w, y); });
+    CountMatMul(start, x.rows(), w.rows, w.cols);
   }
   void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
                     std::span<Tensor* const> ys) override {
+    const auto start = std::chrono::steady_clock::now();
     Time("matmul", [&] { inner_.MatMulShared(x, ws, ys); });
+    int64_t out = 0;
+    for (const Weight* w : ws) out += w->rows;
+    CountMatMul(start, x.rows(), out, x.cols());
   }
   void AddBias(const Tensor& bias, Tensor* y) override {
     Time("bias", [&] { inner_.AddBias(bias, y); });
@@ -104,8 +121,17 @@ class TimingBackend final : public Backend {
   }
 
  private:
+  void CountMatMul(std::chrono::steady_clock::time_point start, int64_t rows, int64_t out,
+                   int64_t in) {
+    MatMulTotal& t = matmuls_[std::to_string(out) + " x " + std::to_string(in)];
+    t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ++t.calls;
+    t.macs += static_cast<double>(rows) * out * in;
+  }
+
   Backend& inner_;
   std::map<std::string, Total> totals_;
+  std::map<std::string, MatMulTotal> matmuls_;
 };
 
 }  // namespace tpserve
