@@ -459,7 +459,7 @@ CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
       ->capture_default_str();
   cmd->add_option("--max-batch-tokens", options.max_batch_tokens,
                   "coordinator: most tokens fed in one step, prefill chunks + decodes (0: its "
-                  "default, 512)")
+                  "default, 512 on CPU workers, 8192 when all are GPUs)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_option("--kv-block-size", options.kv_block_size,

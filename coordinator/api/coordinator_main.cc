@@ -36,7 +36,7 @@ struct Flags {
   std::string listen = "127.0.0.1:50051";
   std::string cluster_listen;  // empty: the same server as --listen
   int kv_block_size = 16;
-  int max_batch_tokens = 512;  // see --max-batch-tokens
+  int max_batch_tokens = 0;  // see --max-batch-tokens (0: the workers' devices decide)
   int max_seqs = 64;
   int64_t memory_budget = 0;
   int max_context = 0;
@@ -142,7 +142,7 @@ int Run(const Flags& f) {
           .tensor_parallel = f.tp,
           .kv_block_size = f.kv_block_size,
           .max_batch_sequences = f.max_seqs,
-          .max_batch_tokens = f.max_batch_tokens,
+          .max_batch_tokens = f.max_batch_tokens > 0 ? f.max_batch_tokens : 512,
           .context_length = context,
           .worker_device = [&registry] { return RankZeroDevice(registry); },
           .serving = [&group, &serving_now] { return serving_now.load() && group.ready(); }});
@@ -216,7 +216,7 @@ int Run(const Flags& f) {
     ec.vocab_size = static_cast<int>(config.vocab_size);
     ec.scheduler.num_blocks = static_cast<int>(blocks);
     ec.scheduler.block_size = f.kv_block_size;
-    ec.scheduler.max_num_batched_tokens = f.max_batch_tokens;
+    ec.scheduler.max_num_batched_tokens = group.max_batch_tokens();
     ec.scheduler.max_num_seqs = f.max_seqs;
     ec.scheduler.max_waiting = f.max_waiting;
     ec.scheduler.max_model_len = context;
@@ -236,7 +236,7 @@ int Run(const Flags& f) {
       return;
     }
     engine = std::move(*e);
-    inference.set_engine(engine.get(), blocks);
+    inference.set_engine(engine.get(), blocks, group.max_batch_tokens());
     if (http) http->set_engine(engine.get(), blocks);
     spdlog::info("serving {} with {} rank(s) on {}", (*model)->name, f.tp,
                  HostPort(f.listen, port));
@@ -344,10 +344,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--max-batch-tokens", f.max_batch_tokens,
-                 "most tokens fed in one step (prefill chunks + decodes). 512 keeps a step with "
-                 "prefill to ~0.3 s on a CPU worker, so running streams never stall long behind "
-                 "a long prompt; GPUs keep busier with 2048-8192")
-      ->check(CLI::PositiveNumber)
+                 "most tokens fed in one step (prefill chunks + decodes). 0 (default): 512 when "
+                 "any worker is a CPU (a step with prefill stays ~0.3 s, so running streams "
+                 "never stall long behind a long prompt), 8192 when all are GPUs")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--max-seqs", f.max_seqs, "most sequences running in one step")
       ->check(CLI::PositiveNumber)

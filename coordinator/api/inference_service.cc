@@ -424,7 +424,8 @@ grpc::ServerUnaryReactor* InferenceService::GetModelInfo(grpc::CallbackServerCon
   r->set_kv_block_size(info_.kv_block_size);
   r->set_kv_blocks(kv_blocks_.load());
   r->set_max_batch_sequences(info_.max_batch_sequences);
-  r->set_max_batch_tokens(info_.max_batch_tokens);
+  const int batch_tokens = max_batch_tokens_.load();
+  r->set_max_batch_tokens(batch_tokens > 0 ? batch_tokens : info_.max_batch_tokens);
   r->set_server_version(kVersion);
   return Answer(ctx, absl::OkStatus());
 }

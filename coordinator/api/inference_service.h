@@ -24,7 +24,7 @@ struct ServingInfo {
   std::string compute_dtype = "f32";
   int kv_block_size = 16;
   int max_batch_sequences = 64;
-  int max_batch_tokens = 512;
+  int max_batch_tokens = 512;  // until set_engine says what the workers were loaded with
   // Context length served (--max-context applied; 0: the model's). Once the engine exists,
   // ModelInfo.context_length is the engine's longest sequence, the figure /v1/models reports.
   int context_length = 0;
@@ -44,8 +44,11 @@ class InferenceService final : public v1::Inference::CallbackService {
 
   // The engine exists once the workers are loaded; until then Generate / Complete / Abort answer
   // UNAVAILABLE. `engine` must outlive the service (or be reset to null first).
-  void set_engine(engine::Engine* engine, int64_t kv_blocks) {
+  // max_batch_tokens: the step budget the workers were loaded with (ModelInfo reports it; 0
+  // keeps ServingInfo's).
+  void set_engine(engine::Engine* engine, int64_t kv_blocks, int max_batch_tokens = 0) {
     kv_blocks_.store(kv_blocks);
+    if (max_batch_tokens > 0) max_batch_tokens_.store(max_batch_tokens);
     engine_.store(engine);
   }
 
@@ -86,6 +89,7 @@ class InferenceService final : public v1::Inference::CallbackService {
   const ServingInfo info_;
   std::atomic<engine::Engine*> engine_{nullptr};
   std::atomic<int64_t> kv_blocks_{0};
+  std::atomic<int> max_batch_tokens_{0};  // 0: info_.max_batch_tokens
   std::atomic<uint64_t> seed_counter_{0};
   std::atomic<uint64_t> id_counter_{0};
 };

@@ -112,6 +112,7 @@ struct WorkerGroup::Impl {
   State state ABSL_GUARDED_BY(mu) = State::kWaiting;
   std::string reason ABSL_GUARDED_BY(mu) = "waiting for workers to register";
   int64_t kv_blocks ABSL_GUARDED_BY(mu) = 0;
+  int max_batch_tokens ABSL_GUARDED_BY(mu) = 0;  // decided at the first load
   int64_t generation ABSL_GUARDED_BY(mu) = 0;
   bool wake ABSL_GUARDED_BY(mu) = false;
 
@@ -185,6 +186,19 @@ std::string WorkerGroup::not_ready_reason() const {
 int64_t WorkerGroup::kv_blocks() const {
   absl::MutexLock lock(&impl_->mu);
   return impl_->kv_blocks;
+}
+
+int WorkerGroup::max_batch_tokens() const {
+  absl::MutexLock lock(&impl_->mu);
+  return impl_->max_batch_tokens;
+}
+
+int DefaultMaxBatchTokens(std::span<const std::string> device_kinds) {
+  if (device_kinds.empty()) return 512;
+  for (const std::string& d : device_kinds) {
+    if (d != "cuda") return 512;
+  }
+  return 8192;
 }
 
 int64_t WorkerGroup::generation() const {
@@ -279,16 +293,26 @@ absl::Status WorkerGroup::Impl::Load() {
                                                       options.plan.ranks.size()));
   }
   int64_t gen;
+  int batch_tokens;
   {
     absl::MutexLock lock(&mu);
     if (state == State::kStopped) return absl::CancelledError("stopping");
+    if (max_batch_tokens == 0) {
+      std::vector<std::string> kinds;
+      for (const WorkerInfo& w : workers) kinds.push_back(w.device_kind);
+      max_batch_tokens =
+          options.max_batch_tokens > 0 ? options.max_batch_tokens : DefaultMaxBatchTokens(kinds);
+    }
+    batch_tokens = max_batch_tokens;
     gen = ++generation;
     state = State::kLoading;
     reason = absl::StrCat("loading the model on ", n, " rank(s) (generation ", gen, ")");
   }
   // Old generations' rendezvous keys are dead weight.
   if (gen > 1) store.DeletePrefix(absl::StrCat("g", gen - 1, "/"));
-  spdlog::info("loading {} on {} rank(s), generation {}", options.model_path, n, gen);
+  spdlog::info("loading {} on {} rank(s), generation {}, up to {} tokens per step{}",
+               options.model_path, n, gen, batch_tokens,
+               options.max_batch_tokens > 0 ? "" : " (the devices' default)");
 
   std::vector<Rank> fresh(n);
   std::vector<v1::LoadModelResponse> responses(n);
@@ -312,7 +336,7 @@ absl::Status WorkerGroup::Impl::Load() {
     req.set_memory_budget_bytes(options.memory_budget_bytes > 0 ? options.memory_budget_bytes
                                                                 : workers[r].memory_budget_bytes);
     req.set_max_batch_sequences(options.max_batch_sequences);
-    req.set_max_batch_tokens(options.max_batch_tokens);
+    req.set_max_batch_tokens(batch_tokens);
     req.set_max_context_length(options.max_context_length);
     threads.emplace_back([&, r, req = std::move(req)] {
       grpc::ClientContext ctx;

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -31,7 +32,9 @@ struct WorkerGroupOptions {
   int kv_block_size = 16;
   int64_t memory_budget_bytes = 0;  // per rank; 0: what each worker registered with
   int max_batch_sequences = 64;
-  int max_batch_tokens = 512;
+  // Most tokens in one step; 0: DefaultMaxBatchTokens of the registered ranks' devices, decided
+  // at the first load and kept (the scheduler's budget must not change under it).
+  int max_batch_tokens = 0;
   int max_context_length = 2048;
   // The model as the coordinator read it; every rank must report the same.
   std::string architecture;
@@ -41,6 +44,13 @@ struct WorkerGroupOptions {
   absl::Duration step_timeout = absl::Seconds(60);  // one step, all ranks
   absl::Duration health_interval = absl::Seconds(1);
 };
+
+// The step token budget that suits the ranks' devices ("cpu", "cuda", as they register): 512
+// when any rank is a CPU (a step with a 512-token prefill chunk takes ~0.3 s on a 2-core worker,
+// so running streams never stall long behind a long prompt; the slowest rank sets the pace),
+// 8192 when all are GPUs (a step of thousands of tokens takes milliseconds there, and smaller
+// chunks leave the GPU idle). 512 for an empty list.
+int DefaultMaxBatchTokens(std::span<const std::string> device_kinds);
 
 class WorkerGroup final : public engine::StepExecutor {
  public:
@@ -60,7 +70,10 @@ class WorkerGroup final : public engine::StepExecutor {
   bool ready() const override;
   std::string not_ready_reason() const override;
 
-  int64_t kv_blocks() const;   // of the latest load (0 before)
+  int64_t kv_blocks() const;  // of the latest load (0 before)
+  // The step token budget the ranks were loaded with: options.max_batch_tokens, or the
+  // device default chosen at the first load (0 before it).
+  int max_batch_tokens() const;
   int64_t generation() const;  // of the latest load attempt (0 before)
   int world_size() const;
 

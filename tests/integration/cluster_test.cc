@@ -381,6 +381,8 @@ TEST(ClusterTest, SmolLm2ChatTp2) {
     EXPECT_EQ(info.num_kv_heads(), 3);
     EXPECT_TRUE(info.has_chat_template());
     EXPECT_GT(info.kv_blocks(), 0);
+    // No --max-batch-tokens: the budget the CPU workers were loaded with (DefaultMaxBatchTokens).
+    EXPECT_EQ(info.max_batch_tokens(), 512);
     // What the workers compute in, as rank 0 registered it (not a coordinator constant).
     EXPECT_EQ(info.device(), "cpu");
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
