@@ -29,8 +29,9 @@ namespace {
 constexpr float kHalfMax = 65504.0f;
 
 // Attention tasks (AttentionAs): consecutive tokens of a sequence per task, and query rows (heads
-// x tokens) that share one pass over K and V. Scores and WeightedValues keep 4 accumulators per
-// row: 6 rows are 24 of the 32 vector registers.
+// x tokens) that share one pass over K and V. WeightedValues keeps 4 accumulators per row (64
+// dimensions; 6 rows are 24 of the 32 vector registers), Scores one per row and 16-position
+// chunk, 2 chunks for 5-6 rows and 4 for fewer.
 constexpr int64_t kTileTokens = 4;
 constexpr int kMaxRows = 6;
 
