@@ -22,10 +22,9 @@ class TimingBackend final : public Backend {
     int64_t calls = 0;
   };
   // Matmuls by weight shape, keys "out x in" (for a shared matmul, out is the weights' rows
-  // added up): seconds, calls and multiply-adds.
+  // added up): seconds and multiply-adds.
   struct MatMulTotal {
     double seconds = 0.0;
-    int64_t calls = 0;
     double macs = 0.0;
   };
 
@@ -125,7 +124,6 @@ class TimingBackend final : public Backend {
                    int64_t in) {
     MatMulTotal& t = matmuls_[std::to_string(out) + " x " + std::to_string(in)];
     t.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    ++t.calls;
     t.macs += static_cast<double>(rows) * out * in;
   }
 
