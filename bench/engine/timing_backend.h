@@ -58,6 +58,9 @@ class TimingBackend final : public Backend {
   Tensor Alloc(std::vector<int64_t> shape) override {
     return Time("alloc", [&] { return inner_.Alloc(std::move(shape)); });
   }
+  Tensor AllocUninitialized(std::vector<int64_t> shape) override {
+    return Time("alloc", [&] { return inner_.AllocUninitialized(std::move(shape)); });
+  }
   Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override {
     return Time("copy", [&] { return inner_.FromHost(values, std::move(shape)); });
   }
@@ -73,6 +76,11 @@ class TimingBackend final : public Backend {
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override {
     const auto start = std::chrono::steady_clock::now();
     Time("matmul", [&] { inner_.MatMul(x, w, y); });
+    CountMatMul(start, x.rows(), w.rows, w.cols);
+  }
+  void MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) override {
+    const auto start = std::chrono::steady_clock::now();
+    Time("matmul", [&] { inner_.MatMulAdd(x, w, y); });
     CountMatMul(start, x.rows(), w.rows, w.cols);
   }
   void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,

@@ -78,6 +78,9 @@ class Backend {
 
   // ---- memory ----
   virtual Tensor Alloc(std::vector<int64_t> shape) = 0;  // zero-filled
+  // A tensor whose every element the caller writes before reading it (a step's activations):
+  // a backend may skip the clearing.
+  virtual Tensor AllocUninitialized(std::vector<int64_t> shape) { return Alloc(std::move(shape)); }
   virtual Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) = 0;
   virtual std::vector<float> ToHost(const Tensor& t) = 0;
   // A weight matrix ([out, in] window of a file tensor). Kept in its dtype where the matmul
@@ -94,6 +97,13 @@ class Backend {
   virtual void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
                             std::span<Tensor* const> ys) {
     for (size_t i = 0; i < ws.size(); ++i) MatMul(x, *ws[i], ys[i]);
+  }
+  // y += x · wᵀ (a residual connection): the same values as MatMul into a temporary and Add,
+  // which is what this default does; a backend may add in the matmul's epilogue instead.
+  virtual void MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) {
+    Tensor t = AllocUninitialized(y->shape());
+    MatMul(x, w, &t);
+    Add(t, y);
   }
   // y[r, :] += bias for every row r.
   virtual void AddBias(const Tensor& bias, Tensor* y) = 0;

@@ -25,7 +25,13 @@ int64_t Product(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
+Tensor::Tensor(std::vector<int64_t> shape) : Tensor(std::move(shape), /*clear=*/true) {}
+
+Tensor Tensor::Uninitialized(std::vector<int64_t> shape) {
+  return Tensor(std::move(shape), /*clear=*/false);
+}
+
+Tensor::Tensor(std::vector<int64_t> shape, bool clear) : shape_(std::move(shape)) {
   const int64_t n = Product(shape_);
   // 64-byte alignment: one AVX-512 register, one cache line.
   const size_t bytes = ((static_cast<size_t>(n) * sizeof(float) + 63) / 64) * 64;
@@ -40,7 +46,7 @@ Tensor::Tensor(std::vector<int64_t> shape) : shape_(std::move(shape)) {
   }
   void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
   TPSERVE_CHECK(p != nullptr, "out of memory allocating %zu bytes", bytes);
-  std::memset(p, 0, bytes);
+  if (clear) std::memset(p, 0, bytes);
   storage_ = std::shared_ptr<void>(p, std::free);
   data_ = static_cast<float*>(p);
 }

@@ -21,6 +21,8 @@ class Tensor {
   // Zero-filled host tensor of `shape`.
   explicit Tensor(std::vector<int64_t> shape);
   Tensor(std::initializer_list<int64_t> shape) : Tensor(std::vector<int64_t>(shape)) {}
+  // Host tensor of `shape` whose contents are unspecified until written (large ones are zero).
+  static Tensor Uninitialized(std::vector<int64_t> shape);
   // Wraps a buffer owned by `storage` (any device).
   Tensor(std::shared_ptr<void> storage, float* data, std::vector<int64_t> shape, Device device);
 
@@ -46,6 +48,8 @@ class Tensor {
   std::string ShapeString() const;  // "[3, 576]"
 
  private:
+  Tensor(std::vector<int64_t> shape, bool clear);
+
   std::shared_ptr<void> storage_;
   float* data_ = nullptr;
   std::vector<int64_t> shape_;

@@ -74,6 +74,20 @@ absl::Status LlamaModel::AllReduce(Tensor& t) {
   return comm_.AllReduceSum(t.data(), t.numel());
 }
 
+absl::Status LlamaModel::AddProjection(const Tensor& in, const Weight& w, const Tensor& bias,
+                                       Tensor& scratch, Tensor& x) {
+  if (comm_.world_size() == 1 && bias.empty()) {
+    backend_.MatMulAdd(in, w, &x);  // one rank: the residual add can ride on the matmul
+    return absl::OkStatus();
+  }
+  if (scratch.empty()) scratch = backend_.AllocUninitialized(x.shape());
+  backend_.MatMul(in, w, &scratch);
+  RETURN_IF_ERROR(AllReduce(scratch));  // partial sums over the ranks' heads or columns
+  if (!bias.empty()) backend_.AddBias(bias, &scratch);
+  backend_.Add(scratch, &x);
+  return absl::OkStatus();
+}
+
 absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cache, Tensor* logits) {
   Backend& be = backend_;
   const ModelConfig& c = config_;
@@ -105,11 +119,12 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
   if (T == 0) return absl::InvalidArgumentError("forward: no tokens");
 
   // x: the residual stream [T, H], replicated on every rank.
-  Tensor x = be.Alloc({T, H});
+  // Every activation below is written before it is read.
+  Tensor x = be.AllocUninitialized({T, H});
   be.Embedding(tokens, w_.embedding, shard_.vocab.begin, &x);  // zeros outside our vocab rows
   RETURN_IF_ERROR(AllReduce(x));
 
-  Tensor cos_sin = be.Alloc({T, hd});  // [T, hd]: cos | sin of each pair's angle
+  Tensor cos_sin = be.AllocUninitialized({T, hd});  // [T, hd]: cos | sin of each pair's angle
   be.RopeTable(positions, inv_freq_, &cos_sin);
 
   const AttentionParams attn_params{.scale = 1.0f / std::sqrt(static_cast<float>(hd)),
@@ -118,14 +133,14 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
                                     .kv_head_begin = shard_.kv_heads.begin,
                                     .sliding_window = c.sliding_window};
 
-  Tensor h = be.Alloc({T, H});       // normed input of each block
-  Tensor q = be.Alloc({T, nq, hd});  // this rank's query heads
-  Tensor k = be.Alloc({T, nkv, hd});
-  Tensor v = be.Alloc({T, nkv, hd});
-  Tensor attn = be.Alloc({T, nq, hd});  // attention output per head
-  Tensor proj = be.Alloc({T, H});       // o_proj / down_proj output, partial sum over ranks
-  Tensor gate = be.Alloc({T, Fl});
-  Tensor up = be.Alloc({T, Fl});
+  Tensor h = be.AllocUninitialized({T, H});       // normed input of each block
+  Tensor q = be.AllocUninitialized({T, nq, hd});  // this rank's query heads
+  Tensor k = be.AllocUninitialized({T, nkv, hd});
+  Tensor v = be.AllocUninitialized({T, nkv, hd});
+  Tensor attn = be.AllocUninitialized({T, nq, hd});  // attention output per head
+  Tensor proj;  // o_proj / down_proj output, partial sum over ranks (when not added in place)
+  Tensor gate = be.AllocUninitialized({T, Fl});
+  Tensor up = be.AllocUninitialized({T, Fl});
   // 2-D views for the matmuls.
   Tensor q2 = q.Reshaped({T, nq * hd}), k2 = k.Reshaped({T, nkv * hd}),
          v2 = v.Reshaped({T, nkv * hd}), attn2 = attn.Reshaped({T, nq * hd});
@@ -150,10 +165,7 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
     be.Rope(cos_sin, c.rope_interleaved, &k);
     be.WriteKv(k, v, slots, kv);
     be.Attention(q, kv, attn_seqs, attn_params, &attn);
-    be.MatMul(attn2, L.wo, &proj);  // [T, H], this rank's heads only
-    RETURN_IF_ERROR(AllReduce(proj));
-    if (!L.bo.empty()) be.AddBias(L.bo, &proj);
-    be.Add(proj, &x);
+    RETURN_IF_ERROR(AddProjection(attn2, L.wo, L.bo, proj, x));  // this rank's heads only
 
     // ---- feed-forward block: x += down(silu(gate(h)) * up(h)) ----
     be.RmsNorm(x, L.ffn_norm, c.rms_norm_eps, &h);
@@ -167,15 +179,12 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
       be.AddBias(L.b_up, &up);
     }
     be.SiluMul(gate, up, &gate);
-    be.MatMul(gate, L.w_down, &proj);  // [T, H], this rank's FFN columns only
-    RETURN_IF_ERROR(AllReduce(proj));
-    if (!L.b_down.empty()) be.AddBias(L.b_down, &proj);
-    be.Add(proj, &x);
+    RETURN_IF_ERROR(AddProjection(gate, L.w_down, L.b_down, proj, x));  // this rank's columns
   }
 
   // ---- LM head on the rows that need logits ----
   const int64_t R = static_cast<int64_t>(logit_rows.size());
-  Tensor last = be.Alloc({R, H});
+  Tensor last = be.AllocUninitialized({R, H});
   {
     // Row gather through the backend (x may live on a GPU): an embedding lookup in x itself.
     const Weight x_rows{.dtype = DType::kF32,
@@ -189,7 +198,7 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
     be.Embedding(rows, x_rows, 0, &last);
   }
   be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);
-  Tensor local_logits = be.Alloc({R, shard_.vocab.size()});  // [R, Vl]
+  Tensor local_logits = be.AllocUninitialized({R, shard_.vocab.size()});  // [R, Vl]
   be.MatMul(last, w_.lm_head, &local_logits);
   return GatherLogits(local_logits, logits);
 }

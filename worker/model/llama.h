@@ -38,6 +38,11 @@ class LlamaModel final : public CausalLm {
   LlamaModel(ModelConfig config, ShardPlan plan, RankShard shard, LlamaWeights weights,
              Backend& backend, Communicator& comm);
   absl::Status AllReduce(Tensor& t);
+  // x += in · wᵀ (+ bias), the sum over the ranks' partial products: an o_proj or down_proj
+  // and its residual connection. `scratch` holds the partial product when one is needed
+  // (allocated on first use, [T, H]).
+  absl::Status AddProjection(const Tensor& in, const Weight& w, const Tensor& bias, Tensor& scratch,
+                             Tensor& x);
   // logits [rows, V] on rank 0 from this rank's [rows, Vl].
   absl::Status GatherLogits(const Tensor& local, Tensor* logits);
 

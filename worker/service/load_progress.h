@@ -53,6 +53,9 @@ class CountingBackend final : public Backend {
   std::string name() const override { return inner_.name(); }
   Device device() const override { return inner_.device(); }
   Tensor Alloc(std::vector<int64_t> shape) override { return inner_.Alloc(std::move(shape)); }
+  Tensor AllocUninitialized(std::vector<int64_t> shape) override {
+    return inner_.AllocUninitialized(std::move(shape));
+  }
   Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override {
     return inner_.FromHost(values, std::move(shape));
   }
@@ -60,6 +63,9 @@ class CountingBackend final : public Backend {
   absl::StatusOr<Weight> LoadWeight(const TensorView& view) override;
   absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override { inner_.MatMul(x, w, y); }
+  void MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) override {
+    inner_.MatMulAdd(x, w, y);
+  }
   void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
                     std::span<Tensor* const> ys) override {
     inner_.MatMulShared(x, ws, ys);

@@ -173,6 +173,35 @@ TEST(Int8MatMul, RowsAreBitwiseTheSameInAnyBatch) {
   }
 }
 
+TEST(Int8MatMul, MatMulAddIsMatMulThenAdd) {
+  // The residual add in the kernel's epilogue gives what a separate product and Add give, bit
+  // for bit, on every path (packed weights: the epilogue; fp32: Backend's default).
+  std::mt19937 rng(17);
+  const int64_t n = 13, in = 96, out = 70;
+  std::vector<CpuPrecision> precisions = {CpuPrecision::kFp32};
+  if (Int8GemmAvailable())
+    precisions = {CpuPrecision::kFp32, CpuPrecision::kInt8, CpuPrecision::kInt8x2};
+  for (CpuPrecision precision : precisions) {
+    for (DType t : kTypes) {
+      SCOPED_TRACE(std::string(CpuPrecisionName(precision)) + " " + DTypeName(t));
+      auto m = MakeRandomMatrix(t, out, in, rng);
+      CpuBackend backend(2, precision);
+      const Weight w = Load(backend, m);
+      EXPECT_EQ(w.int8 != nullptr, precision != CpuPrecision::kFp32);
+      Tensor x = backend.FromHost(RandomFloats(n * in, rng), {n, in});
+      const std::vector<float> residual = RandomFloats(n * out, rng);
+      Tensor product = backend.Alloc({n, out});
+      backend.MatMul(x, w, &product);
+      Tensor expected = backend.FromHost(residual, {n, out});
+      backend.Add(product, &expected);
+      Tensor fused = backend.FromHost(residual, {n, out});
+      backend.MatMulAdd(x, w, &fused);
+      EXPECT_EQ(std::memcmp(fused.data(), expected.data(), n * out * sizeof(float)), 0);
+      EXPECT_NE(std::memcmp(fused.data(), residual.data(), n * out * sizeof(float)), 0);
+    }
+  }
+}
+
 TEST(Int8MatMul, Fp32PrecisionDoesNotPack) {
   std::mt19937 rng(5);
   auto m = MakeRandomMatrix(DType::kQ4_1, 16, 64, rng);

@@ -76,6 +76,10 @@ CpuBackend::CpuBackend(int num_threads, CpuPrecision precision, std::optional<Kv
 
 Tensor CpuBackend::Alloc(std::vector<int64_t> shape) { return Tensor(std::move(shape)); }
 
+Tensor CpuBackend::AllocUninitialized(std::vector<int64_t> shape) {
+  return Tensor::Uninitialized(std::move(shape));
+}
+
 Tensor CpuBackend::FromHost(std::span<const float> values, std::vector<int64_t> shape) {
   Tensor t(std::move(shape));
   TPSERVE_CHECK(static_cast<int64_t>(values.size()) == t.numel(), "FromHost: %zu values for %s",

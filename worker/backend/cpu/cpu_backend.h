@@ -76,12 +76,15 @@ class CpuBackend final : public Backend {
   KvDType kv_dtype() const override { return kv_dtype_; }
 
   Tensor Alloc(std::vector<int64_t> shape) override;
+  Tensor AllocUninitialized(std::vector<int64_t> shape) override;
   Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override;
   std::vector<float> ToHost(const Tensor& t) override;
   absl::StatusOr<Weight> LoadWeight(const TensorView& view) override;
   absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
 
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override;
+  // Packed weights: the sum is added in the kernel's epilogue (no temporary, no separate pass).
+  void MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) override;
   // Packed weights: x is rounded to int8 once and all products run as one parallel job.
   void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
                     std::span<Tensor* const> ys) override;
@@ -105,9 +108,10 @@ class CpuBackend final : public Backend {
 
  private:
   // ys[i] = x · ws[i]ᵀ for packed weights (x.rows() > 0, shapes checked): x rounded to int8
-  // once (one or two terms, as precision_ says), the products as one pool job.
-  void PackedMatMul(const Tensor& x, std::span<const Weight* const> ws,
-                    std::span<Tensor* const> ys);
+  // once (one or two terms, as precision_ says), the products as one pool job; with
+  // `accumulate`, ys[i] += the product.
+  void PackedMatMul(const Tensor& x, std::span<const Weight* const> ws, std::span<Tensor* const> ys,
+                    bool accumulate = false);
 
   ThreadPool pool_;
   CpuPrecision precision_;

@@ -35,7 +35,7 @@ void CheckMatMulShapes(const Tensor& x, const Weight& w, const Tensor& y) {
 }  // namespace
 
 void CpuBackend::PackedMatMul(const Tensor& x, std::span<const Weight* const> ws,
-                              std::span<Tensor* const> ys) {
+                              std::span<Tensor* const> ys, bool accumulate) {
   // x rounded once, in the caller's buffer (a lambda naming a thread_local would see each pool
   // thread's own).
   thread_local Int8Activations buffer;
@@ -56,7 +56,8 @@ void CpuBackend::PackedMatMul(const Tensor& x, std::span<const Weight* const> ws
     for (size_t i = 0; i < ws.size(); ++i) {
       const int64_t g0 = std::max(b, first[i]), g1 = std::min(e, first[i + 1]);
       if (g0 < g1) {
-        Int8Gemm(*ws[i]->int8, *xq, g0 - first[i], g1 - first[i], ys[i]->data(), ws[i]->rows);
+        Int8Gemm(*ws[i]->int8, *xq, g0 - first[i], g1 - first[i], ys[i]->data(), ws[i]->rows,
+                 accumulate);
       }
     }
   });
@@ -76,6 +77,15 @@ void CpuBackend::MatMulShared(const Tensor& x, std::span<const Weight* const> ws
   } else if (x.rows() > 0) {
     PackedMatMul(x, ws, ys);
   }
+}
+
+void CpuBackend::MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) {
+  CheckMatMulShapes(x, w, *y);
+  if (w.int8 == nullptr) return Backend::MatMulAdd(x, w, y);
+  if (x.rows() == 0) return;
+  const Weight* ws[] = {&w};
+  Tensor* ys[] = {y};
+  PackedMatMul(x, ws, ys, /*accumulate=*/true);
 }
 
 void CpuBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {

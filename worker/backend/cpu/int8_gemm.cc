@@ -272,7 +272,7 @@ constexpr int64_t kPrefetchBytes = 4096;
 // ahead are prefetched (the first pass over a group, when another group of this call follows).
 template <bool kFourBit, bool kMin, int kOffset, int kTerms, int NJ, bool kPrefetch>
 void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g, int64_t j0,
-                 float* y, int64_t ldy, __mmask16 store_mask) {
+                 float* y, int64_t ldy, __mmask16 store_mask, bool accumulate) {
   const int64_t nb = w.cols / kBlock;
   const int64_t xc = x.cols;
   const int8_t* xq = x.q.get() + j0 * xc;
@@ -353,7 +353,9 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
   }
 #pragma GCC unroll 16
   for (int j = 0; j < NJ; ++j) {
-    _mm512_mask_storeu_ps(y + (j0 + j) * ldy + g * kRows, store_mask, acc[j]);
+    float* out = y + (j0 + j) * ldy + g * kRows;
+    if (accumulate) acc[j] = _mm512_add_ps(_mm512_maskz_loadu_ps(store_mask, out), acc[j]);
+    _mm512_mask_storeu_ps(out, store_mask, acc[j]);
   }
 }
 
@@ -361,7 +363,7 @@ constexpr int kMaxRowsPerPass = 8;
 
 template <bool kFourBit, bool kMin, int kOffset, int kTerms>
 void GemmGroups(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, int64_t g1,
-                float* y, int64_t ldy) {
+                float* y, int64_t ldy, bool accumulate) {
   // The start of this call's weights: the kernel prefetches the rest as it goes.
   PrefetchBytes(w.block(g0, 0),
                 std::min(kPrefetchBytes, (g1 - g0) * (w.cols / kBlock) * w.block_bytes));
@@ -372,9 +374,11 @@ void GemmGroups(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0,
       const int nj = static_cast<int>(std::min<int64_t>(kMaxRowsPerPass, x.rows - j0));
       WithStaticCount<kMaxRowsPerPass>(nj, [&](auto k) {
         if (j0 == 0 && g + 1 < g1) {
-          GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), true>(w, x, g, j0, y, ldy, mask);
+          GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), true>(w, x, g, j0, y, ldy, mask,
+                                                                  accumulate);
         } else {
-          GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), false>(w, x, g, j0, y, ldy, mask);
+          GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), false>(w, x, g, j0, y, ldy, mask,
+                                                                   accumulate);
         }
       });
     }
@@ -383,14 +387,14 @@ void GemmGroups(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0,
 
 template <int kTerms>
 void GemmTerms(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, int64_t g1,
-               float* y, int64_t ldy) {
+               float* y, int64_t ldy, bool accumulate) {
   switch (w.dtype) {
     case DType::kQ4_1:
-      return GemmGroups<true, true, 0, kTerms>(w, x, g0, g1, y, ldy);
+      return GemmGroups<true, true, 0, kTerms>(w, x, g0, g1, y, ldy, accumulate);
     case DType::kQ4_0:
-      return GemmGroups<true, false, 8, kTerms>(w, x, g0, g1, y, ldy);
+      return GemmGroups<true, false, 8, kTerms>(w, x, g0, g1, y, ldy, accumulate);
     case DType::kQ8_0:
-      return GemmGroups<false, false, 128, kTerms>(w, x, g0, g1, y, ldy);
+      return GemmGroups<false, false, 128, kTerms>(w, x, g0, g1, y, ldy, accumulate);
     default:
       TPSERVE_CHECK(false, "Int8Gemm: %s is not packed", DTypeName(w.dtype));
   }
@@ -400,12 +404,12 @@ void GemmTerms(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, 
 #endif  // TPSERVE_VNNI
 
 void Int8Gemm(const PackedInt8Weight& w, const Int8Activations& x, int64_t group_begin,
-              int64_t group_end, float* y, int64_t ldy) {
+              int64_t group_end, float* y, int64_t ldy, bool accumulate) {
   TPSERVE_CHECK(x.cols == w.cols, "Int8Gemm: x has %lld columns, weight %lld",
                 static_cast<long long>(x.cols), static_cast<long long>(w.cols));
 #if TPSERVE_VNNI
-  if (x.terms == 2) return GemmTerms<2>(w, x, group_begin, group_end, y, ldy);
-  return GemmTerms<1>(w, x, group_begin, group_end, y, ldy);
+  if (x.terms == 2) return GemmTerms<2>(w, x, group_begin, group_end, y, ldy, accumulate);
+  return GemmTerms<1>(w, x, group_begin, group_end, y, ldy, accumulate);
 #else
   TPSERVE_CHECK(false, "Int8Gemm: no VNNI kernel for %s in this build", DTypeName(w.dtype));
 #endif

@@ -78,9 +78,10 @@ void QuantizeActivations(const float* x, int64_t ldx, int64_t row_begin, int64_t
                          Int8Activations* out);
 
 // y[j * ldy + r] for every activation row j and the weight rows of groups [group_begin,
-// group_end). Requires Int8GemmAvailable().
+// group_end); with `accumulate`, added to what y holds (one fp32 add per element, the same
+// result as computing into a temporary and adding it). Requires Int8GemmAvailable().
 void Int8Gemm(const PackedInt8Weight& w, const Int8Activations& x, int64_t group_begin,
-              int64_t group_end, float* y, int64_t ldy);
+              int64_t group_end, float* y, int64_t ldy, bool accumulate = false);
 
 // The same results computed one element at a time in scalar code (tests).
 void Int8GemmReference(const PackedInt8Weight& w, const Int8Activations& x, float* y, int64_t ldy);

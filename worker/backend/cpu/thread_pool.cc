@@ -46,10 +46,14 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::Work(Job& job) {
-  for (int64_t c = job.next.fetch_add(1); c < job.num_chunks; c = job.next.fetch_add(1)) {
-    const int64_t begin = c * job.chunk;
-    (*job.fn)(begin, std::min(job.n, begin + job.chunk));
-    if (job.done.fetch_add(1) + 1 == job.num_chunks) job.done.notify_all();
+  int64_t u = job.next.load(std::memory_order_relaxed);
+  while (u < job.units) {
+    const int64_t take = std::max<int64_t>(1, (job.units - u) / job.divisor);
+    if (!job.next.compare_exchange_weak(u, u + take)) continue;  // u reloaded
+    const int64_t begin = u * job.grain;
+    (*job.fn)(begin, std::min(job.n, (u + take) * job.grain));
+    if (job.done.fetch_add(take) + take == job.units) job.done.notify_all();
+    u = job.next.load(std::memory_order_relaxed);
   }
 }
 
@@ -76,19 +80,15 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     fn(0, n);
     return;
   }
-  // A few chunks per thread: enough to rebalance around a slow thread, few enough that the
-  // atomic counter costs nothing.
-  const int64_t chunks_wanted = std::min<int64_t>(units, 4 * num_threads_);
-  const int64_t units_per_chunk = (units + chunks_wanted - 1) / chunks_wanted;
-  Job job{.fn = &fn, .n = n, .chunk = units_per_chunk * grain, .num_chunks = 0};
-  job.num_chunks = (n + job.chunk - 1) / job.chunk;
+  // The first chunks are a 1 / (2 threads) share, the last ones single units: few atomics,
+  // and a slow thread leaves at most one small chunk for the others to wait on.
+  Job job{.fn = &fn, .n = n, .grain = grain, .units = units, .divisor = 2 * num_threads_};
 
   job_.store(&job);
   generation_.fetch_add(1);
   generation_.notify_all();
   Work(job);
-  for (int64_t d = job.done.load(); d < job.num_chunks; d = job.done.load())
-    SpinThenWait(job.done, d);
+  for (int64_t d = job.done.load(); d < job.units; d = job.done.load()) SpinThenWait(job.done, d);
   job_.store(nullptr);
   while (active_.load() != 0) CpuRelax();  // a late worker only finds no chunks left
 }

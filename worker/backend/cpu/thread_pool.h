@@ -7,7 +7,9 @@
 //
 // Work is handed out in chunks from an atomic counter, and the caller works too: when the
 // machine is oversubscribed and a worker is not scheduled, the caller (or the other workers)
-// take its chunks instead of waiting a whole scheduler time slice for it.
+// take its chunks instead of waiting a whole scheduler time slice for it. Chunks shrink as the
+// work runs out (each takes a share of what is left), so the threads finish close together: one
+// thread waiting for another's last large chunk was ~6 % of a 32-sequence decode step.
 #pragma once
 
 #include <atomic>
@@ -37,10 +39,11 @@ class ThreadPool {
   struct Job {
     const std::function<void(int64_t, int64_t)>* fn;
     int64_t n;
-    int64_t chunk;  // elements per chunk
-    int64_t num_chunks;
-    std::atomic<int64_t> next{0};  // next chunk to hand out
-    std::atomic<int64_t> done{0};  // chunks finished
+    int64_t grain;
+    int64_t units;                 // ceil(n / grain)
+    int64_t divisor;               // a chunk takes 1 / divisor of the units left (at least one)
+    std::atomic<int64_t> next{0};  // next unit to hand out
+    std::atomic<int64_t> done{0};  // units finished
   };
   static void Work(Job& job);
   void WorkerLoop();
