@@ -266,13 +266,23 @@ inline __m512i DotBcast(__m512i acc, __m512i u, const int8_t* p) {
 // batch 1 2.9 -> 2.3 ms per forward pass's matmuls).
 constexpr int64_t kPrefetchBytes = 4096;
 
+// Lines of another group to prefetch while a pass reads its blocks: `lines` cache lines from
+// `base`, spread evenly over the pass's blocks.
+struct SpreadPrefetch {
+  const uint8_t* base = nullptr;  // null: none
+  int64_t lines = 0;
+  int64_t per_block = 0;  // ceil(lines / blocks)
+};
+
 // NJ activation rows x the 16 rows of group g. Per block, the 16 x 32 weights are unpacked
 // once into u[8] (lane r of u[m]: elements 4m..4m+3 of row r) and stay in registers while
 // every activation row is multiplied with them. With kPrefetch, the weights kPrefetchBytes
-// ahead are prefetched (the first pass over a group, when another group of this call follows).
+// ahead are prefetched (the one pass over a group, when another group of this call follows);
+// `spread` names lines to prefetch a few per block instead (passes of many rows).
 template <bool kFourBit, bool kMin, int kOffset, int kTerms, int NJ, bool kPrefetch>
 void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g, int64_t j0,
-                 float* y, int64_t ldy, __mmask16 store_mask, bool accumulate) {
+                 float* y, int64_t ldy, __mmask16 store_mask, bool accumulate,
+                 SpreadPrefetch spread) {
   const int64_t nb = w.cols / kBlock;
   const int64_t xc = x.cols;
   const int8_t* xq = x.q.get() + j0 * xc;
@@ -287,6 +297,12 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
   const uint8_t* blk = w.block(g, 0);
   for (int64_t b = 0; b < nb; ++b, blk += w.block_bytes) {
     if constexpr (kPrefetch) PrefetchBytes(blk + kPrefetchBytes, w.block_bytes);
+    if (spread.base != nullptr) {
+      const int64_t end = std::min(spread.lines, (b + 1) * spread.per_block);
+      for (int64_t l = b * spread.per_block; l < end; ++l) {
+        _mm_prefetch(reinterpret_cast<const char*>(spread.base + 64 * l), _MM_HINT_T1);
+      }
+    }
     const uint8_t* packed = blk + kHeaderBytes;
     __m512i u[8];
     if constexpr (kFourBit) {
@@ -364,21 +380,39 @@ constexpr int kMaxRowsPerPass = 8;
 template <bool kFourBit, bool kMin, int kOffset, int kTerms>
 void GemmGroups(const PackedInt8Weight& w, const Int8Activations& x, int64_t g0, int64_t g1,
                 float* y, int64_t ldy, bool accumulate) {
+  const int64_t nb = w.cols / kBlock;
+  const int64_t group_bytes = nb * w.block_bytes;
   // The start of this call's weights: the kernel prefetches the rest as it goes.
-  PrefetchBytes(w.block(g0, 0),
-                std::min(kPrefetchBytes, (g1 - g0) * (w.cols / kBlock) * w.block_bytes));
+  PrefetchBytes(w.block(g0, 0), std::min(kPrefetchBytes, (g1 - g0) * group_bytes));
+  // A group's first pass prefetches kPrefetchBytes ahead (the rest of the group and the start
+  // of the next). With more passes, the later ones prefetch the rest of the next group, a share
+  // each, so that the weights stream from memory during all of a group's passes: the LM head
+  // ([49152 x 576] Q8_0, 32 MB, 10 KB a group, read 4 times at 32 rows) waited on memory in its
+  // first passes and left it idle in the others.
+  const int64_t passes = (x.rows + kMaxRowsPerPass - 1) / kMaxRowsPerPass;
+  const int64_t group_lines = (group_bytes + 63) / 64;
+  const int64_t ahead_lines = std::min(group_lines, kPrefetchBytes / 64);
+  const int64_t spread_lines = group_lines - ahead_lines;
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t valid = std::min<int64_t>(kRows, w.rows - g * kRows);
     const __mmask16 mask = valid == kRows ? 0xFFFF : static_cast<__mmask16>((1u << valid) - 1);
-    for (int64_t j0 = 0; j0 < x.rows; j0 += kMaxRowsPerPass) {
+    for (int64_t j0 = 0, pass = 0; j0 < x.rows; j0 += kMaxRowsPerPass, ++pass) {
       const int nj = static_cast<int>(std::min<int64_t>(kMaxRowsPerPass, x.rows - j0));
+      SpreadPrefetch spread;
+      if (pass > 0 && g + 1 < g1 && spread_lines > 0) {
+        const int64_t first = ahead_lines + (pass - 1) * spread_lines / (passes - 1);
+        const int64_t lines = ahead_lines + pass * spread_lines / (passes - 1) - first;
+        spread = {.base = w.block(g + 1, 0) + 64 * first,
+                  .lines = lines,
+                  .per_block = (lines + nb - 1) / nb};
+      }
       WithStaticCount<kMaxRowsPerPass>(nj, [&](auto k) {
         if (j0 == 0 && g + 1 < g1) {
           GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), true>(w, x, g, j0, y, ldy, mask,
-                                                                  accumulate);
+                                                                  accumulate, spread);
         } else {
           GroupKernel<kFourBit, kMin, kOffset, kTerms, k(), false>(w, x, g, j0, y, ldy, mask,
-                                                                   accumulate);
+                                                                   accumulate, spread);
         }
       });
     }
