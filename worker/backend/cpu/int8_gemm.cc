@@ -138,6 +138,8 @@ void Int8Activations::Resize(int64_t new_rows, int64_t new_cols, int new_terms) 
     d.reset(new float[capacity / kBlock]);
     s.reset(new float[capacity / kBlock]);
     sum.reset(new int32_t[capacity / kBlock]);
+    minus_8sum.reset(new int32_t[capacity / kBlock]);
+    minus_128sum.reset(new int32_t[capacity / kBlock]);
   }
 }
 
@@ -205,6 +207,8 @@ void QuantizeActivations(const float* x, int64_t ldx, int64_t row_begin, int64_t
 #endif
       out->d[at] = step;
       out->sum[at] = sum;
+      out->minus_8sum[at] = -8 * sum;
+      out->minus_128sum[at] = -128 * sum;
       out->s[at] = step * static_cast<float>(sum);
     }
   }
@@ -289,7 +293,8 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
   const int8_t* xq2 = kTerms == 2 ? x.q2.get() + j0 * xc : nullptr;
   const float* xd = x.d.get() + j0 * nb;
   const float* xs = x.s.get() + j0 * nb;
-  const int32_t* xsum = x.sum.get() + j0 * nb;
+  static_assert(kOffset == 0 || kOffset == 8 || kOffset == 128);
+  const int32_t* xoff = (kOffset == 8 ? x.minus_8sum.get() : x.minus_128sum.get()) + j0 * nb;
   __m512 acc[NJ];
 #pragma GCC unroll 16
   for (int j = 0; j < NJ; ++j) acc[j] = _mm512_setzero_ps();
@@ -333,8 +338,16 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
       __m512i hi[kR], lo[kR];
 #pragma GCC unroll 8
       for (int r = 0; r < kR; ++r) {
-        hi[r] = _mm512_setzero_si512();
-        if constexpr (kTerms == 2) lo[r] = _mm512_setzero_si512();
+        // The offset's correction, -offset * sum, starts the chain that ends in the block sum
+        // (a broadcast from memory rather than a scalar multiply, a move to a vector register
+        // and a subtraction per row and block: the first two took a vector pipe). With two
+        // terms that is lo, added after hi's 254 times.
+        __m512i start = _mm512_setzero_si512();
+        if constexpr (kOffset != 0) {
+          if (r0 + r < NJ) start = _mm512_set1_epi32(xoff[(r0 + r) * nb + b]);
+        }
+        hi[r] = kTerms == 2 ? _mm512_setzero_si512() : start;
+        if constexpr (kTerms == 2) lo[r] = start;
       }
 #pragma GCC unroll 8
       for (int m = 0; m < 8; ++m) {
@@ -357,9 +370,6 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
           // 254 a = (a << 8) - (a << 1): two shifts instead of a 10-cycle vpmulld.
           isum = _mm512_add_epi32(
               _mm512_sub_epi32(_mm512_slli_epi32(isum, 8), _mm512_slli_epi32(isum, 1)), lo[r]);
-        }
-        if constexpr (kOffset != 0) {
-          isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(kOffset * xsum[j * nb + b]));
         }
         const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xd[j * nb + b]));
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[j]);

@@ -69,7 +69,9 @@ struct Int8Activations {
   std::unique_ptr<float[]> d;      // rows * cols/32: step of the (combined) integer
   std::unique_ptr<float[]> s;      // rows * cols/32: d * sum
   std::unique_ptr<int32_t[]> sum;  // rows * cols/32: sum(q), or sum(254 q + q2)
-  int64_t capacity = 0;            // elements q can hold
+  // -8 * sum and -128 * sum: the offsets' corrections for Q4_0 and Q8_0 weights.
+  std::unique_ptr<int32_t[]> minus_8sum, minus_128sum;
+  int64_t capacity = 0;  // elements q can hold
   void Resize(int64_t rows, int64_t cols, int terms = 1);
 };
 
