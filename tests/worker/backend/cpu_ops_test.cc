@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 
 #include "common/format/dtype.h"
 #include "tests/worker/backend/random_weights.h"
@@ -36,6 +38,22 @@ TEST(ThreadPool, ParallelForCoversEveryIndexOnce) {
         for (int64_t i = 0; i < n; ++i)
           ASSERT_EQ(hits[i].load(), 1) << n << " " << grain << " " << i;
       }
+    }
+  }
+}
+
+TEST(ThreadPool, ReturnsWhenTheCallerSleepsThroughTheLastChunks) {
+  // Chunks slower than the pool's spin send the caller to sleep on the done counter; it must
+  // be woken however the chunks' sizes add up (a chunk past the end once left it asleep).
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t n : {5, 17, 40, 100}) {
+      std::vector<std::atomic<int>> hits(n);
+      pool.ParallelFor(n, 1, [&](int64_t b, int64_t e) {
+        std::this_thread::sleep_for(std::chrono::microseconds(300));
+        for (int64_t i = b; i < e; ++i) hits[i].fetch_add(1);
+      });
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << n << " " << i;
     }
   }
 }
