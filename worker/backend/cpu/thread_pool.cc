@@ -48,8 +48,7 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::Work(Job& job) {
   int64_t u = job.next.load(std::memory_order_relaxed);
   while (u < job.units) {
-    const int64_t left = job.units - u;
-    const int64_t take = std::min(left, std::max(job.min_take, left / job.divisor));
+    const int64_t take = std::max<int64_t>(1, (job.units - u) / job.divisor);
     if (!job.next.compare_exchange_weak(u, u + take)) continue;  // u reloaded
     const int64_t begin = u * job.grain;
     (*job.fn)(begin, std::min(job.n, (u + take) * job.grain));
@@ -81,16 +80,9 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     fn(0, n);
     return;
   }
-  // The first chunks are a 1 / (2 threads) share of what is left, the last ones 1 / (8 threads)
-  // of the whole: a slow thread leaves at most one small chunk for the others to wait on, and
-  // a job is at most ~16 chunks per thread (each is an atomic on a line the threads share;
-  // single-unit chunks at the end made that ~2 % of a 32-sequence step).
-  Job job{.fn = &fn,
-          .n = n,
-          .grain = grain,
-          .units = units,
-          .divisor = 2 * num_threads_,
-          .min_take = std::max<int64_t>(1, units / (8 * num_threads_))};
+  // The first chunks are a 1 / (2 threads) share, the last ones single units: few atomics,
+  // and a slow thread leaves at most one small chunk for the others to wait on.
+  Job job{.fn = &fn, .n = n, .grain = grain, .units = units, .divisor = 2 * num_threads_};
 
   job_.store(&job);
   generation_.fetch_add(1);

@@ -41,8 +41,7 @@ class ThreadPool {
     int64_t n;
     int64_t grain;
     int64_t units;                 // ceil(n / grain)
-    int64_t divisor;               // a chunk takes 1 / divisor of the units left,
-    int64_t min_take;              // and at least this many
+    int64_t divisor;               // a chunk takes 1 / divisor of the units left (at least one)
     std::atomic<int64_t> next{0};  // next unit to hand out
     std::atomic<int64_t> done{0};  // units finished
   };
