@@ -72,6 +72,14 @@ int Run(const Options& o) {
       "vpdpbusd issue rate, %d threads: %.2f G/s (%.0f G int8 products/s); read "
       "bandwidth %.1f GB/s\n",
       o.threads, vnni / 1e9, 64.0 * vnni / 1e9, bw / 1e9);
+  // The kernel scales each block sum in fp32 (Q4_1: a multiply and two FMAs per 8 vpdpbusd of a
+  // row and block). If FMAs share the multiplies' issue slots, that caps the kernel below the
+  // rate above: 8 / (8 + 3) for Q4_1 at one term.
+  const double with_fma = VnniInstructionRate<4>(pool);
+  std::printf(
+      "vpdpbusd issued with 4 fp32 FMAs per 16: %.2f G/s = %.0f%% (%.0f%% if the FMAs took no "
+      "vpdpbusd slots, %.0f%% if each took one)\n",
+      with_fma / 1e9, 100.0 * with_fma / vnni, 100.0, 100.0 * 16.0 / 20.0);
   const DType dtype = o.dtype == "q8_0" ? DType::kQ8_0 : DType::kQ4_1;
   const int64_t row_bytes = o.in / 32 * (dtype == DType::kQ8_0 ? 34 : 20);
   std::mt19937 rng(7);
