@@ -390,8 +390,8 @@ void AttentionAs(const Tensor& q, const KvLayerView& cache, std::span<const Atte
       const char* kt = static_cast<const char*>(cache.k) + at;
       const char* vt = static_cast<const char*>(cache.v) + at;
       for (int64_t o = 0; o < tile_bytes; o += 64) {
-        _mm_prefetch(kt + o, _MM_HINT_T1);
-        _mm_prefetch(vt + o, _MM_HINT_T1);
+        __builtin_prefetch(kt + o, 0, 2);  // into L2 (prefetcht1)
+        __builtin_prefetch(vt + o, 0, 2);
       }
     }
   };

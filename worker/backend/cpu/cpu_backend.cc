@@ -21,7 +21,7 @@ namespace {
 // A forward pass allocates its activations and frees them at the end (a 32-sequence decode step:
 // ~7 MB of logits and their host copy). glibc's defaults hand memory over a few MB back to the
 // kernel when it is freed, so every step paid page faults to touch it again and a brk or munmap
-// to return it (~5 % of a 32-sequence step under perf). Keep freed memory up to 32 MB blocks in
+// to return it (~4 % of a 32-sequence step under perf). Keep freed memory up to 32 MB blocks in
 // the heap and return it only past 1 GB.
 void KeepFreedMemory() {
   static std::once_flag once;

@@ -281,8 +281,8 @@ struct SpreadPrefetch {
 // NJ activation rows x the 16 rows of group g. Per block, the 16 x 32 weights are unpacked
 // once into u[8] (lane r of u[m]: elements 4m..4m+3 of row r) and stay in registers while
 // every activation row is multiplied with them. With kPrefetch, the weights kPrefetchBytes
-// ahead are prefetched (the one pass over a group, when another group of this call follows);
-// `spread` names lines to prefetch a few per block instead (passes of many rows).
+// ahead are prefetched (the first pass over a group, when another group of this call follows);
+// `spread` names more lines to prefetch, a few per block (a group's later passes).
 template <bool kFourBit, bool kMin, int kOffset, int kTerms, int NJ, bool kPrefetch>
 void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g, int64_t j0,
                  float* y, int64_t ldy, __mmask16 store_mask, bool accumulate,
@@ -305,7 +305,7 @@ void GroupKernel(const PackedInt8Weight& w, const Int8Activations& x, int64_t g,
     if (spread.base != nullptr) {
       const int64_t end = std::min(spread.lines, (b + 1) * spread.per_block);
       for (int64_t l = b * spread.per_block; l < end; ++l) {
-        _mm_prefetch(reinterpret_cast<const char*>(spread.base + 64 * l), _MM_HINT_T1);
+        __builtin_prefetch(spread.base + 64 * l, 0, 2);  // into L2 (prefetcht1)
       }
     }
     const uint8_t* packed = blk + kHeaderBytes;
