@@ -71,7 +71,12 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
   if (!is_rank0_) return result;
 
   const int64_t V = model_.config().vocab_size;
-  std::vector<float> host = backend_.ToHost(logits);  // [rows, V]
+  // [rows, V] in host memory: the model's own tensor where the backend's live on the host.
+  Tensor host = logits;
+  if (logits.device() != Device::kCpu) {
+    auto values = std::make_shared<std::vector<float>>(backend_.ToHost(logits));
+    host = Tensor(values, values->data(), logits.shape(), Device::kCpu);
+  }
   int64_t row = 0;
   for (const StepSequence& s : step.sequences) {
     result.logits_row.push_back(row);
@@ -89,11 +94,12 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
       const int64_t rows = s.all_logits ? static_cast<int64_t>(s.tokens.size()) : 1;
       const int64_t last = result.logits_row[i] + rows - 1;
       result.tokens[i] =
-          SampleToken(std::span<const float>(&host[last * V], V), s.sampling, s.sample_step);
+          SampleToken(std::span<const float>(host.row(last), V), s.sampling, s.sample_step);
     });
   }
   result.vocab_size = V;
-  if (step.return_logits) result.logits = std::move(host);
+  if (step.return_logits) result.logits.assign(host.data(), host.data() + host.numel());
+  if (step.keep_logits) result.logits_host = std::move(host);
   return result;
 }
 

@@ -30,6 +30,9 @@ struct StepSequence {
 struct Step {
   std::vector<StepSequence> sequences;
   bool return_logits = false;  // copy the logits into StepResult (otherwise only tokens)
+  // Hand the logits over as a host tensor instead: no copy where the backend's tensors are host
+  // memory (a 32-sequence step's logits are 6 MB).
+  bool keep_logits = false;
 };
 
 struct StepResult {
@@ -38,6 +41,8 @@ struct StepResult {
   // When return_logits: row-major [rows, vocab]; sequence i's rows start at logits_row[i] (one
   // row, or one per fed token with all_logits).
   std::vector<float> logits;
+  // When keep_logits: the same values in a host tensor [rows, vocab] the caller may modify.
+  Tensor logits_host;
   std::vector<int64_t> logits_row;
   int64_t vocab_size = 0;
 };

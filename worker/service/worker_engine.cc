@@ -347,13 +347,13 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
     }
   }
   // Rank 0 samples here rather than in the runner: the runner knows no penalties, bias or
-  // log-probs. Its logits come back without a copy (moved out of the host buffer).
+  // log-probs. Its logits come back without a copy (the model's host tensor on a CPU backend).
   std::vector<bool> sample(plan.step.sequences.size());
   for (size_t i = 0; i < sample.size(); ++i) {
     sample[i] = plan.step.sequences[i].sample;
     plan.step.sequences[i].sample = false;
   }
-  plan.step.return_logits = rank0;
+  plan.step.keep_logits = rank0;
 
   l.comm->TakeMicros();
   ASSIGN_OR_RETURN(StepResult result, l.runner->Execute(plan.step));
@@ -379,7 +379,7 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
       const SequenceSampling& s = plan.sampling[i];
       const int64_t rows = seq.all_logits ? static_cast<int64_t>(seq.tokens.size()) : 1;
       const int64_t last = result.logits_row[i] + rows - 1;
-      std::span<float> row(&result.logits[last * V], V);
+      std::span<float> row(result.logits_host.row(last), V);
       if (s.adjustments.active()) ApplyAdjustments(s.adjustments, row);
       SampledOut& token = out.tokens[k];
       token.sequence_id = s.sequence_id;

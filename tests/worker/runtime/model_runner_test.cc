@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 
 #include "tests/worker/model/golden.h"
@@ -21,6 +23,31 @@ std::vector<int32_t> Prompt(int n, int salt) {
   std::vector<int32_t> p(n);
   for (int i = 0; i < n; ++i) p[i] = 3 + (i * 37 + salt * 101) % 300;
   return p;
+}
+
+TEST(ModelRunner, KeptLogitsAreTheReturnedOnesInAHostTensor) {
+  auto engine = OpenEngine(kModel, 8);
+  ASSERT_NE(engine, nullptr);
+  const int64_t V = engine->files.config.vocab_size;
+  StepSequence a{.seq_id = 0, .tokens = Prompt(6, 1), .block_table = {0}, .all_logits = true};
+  StepSequence b{.seq_id = 1, .tokens = Prompt(3, 2), .block_table = {1}};
+  auto r = engine->runner->Execute(
+      Step{.sequences = {a, b}, .return_logits = true, .keep_logits = true});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->logits_host.device(), Device::kCpu);
+  ASSERT_EQ(r->logits_host.shape(), (std::vector<int64_t>{7, V}));  // 6 rows of a, 1 of b
+  ASSERT_EQ(r->logits.size(), static_cast<size_t>(7 * V));
+  EXPECT_EQ(std::memcmp(r->logits_host.data(), r->logits.data(), r->logits.size() * 4), 0);
+  // The sampled tokens are the greedy ones of the rows they were drawn from.
+  for (int i = 0; i < 2; ++i) {
+    const float* row = r->logits_host.row(r->logits_row[i] + (i == 0 ? 5 : 0));
+    EXPECT_EQ(r->tokens[i], std::max_element(row, row + V) - row);
+  }
+  // Without either flag no logits come back.
+  auto t = engine->runner->Execute(Step{.sequences = {b}});
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(t->logits.empty());
+  EXPECT_TRUE(t->logits_host.empty());
 }
 
 TEST(ModelRunner, BatchedEqualsAloneAndChunkedEqualsWhole) {
