@@ -9,13 +9,14 @@
 //
 // Usage: attention_bench [--batch 8,32] [--context 160,1024] [--layers 30] [--heads 9]
 //                        [--kv-heads 3] [--head-dim 64] [--block-size 16] [--kv-dtype fp16|fp32]
-//                        [--threads 2] [--steps 20] [--scatter 1]
+//                        [--threads 2] [--steps 20] [--scatter 1] [--huge-pages 0]
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -24,6 +25,7 @@
 #include "bench/engine/bandwidth.h"
 #include "common/format/dtype.h"
 #include "worker/backend/cpu/cpu_backend.h"
+#include "worker/backend/host_memory.h"
 
 namespace tpserve {
 namespace {
@@ -34,13 +36,23 @@ struct Options {
   int layers = 30, heads = 9, kv_heads = 3, head_dim = 64, block_size = 16, threads = 2;
   int steps = 20;
   bool scatter = true;
+  bool huge_pages = false;
   std::string kv_dtype = "fp16";
 };
 
 // Pools of one layer, filled with small random values (attention's cost does not depend on them).
 struct LayerPools {
-  std::vector<uint8_t> k, v;
+  std::shared_ptr<void> k, v;
 };
+
+// A pool's memory: 4 KB pages, as the engine's KV pools, or transparent huge pages as the weights'
+// (host_memory.h).
+std::shared_ptr<void> PoolBuffer(size_t bytes, bool huge_pages) {
+  if (huge_pages) return HugePageBuffer(bytes);
+  void* p = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+  if (p == nullptr) std::abort();
+  return std::shared_ptr<void>(p, std::free);
+}
 
 double RunCase(CpuBackend& backend, const Options& o, KvDType dtype, int batch, int context,
                std::mt19937& rng, double* bytes_per_step) {
@@ -52,17 +64,19 @@ double RunCase(CpuBackend& backend, const Options& o, KvDType dtype, int batch, 
   std::vector<LayerPools> layers(o.layers);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   for (LayerPools& l : layers) {
-    l.k.resize(pool_bytes);
-    l.v.resize(pool_bytes);
+    l.k = PoolBuffer(pool_bytes, o.huge_pages);
+    l.v = PoolBuffer(pool_bytes, o.huge_pages);
+    auto* k = static_cast<uint8_t*>(l.k.get());
+    auto* v = static_cast<uint8_t*>(l.v.get());
     for (size_t i = 0; i < pool_bytes / elem; ++i) {
       const float a = u(rng), b = u(rng);
       if (dtype == KvDType::kFp16) {
         const uint16_t ha = FloatToHalf(a), hb = FloatToHalf(b);
-        std::memcpy(&l.k[i * 2], &ha, 2);
-        std::memcpy(&l.v[i * 2], &hb, 2);
+        std::memcpy(&k[i * 2], &ha, 2);
+        std::memcpy(&v[i * 2], &hb, 2);
       } else {
-        std::memcpy(&l.k[i * 4], &a, 4);
-        std::memcpy(&l.v[i * 4], &b, 4);
+        std::memcpy(&k[i * 4], &a, 4);
+        std::memcpy(&v[i * 4], &b, 4);
       }
     }
   }
@@ -85,8 +99,8 @@ double RunCase(CpuBackend& backend, const Options& o, KvDType dtype, int batch, 
                                .group_size = o.heads / o.kv_heads};
   auto step = [&] {
     for (LayerPools& l : layers) {
-      const KvLayerView view{.k = l.k.data(),
-                             .v = l.v.data(),
+      const KvLayerView view{.k = l.k.get(),
+                             .v = l.v.get(),
                              .dtype = dtype,
                              .num_blocks = num_blocks,
                              .block_size = bs,
@@ -118,6 +132,7 @@ int Run(const Options& o) {
   std::printf("decode attention, %d layers, %d heads / %d KV heads, hd %d, block %d, KV %s, %s\n",
               o.layers, o.heads, o.kv_heads, o.head_dim, o.block_size, KvDTypeName(dtype),
               o.scatter ? "scattered blocks" : "blocks in order");
+  std::printf("pools in %s\n", o.huge_pages ? "huge pages (advised)" : "4 KB pages");
   std::mt19937 rng(7);
   for (int context : o.context) {
     for (int batch : o.batch) {
@@ -150,6 +165,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", o.threads, "CPU threads");
   app.add_option("--steps", o.steps, "timed steps per case");
   app.add_option("--scatter", o.scatter, "shuffle the block tables (1) or keep them in order (0)");
+  app.add_option("--huge-pages", o.huge_pages,
+                 "pools in 4 KB pages as the engine's (0) or transparent huge pages (1)");
   CLI11_PARSE(app, argc, argv);
   return tpserve::Run(o);
 }

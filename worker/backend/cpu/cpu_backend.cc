@@ -14,6 +14,7 @@
 #include "worker/backend/cpu/int8_gemm.h"
 #include "worker/backend/cpu/quant_kernels.h"
 #include "worker/backend/cpu/vec_math.h"
+#include "worker/backend/host_memory.h"
 
 namespace tpserve {
 namespace {
@@ -97,7 +98,7 @@ Tensor CpuBackend::AllocUninitialized(std::vector<int64_t> shape) {
 }
 
 Tensor CpuBackend::FromHost(std::span<const float> values, std::vector<int64_t> shape) {
-  Tensor t(std::move(shape));
+  Tensor t = Tensor::Uninitialized(std::move(shape));  // every element copied below
   TPSERVE_CHECK(static_cast<int64_t>(values.size()) == t.numel(), "FromHost: %zu values for %s",
                 values.size(), t.ShapeString().c_str());
   std::memcpy(t.data(), values.data(), values.size() * sizeof(float));
@@ -127,7 +128,14 @@ absl::StatusOr<Weight> CpuBackend::LoadWeight(const TensorView& view) {
   }
   if (CpuKernelReads(view.dtype)) return w;  // zero copy: reads the mapping
   // K-quants and other types: fp32 copy, row by row (the view may be a column window).
-  auto buffer = std::shared_ptr<float[]>(new float[view.rows * view.cols]);
+  const size_t bytes = static_cast<size_t>(view.rows * view.cols) * sizeof(float);
+  std::shared_ptr<float[]> buffer;
+  if (bytes >= kHugePageBytes) {  // streamed every step: huge pages (host_memory.h)
+    std::shared_ptr<void> huge = HugePageBuffer(bytes);
+    buffer = std::shared_ptr<float[]>(huge, static_cast<float*>(huge.get()));
+  } else {
+    buffer = std::shared_ptr<float[]>(new float[view.rows * view.cols]);
+  }
   for (int64_t r = 0; r < view.rows; ++r) {
     absl::Status st = ToFloat(view.dtype, view.row(r), buffer.get() + r * view.cols, view.cols);
     if (!st.ok()) return st;

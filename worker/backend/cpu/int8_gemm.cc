@@ -9,6 +9,7 @@
 #include "worker/backend/cpu/static_dispatch.h"
 #include "worker/backend/cpu/thread_pool.h"
 #include "worker/backend/cpu/vec_math.h"
+#include "worker/backend/host_memory.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512VNNI__) && defined(__F16C__)
@@ -86,8 +87,13 @@ std::shared_ptr<const PackedInt8Weight> PackInt8Weight(DType dtype, int64_t rows
   w->block_bytes = kHeaderBytes + (four_bit ? kRows * kBlock / 2 : kRows * kBlock);
   const int64_t nb = cols / kBlock;
   const size_t total = static_cast<size_t>(w->groups * nb * w->block_bytes);
-  w->data = std::shared_ptr<uint8_t[]>(static_cast<uint8_t*>(std::aligned_alloc(64, total)),
-                                       [](uint8_t* p) { std::free(p); });
+  if (total >= kHugePageBytes) {  // streamed every step: huge pages (host_memory.h)
+    std::shared_ptr<void> buffer = HugePageBuffer(total);
+    w->data = std::shared_ptr<uint8_t[]>(buffer, static_cast<uint8_t*>(buffer.get()));
+  } else {
+    w->data = std::shared_ptr<uint8_t[]>(static_cast<uint8_t*>(std::aligned_alloc(64, total)),
+                                         [](uint8_t* p) { std::free(p); });
+  }
   TPSERVE_CHECK(w->data != nullptr, "PackInt8Weight: out of memory (%zu bytes)", total);
   // Where element e of lane 0 goes (lane r adds 4 r), and whether as a high nibble.
   int64_t at[kBlock];
