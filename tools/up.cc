@@ -438,8 +438,8 @@ CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
       ->check(CLI::IsMember({"fp32", "bf16", "int8", "int8x2"}));
   cmd->add_option("--kv-cache-dtype", options.kv_cache_dtype,
                   "workers' KV cache element type: auto (fp16 on cpu with int8x2 / int8, fp32 "
-                  "otherwise), fp16 (cpu) or fp32")
-      ->check(CLI::IsMember({"auto", "fp16", "fp32"}));
+                  "otherwise), fp16 (cpu), fp32 or int8 (cpu)")
+      ->check(CLI::IsMember({"auto", "fp16", "fp32", "int8"}));
   cmd->add_option("--collectives", options.collectives,
                   "workers' data plane: gloo (TCP; staged through host memory on GPUs) or nccl "
                   "(--device cuda only; default gloo)")

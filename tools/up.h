@@ -30,7 +30,7 @@ struct UpOptions {
   std::string log_level;         // every process: --log-level
   std::string device = "cpu";    // "cpu", or "cuda": rank r gets --device cuda:r
   std::string dtype;             // workers: --dtype fp32|bf16
-  std::string kv_cache_dtype;    // workers: --kv-cache-dtype auto|fp16|fp32
+  std::string kv_cache_dtype;    // workers: --kv-cache-dtype auto|fp16|fp32|int8
   std::string collectives;       // workers: --collectives gloo|nccl
   int max_seqs = 0;              // coordinator --max-seqs
   int max_batch_tokens = 0;      // coordinator --max-batch-tokens

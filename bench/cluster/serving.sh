@@ -6,11 +6,12 @@
 # explain the scaling.
 #
 #   bench/cluster/serving.sh [--tp N] [--model PATH] [--input-len L] [--output-len L]
-#                            [--streams "1 8 32"] [--waves W] [--dtype D] [--temperature T]
-#                            [--out DIR]
+#                            [--streams "1 8 32"] [--waves W] [--dtype D] [--kv-cache-dtype K]
+#                            [--temperature T] [--out DIR]
 #   defaults: SmolLM2-135M-Instruct Q4_1 from the model cache, TP=1, 64-token prompts, 128-token
 #   outputs (ignore_eos), greedy (--temperature T > 0: seeded sampling at T), the workers'
-#   default dtype (--dtype: int8x2, int8, fp32); each level runs one warm-up wave, then W waves
+#   default dtype (--dtype: int8x2, int8, fp32) and KV cache dtype (--kv-cache-dtype: fp16, fp32,
+#   int8); each level runs one warm-up wave, then W waves
 #   (W x streams requests, at least 4) measured; JSON per level in DIR (default: a fresh folder
 #   under /tmp).
 #   Also reports the CPU time the cluster's processes got during each level (/proc), since the
@@ -21,11 +22,12 @@ cd "$(dirname "$0")/../.."
 BUILD=${TPSERVE_BUILD_DIR:-build}
 TPSERVE=$BUILD/tools/tpserve
 MODEL=${TPSERVE_MODELS:-$HOME/.cache/tpserve/models}/SmolLM2-135M-Instruct.Q4_1.gguf
-TP=1 INPUT=64 OUTPUT=128 STREAMS="1 8 32" WAVES=2 OUT="" DTYPE="" TEMP=0
+TP=1 INPUT=64 OUTPUT=128 STREAMS="1 8 32" WAVES=2 OUT="" DTYPE="" KV_DTYPE="" TEMP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tp) TP=$2; shift 2 ;;
     --dtype) DTYPE=$2; shift 2 ;;
+    --kv-cache-dtype) KV_DTYPE=$2; shift 2 ;;
     --temperature) TEMP=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --input-len) INPUT=$2; shift 2 ;;
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
     --streams) STREAMS=$2; shift 2 ;;
     --waves) WAVES=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "serving.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +47,7 @@ LOG=$OUT/cluster.log
 
 UP_ARGS=(--model "$MODEL" --tp "$TP")
 [ -n "$DTYPE" ] && UP_ARGS+=(--dtype "$DTYPE")
+[ -n "$KV_DTYPE" ] && UP_ARGS+=(--kv-cache-dtype "$KV_DTYPE")
 coproc UP { exec "$TPSERVE" up "${UP_ARGS[@]}" 2>"$LOG"; }
 UP_PID=$UP_PID
 stop_cluster() { kill -INT "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null || true; }
@@ -53,7 +56,7 @@ if ! read -r -t 600 ADDR <&"${UP[0]}"; then
   echo "serving.sh: the cluster did not become SERVING; log: $LOG" >&2
   exit 1
 fi
-echo "serving.sh: TP=$TP dtype=${DTYPE:-default} cluster SERVING at $ADDR; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "serving.sh: TP=$TP dtype=${DTYPE:-default} kv=${KV_DTYPE:-default} cluster SERVING at $ADDR; load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 # CPU seconds used so far by the cluster's processes (children of `tpserve up`), and the machine's
 # busy / total CPU seconds (/proc/stat): the machine is shared, so the report says how much CPU

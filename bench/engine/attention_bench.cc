@@ -8,7 +8,8 @@
 // bandwidth measured in the same run. Nothing is asserted.
 //
 // Usage: attention_bench [--batch 8,32] [--context 160,1024] [--layers 30] [--heads 9]
-//                        [--kv-heads 3] [--head-dim 64] [--block-size 16] [--kv-dtype fp16|fp32]
+//                        [--kv-heads 3] [--head-dim 64] [--block-size 16] [--kv-dtype
+//                        fp16|fp32|int8]
 //                        [--threads 2] [--steps 20] [--scatter 1] [--huge-pages 0]
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -40,7 +41,7 @@ struct Options {
   std::string kv_dtype = "fp16";
 };
 
-// Pools of one layer, filled with small random values (attention's cost does not depend on them).
+// Pools of one layer, filled with random values (attention's cost does not depend on them).
 struct LayerPools {
   std::shared_ptr<void> k, v;
 };
@@ -59,25 +60,30 @@ double RunCase(CpuBackend& backend, const Options& o, KvDType dtype, int batch, 
   const int64_t bs = o.block_size, hd = o.head_dim, kvh = o.kv_heads;
   const int64_t blocks_per_seq = (context + 1 + bs - 1) / bs;
   const int64_t num_blocks = blocks_per_seq * batch;
-  const size_t elem = dtype == KvDType::kFp16 ? 2 : 4;
-  const size_t pool_bytes = static_cast<size_t>(num_blocks * kvh * hd * bs) * elem;
+  const size_t pool_bytes = static_cast<size_t>(num_blocks * kvh * KvTileBytes(dtype, bs, hd));
   std::vector<LayerPools> layers(o.layers);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  // Every position of every block written through WriteKv (the engine's path, whatever the
+  // dtype), 1024 at a time.
+  std::vector<int64_t> all_slots(num_blocks * bs);
+  std::iota(all_slots.begin(), all_slots.end(), 0);
   for (LayerPools& l : layers) {
     l.k = PoolBuffer(pool_bytes, o.huge_pages);
     l.v = PoolBuffer(pool_bytes, o.huge_pages);
-    auto* k = static_cast<uint8_t*>(l.k.get());
-    auto* v = static_cast<uint8_t*>(l.v.get());
-    for (size_t i = 0; i < pool_bytes / elem; ++i) {
-      const float a = u(rng), b = u(rng);
-      if (dtype == KvDType::kFp16) {
-        const uint16_t ha = FloatToHalf(a), hb = FloatToHalf(b);
-        std::memcpy(&k[i * 2], &ha, 2);
-        std::memcpy(&v[i * 2], &hb, 2);
-      } else {
-        std::memcpy(&k[i * 4], &a, 4);
-        std::memcpy(&v[i * 4], &b, 4);
-      }
+    const KvLayerView view{.k = l.k.get(),
+                           .v = l.v.get(),
+                           .dtype = dtype,
+                           .num_blocks = num_blocks,
+                           .block_size = bs,
+                           .kv_heads = kvh,
+                           .head_dim = hd};
+    for (size_t at = 0; at < all_slots.size(); at += 1024) {
+      const int64_t n = static_cast<int64_t>(std::min<size_t>(1024, all_slots.size() - at));
+      std::vector<float> kv(n * kvh * hd * 2);
+      for (float& x : kv) x = u(rng);
+      Tensor k = backend.FromHost(std::span(kv).first(n * kvh * hd), {n, kvh, hd});
+      Tensor v = backend.FromHost(std::span(kv).last(n * kvh * hd), {n, kvh, hd});
+      backend.WriteKv(k, v, std::span(all_slots).subspan(at, n), view);
     }
   }
   std::vector<int32_t> ids(num_blocks);
@@ -115,7 +121,8 @@ double RunCase(CpuBackend& backend, const Options& o, KvDType dtype, int batch, 
   const double s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / o.steps;
   // K and V of every cached position plus the query's own, every layer.
-  *bytes_per_step = static_cast<double>(batch) * (context + 1) * kvh * hd * 2 * elem * o.layers;
+  *bytes_per_step = static_cast<double>(batch) * (context + 1) * kvh * 2 *
+                    KvTileBytes(dtype, bs, hd) / bs * o.layers;
   return s;
 }
 
@@ -124,7 +131,9 @@ int Run(const Options& o) {
     std::fprintf(stderr, "attention_bench: --heads must be a multiple of --kv-heads\n");
     return 2;
   }
-  const KvDType dtype = o.kv_dtype == "fp32" ? KvDType::kFp32 : KvDType::kFp16;
+  const KvDType dtype = o.kv_dtype == "fp32"   ? KvDType::kFp32
+                        : o.kv_dtype == "int8" ? KvDType::kInt8
+                                               : KvDType::kFp16;
   CpuBackend backend(o.threads, CpuPrecision::kInt8x2, dtype);
   ThreadPool pool(o.threads);
   const double bw = MemoryReadBandwidth(pool);
@@ -161,7 +170,8 @@ int main(int argc, char** argv) {
   app.add_option("--kv-heads", o.kv_heads, "KV heads");
   app.add_option("--head-dim", o.head_dim, "head dimension");
   app.add_option("--block-size", o.block_size, "positions per KV block");
-  app.add_option("--kv-dtype", o.kv_dtype, "fp16 or fp32")->check(CLI::IsMember({"fp16", "fp32"}));
+  app.add_option("--kv-dtype", o.kv_dtype, "fp16, fp32 or int8")
+      ->check(CLI::IsMember({"fp16", "fp32", "int8"}));
   app.add_option("--threads", o.threads, "CPU threads");
   app.add_option("--steps", o.steps, "timed steps per case");
   app.add_option("--scatter", o.scatter, "shuffle the block tables (1) or keep them in order (0)");

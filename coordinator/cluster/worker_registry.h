@@ -27,7 +27,7 @@ struct WorkerInfo {
   int device_index = 0;
   std::string device_name;
   std::string compute_dtype;   // "int8x2", "int8", "f32", "bf16"; empty from older workers
-  std::string kv_cache_dtype;  // "fp16", "fp32"; empty from older workers
+  std::string kv_cache_dtype;  // "fp16", "fp32", "int8"; empty from older workers
   int64_t memory_total_bytes = 0;
   int64_t memory_free_bytes = 0;
   int64_t memory_budget_bytes = 0;  // 0: the worker decides from free memory

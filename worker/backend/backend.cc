@@ -4,7 +4,17 @@
 
 namespace tpserve {
 
-const char* KvDTypeName(KvDType t) { return t == KvDType::kFp16 ? "fp16" : "fp32"; }
+const char* KvDTypeName(KvDType t) {
+  switch (t) {
+    case KvDType::kFp16:
+      return "fp16";
+    case KvDType::kInt8:
+      return "int8";
+    case KvDType::kFp32:
+      break;
+  }
+  return "fp32";
+}
 
 void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
                         std::span<const AttentionSeq> seqs, const Tensor& out) {

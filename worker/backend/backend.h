@@ -23,16 +23,32 @@ namespace tpserve {
 enum class KvDType {
   kFp32,
   kFp16,  // IEEE binary16, values saturated to +-65504 when written
+  // int8 with one fp32 scale per (position, KV head) and pool: max|x| / 127 over the head's
+  // head_dim values, each rounded to the nearest step (llama.cpp's q8_0 KV cache does the same
+  // over 32 values). Half the bytes of fp16. CPU only.
+  kInt8,
 };
-// "fp32" / "fp16".
+// "fp32" / "fp16" / "int8".
 const char* KvDTypeName(KvDType t);
-inline int64_t KvDTypeBytes(KvDType t) { return t == KvDType::kFp16 ? 2 : 4; }
+// Bytes of one KV head's part of one block in one pool (K or V): block_size * head_dim elements,
+// and for kInt8 a scale per position.
+inline int64_t KvTileBytes(KvDType t, int64_t block_size, int64_t head_dim) {
+  switch (t) {
+    case KvDType::kFp32:
+      return block_size * head_dim * 4;
+    case KvDType::kFp16:
+      return block_size * head_dim * 2;
+    case KvDType::kInt8:
+      return block_size * (head_dim + 4);
+  }
+  return 0;
+}
 
-// One layer of a paged KV pool: K and V each hold num_blocks * block_size * kv_heads * head_dim
-// elements of `dtype`. Token position p of a sequence lives in block block_table[p /
-// block_size], row p % block_size. How a block's elements are laid out is the backend's: only
-// its WriteKv and Attention read or write a pool (CUDA: [block, row, kv_head, d] fp32; CPU: see
-// cpu_backend.h).
+// One layer of a paged KV pool: K and V each hold num_blocks * kv_heads tiles of KvTileBytes
+// (block_size * head_dim elements of `dtype`, and kInt8's scales). Token position p of a sequence
+// lives in block block_table[p / block_size], row p % block_size. How a block's elements are laid
+// out is the backend's: only its WriteKv and Attention read or write a pool (CUDA: [block, row,
+// kv_head, d] fp32; CPU: see cpu_backend.h).
 struct KvLayerView {
   void* k = nullptr;
   void* v = nullptr;

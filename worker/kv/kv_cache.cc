@@ -18,9 +18,9 @@ absl::StatusOr<KvCache> KvCache::Create(Backend& backend, const KvCacheConfig& c
                      " backend keeps its KV pools in ", KvDTypeName(backend.kv_dtype())));
   }
   // Tensors are fp32: a pool of 16-bit elements takes half as many floats (rounded up).
-  const int64_t elements =
-      config.num_blocks * config.block_size * config.kv_heads * config.head_dim;
-  const int64_t floats = (elements * KvDTypeBytes(config.dtype) + 3) / 4;
+  const int64_t bytes = config.num_blocks * config.kv_heads *
+                        KvTileBytes(config.dtype, config.block_size, config.head_dim);
+  const int64_t floats = (bytes + 3) / 4;
   std::vector<Tensor> k, v;
   for (int64_t l = 0; l < config.num_layers; ++l) {
     k.push_back(backend.Alloc({floats}));

@@ -1,12 +1,12 @@
 // The paged KV cache of one rank (DESIGN.md §4).
 //
-// Per layer, K and V are pools of num_blocks * block_size * kv_heads * head_dim elements of the
-// backend's KV dtype (kv_heads = this rank's KV heads; the layout inside a block is the
-// backend's, see KvLayerView). A sequence owns a list of block ids (its block table, handed out by
-// the coordinator's block manager; BlockAllocator below does it for single-process tools and
-// tests); position p of the sequence lives in block table[p / block_size] at row
-// p % block_size. Attention reads through the table, so sequences need no contiguous space and
-// blocks can later be shared between sequences with a common prefix.
+// Per layer, K and V are pools of num_blocks * kv_heads tiles of block_size * head_dim elements
+// of the backend's KV dtype (and kInt8's scales) (kv_heads = this rank's KV heads; the layout
+// inside a block is the backend's, see KvLayerView). A sequence owns a list of block ids (its block
+// table, handed out by the coordinator's block manager; BlockAllocator below does it for
+// single-process tools and tests); position p of the sequence lives in block table[p / block_size]
+// at row p % block_size. Attention reads through the table, so sequences need no contiguous space
+// and blocks can later be shared between sequences with a common prefix.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +28,7 @@ struct KvCacheConfig {
 
   // K and V of one block over all layers, in bytes.
   int64_t BytesPerBlock() const {
-    return 2 * num_layers * block_size * kv_heads * head_dim * KvDTypeBytes(dtype);
+    return 2 * num_layers * kv_heads * KvTileBytes(dtype, block_size, head_dim);
   }
 };
 

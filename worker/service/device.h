@@ -48,7 +48,7 @@ struct DeviceDescription {
   int compute_units = 0;       // CPU threads or CUDA SMs
   int compute_capability = 0;  // major * 10 + minor; 0 for CPU
   std::string compute_dtype;   // "int8x2", "int8", "f32" (cpu); "bf16", "f32" (cuda)
-  std::string kv_cache_dtype;  // "fp16", "fp32"
+  std::string kv_cache_dtype;  // "fp16", "fp32", "int8"
 };
 
 // The group a LoadModel connects (LoadSpec's communicator, plus how to reach the store).

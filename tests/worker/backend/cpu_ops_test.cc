@@ -213,9 +213,29 @@ std::string CaseName(const AttentionCase& c) {
          std::to_string(c.rank_kv_heads);
 }
 
-// The value a pool of `dtype` keeps of x.
-double Kept(KvDType dtype, float x) {
-  return dtype == KvDType::kFp16 ? HalfToFloat(FloatToHalf(x)) : x;
+// The values a pool of `dtype` keeps of rows of `hd` values (int8: a step of max|x| / 127 per
+// row, each value rounded to the nearest step).
+std::vector<double> KeptRows(KvDType dtype, const std::vector<float>& x, int64_t hd) {
+  std::vector<double> kept(x.size());
+  for (size_t r = 0; r < x.size(); r += hd) {
+    float amax = 0.0f;
+    for (int64_t j = 0; j < hd; ++j) amax = std::max(amax, std::fabs(x[r + j]));
+    for (int64_t j = 0; j < hd; ++j) {
+      const float e = x[r + j];
+      switch (dtype) {
+        case KvDType::kFp16:
+          kept[r + j] = HalfToFloat(FloatToHalf(e));
+          break;
+        case KvDType::kInt8:
+          kept[r + j] = amax == 0.0f ? 0.0 : std::nearbyint(e * (127.0f / amax)) * (amax / 127.0f);
+          break;
+        case KvDType::kFp32:
+          kept[r + j] = e;
+          break;
+      }
+    }
+  }
+  return kept;
 }
 
 // Paged causal attention (two sequences with scattered blocks, one with a cached history, the
@@ -232,8 +252,9 @@ void CheckPagedAttention(const AttentionCase& c) {
                                .q_head_begin = c.q_head_begin,
                                .kv_head_begin = c.kv_head_begin};
   const int64_t kvh = c.rank_kv_heads, qh = c.rank_q_heads, row = kvh * hd;
-  Tensor kpool = be.Alloc({num_blocks * block * row});
-  Tensor vpool = be.Alloc({num_blocks * block * row});
+  const int64_t pool_floats = (num_blocks * kvh * KvTileBytes(c.dtype, block, hd) + 3) / 4;
+  Tensor kpool = be.Alloc({pool_floats});
+  Tensor vpool = be.Alloc({pool_floats});
   KvLayerView cache{.k = kpool.data(),
                     .v = vpool.data(),
                     .dtype = c.dtype,
@@ -249,9 +270,12 @@ void CheckPagedAttention(const AttentionCase& c) {
   const std::vector<Seq> seqs = {{{7, 2, 9}, block + 1, block + 2}, {{0, 11}, 0, block + 3}};
   // Full K/V histories per sequence: [positions, kv heads, hd].
   std::vector<std::vector<float>> K, V;
+  std::vector<std::vector<double>> Kk, Vk;  // what the pool keeps of them
   for (const Seq& s : seqs) {
     K.push_back(RandomFloats((s.start + s.n) * row, rng));
     V.push_back(RandomFloats((s.start + s.n) * row, rng));
+    Kk.push_back(KeptRows(c.dtype, K.back(), hd));
+    Vk.push_back(KeptRows(c.dtype, V.back(), hd));
   }
   const auto slot = [&](const Seq& s, int64_t p) { return s.table[p / block] * block + p % block; };
   // Cached history of sequence 0 first (one write), then the step's new rows of both.
@@ -300,16 +324,14 @@ void CheckPagedAttention(const AttentionCase& c) {
           double mx = -1e300, sum = 0;
           for (int64_t p = first; p < ctx; ++p) {
             double d = 0;
-            for (int64_t j = 0; j < hd; ++j)
-              d += double(qv[j]) * Kept(c.dtype, K[s][(p * kvh + g) * hd + j]);
+            for (int64_t j = 0; j < hd; ++j) d += double(qv[j]) * Kk[s][(p * kvh + g) * hd + j];
             w[p] = d * params.scale;
             mx = std::max(mx, w[p]);
           }
           for (int64_t p = first; p < ctx; ++p) sum += (w[p] = std::exp(w[p] - mx));
           for (int64_t j = 0; j < hd; ++j) {
             double o = 0;
-            for (int64_t p = first; p < ctx; ++p)
-              o += w[p] / sum * Kept(c.dtype, V[s][(p * kvh + g) * hd + j]);
+            for (int64_t p = first; p < ctx; ++p) o += w[p] / sum * Vk[s][(p * kvh + g) * hd + j];
             const float got = out.data()[(t * qh + h) * hd + j];
             if (std::fabs(got - o) > 1e-5 && bad++ < 5) {
               ADD_FAILURE() << "seq " << s << " token " << i << " head " << h << " dim " << j
@@ -343,7 +365,7 @@ void CheckPagedAttention(const AttentionCase& c) {
 }
 
 TEST(CpuOps, PagedCausalAttentionMatchesReference) {
-  for (KvDType dtype : {KvDType::kFp32, KvDType::kFp16}) {
+  for (KvDType dtype : {KvDType::kFp32, KvDType::kFp16, KvDType::kInt8}) {
     // Global q heads 3..5 -> global KV head 1 (tiny sizes, scalar tails everywhere).
     CheckPagedAttention({dtype, 8, 4, 3, 1, 3, 3, 1});
     // SmolLM2's shape: hd 64, blocks of 16, 9 q heads over 3 KV heads.

@@ -8,7 +8,7 @@ namespace tpserve {
 namespace {
 
 TEST(KvCache, LayersArePoolsOfBlocks) {
-  for (KvDType dtype : {KvDType::kFp32, KvDType::kFp16}) {
+  for (KvDType dtype : {KvDType::kFp32, KvDType::kFp16, KvDType::kInt8}) {
     CpuBackend be(1, CpuPrecision::kDefault, dtype);
     auto cache = KvCache::Create(be, {.num_layers = 3,
                                       .num_blocks = 5,
@@ -23,10 +23,13 @@ TEST(KvCache, LayersArePoolsOfBlocks) {
     EXPECT_EQ(l0.dtype, dtype);
     EXPECT_NE(l0.k, l2.k);
     EXPECT_NE(l0.k, l0.v);
-    // The whole pool is writable: 5 * 4 * 2 * 8 elements of the dtype.
-    const int64_t bytes = 5 * 4 * 2 * 8 * KvDTypeBytes(dtype);
-    static_cast<uint8_t*>(l2.v)[bytes - 1] = 1;
-    EXPECT_EQ(cache->config().BytesPerBlock(), 2 * 3 * 4 * 2 * 8 * KvDTypeBytes(dtype));
+    // The whole pool is writable: 5 blocks x 2 heads of 4 x 8 elements of the dtype (int8:
+    // and a 4-byte scale per position).
+    const int64_t tile =
+        dtype == KvDType::kInt8 ? 4 * (8 + 4) : 4 * 8 * (dtype == KvDType::kFp16 ? 2 : 4);
+    EXPECT_EQ(KvTileBytes(dtype, 4, 8), tile);
+    static_cast<uint8_t*>(l2.v)[5 * 2 * tile - 1] = 1;
+    EXPECT_EQ(cache->config().BytesPerBlock(), 2 * 3 * 2 * tile);
   }
 }
 

@@ -57,8 +57,8 @@ std::string ModelsDir() {
 }
 
 std::unique_ptr<Engine> OpenEngine(const std::string& path, int64_t num_blocks,
-                                   CpuPrecision precision) {
-  auto e = std::make_unique<Engine>(precision);
+                                   CpuPrecision precision, std::optional<KvDType> kv_dtype) {
+  auto e = std::make_unique<Engine>(precision, kv_dtype);
   auto files = OpenModelFiles(path);
   EXPECT_TRUE(files.ok()) << files.status();
   if (!files.ok()) return nullptr;

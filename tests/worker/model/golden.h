@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,7 +36,8 @@ std::string ModelsDir();
 // A one-rank CPU engine (2 threads) over a model path, with a KV pool of `num_blocks`. fp32
 // matmuls unless asked otherwise: the goldens are transformers in fp32.
 struct Engine {
-  explicit Engine(CpuPrecision precision) : backend(2, precision) {}
+  Engine(CpuPrecision precision, std::optional<KvDType> kv_dtype)
+      : backend(2, precision, kv_dtype) {}
   ModelFiles files;
   CpuBackend backend;
   LocalCommunicator comm;
@@ -43,7 +45,8 @@ struct Engine {
   std::unique_ptr<ModelRunner> runner;
 };
 std::unique_ptr<Engine> OpenEngine(const std::string& path, int64_t num_blocks,
-                                   CpuPrecision precision = CpuPrecision::kFp32);
+                                   CpuPrecision precision = CpuPrecision::kFp32,
+                                   std::optional<KvDType> kv_dtype = std::nullopt);
 
 // Prefills c.input_ids (logits of every position, or of the last), then decodes greedily one
 // token at a time through the KV cache until c.greedy.size() tokens, as the reference did.

@@ -117,9 +117,11 @@ TEST(OpenDeviceTest, KvCacheDtypeFollowsThePrecisionUnlessAskedFor) {
   o.kv_cache_dtype = "fp32";
   EXPECT_EQ(kv_of(o), "fp32");
   o.kv_cache_dtype = "int8";
+  EXPECT_EQ(kv_of(o), "int8");
+  o.kv_cache_dtype = "bf16";
   absl::Status st = OpenStatus(o);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("expected auto, fp16 or fp32"));
+  EXPECT_THAT(st.message(), HasSubstr("expected auto, fp16, fp32 or int8"));
   o = Options("cuda:0");
   o.kv_cache_dtype = "fp16";
   st = OpenStatus(o);

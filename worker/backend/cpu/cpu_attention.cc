@@ -1,15 +1,18 @@
 // KV cache writes and causal attention over the paged cache, on the CPU.
 //
 // Pools (cpu_backend.h): K [block, kv_head, d, row] (a block's positions innermost), V [block,
-// kv_head, row, d], elements fp32 or fp16. A query's scores against 16 cached positions are then
-// one vector FMA per dimension (no horizontal sums), and its output accumulates whole V rows.
-// One task per (up to 4 consecutive tokens of a sequence, KV head) reads that head's K and V once
-// for every query head of those tokens that shares it (GQA; up to 6 query rows per pass), walking
-// the block table block by block and prefetching a few blocks ahead. A row's arithmetic does not
-// depend on the rows it shares a pass with: how a prompt is chunked or batched changes no bit.
+// kv_head, row, d], elements fp32, fp16 or int8 (each tile followed by its rows' scales: a K
+// score and a V row are multiplied by their position's scale). A query's scores against 16 cached
+// positions are then one vector FMA per dimension (no horizontal sums), and its output accumulates
+// whole V rows. One task per (up to 4 consecutive tokens of a sequence, KV head) reads that head's
+// K and V once for every query head of those tokens that shares it (GQA; up to 6 query rows per
+// pass), walking the block table block by block and prefetching a few blocks ahead. A row's
+// arithmetic does not depend on the rows it shares a pass with: how a prompt is chunked or batched
+// changes no bit.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/format/dtype.h"
@@ -37,6 +40,19 @@ constexpr int kMaxRows = 6;
 
 inline float ToFloat(float x) { return x; }
 inline float ToFloat(uint16_t h) { return HalfToFloat(h); }
+inline float ToFloat(int8_t q) { return static_cast<float>(q); }  // times its scale, by the caller
+
+// Elements of one (block, KV head) tile: block_size x head_dim, and with int8 the tile's
+// block_size fp32 scales after them (4 bytes each).
+template <typename T>
+constexpr int64_t TileElems(int64_t hd, int64_t bs) {
+  return std::is_same_v<T, int8_t> ? hd * bs + 4 * bs : hd * bs;
+}
+// int8 tiles: the scale of each row (position), after the tile's elements.
+template <typename T>
+const float* TileScales(const T* tile, int64_t hd, int64_t bs) {
+  return reinterpret_cast<const float*>(tile + hd * bs);
+}
 inline void Store(float x, float* out) { *out = x; }
 inline void Store(float x, uint16_t* out) {
   *out = FloatToHalf(std::clamp(x, -kHalfMax, kHalfMax));
@@ -51,6 +67,9 @@ inline __m512 Load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps
 inline __m512 Load16(const uint16_t* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
 }
+inline __m512 Load16(const int8_t* p, __mmask16 m) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, p)));
+}
 inline void Store16(__m512 x, float* p, __mmask16 m) { _mm512_mask_storeu_ps(p, m, x); }
 inline void Store16(__m512 x, uint16_t* p, __mmask16 m) {
   x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-kHalfMax)), _mm512_set1_ps(kHalfMax));
@@ -63,7 +82,7 @@ template <typename T>
 struct HeadPools {
   const T* k;
   const T* v;
-  int64_t block_stride;  // elements from one block to the next (kv_heads * hd * bs)
+  int64_t block_stride;  // elements from one block to the next (kv_heads * TileElems)
   int64_t hd, bs;
   const T* k_tile(int32_t block) const { return k + block * block_stride; }  // [hd, bs]
   const T* v_tile(int32_t block) const { return v + block * block_stride; }  // [bs, hd]
@@ -112,6 +131,7 @@ struct KChunk {
   __mmask16 m;
   int64_t at;
   const char* ahead;
+  const float* scale;  // int8: the chunk's positions' scales (null otherwise)
 };
 
 // The scores of NC chunks for NR rows in one pass over the dimensions: each broadcast of
@@ -147,12 +167,28 @@ void ScoreChunks(const float* const* q, const KChunk<T>* ch, int64_t hd, int64_t
       for (int c = 0; c < NC; ++c) acc[h][c] = _mm512_fmadd_ps(qb, kv[c], acc[h][c]);
     }
   }
-  const __m512 sc = _mm512_set1_ps(scale);
-#pragma GCC unroll 8
-  for (int h = 0; h < NR; ++h) {
+  if constexpr (std::is_same_v<T, int8_t>) {  // each position's scale too
+    __m512 sc[NC];
 #pragma GCC unroll 4
     for (int c = 0; c < NC; ++c) {
-      _mm512_mask_storeu_ps(scores + h * len + ch[c].at, ch[c].m, _mm512_mul_ps(acc[h][c], sc));
+      sc[c] = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(ch[c].m, ch[c].scale));
+    }
+#pragma GCC unroll 8
+    for (int h = 0; h < NR; ++h) {
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
+        _mm512_mask_storeu_ps(scores + h * len + ch[c].at, ch[c].m,
+                              _mm512_mul_ps(acc[h][c], sc[c]));
+      }
+    }
+  } else {
+    const __m512 sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 8
+    for (int h = 0; h < NR; ++h) {
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) {
+        _mm512_mask_storeu_ps(scores + h * len + ch[c].at, ch[c].m, _mm512_mul_ps(acc[h][c], sc));
+      }
     }
   }
 }
@@ -165,7 +201,7 @@ template <int NR, typename T>
 void Scores(const float* const* q, const HeadPools<T>& pools, std::span<const int32_t> table,
             int64_t first, int64_t ctx, float scale, float* scores) {
   const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
-  const int64_t tile_bytes = hd * bs * static_cast<int64_t>(sizeof(T));
+  const int64_t tile_bytes = TileElems<T>(hd, bs) * static_cast<int64_t>(sizeof(T));
 #if TPSERVE_ATTN_AVX512
   // Chunks of 16 positions, kNC at a time (registers: NR x kNC accumulators).
   constexpr int kNC = NR >= 5 ? 2 : 4;
@@ -193,16 +229,23 @@ void Scores(const float* const* q, const HeadPools<T>& pools, std::span<const in
           pending[np++] = KChunk<T>{.col = kt + c,
                                     .m = FirstLanes(run - c),
                                     .at = at + c,
-                                    .ahead = c == 0 ? ahead : nullptr};
+                                    .ahead = c == 0 ? ahead : nullptr,
+                                    .scale = std::is_same_v<T, int8_t>
+                                                 ? TileScales(pools.k_tile(block), hd, bs) + row + c
+                                                 : nullptr};
           if (np == kNC) flush();
         }
 #else
         if (ahead != nullptr) PrefetchBytes(ahead, tile_bytes);
         for (int64_t i = 0; i < run; ++i) {
+          float sc = scale;
+          if constexpr (std::is_same_v<T, int8_t>) {
+            sc *= TileScales(pools.k_tile(block), hd, bs)[row + i];
+          }
           for (int h = 0; h < NR; ++h) {
             float s = 0.0f;
             for (int64_t d = 0; d < hd; ++d) s += q[h][d] * ToFloat(kt[d * bs + i]);
-            scores[h * len + at + i] = s * scale;
+            scores[h * len + at + i] = s * sc;
           }
         }
 #endif
@@ -217,7 +260,7 @@ template <int NR, typename T>
 void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& pools,
                     std::span<const int32_t> table, int64_t first, int64_t ctx, float* const* out) {
   const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
-  const int64_t tile_bytes = hd * bs * static_cast<int64_t>(sizeof(T));
+  const int64_t tile_bytes = TileElems<T>(hd, bs) * static_cast<int64_t>(sizeof(T));
 #if TPSERVE_ATTN_AVX512
   for (int64_t d0 = 0; d0 < hd; d0 += 64) {  // 4 vectors of dimensions per pass
     __mmask16 m[4];
@@ -233,6 +276,10 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
         [&](int32_t b) { return pools.v_tile(b); },
         [&](int32_t block, int64_t row, int64_t run, int64_t at, const char* ahead) {
           const T* vrow = pools.v_tile(block) + row * hd + d0;
+          // int8: each row's weight times the row's scale.
+          const float* vscale = nullptr;
+          if constexpr (std::is_same_v<T, int8_t>)
+            vscale = TileScales(pools.v_tile(block), hd, bs) + row;
           // The tile ahead, one of its bs rows per position read (all of it at once after a
           // partial run, and only in the first pass over the dimensions).
           const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(T));
@@ -243,13 +290,28 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
           }
           for (int64_t i = 0; i < run; ++i, vrow += hd) {
             if (ahead != nullptr) PrefetchBytes(ahead + i * row_bytes, row_bytes);
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) {
-              if (m[j] == 0) break;
-              const __m512 vv = Load16(vrow + 16 * j, m[j]);
+            if constexpr (std::is_same_v<T, int8_t>) {
+              // The rows' weights times the row's scale, all read before any accumulator
+              // changes (interleaved with them, the accumulators went through memory).
+              __m512 w[NR];
 #pragma GCC unroll 8
-              for (int h = 0; h < NR; ++h) {
-                acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * len + at + i]), vv, acc[h][j]);
+              for (int h = 0; h < NR; ++h) w[h] = _mm512_set1_ps(p[h * len + at + i] * vscale[i]);
+#pragma GCC unroll 4
+              for (int j = 0; j < 4; ++j) {
+                if (m[j] == 0) break;
+                const __m512 vv = Load16(vrow + 16 * j, m[j]);
+#pragma GCC unroll 8
+                for (int h = 0; h < NR; ++h) acc[h][j] = _mm512_fmadd_ps(w[h], vv, acc[h][j]);
+              }
+            } else {
+#pragma GCC unroll 4
+              for (int j = 0; j < 4; ++j) {
+                if (m[j] == 0) break;
+                const __m512 vv = Load16(vrow + 16 * j, m[j]);
+#pragma GCC unroll 8
+                for (int h = 0; h < NR; ++h) {
+                  acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * len + at + i]), vv, acc[h][j]);
+                }
               }
             }
           }
@@ -273,7 +335,9 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
         const T* vrow = pools.v_tile(block) + row * hd;
         for (int64_t i = 0; i < run; ++i, vrow += hd) {
           for (int h = 0; h < NR; ++h) {
-            const float w = p[h * len + at + i];
+            float w = p[h * len + at + i];
+            if constexpr (std::is_same_v<T, int8_t>)
+              w *= TileScales(pools.v_tile(block), hd, bs)[row + i];
             for (int64_t d = 0; d < hd; ++d) out[h][d] += w * ToFloat(vrow[d]);
           }
         }
@@ -282,6 +346,20 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
     for (int64_t d = 0; d < hd; ++d) out[h][d] *= inv_sum[h];
   }
 #endif
+}
+
+// x[0, n) as int8 steps of max|x| / 127 (rounded to nearest, ties to even), written at
+// out[i * stride]; returns the step (0 for an all-zero row).
+inline float QuantizeRow(const float* x, int64_t n, int8_t* out, int64_t stride) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float step = amax / 127.0f;
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float q = std::clamp(std::nearbyint(x[i] * inv), -127.0f, 127.0f);
+    out[i * stride] = static_cast<int8_t>(q);
+  }
+  return step;
 }
 
 template <typename T>
@@ -294,24 +372,31 @@ void WriteKvAs(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
     for (int64_t t = begin; t < end; ++t) {
       const int64_t block = slots[t] / bs, row = slots[t] % bs;
       for (int64_t h = 0; h < kvh; ++h) {
-        const int64_t tile = (block * kvh + h) * hd * bs;
+        const int64_t tile = (block * kvh + h) * TileElems<T>(hd, bs);
         const float* ks = k.data() + (t * kvh + h) * hd;
         const float* vs = v.data() + (t * kvh + h) * hd;
         T* kd = kpool + tile + row;       // (d, row) at kd[d * bs]
         T* vd = vpool + tile + row * hd;  // (row, d) at vd[d]
+        if constexpr (std::is_same_v<T, int8_t>) {
+          float* kscales = reinterpret_cast<float*>(kpool + tile + hd * bs);
+          float* vscales = reinterpret_cast<float*>(vpool + tile + hd * bs);
+          kscales[row] = QuantizeRow(ks, hd, kd, bs);
+          vscales[row] = QuantizeRow(vs, hd, vd, 1);
+        } else {
 #if TPSERVE_ATTN_AVX512
-        for (int64_t d = 0; d < hd; d += 16) {
-          const __mmask16 m = FirstLanes(hd - d);
-          Store16(_mm512_maskz_loadu_ps(m, vs + d), vd + d, m);
-          T converted[16];  // K goes down a column of the tile: convert 16, then scatter
-          Store16(_mm512_maskz_loadu_ps(m, ks + d), converted, m);
-          for (int64_t i = 0; i < std::min<int64_t>(16, hd - d); ++i)
-            kd[(d + i) * bs] = converted[i];
-        }
+          for (int64_t d = 0; d < hd; d += 16) {
+            const __mmask16 m = FirstLanes(hd - d);
+            Store16(_mm512_maskz_loadu_ps(m, vs + d), vd + d, m);
+            T converted[16];  // K goes down a column of the tile: convert 16, then scatter
+            Store16(_mm512_maskz_loadu_ps(m, ks + d), converted, m);
+            for (int64_t i = 0; i < std::min<int64_t>(16, hd - d); ++i)
+              kd[(d + i) * bs] = converted[i];
+          }
 #else
-        for (int64_t d = 0; d < hd; ++d) Store(ks[d], kd + d * bs);
-        for (int64_t d = 0; d < hd; ++d) Store(vs[d], vd + d);
+          for (int64_t d = 0; d < hd; ++d) Store(ks[d], kd + d * bs);
+          for (int64_t d = 0; d < hd; ++d) Store(vs[d], vd + d);
 #endif
+        }
       }
     }
   };
@@ -349,7 +434,8 @@ void AttentionAs(const Tensor& q, const KvLayerView& cache, std::span<const Atte
     head_begin[(params.q_head_begin + h) / params.group_size - params.kv_head_begin - first_kvh] =
         h;
   }
-  const int64_t block_stride = cache.kv_heads * hd * bs;
+  const int64_t tile_elems = TileElems<T>(hd, bs);
+  const int64_t block_stride = cache.kv_heads * tile_elems;
 
   // Rows not claimed by any sequence (padding) are zero.
   for (int64_t t = 0; t < num_tokens; ++t) {
@@ -383,10 +469,10 @@ void AttentionAs(const Tensor& q, const KvLayerView& cache, std::span<const Atte
     const int64_t ctx = seq.start_pos + (tile.t0 - seq.token_begin) + tile.n;
     const int64_t first =
         params.sliding_window > 0 ? std::max<int64_t>(0, ctx - params.sliding_window) : 0;
-    const int64_t tile_bytes = hd * bs * static_cast<int64_t>(sizeof(T));
+    const int64_t tile_bytes = tile_elems * static_cast<int64_t>(sizeof(T));
     const int64_t last = std::min((ctx + bs - 1) / bs, first / bs + kL2PrefetchBlocks);
     for (int64_t b = first / bs; b < last; ++b) {
-      const int64_t at = (seq.block_table[b] * block_stride + kvh * hd * bs) * sizeof(T);
+      const int64_t at = (seq.block_table[b] * block_stride + kvh * tile_elems) * sizeof(T);
       const char* kt = static_cast<const char*>(cache.k) + at;
       const char* vt = static_cast<const char*>(cache.v) + at;
       for (int64_t o = 0; o < tile_bytes; o += 64) {
@@ -404,8 +490,8 @@ void AttentionAs(const Tensor& q, const KvLayerView& cache, std::span<const Atte
       const int64_t h0 = head_begin[k], h1 = head_begin[k + 1], nh = h1 - h0;
       const int64_t kvh = first_kvh + k;
       const AttentionSeq& seq = seqs[tile.seq];
-      const HeadPools<T> pools{.k = static_cast<const T*>(cache.k) + kvh * hd * bs,
-                               .v = static_cast<const T*>(cache.v) + kvh * hd * bs,
+      const HeadPools<T> pools{.k = static_cast<const T*>(cache.k) + kvh * tile_elems,
+                               .v = static_cast<const T*>(cache.v) + kvh * tile_elems,
                                .block_stride = block_stride,
                                .hd = hd,
                                .bs = bs};
@@ -463,6 +549,8 @@ void CpuBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64
   }
   if (cache.dtype == KvDType::kFp16) {
     WriteKvAs<uint16_t>(k, v, slots, cache, pool_);
+  } else if (cache.dtype == KvDType::kInt8) {
+    WriteKvAs<int8_t>(k, v, slots, cache, pool_);
   } else {
     WriteKvAs<float>(k, v, slots, cache, pool_);
   }
@@ -476,6 +564,8 @@ void CpuBackend::Attention(const Tensor& q, const KvLayerView& cache,
                 KvDTypeName(cache.dtype), KvDTypeName(kv_dtype_));
   if (cache.dtype == KvDType::kFp16) {
     AttentionAs<uint16_t>(q, cache, seqs, params, out, pool_);
+  } else if (cache.dtype == KvDType::kInt8) {
+    AttentionAs<int8_t>(q, cache, seqs, params, out, pool_);
   } else {
     AttentionAs<float>(q, cache, seqs, params, out, pool_);
   }

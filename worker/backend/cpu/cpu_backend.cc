@@ -73,8 +73,9 @@ absl::StatusOr<std::optional<KvDType>> ParseKvDType(std::string_view name) {
   if (name.empty() || name == "auto") return std::nullopt;
   if (name == "fp16" || name == "f16" || name == "float16") return KvDType::kFp16;
   if (name == "fp32" || name == "f32" || name == "float32") return KvDType::kFp32;
-  return absl::InvalidArgumentError(
-      absl::StrCat("KV cache dtype \"", std::string(name), "\": expected auto, fp16 or fp32"));
+  if (name == "int8" || name == "i8" || name == "q8") return KvDType::kInt8;
+  return absl::InvalidArgumentError(absl::StrCat("KV cache dtype \"", std::string(name),
+                                                 "\": expected auto, fp16, fp32 or int8"));
 }
 
 CpuBackend::CpuBackend(int num_threads, CpuPrecision precision, std::optional<KvDType> kv_dtype)

@@ -16,10 +16,12 @@
 //
 // KV cache: fp16 by default on the int8 paths (half the memory and the bytes attention reads
 // per cached token), fp32 with kFp32 (the oracle keeps everything fp32); either can be asked
-// for. Within a block the pools are laid out for the attention kernel, which multiplies one
-// query with 16 cached positions per vector instruction:
+// for, and int8 (a scale per position and head: half the bytes of fp16 again). Within a block
+// the pools are laid out for the attention kernel, which multiplies one query with 16 cached
+// positions per vector instruction:
 //   K [num_blocks, kv_heads, head_dim, block_size]  (positions innermost)
 //   V [num_blocks, kv_heads, block_size, head_dim]
+// and with int8 each (block, KV head) tile is followed by its block_size fp32 scales.
 //
 // Threads: one pool of `num_threads` (the caller included) shared by all ops. On the fp32
 // paths, matmuls with few activation rows (decode) use fused dequantise+dot kernels; with many
@@ -53,7 +55,7 @@ absl::StatusOr<CpuPrecision> ParseCpuPrecision(std::string_view name);
 const char* CpuPrecisionName(CpuPrecision p);
 
 // "" / "auto" -> nullopt (the backend's default), "fp16" / "f16" / "float16" -> kFp16,
-// "fp32" / "f32" / "float32" -> kFp32; INVALID_ARGUMENT otherwise.
+// "fp32" / "f32" / "float32" -> kFp32, "int8" / "i8" / "q8" -> kInt8; INVALID_ARGUMENT otherwise.
 absl::StatusOr<std::optional<KvDType>> ParseKvDType(std::string_view name);
 
 class CpuBackend final : public Backend {
