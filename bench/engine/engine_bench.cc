@@ -96,6 +96,7 @@ struct Options {
   std::string model;
   int threads = 2, prompt_tokens = 128, decode_tokens = 64;
   std::string precision = "default";
+  std::string kv_dtype = "auto";
   std::vector<int> batch;
   bool op_times = false;
 };
@@ -178,7 +179,12 @@ int Run(const Options& o) {
     std::fprintf(stderr, "%s\n", precision.status().ToString().c_str());
     return 2;
   }
-  CpuBackend cpu(threads, *precision);
+  absl::StatusOr<std::optional<KvDType>> kv_dtype = ParseKvDType(o.kv_dtype);
+  if (!kv_dtype.ok()) {
+    std::fprintf(stderr, "%s\n", kv_dtype.status().ToString().c_str());
+    return 2;
+  }
+  CpuBackend cpu(threads, *precision, *kv_dtype);
   std::printf("matmul precision: %s, KV cache %s\n", CpuPrecisionName(cpu.precision()),
               KvDTypeName(cpu.kv_dtype()));
   TimingBackend backend(cpu);
@@ -322,6 +328,8 @@ int main(int argc, char** argv) {
   app.add_option("--decode-tokens", o.decode_tokens, "tokens to decode (per batched run too)");
   app.add_option("--precision", o.precision, "CPU matmul precision: int8x2, int8, fp32 or default")
       ->check(CLI::IsMember({"int8x2", "int8", "fp32", "default"}));
+  app.add_option("--kv-dtype", o.kv_dtype, "KV cache element type: auto, fp16, fp32 or int8")
+      ->check(CLI::IsMember({"auto", "fp16", "fp32", "int8"}));
   app.add_option("--batch", o.batch, "batch sizes for the batched decode runs, e.g. 1,8,32")
       ->delimiter(',');
   app.add_flag("--op-times", o.op_times, "print each batched run's step time split by op");
