@@ -67,16 +67,19 @@ double RunCase(CpuBackend& backend, const Options& o, KvDType dtype, int batch, 
   // dtype), 1024 at a time.
   std::vector<int64_t> all_slots(num_blocks * bs);
   std::iota(all_slots.begin(), all_slots.end(), 0);
+  const auto view_of = [&](const LayerPools& l) {
+    return KvLayerView{.k = l.k.get(),
+                       .v = l.v.get(),
+                       .dtype = dtype,
+                       .num_blocks = num_blocks,
+                       .block_size = bs,
+                       .kv_heads = kvh,
+                       .head_dim = hd};
+  };
   for (LayerPools& l : layers) {
     l.k = PoolBuffer(pool_bytes, o.huge_pages);
     l.v = PoolBuffer(pool_bytes, o.huge_pages);
-    const KvLayerView view{.k = l.k.get(),
-                           .v = l.v.get(),
-                           .dtype = dtype,
-                           .num_blocks = num_blocks,
-                           .block_size = bs,
-                           .kv_heads = kvh,
-                           .head_dim = hd};
+    const KvLayerView view = view_of(l);
     for (size_t at = 0; at < all_slots.size(); at += 1024) {
       const int64_t n = static_cast<int64_t>(std::min<size_t>(1024, all_slots.size() - at));
       std::vector<float> kv(n * kvh * hd * 2);
@@ -104,16 +107,7 @@ double RunCase(CpuBackend& backend, const Options& o, KvDType dtype, int batch, 
   const AttentionParams params{.scale = 1.0f / std::sqrt(static_cast<float>(hd)),
                                .group_size = o.heads / o.kv_heads};
   auto step = [&] {
-    for (LayerPools& l : layers) {
-      const KvLayerView view{.k = l.k.get(),
-                             .v = l.v.get(),
-                             .dtype = dtype,
-                             .num_blocks = num_blocks,
-                             .block_size = bs,
-                             .kv_heads = kvh,
-                             .head_dim = hd};
-      backend.Attention(q, view, seqs, params, &out);
-    }
+    for (const LayerPools& l : layers) backend.Attention(q, view_of(l), seqs, params, &out);
   };
   step();  // warm-up
   const auto start = std::chrono::steady_clock::now();

@@ -167,28 +167,19 @@ void ScoreChunks(const float* const* q, const KChunk<T>* ch, int64_t hd, int64_t
       for (int c = 0; c < NC; ++c) acc[h][c] = _mm512_fmadd_ps(qb, kv[c], acc[h][c]);
     }
   }
-  if constexpr (std::is_same_v<T, int8_t>) {  // each position's scale too
-    __m512 sc[NC];
+  __m512 sc[NC];  // int8: each position's scale too
+#pragma GCC unroll 4
+  for (int c = 0; c < NC; ++c) {
+    sc[c] = _mm512_set1_ps(scale);
+    if constexpr (std::is_same_v<T, int8_t>) {
+      sc[c] = _mm512_mul_ps(sc[c], _mm512_maskz_loadu_ps(ch[c].m, ch[c].scale));
+    }
+  }
+#pragma GCC unroll 8
+  for (int h = 0; h < NR; ++h) {
 #pragma GCC unroll 4
     for (int c = 0; c < NC; ++c) {
-      sc[c] = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(ch[c].m, ch[c].scale));
-    }
-#pragma GCC unroll 8
-    for (int h = 0; h < NR; ++h) {
-#pragma GCC unroll 4
-      for (int c = 0; c < NC; ++c) {
-        _mm512_mask_storeu_ps(scores + h * len + ch[c].at, ch[c].m,
-                              _mm512_mul_ps(acc[h][c], sc[c]));
-      }
-    }
-  } else {
-    const __m512 sc = _mm512_set1_ps(scale);
-#pragma GCC unroll 8
-    for (int h = 0; h < NR; ++h) {
-#pragma GCC unroll 4
-      for (int c = 0; c < NC; ++c) {
-        _mm512_mask_storeu_ps(scores + h * len + ch[c].at, ch[c].m, _mm512_mul_ps(acc[h][c], sc));
-      }
+      _mm512_mask_storeu_ps(scores + h * len + ch[c].at, ch[c].m, _mm512_mul_ps(acc[h][c], sc[c]));
     }
   }
 }
@@ -290,29 +281,21 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
           }
           for (int64_t i = 0; i < run; ++i, vrow += hd) {
             if (ahead != nullptr) PrefetchBytes(ahead + i * row_bytes, row_bytes);
-            if constexpr (std::is_same_v<T, int8_t>) {
-              // The rows' weights times the row's scale, all read before any accumulator
-              // changes (interleaved with them, the accumulators went through memory).
-              __m512 w[NR];
+            // The rows' weights (int8: times the row's scale), all read before any
+            // accumulator changes (interleaved with them, the accumulators went through memory).
+            __m512 w[NR];
 #pragma GCC unroll 8
-              for (int h = 0; h < NR; ++h) w[h] = _mm512_set1_ps(p[h * len + at + i] * vscale[i]);
+            for (int h = 0; h < NR; ++h) {
+              float wh = p[h * len + at + i];
+              if constexpr (std::is_same_v<T, int8_t>) wh *= vscale[i];
+              w[h] = _mm512_set1_ps(wh);
+            }
 #pragma GCC unroll 4
-              for (int j = 0; j < 4; ++j) {
-                if (m[j] == 0) break;
-                const __m512 vv = Load16(vrow + 16 * j, m[j]);
+            for (int j = 0; j < 4; ++j) {
+              if (m[j] == 0) break;
+              const __m512 vv = Load16(vrow + 16 * j, m[j]);
 #pragma GCC unroll 8
-                for (int h = 0; h < NR; ++h) acc[h][j] = _mm512_fmadd_ps(w[h], vv, acc[h][j]);
-              }
-            } else {
-#pragma GCC unroll 4
-              for (int j = 0; j < 4; ++j) {
-                if (m[j] == 0) break;
-                const __m512 vv = Load16(vrow + 16 * j, m[j]);
-#pragma GCC unroll 8
-                for (int h = 0; h < NR; ++h) {
-                  acc[h][j] = _mm512_fmadd_ps(_mm512_set1_ps(p[h * len + at + i]), vv, acc[h][j]);
-                }
-              }
+              for (int h = 0; h < NR; ++h) acc[h][j] = _mm512_fmadd_ps(w[h], vv, acc[h][j]);
             }
           }
         });
