@@ -99,17 +99,29 @@ struct Options {
   std::string kv_dtype = "auto";
   std::vector<int> batch;
   bool op_times = false;
+  int block_size = 16;
+  bool interleave = false;
+  bool shared_kv = false;
 };
 
 // Aggregate decode tokens/s of `b` sequences decoding together (each after its own prefill of
-// the same prompt), `steps` steps.
+// the same prompt), `steps` steps. Each sequence's blocks are consecutive in the pool, or with
+// `interleave` block i of sequence s is i * b + s (a server's sequences, growing together, take
+// turns at the free list). With `shared_kv` every sequence's table is sequence 0's: the 32
+// sequences read (and write) the same blocks, so attention's reads come from cache, not DRAM:
+// its arithmetic alone (a diagnostic; the tokens are not a real batch's).
 // The op times of `timer` cover the decode steps only; *seconds is their total wall time.
 double BatchedDecode(ModelRunner& runner, const std::vector<int32_t>& prompt, int b, int steps,
-                     int64_t blocks_per_seq, TimingBackend* timer, double* seconds) {
+                     int64_t blocks_per_seq, bool interleave, bool shared_kv,
+                     TimingBackend* timer, double* seconds) {
   std::vector<std::vector<int32_t>> tables(b);
   for (int s = 0; s < b; ++s) {
-    for (int64_t i = 0; i < blocks_per_seq; ++i)
-      tables[s].push_back(static_cast<int32_t>(s * blocks_per_seq + i));
+    for (int64_t i = 0; i < blocks_per_seq; ++i) {
+      tables[s].push_back(static_cast<int32_t>(interleave ? i * b + s : s * blocks_per_seq + i));
+    }
+  }
+  if (shared_kv) {
+    for (int s = 1; s < b; ++s) tables[s] = tables[0];
   }
   Step prefill;
   for (int s = 0; s < b; ++s) {
@@ -220,7 +232,7 @@ int Run(const Options& o) {
   if (cpu.precision() == CpuPrecision::kInt8x2) products_per_s = 32.0 * vnni;
   const double compute_bound = products_per_s / (flops_per_token / 2.0);
 
-  const int64_t block_size = 16;
+  const int64_t block_size = o.block_size;
   const int64_t blocks = (prompt_tokens + decode_tokens + block_size - 1) / block_size + 1;
   const int max_batch = o.batch.empty() ? 1 : *std::max_element(o.batch.begin(), o.batch.end());
   auto runner =
@@ -295,7 +307,8 @@ int Run(const Options& o) {
   for (int b : o.batch) {
     if (b < 1) continue;
     double step_s = 0.0;
-    const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks, &backend, &step_s);
+    const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks, o.interleave, o.shared_kv,
+                                     &backend, &step_s);
     if (one == 0.0) one = b == 1 ? tps : 0.0;
     std::printf(
         "batched decode: %2d sequences x %d steps: %7.1f tok/s aggregate, %6.2f ms/step, %3.0f%% "
@@ -333,6 +346,13 @@ int main(int argc, char** argv) {
   app.add_option("--batch", o.batch, "batch sizes for the batched decode runs, e.g. 1,8,32")
       ->delimiter(',');
   app.add_flag("--op-times", o.op_times, "print each batched run's step time split by op");
+  app.add_option("--block-size", o.block_size, "KV cache positions per block")
+      ->check(CLI::Range(1, 1024));
+  app.add_flag("--interleave-blocks", o.interleave,
+               "batched runs: the sequences' blocks interleaved in the pool, as a server's are");
+  app.add_flag("--shared-kv", o.shared_kv,
+               "batched runs: every sequence reads sequence 0's blocks (attention from cache: its "
+               "arithmetic without DRAM reads; a diagnostic)");
   CLI11_PARSE(app, argc, argv);
   return tpserve::Run(o);
 }
