@@ -112,8 +112,8 @@ struct Options {
 // its arithmetic alone (a diagnostic; the tokens are not a real batch's).
 // The op times of `timer` cover the decode steps only; *seconds is their total wall time.
 double BatchedDecode(ModelRunner& runner, const std::vector<int32_t>& prompt, int b, int steps,
-                     int64_t blocks_per_seq, bool interleave, bool shared_kv,
-                     TimingBackend* timer, double* seconds) {
+                     int64_t blocks_per_seq, bool interleave, bool shared_kv, TimingBackend* timer,
+                     double* seconds) {
   std::vector<std::vector<int32_t>> tables(b);
   for (int s = 0; s < b; ++s) {
     for (int64_t i = 0; i < blocks_per_seq; ++i) {
@@ -307,8 +307,8 @@ int Run(const Options& o) {
   for (int b : o.batch) {
     if (b < 1) continue;
     double step_s = 0.0;
-    const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks, o.interleave, o.shared_kv,
-                                     &backend, &step_s);
+    const double tps = BatchedDecode(**runner, prompt, b, decode_tokens, blocks, o.interleave,
+                                     o.shared_kv, &backend, &step_s);
     if (one == 0.0) one = b == 1 ? tps : 0.0;
     std::printf(
         "batched decode: %2d sequences x %d steps: %7.1f tok/s aggregate, %6.2f ms/step, %3.0f%% "

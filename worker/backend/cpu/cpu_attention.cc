@@ -106,8 +106,9 @@ constexpr int64_t kL2PrefetchBlocks = 8;
 // ahead per block asked for 32 lines in a burst, more than a core tracks in flight; bursts of
 // more lines, from larger blocks or V prefetched with K, ran up to 2x slower.)
 template <typename Tile, typename Fn>
-void ForBlocks(std::span<const int32_t> table, int64_t bs, int64_t first, int64_t ctx,
-               int64_t tile_bytes, int64_t distance, Tile&& tile_of, Fn&& fn) {
+[[gnu::always_inline]] inline void ForBlocks(std::span<const int32_t> table, int64_t bs,
+                                             int64_t first, int64_t ctx, int64_t tile_bytes,
+                                             int64_t distance, Tile&& tile_of, Fn&& fn) {
   const int64_t first_block = first / bs, end_block = (ctx + bs - 1) / bs;
   for (int64_t b = first_block; b < std::min(end_block, first_block + distance); ++b) {
     PrefetchBytes(tile_of(table[b]), tile_bytes);
@@ -246,9 +247,12 @@ void Scores(const float* const* q, const HeadPools<T>& pools, std::span<const in
 #endif
 }
 
-// out[r][d] = inv_sum[r] * sum_i p[r * len + i] * V[position first + i][d] for NR rows.
+// out[r][d] = inv_sum[r] * sum_i p[r * len + i] * V[position first + i][d] for NR rows. With an
+// int8 cache, p is multiplied in place by each position's V step first (the same fp32 product
+// the weight would otherwise be scaled by inside the loop, where the scalar multiplies and
+// broadcasts pushed the accumulators out to memory: that loop took twice fp16's time).
 template <int NR, typename T>
-void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& pools,
+void WeightedValues(float* p, const float* inv_sum, const HeadPools<T>& pools,
                     std::span<const int32_t> table, int64_t first, int64_t ctx, float* const* out) {
   const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
   const int64_t tile_bytes = TileElems<T>(hd, bs) * static_cast<int64_t>(sizeof(T));
@@ -265,12 +269,22 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
     ForBlocks(
         table, bs, first, ctx, tile_bytes, kPrefetchBlocks,
         [&](int32_t b) { return pools.v_tile(b); },
-        [&](int32_t block, int64_t row, int64_t run, int64_t at, const char* ahead) {
+        [&](int32_t block, int64_t row, int64_t run, int64_t at,
+            const char* ahead) __attribute__((always_inline)) {
           const T* vrow = pools.v_tile(block) + row * hd + d0;
-          // int8: each row's weight times the row's scale.
-          const float* vscale = nullptr;
-          if constexpr (std::is_same_v<T, int8_t>)
-            vscale = TileScales(pools.v_tile(block), hd, bs) + row;
+          if constexpr (std::is_same_v<T, int8_t>) {
+            if (d0 == 0) {  // each weight times its row's step, once
+              const float* vscale = TileScales(pools.v_tile(block), hd, bs) + row;
+              for (int64_t c = 0; c < run; c += 16) {
+                const __mmask16 mc = FirstLanes(run - c);
+                const __m512 sc = _mm512_maskz_loadu_ps(mc, vscale + c);
+                for (int h = 0; h < NR; ++h) {
+                  float* ph = p + h * len + at + c;
+                  _mm512_mask_storeu_ps(ph, mc, _mm512_mul_ps(_mm512_maskz_loadu_ps(mc, ph), sc));
+                }
+              }
+            }
+          }
           // The tile ahead, one of its bs rows per position read (all of it at once after a
           // partial run, and only in the first pass over the dimensions).
           const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(T));
@@ -281,15 +295,11 @@ void WeightedValues(const float* p, const float* inv_sum, const HeadPools<T>& po
           }
           for (int64_t i = 0; i < run; ++i, vrow += hd) {
             if (ahead != nullptr) PrefetchBytes(ahead + i * row_bytes, row_bytes);
-            // The rows' weights (int8: times the row's scale), all read before any
-            // accumulator changes (interleaved with them, the accumulators went through memory).
+            // The rows' weights, all read before any accumulator changes (interleaved with
+            // them, the accumulators went through memory).
             __m512 w[NR];
 #pragma GCC unroll 8
-            for (int h = 0; h < NR; ++h) {
-              float wh = p[h * len + at + i];
-              if constexpr (std::is_same_v<T, int8_t>) wh *= vscale[i];
-              w[h] = _mm512_set1_ps(wh);
-            }
+            for (int h = 0; h < NR; ++h) w[h] = _mm512_set1_ps(p[h * len + at + i]);
 #pragma GCC unroll 4
             for (int j = 0; j < 4; ++j) {
               if (m[j] == 0) break;
