@@ -132,6 +132,13 @@ int Run(const Options& o) {
   ThreadPool pool(o.threads);
   const double bw = MemoryReadBandwidth(pool);
   std::printf("memory read bandwidth: %.1f GB/s (%d threads)\n", bw / 1e9, o.threads);
+  // The same tiles' reads alone, scattered as the kernel meets them, 3 tiles prefetched ahead.
+  const int64_t tile = KvTileBytes(dtype, o.block_size, o.head_dim);
+  const double scattered = ScatteredTileReadBandwidth(pool, tile, 3);
+  std::printf(
+      "scattered %lld-byte tile reads (3 ahead prefetched, no arithmetic): %.1f GB/s (%d "
+      "threads)\n",
+      static_cast<long long>(tile), scattered / 1e9, o.threads);
   std::printf("decode attention, %d layers, %d heads / %d KV heads, hd %d, block %d, KV %s, %s\n",
               o.layers, o.heads, o.kv_heads, o.head_dim, o.block_size, KvDTypeName(dtype),
               o.scatter ? "scattered blocks" : "blocks in order");
@@ -143,8 +150,9 @@ int Run(const Options& o) {
       const double s = RunCase(backend, o, dtype, batch, context, rng, &bytes);
       std::printf(
           "batch %3d x context %5d: %7.3f ms/step, KV read %7.1f MB/step, %5.1f GB/s = %3.0f%% of "
-          "read bandwidth\n",
-          batch, context, 1e3 * s, bytes / 1e6, bytes / s / 1e9, 100.0 * bytes / s / bw);
+          "read bandwidth, %3.0f%% of scattered tile reads\n",
+          batch, context, 1e3 * s, bytes / 1e6, bytes / s / 1e9, 100.0 * bytes / s / bw,
+          100.0 * bytes / s / scattered);
     }
   }
   return 0;
