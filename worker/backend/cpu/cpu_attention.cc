@@ -106,9 +106,8 @@ constexpr int64_t kL2PrefetchBlocks = 8;
 // ahead per block asked for 32 lines in a burst, more than a core tracks in flight; bursts of
 // more lines, from larger blocks or V prefetched with K, ran up to 2x slower.)
 template <typename Tile, typename Fn>
-[[gnu::always_inline]] inline void ForBlocks(std::span<const int32_t> table, int64_t bs,
-                                             int64_t first, int64_t ctx, int64_t tile_bytes,
-                                             int64_t distance, Tile&& tile_of, Fn&& fn) {
+void ForBlocks(std::span<const int32_t> table, int64_t bs, int64_t first, int64_t ctx,
+               int64_t tile_bytes, int64_t distance, Tile&& tile_of, Fn&& fn) {
   const int64_t first_block = first / bs, end_block = (ctx + bs - 1) / bs;
   for (int64_t b = first_block; b < std::min(end_block, first_block + distance); ++b) {
     PrefetchBytes(tile_of(table[b]), tile_bytes);
@@ -252,8 +251,9 @@ void Scores(const float* const* q, const HeadPools<T>& pools, std::span<const in
 // the weight would otherwise be scaled by inside the loop, where the scalar multiplies and
 // broadcasts pushed the accumulators out to memory: that loop took twice fp16's time).
 template <int NR, typename T>
-void WeightedValues(float* p, const float* inv_sum, const HeadPools<T>& pools,
-                    std::span<const int32_t> table, int64_t first, int64_t ctx, float* const* out) {
+[[gnu::flatten]] void WeightedValues(float* p, const float* inv_sum, const HeadPools<T>& pools,
+                                     std::span<const int32_t> table, int64_t first, int64_t ctx,
+                                     float* const* out) {
   const int64_t hd = pools.hd, bs = pools.bs, len = ctx - first;
   const int64_t tile_bytes = TileElems<T>(hd, bs) * static_cast<int64_t>(sizeof(T));
 #if TPSERVE_ATTN_AVX512
@@ -269,8 +269,7 @@ void WeightedValues(float* p, const float* inv_sum, const HeadPools<T>& pools,
     ForBlocks(
         table, bs, first, ctx, tile_bytes, kPrefetchBlocks,
         [&](int32_t b) { return pools.v_tile(b); },
-        [&](int32_t block, int64_t row, int64_t run, int64_t at,
-            const char* ahead) __attribute__((always_inline)) {
+        [&](int32_t block, int64_t row, int64_t run, int64_t at, const char* ahead) {
           const T* vrow = pools.v_tile(block) + row * hd + d0;
           if constexpr (std::is_same_v<T, int8_t>) {
             if (d0 == 0) {  // each weight times its row's step, once
