@@ -61,8 +61,8 @@ inline double MemoryReadBandwidth(ThreadPool& pool) {
 // Bytes / second reading `tile_bytes` chunks at shuffled places of a 512 MB buffer, each chunk
 // whole (wide loads, summed), with the chunk `distance` ahead prefetched a line per line read:
 // the access pattern of decode attention over scattered KV tiles (cpu_attention.cc), without
-// its arithmetic. Best of `reps`. The hardware prefetchers do little for it (on the 2 vCPU Zen 5
-// VM: ~6 GB/s a thread with no software prefetch, ~18 with it, ~28 sequential).
+// its arithmetic. Best of `reps`. The hardware prefetchers do little for such reads: without the
+// software prefetch they ran at a third to a half of this rate on the 2 vCPU Zen 5 VM.
 inline double ScatteredTileReadBandwidth(ThreadPool& pool, int64_t tile_bytes, int64_t distance,
                                          int reps = 3) {
   tile_bytes = std::max<int64_t>(64, tile_bytes / 64 * 64);

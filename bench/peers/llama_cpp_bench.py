@@ -6,8 +6,8 @@ Measures, through llama-cpp-python (scripts/setup.sh --peers builds it into .ven
   decode:  D greedy tokens after it, one at a time, tokens/s;
 and prints one greedy chat answer so that quality can be eyeballed next to `tpserve generate`.
 With --batch 1,8,32 it also decodes B sequences at once through llama.cpp's own batching (one
-llama_batch of B tokens per step, each sequence its own seq_id in one unified KV cache, after
-each sequence's prefill of the same prompt), as `engine_bench --batch` does for tpserve, and
+llama_batch of B tokens per step, each sequence its own seq_id, a KV stream per sequence or one
+shared buffer with --kv-unified on, after each sequence's prefill of the same prompt), as `engine_bench --batch` does for tpserve, and
 prints aggregate decode tokens/s per B and the ratio to B = 1.
 
   .venv-peers/bin/python bench/peers/llama_cpp_bench.py [--model PATH] [--threads 2]

@@ -247,9 +247,11 @@ void Scores(const float* const* q, const HeadPools<T>& pools, std::span<const in
 }
 
 // out[r][d] = inv_sum[r] * sum_i p[r * len + i] * V[position first + i][d] for NR rows. With an
-// int8 cache, p is multiplied in place by each position's V step first (the same fp32 product
-// the weight would otherwise be scaled by inside the loop, where the scalar multiplies and
-// broadcasts pushed the accumulators out to memory: that loop took twice fp16's time).
+// int8 cache, p is multiplied in place by each position's V step first (the same fp32 products
+// the loop took one by one before), so the loop is the same for every dtype. Flattened: the
+// block walk and its callback are inlined here and the accumulators stay in registers (out of
+// line, as GCC had left the int8 instance, they sat in memory, a load and a store around every
+// FMA: twice fp16's time, bench/engine/README.md).
 template <int NR, typename T>
 [[gnu::flatten]] void WeightedValues(float* p, const float* inv_sum, const HeadPools<T>& pools,
                                      std::span<const int32_t> table, int64_t first, int64_t ctx,
