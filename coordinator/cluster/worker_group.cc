@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <map>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -18,6 +20,15 @@
 
 namespace tpserve {
 namespace {
+
+// A channel with its own connection: gRPC otherwise shares one per address among all channels,
+// and after a link comes back that connection can be dead, with the next calls waiting on TCP's
+// retransmission backoff (tens of seconds) until a reset ends it (tests/deploy/multihost_test.sh).
+std::shared_ptr<grpc::Channel> WorkerChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
 
 std::chrono::system_clock::time_point Deadline(absl::Duration d) {
   return absl::ToChronoTime(absl::Now() + d);
@@ -101,6 +112,8 @@ struct WorkerGroup::Impl {
   void CloseStreams() ABSL_EXCLUSIVE_LOCKS_REQUIRED(exec_mu);
   void MarkDeadRanks(const std::vector<WorkerInfo>& workers);
   absl::Status ProbeHealth();
+  // Ends the step in flight, if any, with `why` (its streams are cancelled).
+  void CancelStep(const std::string& why);
   void SetFailed(const std::string& reason);
   void Watchdog();
 
@@ -114,6 +127,9 @@ struct WorkerGroup::Impl {
   int64_t kv_blocks ABSL_GUARDED_BY(mu) = 0;
   int max_batch_tokens ABSL_GUARDED_BY(mu) = 0;  // decided at the first load
   int64_t generation ABSL_GUARDED_BY(mu) = 0;
+  // The ready group's ranks for the health probes, which must not wait for exec_mu: a step
+  // stuck on a silent rank holds it.
+  std::vector<std::pair<int, std::shared_ptr<grpc::Channel>>> probe_channels ABSL_GUARDED_BY(mu);
   bool wake ABSL_GUARDED_BY(mu) = false;
 
   // Held by Execute for a whole step and by the supervisor while it swaps the streams.
@@ -125,10 +141,16 @@ struct WorkerGroup::Impl {
   absl::Time step_deadline ABSL_GUARDED_BY(watch_mu) = absl::InfiniteFuture();
   std::vector<grpc::ClientContext*> contexts ABSL_GUARDED_BY(watch_mu);
   bool timed_out ABSL_GUARDED_BY(watch_mu) = false;
+  // Why the supervisor cancelled the step in flight (a rank stopped answering health probes).
+  std::string cancelled_because ABSL_GUARDED_BY(watch_mu);
   bool stop_watch ABSL_GUARDED_BY(watch_mu) = false;
 
   std::thread supervisor;
   std::thread watchdog;
+
+  // The supervisor's own: health probes each rank missed in a row, for generation probe_gen.
+  std::map<int, int> probe_misses;
+  int64_t probe_gen = -1;
 };
 
 WorkerGroup::WorkerGroup(WorkerGroupOptions options, WorkerRegistry& registry,
@@ -234,7 +256,11 @@ void WorkerGroup::Impl::Supervise() {
       // Health tells the truth between steps too: a rank killed while idle is noticed here.
       if (absl::Now() >= next_probe) {
         absl::Status st = ProbeHealth();
-        if (!st.ok()) SetFailed(std::string(st.message()));
+        if (!st.ok()) {
+          spdlog::warn("health probe: {}", std::string(st.message()));
+          SetFailed(std::string(st.message()));
+          CancelStep(std::string(st.message()));
+        }
         next_probe = absl::Now() + options.health_interval;
       }
       continue;
@@ -315,14 +341,35 @@ absl::Status WorkerGroup::Impl::Load() {
                options.max_batch_tokens > 0 ? "" : " (the devices' default)");
 
   std::vector<Rank> fresh(n);
+  for (int r = 0; r < n; ++r) {
+    fresh[r].info = workers[r];
+    fresh[r].channel =
+        WorkerChannel(workers[r].control_address);
+    fresh[r].stub = v1::Worker::NewStub(fresh[r].channel);
+  }
+  // Every rank answers before any is asked to load: the others would otherwise wait in the
+  // rendezvous for the collective timeout. This also replaces a connection that died with a lost
+  // link (gRPC shares it across channels; its first call after the link returns fails with a
+  // reset, and the retry waits for the reconnect).
+  for (int r = 0; r < n; ++r) {
+    grpc::Status st;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Deadline(options.health_timeout));
+      ctx.set_wait_for_ready(attempt > 0);
+      v1::WorkerHealthResponse resp;
+      st = fresh[r].stub->Health(&ctx, v1::WorkerHealthRequest(), &resp);
+      if (st.ok()) break;
+    }
+    if (!st.ok()) {
+      return absl::UnavailableError(absl::StrCat("rank ", r, " (", workers[r].control_address,
+                                                 ") does not answer: ", Describe(st)));
+    }
+  }
   std::vector<v1::LoadModelResponse> responses(n);
   std::vector<grpc::Status> statuses(n);
   std::vector<std::thread> threads;
   for (int r = 0; r < n; ++r) {
-    fresh[r].info = workers[r];
-    fresh[r].channel =
-        grpc::CreateChannel(workers[r].control_address, grpc::InsecureChannelCredentials());
-    fresh[r].stub = v1::Worker::NewStub(fresh[r].channel);
     v1::LoadModelRequest req;
     req.set_model_path(options.model_path);
     req.set_dtype(options.dtype);
@@ -379,6 +426,8 @@ absl::Status WorkerGroup::Impl::Load() {
       return absl::UnavailableError(absl::StrCat("rank ", r, ": cannot open the Execute stream"));
     }
   }
+  std::vector<std::pair<int, std::shared_ptr<grpc::Channel>>> channels;
+  for (const Rank& r : fresh) channels.emplace_back(r.info.rank, r.channel);
   {
     absl::MutexLock lock(&exec_mu);
     CloseStreams();
@@ -389,6 +438,7 @@ absl::Status WorkerGroup::Impl::Load() {
   }
   absl::MutexLock lock(&mu);
   if (state == State::kStopped) return absl::CancelledError("stopping");
+  probe_channels = std::move(channels);
   kv_blocks = blocks;
   state = State::kReady;
   reason.clear();
@@ -417,21 +467,31 @@ absl::Status WorkerGroup::Impl::ProbeHealth() {
   {
     absl::MutexLock lock(&mu);
     gen = generation;
-  }
-  {
-    absl::MutexLock lock(&exec_mu);
-    for (const Rank& r : ranks) {
-      stubs.emplace_back(r.info.rank, v1::Worker::NewStub(r.channel));
+    for (const auto& [rank, channel] : probe_channels) {
+      stubs.emplace_back(rank, v1::Worker::NewStub(channel));
     }
+  }
+  if (gen != probe_gen) {
+    probe_misses.clear();
+    probe_gen = gen;
   }
   for (auto& [rank, stub] : stubs) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(absl::Seconds(3)));
+    ctx.set_deadline(Deadline(options.health_timeout));
     v1::WorkerHealthResponse resp;
     grpc::Status st = stub->Health(&ctx, v1::WorkerHealthRequest(), &resp);
     if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
       return absl::UnavailableError(
           absl::StrCat("rank ", rank, " does not answer: ", Describe(st)));
+    }
+    // Connected but silent: a frozen process, or a link cut without a reset. One miss can be a
+    // stall on a loaded host; health_misses in a row is a lost rank.
+    int& misses = probe_misses[rank];
+    misses = st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? misses + 1 : 0;
+    if (misses >= options.health_misses) {
+      return absl::UnavailableError(
+          absl::StrCat("rank ", rank, " answered none of the last ", misses, " health probes (",
+                       absl::FormatDuration(options.health_timeout), " each)"));
     }
     if (st.ok() &&
         (resp.state() == v1::WorkerHealthResponse::STATE_BROKEN || resp.generation() != gen)) {
@@ -441,9 +501,16 @@ absl::Status WorkerGroup::Impl::ProbeHealth() {
   return absl::OkStatus();
 }
 
+void WorkerGroup::Impl::CancelStep(const std::string& why) {
+  absl::MutexLock lock(&watch_mu);
+  if (step_deadline == absl::InfiniteFuture()) return;  // no step in flight
+  cancelled_because = why;
+  for (grpc::ClientContext* ctx : contexts) ctx->TryCancel();
+}
+
 void WorkerGroup::Impl::MarkDeadRanks(const std::vector<WorkerInfo>& workers) {
   for (const WorkerInfo& w : workers) {
-    auto channel = grpc::CreateChannel(w.control_address, grpc::InsecureChannelCredentials());
+    auto channel = WorkerChannel(w.control_address);
     auto stub = v1::Worker::NewStub(channel);
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(absl::Seconds(2)));
@@ -500,6 +567,7 @@ absl::StatusOr<engine::StepOutput> WorkerGroup::Execute(const engine::StepPlan& 
   {
     absl::MutexLock wlock(&g.watch_mu);
     g.timed_out = false;
+    g.cancelled_because.clear();
     // A little grace over the workers' own deadline, so their clear error wins the race.
     g.step_deadline = start + g.options.step_timeout + absl::Seconds(2);
   }
@@ -524,11 +592,14 @@ absl::StatusOr<engine::StepOutput> WorkerGroup::Execute(const engine::StepPlan& 
     }
   }
   bool timed_out;
+  std::string cancelled_because;
   {
     absl::MutexLock wlock(&g.watch_mu);
     timed_out = g.timed_out;
+    cancelled_because = std::move(g.cancelled_because);
     g.step_deadline = absl::InfiniteFuture();
   }
+  if (!cancelled_because.empty()) errors.push_back(cancelled_because);
   for (int r = 0; r < n; ++r) {
     if (!failed[r]) {
       if (results[r].step_id() != plan.step_id || results[r].generation() != gen) {

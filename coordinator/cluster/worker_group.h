@@ -43,6 +43,12 @@ struct WorkerGroupOptions {
   absl::Duration collective_timeout = absl::Seconds(30);
   absl::Duration step_timeout = absl::Seconds(60);  // one step, all ranks
   absl::Duration health_interval = absl::Seconds(1);
+  // A rank that answers no health probe within health_timeout, health_misses probes in a row,
+  // is lost even though its connection stays open (a frozen process, a cut link that sends no
+  // reset): health says NOT_SERVING and a step waiting on it is cancelled, ~health_misses x
+  // (health_timeout + health_interval) after it stopped, not after the collective or step timeout.
+  absl::Duration health_timeout = absl::Seconds(2);
+  int health_misses = 3;
 };
 
 // The step token budget that suits the ranks' devices ("cpu", "cuda", as they register): 512

@@ -227,17 +227,23 @@ TEST(ClusterTest, MismatchedAndDuplicateWorkersAreRefused) {
   EXPECT_EQ(r.ids, c["greedy"].get<std::vector<int32_t>>());
 }
 
-// Starts a 250-token greedy stream on the tiny model, kills rank 1 after its first response,
-// and reads the stream to its end: the final status and the time from the kill to the end.
+// Starts a 250-token greedy stream on the tiny model, kills rank 1 after its first response (or
+// freezes it: SIGSTOP), and reads the stream to its end: the final status and the time from the
+// kill to the end.
 std::pair<grpc::Status, absl::Duration> KillRankDuringAStream(LocalCluster& cluster,
-                                                              v1::Inference::Stub& stub) {
+                                                              v1::Inference::Stub& stub,
+                                                              bool freeze = false) {
   grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(90)));
   auto reader = stub.Generate(&ctx, Greedy({3}, 250));
   v1::GenerateResponse resp;
   EXPECT_TRUE(reader->Read(&resp)) << cluster.Logs();
   const absl::Time killed = absl::Now();
-  cluster.KillWorker(1);
+  if (freeze) {
+    cluster.FreezeWorker(1);
+  } else {
+    cluster.KillWorker(1);
+  }
   while (reader->Read(&resp)) {
   }
   const grpc::Status st = reader->Finish();
@@ -272,6 +278,32 @@ TEST(ClusterTest, KilledWorkerEndsTheStreamWithUnavailableAndTheGroupReforms) {
   const auto& c = expected["cases"][1];
   Result again = Generate(*stub, Greedy(c["input_ids"].get<std::vector<int32_t>>(), 16));
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.ids, c["greedy"].get<std::vector<int32_t>>());
+}
+
+// A rank that freezes mid-stream (SIGSTOP: its connections stay open, nothing answers, as with a
+// hung host or a link cut without a reset) is noticed by the health probes, well before the
+// survivors' 30 s collective timeout or the 60 s step deadline: the stream ends UNAVAILABLE
+// naming the probes, health says NOT_SERVING, and once the rank runs again the group re-forms.
+TEST(ClusterTest, FrozenWorkerIsNoticedByHealthProbesAndTheGroupReforms) {
+  LocalCluster cluster(
+      absl::StrCat(kGolden, "/llama-mha"), 2,
+      {"--resume-window-s", "0", "--collective-timeout-ms", "30000", "--step-timeout-ms", "60000"});
+  ASSERT_TRUE(cluster.WaitHealth(true, absl::Seconds(90)).ok()) << cluster.Logs();
+  auto stub = cluster.Stub();
+  const auto [st, took] = KillRankDuringAStream(cluster, *stub, /*freeze=*/true);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
+  EXPECT_THAT(st.error_message(), HasSubstr("health probes")) << cluster.Logs();
+  EXPECT_LT(took, absl::Seconds(20)) << cluster.Logs();
+  EXPECT_TRUE(cluster.WaitHealth(false, absl::Seconds(5)).ok());
+  EXPECT_TRUE(cluster.CoordinatorAlive());
+
+  cluster.ThawWorker(1);
+  ASSERT_TRUE(cluster.WaitHealth(true, absl::Seconds(90)).ok()) << cluster.Logs();
+  const nlohmann::json expected = Expected("llama-mha");
+  const auto& c = expected["cases"][1];
+  Result again = Generate(*stub, Greedy(c["input_ids"].get<std::vector<int32_t>>(), 16));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message() << cluster.Logs();
   EXPECT_EQ(again.ids, c["greedy"].get<std::vector<int32_t>>());
 }
 

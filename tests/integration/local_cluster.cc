@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -45,17 +46,17 @@ LocalCluster::LocalCluster(std::string model, int tp, std::vector<std::string> c
   char tmpl[] = "/tmp/tpserve-it-XXXXXX";
   log_dir_ = mkdtemp(tmpl);
   address_ = absl::StrCat("127.0.0.1:", FreeLoopbackPort());
-  std::vector<std::string> argv = {TPSERVE_COORDINATOR_BIN,
-                                   "--model",
-                                   model_,
-                                   "--tp",
-                                   std::to_string(tp),
-                                   "--listen",
-                                   address_,
-                                   "--step-timeout-ms",
-                                   "20000",
-                                   "--collective-timeout-ms",
-                                   "10000"};
+  std::vector<std::string> argv = {TPSERVE_COORDINATOR_BIN, "--model",  model_,  "--tp",
+                                   std::to_string(tp),      "--listen", address_};
+  // Shorter than the defaults, so a failing test fails sooner; a test may set its own.
+  for (const auto& [flag, value] :
+       {std::pair<std::string, std::string>{"--step-timeout-ms", "20000"},
+        {"--collective-timeout-ms", "10000"}}) {
+    if (std::find(coordinator_args.begin(), coordinator_args.end(), flag) ==
+        coordinator_args.end()) {
+      argv.insert(argv.end(), {flag, value});
+    }
+  }
   argv.insert(argv.end(), coordinator_args.begin(), coordinator_args.end());
   coordinator_ = Start("coordinator", argv);
   for (int r = 0; r < tp; ++r) StartWorker(r);
@@ -66,7 +67,9 @@ LocalCluster::~LocalCluster() {
   all.insert(all.end(), extra_.begin(), extra_.end());
   all.push_back(coordinator_);
   for (pid_t p : all) {
-    if (p > 0) kill(p, SIGTERM);
+    if (p <= 0) continue;
+    kill(p, SIGTERM);
+    kill(p, SIGCONT);  // a frozen worker (FreezeWorker) handles SIGTERM only once it runs
   }
   const absl::Time deadline = absl::Now() + absl::Seconds(5);
   for (pid_t p : all) {
@@ -141,6 +144,10 @@ void LocalCluster::KillWorker(int rank) {
 }
 
 void LocalCluster::RestartWorker(int rank) { StartWorker(rank); }
+
+void LocalCluster::FreezeWorker(int rank) { kill(workers_[rank], SIGSTOP); }
+
+void LocalCluster::ThawWorker(int rank) { kill(workers_[rank], SIGCONT); }
 
 bool LocalCluster::CoordinatorAlive() { return waitpid(coordinator_, nullptr, WNOHANG) == 0; }
 

@@ -34,6 +34,10 @@ class LocalCluster {
 
   void KillWorker(int rank);     // SIGKILL
   void RestartWorker(int rank);  // a fresh process (new incarnation)
+  // SIGSTOP / SIGCONT: a process that holds its connections open but answers nothing, as a
+  // hung host or a link cut without a reset looks to its peers.
+  void FreezeWorker(int rank);
+  void ThawWorker(int rank);
   bool CoordinatorAlive();
 
   const std::string& address() const { return address_; }
