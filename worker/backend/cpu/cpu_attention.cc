@@ -150,6 +150,12 @@ void ScoreChunks(const float* const* q, const KChunk<T>* ch, int64_t hd, int64_t
   }
   // The tiles ahead, 4 of their hd rows of bs positions per 4 steps of d (all by the end).
   const int64_t ahead_step = 4 * bs * static_cast<int64_t>(sizeof(T));
+  if constexpr (std::is_same_v<T, int8_t>) {  // the scales, after the hd x bs values
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) {
+      if (ch[c].ahead != nullptr) PrefetchBytes(ch[c].ahead + hd * bs, 4 * bs);
+    }
+  }
   for (int64_t d = 0; d < hd; ++d) {
     if ((d & 3) == 0) {
 #pragma GCC unroll 4
@@ -290,6 +296,9 @@ template <int NR, typename T>
           // partial run, and only in the first pass over the dimensions).
           const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(T));
           if (d0 != 0) ahead = nullptr;
+          if constexpr (std::is_same_v<T, int8_t>) {  // the scales, after the hd x bs values
+            if (ahead != nullptr && run == bs) PrefetchBytes(ahead + hd * bs, 4 * bs);
+          }
           if (ahead != nullptr && run < bs) {
             PrefetchBytes(ahead, tile_bytes);
             ahead = nullptr;
