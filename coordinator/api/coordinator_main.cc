@@ -45,6 +45,8 @@ struct Flags {
   int collective_timeout_ms = 30000;
   int resume_window_s = 60;
   int load_timeout_s = 600;
+  int health_timeout_ms = 2000;
+  int health_misses = 3;
   bool no_prefix_cache = false;
   std::string http_listen;  // empty: no HTTP server (off unless asked: ports must not collide)
 };
@@ -118,7 +120,9 @@ int Run(const Flags& f) {
                         .num_layers = static_cast<int>(config.num_layers),
                         .load_timeout = absl::Seconds(f.load_timeout_s),
                         .collective_timeout = absl::Milliseconds(f.collective_timeout_ms),
-                        .step_timeout = absl::Milliseconds(f.step_timeout_ms)};
+                        .step_timeout = absl::Milliseconds(f.step_timeout_ms),
+                        .health_timeout = absl::Milliseconds(f.health_timeout_ms),
+                        .health_misses = f.health_misses};
   WorkerGroup group(std::move(go), registry, store);
   // Workers re-register every few seconds (so a restarted coordinator finds them): log news only.
   absl::Mutex seen_mu;
@@ -378,6 +382,16 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--load-timeout-s", f.load_timeout_s, "deadline of LoadModel on every rank")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--health-timeout-ms", f.health_timeout_ms,
+                 "deadline of each health poll of a worker (every second, during steps too)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--health-misses", f.health_misses,
+                 "health polls in a row a worker may leave unanswered before it counts as lost "
+                 "(a frozen process or a cut link that keeps its connection open) and the step "
+                 "waiting on it is cancelled")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_flag("--no-prefix-cache", f.no_prefix_cache, "disable KV prefix caching");
