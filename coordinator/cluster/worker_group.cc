@@ -343,8 +343,7 @@ absl::Status WorkerGroup::Impl::Load() {
   std::vector<Rank> fresh(n);
   for (int r = 0; r < n; ++r) {
     fresh[r].info = workers[r];
-    fresh[r].channel =
-        WorkerChannel(workers[r].control_address);
+    fresh[r].channel = WorkerChannel(workers[r].control_address);
     fresh[r].stub = v1::Worker::NewStub(fresh[r].channel);
   }
   // Every rank answers before any is asked to load: the others would otherwise wait in the
