@@ -34,6 +34,16 @@ std::chrono::system_clock::time_point Deadline(absl::Duration d) {
   return absl::ToChronoTime(absl::Now() + d);
 }
 
+// One Health call with a deadline; with wait_for_ready it waits (within the deadline) for a
+// connection instead of failing at once while there is none.
+grpc::Status AskHealth(v1::Worker::Stub& stub, absl::Duration timeout,
+                       v1::WorkerHealthResponse* resp, bool wait_for_ready = false) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(timeout));
+  ctx.set_wait_for_ready(wait_for_ready);
+  return stub.Health(&ctx, v1::WorkerHealthRequest(), resp);
+}
+
 std::string Describe(const grpc::Status& st) {
   static const char* kNames[] = {"OK",
                                  "CANCELLED",
@@ -347,18 +357,13 @@ absl::Status WorkerGroup::Impl::Load() {
     fresh[r].stub = v1::Worker::NewStub(fresh[r].channel);
   }
   // Every rank answers before any is asked to load: the others would otherwise wait in the
-  // rendezvous for the collective timeout. This also replaces a connection that died with a lost
-  // link (gRPC shares it across channels; its first call after the link returns fails with a
-  // reset, and the retry waits for the reconnect).
+  // rendezvous, for the collective timeout, for a rank that cannot join. A retry waits for the
+  // connection (one refused while a restarted worker was still starting, for example).
   for (int r = 0; r < n; ++r) {
-    grpc::Status st;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(Deadline(options.health_timeout));
-      ctx.set_wait_for_ready(attempt > 0);
-      v1::WorkerHealthResponse resp;
-      st = fresh[r].stub->Health(&ctx, v1::WorkerHealthRequest(), &resp);
-      if (st.ok()) break;
+    v1::WorkerHealthResponse resp;
+    grpc::Status st = AskHealth(*fresh[r].stub, options.health_timeout, &resp);
+    for (int retry = 0; retry < 2 && !st.ok(); ++retry) {
+      st = AskHealth(*fresh[r].stub, options.health_timeout, &resp, /*wait_for_ready=*/true);
     }
     if (!st.ok()) {
       return absl::UnavailableError(absl::StrCat("rank ", r, " (", workers[r].control_address,
@@ -475,10 +480,8 @@ absl::Status WorkerGroup::Impl::ProbeHealth() {
     probe_gen = gen;
   }
   for (auto& [rank, stub] : stubs) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(options.health_timeout));
     v1::WorkerHealthResponse resp;
-    grpc::Status st = stub->Health(&ctx, v1::WorkerHealthRequest(), &resp);
+    const grpc::Status st = AskHealth(*stub, options.health_timeout, &resp);
     if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
       return absl::UnavailableError(
           absl::StrCat("rank ", rank, " does not answer: ", Describe(st)));
@@ -511,10 +514,8 @@ void WorkerGroup::Impl::MarkDeadRanks(const std::vector<WorkerInfo>& workers) {
   for (const WorkerInfo& w : workers) {
     auto channel = WorkerChannel(w.control_address);
     auto stub = v1::Worker::NewStub(channel);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(absl::Seconds(2)));
     v1::WorkerHealthResponse resp;
-    grpc::Status st = stub->Health(&ctx, v1::WorkerHealthRequest(), &resp);
+    const grpc::Status st = AskHealth(*stub, options.health_timeout, &resp);
     if (st.ok()) continue;
     spdlog::warn("rank {} ({}) is lost: {}; waiting for it to register again", w.rank,
                  w.control_address, Describe(st));
