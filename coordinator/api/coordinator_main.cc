@@ -45,17 +45,33 @@ struct Flags {
   int collective_timeout_ms = 30000;
   int resume_window_s = 60;
   int load_timeout_s = 600;
+  int keepalive_time_s = 30;
+  int keepalive_timeout_s = 10;
   int health_timeout_ms = 2000;
   int health_misses = 3;
   bool no_prefix_cache = false;
   std::string http_listen;  // empty: no HTTP server (off unless asked: ports must not collide)
 };
 
+// Keepalive: a client that vanishes without closing its connection (a partition, a suspended
+// process, a NAT that dropped the flow) leaves no reset behind; its streams would go on
+// generating and holding KV blocks until they end. The server pings every connection with calls
+// in progress every `keepalive` and closes it when a ping goes unanswered for `timeout`: its
+// calls are cancelled and their requests aborted, as if the client had hung up. It also accepts
+// clients' own keepalive pings down to every 10 s (gRPC's default refuses more than one per 5
+// minutes without data, and closes such clients' connections).
 std::unique_ptr<grpc::Server> BuildServer(const std::string& address,
                                           std::vector<grpc::Service*> sync,
-                                          std::vector<grpc::Service*> callback, int* port) {
+                                          std::vector<grpc::Service*> callback, int* port,
+                                          absl::Duration keepalive, absl::Duration timeout) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), port);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(keepalive)));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(absl::ToInt64Milliseconds(timeout)));
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // ping while stalled too
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   for (grpc::Service* s : sync) builder.RegisterService(s);
   for (grpc::Service* s : callback) builder.RegisterService(s);
   return builder.BuildAndStart();
@@ -153,14 +169,17 @@ int Run(const Flags& f) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   int port = 0, cluster_port = 0;
+  const absl::Duration keepalive = absl::Seconds(f.keepalive_time_s);
+  const absl::Duration keepalive_timeout = absl::Seconds(f.keepalive_timeout_s);
   std::unique_ptr<grpc::Server> cluster_server;
   std::unique_ptr<grpc::Server> server;
   if (f.cluster_listen.empty()) {
-    server = BuildServer(f.listen, {&cluster}, {&inference}, &port);
+    server = BuildServer(f.listen, {&cluster}, {&inference}, &port, keepalive, keepalive_timeout);
     cluster_port = port;
   } else {
-    server = BuildServer(f.listen, {}, {&inference}, &port);
-    cluster_server = BuildServer(f.cluster_listen, {&cluster}, {}, &cluster_port);
+    server = BuildServer(f.listen, {}, {&inference}, &port, keepalive, keepalive_timeout);
+    cluster_server =
+        BuildServer(f.cluster_listen, {&cluster}, {}, &cluster_port, keepalive, keepalive_timeout);
   }
   if (server == nullptr || port == 0 || (!f.cluster_listen.empty() && cluster_port == 0)) {
     spdlog::error("cannot listen on {} (address in use?)", port == 0 ? f.listen : f.cluster_listen);
@@ -382,6 +401,15 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--load-timeout-s", f.load_timeout_s, "deadline of LoadModel on every rank")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--keepalive-time-s", f.keepalive_time_s,
+                 "how often the gRPC servers ping a connection with calls in progress")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--keepalive-timeout-s", f.keepalive_timeout_s,
+                 "how long a ping may go unanswered before the connection is closed and its "
+                 "streams' requests are aborted (a client that vanished without a reset)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--health-timeout-ms", f.health_timeout_ms,

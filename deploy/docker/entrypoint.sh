@@ -14,7 +14,7 @@
 #     LOG_FORMAT, LOG_LEVEL   text|json, info|debug|... (--log-format, --log-level)
 #     KV_BLOCK_SIZE, MAX_BATCH_TOKENS, MAX_SEQS, MEMORY_BUDGET, MAX_CONTEXT, MAX_WAITING,
 #     STEP_TIMEOUT_MS, COLLECTIVE_TIMEOUT_MS, LOAD_TIMEOUT_S, RESUME_WINDOW_S,
-#     HEALTH_TIMEOUT_MS, HEALTH_MISSES:
+#     HEALTH_TIMEOUT_MS, HEALTH_MISSES, KEEPALIVE_TIME_S, KEEPALIVE_TIMEOUT_S:
 #                             passed as the flags of the same name when set
 #     NO_PREFIX_CACHE=1       --no-prefix-cache
 #   entrypoint.sh worker [EXTRA FLAGS...]
@@ -75,6 +75,8 @@ case $role in
     opt --load-timeout-s "${LOAD_TIMEOUT_S:-}"
     opt --health-timeout-ms "${HEALTH_TIMEOUT_MS:-}"
     opt --health-misses "${HEALTH_MISSES:-}"
+    opt --keepalive-time-s "${KEEPALIVE_TIME_S:-}"
+    opt --keepalive-timeout-s "${KEEPALIVE_TIMEOUT_S:-}"
     case ${NO_PREFIX_CACHE:-} in
       ""|0|false) ;;
       *) args+=(--no-prefix-cache) ;;

@@ -2,6 +2,10 @@
 // greedy one give the same tokens alone and among 31 concurrent requests (few tokens each:
 // SmolLM2 runs at ~5-10 tokens/s per stream on this machine), and a 300 ms gRPC deadline ends a
 // long generation (seconds on this model, whatever the machine's load) and frees its blocks.
+// A client that freezes mid-stream (its connection open, nothing answered) is dropped by the
+// server's keepalive and its request aborted.
+#include <signal.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "tests/integration/local_cluster.h"
 #include "tests/integration/serving_client.h"
+#include "tests/testing/child_process.h"
 
 namespace tpserve::testing {
 namespace {
@@ -112,4 +117,50 @@ TEST_F(ServingSmolLm2Test, DeadlineEndsTheRequestAndFreesItsBlocks) {
 }
 
 }  // namespace
+#ifdef TPSERVE_CLI_BIN
+// A client process stopped mid-stream (SIGSTOP: a suspended laptop, a partition; its connection
+// stays open and sends no reset) is noticed by the server's keepalive ping going unanswered: the
+// connection is closed, the stream cancelled and the request aborted, seconds into a generation
+// that would otherwise run for thousands of tokens.
+TEST(ServingKeepaliveTest, FrozenClientIsDroppedAndItsRequestAborted) {
+  const std::string model = ModelsDir() + "/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!std::filesystem::exists(model)) GTEST_SKIP() << model << " not found (fetch-models.sh)";
+  constexpr int kMaxTokens = 4000;
+  LocalCluster cluster(
+      model, 1, {"--max-context", "4096", "--keepalive-time-s", "1", "--keepalive-timeout-s", "1"});
+  ASSERT_TRUE(cluster.WaitHealth(true, absl::Seconds(120)).ok()) << cluster.Logs();
+  auto stub = cluster.Stub();
+  const pid_t client =
+      Spawn({TPSERVE_CLI_BIN, "generate", "--server", cluster.address(), "--max-tokens",
+             std::to_string(kMaxTokens), "--ignore-eos", "Once upon a time"});
+  ASSERT_GT(client, 0);
+  absl::StatusOr<v1::ServerStats> s;
+  for (const absl::Time until = absl::Now() + absl::Seconds(60); absl::Now() < until;) {
+    s = Stats(*stub);
+    if (s.ok() && s->running() == 1 && s->generation_tokens() > 0) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(s.ok() && s->running() == 1) << cluster.Logs();
+  kill(client, SIGSTOP);
+  const absl::Time frozen = absl::Now();
+  for (const absl::Time until = frozen + absl::Seconds(30); absl::Now() < until;) {
+    s = Stats(*stub);
+    if (s.ok() && s->running() == 0 && s->waiting() == 0) break;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  const absl::Duration took = absl::Now() - frozen;
+  kill(client, SIGKILL);
+  WaitExit(client, absl::Seconds(10));
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->running(), 0) << cluster.Logs();
+  EXPECT_LT(took, absl::Seconds(10));
+  EXPECT_LT(s->generation_tokens(), kMaxTokens / 2);  // cut short, not run to the end
+  EXPECT_EQ(s->kv_blocks_used(), 0);
+  // The server serves on.
+  const Streamed next = Generate(*stub, Greedy({1, 9690, 314, 253}, 4));
+  EXPECT_TRUE(next.status.ok()) << next.status.error_message();
+  EXPECT_EQ(next.ids.size(), 4u);
+}
+#endif
+
 }  // namespace tpserve::testing
