@@ -10,6 +10,10 @@ network namespace with the project's .venv (grpcio, grpcio-tools, grpcio-health-
       the running token count to --progress after every response; prints one JSON line (final
       status code, message, tokens, text, elapsed seconds, finish reason); exit 0 when the final
       code is in --expect
+  multihost_client.py idle ADDR [--timeout SECONDS]
+      polls tpserve.v1.Inference/GetServerStats until no sequence runs or waits and no KV block
+      is in use; prints the seconds that took and the last stats as one JSON line; exit 0 when
+      it got there, 1 at the timeout
 """
 import argparse
 import json
@@ -86,6 +90,28 @@ def cmd_generate(a):
     return 0 if code in a.expect.split(",") else 1
 
 
+def cmd_idle(a):
+    pb, pb_grpc = inference_modules()
+    start = time.monotonic()
+    last = {}
+    with grpc.insecure_channel(a.addr) as ch:
+        stub = pb_grpc.InferenceStub(ch)
+        while time.monotonic() - start < a.timeout:
+            try:
+                st = stub.GetServerStats(pb.GetServerStatsRequest(), timeout=2)
+                last = {"running": st.running, "waiting": st.waiting,
+                        "kv_blocks_used": st.kv_blocks_used,
+                        "generation_tokens": st.generation_tokens}
+                if st.running == 0 and st.waiting == 0 and st.kv_blocks_used == 0:
+                    print(json.dumps({"idle_after_s": round(time.monotonic() - start, 1), **last}))
+                    return 0
+            except grpc.RpcError as e:
+                last = {"error": f"{e.code().name}: {e.details()}"}
+            time.sleep(0.25)
+    print(json.dumps({"idle_after_s": None, **last}))
+    return 1
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -101,8 +127,11 @@ def main():
     g.add_argument("--deadline", type=float, required=True)
     g.add_argument("--progress")
     g.add_argument("--expect", default="OK")
+    i = sub.add_parser("idle")
+    i.add_argument("addr")
+    i.add_argument("--timeout", type=float, default=60)
     a = ap.parse_args()
-    return cmd_health(a) if a.cmd == "health" else cmd_generate(a)
+    return {"health": cmd_health, "generate": cmd_generate, "idle": cmd_idle}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 # fifth namespace. Then one worker's link is cut: the open stream must end cleanly (a gRPC status,
 # not a hang) within its deadline while the other processes stay up and health says NOT_SERVING;
 # the link returns: health is SERVING again and the same greedy generation gives the same text.
+# Last, the client's own link is cut mid-stream: the coordinator drops it (keepalive) and aborts
+# its request within seconds.
 #
 #   tests/deploy/multihost_test.sh BUILD_DIR        (as root; ctest: deploy_multihost)
 #   TPSERVE_MULTIHOST_KEEP_LOGS=1 keeps the processes' logs; TPSERVE_MULTIHOST_DEADLINE (60 s) is
@@ -118,7 +120,9 @@ pass "network: ${#NAMESPACES[@]} namespaces, bridge in $SW, only $NET.0/24 route
 # ---- processes, started as the manifests start the pods ----------------------------------------
 PATH_IN_POD=$(dirname "$COORD_BIN" 2>/dev/null || true):$(dirname "$WORKER_BIN"):/usr/local/bin:/usr/bin:/bin
 
-# start NS LOG COMPONENT [pod_env args...]: entrypoint.sh with exactly the pod's environment.
+# start NS LOG COMPONENT [pod_env args...]: entrypoint.sh with exactly the pod's environment,
+# plus the flags in EXTRA_FLAGS (an array; what a test needs beyond the manifests).
+EXTRA_FLAGS=()
 start() {
   local ns=$1 log=$2 comp=$3 line sep=0
   shift 3
@@ -127,6 +131,7 @@ start() {
     if [ "$line" = "--" ]; then sep=1; continue; fi
     if [ $sep -eq 0 ]; then envs+=("$line"); else args+=("$line"); fi
   done < <("$DEPLOY_PY" tests/deploy/pod_env.py "$OVERLAY" "$comp" "$@")
+  args+=("${EXTRA_FLAGS[@]}")
   [ ${#envs[@]} -gt 0 ] || fail "pod_env.py gave no environment for $comp"
   echo "$comp in $ns: ${envs[*]} -- ${args[*]}" >"$LOGS/$log.log"
   # The image's own ENV (Dockerfile) plus the pod's; nothing inherited from this shell.
@@ -165,7 +170,10 @@ if [ -z "$COORD_BIN" ]; then
 fi
 
 # ---- coordinator, health, generation -----------------------------------------------------------
+# Keepalive pings every 2 s (default 30 s), so that the vanished client below is dropped soon.
+EXTRA_FLAGS=(--keepalive-time-s 2 --keepalive-timeout-s 2)
 start "${TAG}c" tpserve-coordinator coordinator --pod-ip "$COORD_IP" --set "MODEL=$MODEL_FILE"
+EXTRA_FLAGS=()
 
 client() { ip netns exec "${TAG}cl" "$CLIENT_PY" "$ROOT/tests/deploy/multihost_client.py" "$@"; }
 GRPC=$COORD_IP:50051
@@ -205,12 +213,13 @@ progress=$LOGS/progress
 client generate "$GRPC" --prompt "$PROMPT" --max-tokens 2000 --deadline "$STREAM_DEADLINE" \
   --progress "$progress" --expect UNAVAILABLE,DEADLINE_EXCEEDED,ABORTED >"$LOGS/cut.json" 2>>"$LOGS/client.log" &
 CUT_CLIENT=$!
-PIDS+=($CUT_CLIENT)
-for _ in $(seq 1 240); do
-  [ "$(tail -1 "$progress" 2>/dev/null || echo 0)" -ge 4 ] 2>/dev/null && break
-  sleep 0.25
-done
-[ "$(tail -1 "$progress" 2>/dev/null || echo 0)" -ge 4 ] 2>/dev/null || fail "the long stream produced no tokens"
+PIDS+=("$CUT_CLIENT")
+streamed() { [ "$(tail -1 "$progress" 2>/dev/null || echo 0)" -ge 4 ] 2>/dev/null; }
+wait_streaming() {  # wait_streaming WHAT: until the client's stream has given 4 tokens (60 s)
+  for _ in $(seq 1 240); do streamed && return 0; sleep 0.25; done
+  fail "$1 produced no tokens"
+}
+wait_streaming "the long stream"
 cut_at=$(date +%s.%N)
 ip -n "${TAG}w$CUT_RANK" link set eth0 down
 echo "multihost: cut worker $CUT_RANK's link after $(tail -1 "$progress") tokens"
@@ -243,5 +252,22 @@ out=$(client generate "$GRPC" --prompt "$PROMPT" --max-tokens 16 --deadline 120)
 after=$("$CLIENT_PY" -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["text"])' "$out")
 [ "$after" = "$before" ] || fail "greedy text changed after recovery: $(printf %q "$before") -> $(printf %q "$after")"
 pass "the re-formed group generates the same greedy text"
+
+# ---- a client that vanishes: its own link cut mid-stream ----------------------------------------
+# No reset reaches the coordinator: its keepalive ping goes unanswered, the connection is closed
+# and the request aborted, its KV blocks freed (seen from the coordinator's own namespace). With
+# pings every 2 s that takes ~3 s; without keepalive, gRPC's own TCP_USER_TIMEOUT took ~21 s.
+: >"$progress"
+client generate "$GRPC" --prompt "$PROMPT" --max-tokens 2000 --deadline 300 --progress "$progress" \
+  --expect UNAVAILABLE,DEADLINE_EXCEEDED,CANCELLED >"$LOGS/vanish.json" 2>>"$LOGS/client.log" &
+VANISH_CLIENT=$!
+PIDS+=("$VANISH_CLIENT")
+wait_streaming "the client's stream"
+ip -n "${TAG}cl" link set eth0 down
+idle=$(ip netns exec "${TAG}c" "$CLIENT_PY" "$ROOT/tests/deploy/multihost_client.py" idle \
+  127.0.0.1:50051 --timeout 10) || fail "the vanished client's request still runs 10 s after its link was cut: $idle"
+pass "the vanished client's request aborted and its blocks freed: $idle"
+kill "$VANISH_CLIENT" 2>/dev/null || true
+ip -n "${TAG}cl" link set eth0 up
 
 echo "multihost: $passed passed, 0 failed"
