@@ -213,7 +213,8 @@ int Run(const Flags& f) {
                                            absl::MutexLock lock(&verdict_mu);
                                            return verdict;
                                          },
-                                     .workers_up = [&registry] { return registry.registered(); }});
+                                     .workers_up = [&registry] { return registry.registered(); },
+                                     .tcp_user_timeout_ms = 1000 * f.keepalive_timeout_s});
     if (absl::Status st = http->Start(f.http_listen); !st.ok()) {
       spdlog::error("--http-listen: {}", std::string(st.message()));
       return 2;
@@ -409,7 +410,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--keepalive-timeout-s", f.keepalive_timeout_s,
                  "how long a ping may go unanswered before the connection is closed and its "
-                 "streams' requests are aborted (a client that vanished without a reset)")
+                 "streams' requests are aborted (a client that vanished without a reset); also "
+                 "how long data sent on an HTTP connection may go unacknowledged")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--health-timeout-ms", f.health_timeout_ms,

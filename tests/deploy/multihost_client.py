@@ -10,6 +10,9 @@ network namespace with the project's .venv (grpcio, grpcio-tools, grpcio-health-
       the running token count to --progress after every response; prints one JSON line (final
       status code, message, tokens, text, elapsed seconds, finish reason); exit 0 when the final
       code is in --expect
+  multihost_client.py http-generate HOST:PORT --prompt TEXT --max-tokens N --progress FILE
+      streams POST /v1/completions (stream, greedy, ignore_eos) and appends the running count of
+      text chunks to --progress; prints one JSON line (chunks, how it ended) when the stream ends
   multihost_client.py idle ADDR [--timeout SECONDS]
       polls tpserve.v1.Inference/GetServerStats until no sequence runs or waits and no KV block
       is in use; prints the seconds that took and the last stats as one JSON line; exit 0 when
@@ -90,6 +93,29 @@ def cmd_generate(a):
     return 0 if code in a.expect.split(",") else 1
 
 
+def cmd_http_generate(a):
+    import urllib.request
+    body = json.dumps({"prompt": a.prompt, "max_tokens": a.max_tokens, "temperature": 0,
+                       "ignore_eos": True, "stream": True}).encode()
+    req = urllib.request.Request(f"http://{a.addr}/v1/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    chunks, ended = 0, "eof"
+    with open(a.progress, "a", buffering=1) as progress:
+        try:
+            with urllib.request.urlopen(req, timeout=a.timeout) as resp:
+                for line in resp:
+                    if line.startswith(b"data: [DONE]"):
+                        ended = "done"
+                        break
+                    if line.startswith(b"data:"):
+                        chunks += 1
+                        progress.write(f"{chunks}\n")
+        except Exception as e:  # noqa: BLE001 - how it ended is the result
+            ended = f"{type(e).__name__}: {e}"
+    print(json.dumps({"chunks": chunks, "ended": ended}))
+    return 0
+
+
 def cmd_idle(a):
     pb, pb_grpc = inference_modules()
     start = time.monotonic()
@@ -127,11 +153,18 @@ def main():
     g.add_argument("--deadline", type=float, required=True)
     g.add_argument("--progress")
     g.add_argument("--expect", default="OK")
+    hg = sub.add_parser("http-generate")
+    hg.add_argument("addr")
+    hg.add_argument("--prompt", required=True)
+    hg.add_argument("--max-tokens", type=int, required=True)
+    hg.add_argument("--progress", required=True)
+    hg.add_argument("--timeout", type=float, default=300)
     i = sub.add_parser("idle")
     i.add_argument("addr")
     i.add_argument("--timeout", type=float, default=60)
     a = ap.parse_args()
-    return {"health": cmd_health, "generate": cmd_generate, "idle": cmd_idle}[a.cmd](a)
+    return {"health": cmd_health, "generate": cmd_generate, "http-generate": cmd_http_generate,
+            "idle": cmd_idle}[a.cmd](a)
 
 
 if __name__ == "__main__":

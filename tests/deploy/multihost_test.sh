@@ -6,8 +6,8 @@
 # fifth namespace. Then one worker's link is cut: the open stream must end cleanly (a gRPC status,
 # not a hang) within its deadline while the other processes stay up and health says NOT_SERVING;
 # the link returns: health is SERVING again and the same greedy generation gives the same text.
-# Last, the client's own link is cut mid-stream: the coordinator drops it (keepalive) and aborts
-# its request within seconds.
+# Last, the client's own link is cut mid-stream, over gRPC and over HTTP: the coordinator drops it
+# (keepalive; TCP_USER_TIMEOUT for HTTP) and aborts its request within seconds.
 #
 #   tests/deploy/multihost_test.sh BUILD_DIR        (as root; ctest: deploy_multihost)
 #   TPSERVE_MULTIHOST_KEEP_LOGS=1 keeps the processes' logs; TPSERVE_MULTIHOST_DEADLINE (60 s) is
@@ -267,6 +267,22 @@ ip -n "${TAG}cl" link set eth0 down
 idle=$(ip netns exec "${TAG}c" "$CLIENT_PY" "$ROOT/tests/deploy/multihost_client.py" idle \
   127.0.0.1:50051 --timeout 10) || fail "the vanished client's request still runs 10 s after its link was cut: $idle"
 pass "the vanished client's request aborted and its blocks freed: $idle"
+kill "$VANISH_CLIENT" 2>/dev/null || true
+ip -n "${TAG}cl" link set eth0 up
+
+# The same over the OpenAI HTTP API: no ping there, but the data the stream sends goes
+# unacknowledged and the connection is dropped after the keepalive timeout (TCP_USER_TIMEOUT).
+: >"$progress"
+client http-generate "$COORD_IP:8080" --prompt "$PROMPT" --max-tokens 2000 --progress "$progress" \
+  >"$LOGS/vanish-http.json" 2>>"$LOGS/client.log" &
+VANISH_CLIENT=$!
+PIDS+=("$VANISH_CLIENT")
+wait_streaming "the HTTP client's stream"
+ip -n "${TAG}cl" link set eth0 down
+idle=$(ip netns exec "${TAG}c" "$CLIENT_PY" "$ROOT/tests/deploy/multihost_client.py" idle \
+  127.0.0.1:50051 --timeout 10) ||
+  fail "the vanished HTTP client's request still runs 10 s after its link was cut: $idle"
+pass "the vanished HTTP client's request aborted and its blocks freed: $idle"
 kill "$VANISH_CLIENT" 2>/dev/null || true
 ip -n "${TAG}cl" link set eth0 up
 

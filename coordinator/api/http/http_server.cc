@@ -1,6 +1,9 @@
 #include "coordinator/api/http/http_server.h"
 
 #include <httplib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <deque>
 #include <random>
@@ -95,6 +98,13 @@ absl::Status HttpServer::Start(const std::string& host_port) {
   }
   const int threads = options_.threads;
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  if (const int ms = options_.tcp_user_timeout_ms; ms > 0) {
+    // Set on the listening socket; accepted connections inherit it.
+    server_->set_socket_options([ms](socket_t sock) {
+      httplib::default_socket_options(sock);
+      setsockopt(sock, IPPROTO_TCP, TCP_USER_TIMEOUT, &ms, sizeof(ms));
+    });
+  }
   if (port == 0) {
     port_ = server_->bind_to_any_port(host);
   } else if (server_->bind_to_port(host, port)) {

@@ -46,6 +46,10 @@ struct HttpServerOptions {
   // The coordinator's health verdict (/health); null: serving whenever the engine is set.
   std::function<HealthVerdict()> health;
   std::function<int()> workers_up;  // ranks registered (tpserve_workers_up); null: 0
+  // TCP_USER_TIMEOUT of the connections: how long sent data may go unacknowledged before the
+  // connection is dropped (a client cut off without a reset; its stream then ends at the next
+  // write and its request is aborted). 0: the kernel's default (~15 minutes of retransmissions).
+  int tcp_user_timeout_ms = 0;
 };
 
 class HttpServer {
