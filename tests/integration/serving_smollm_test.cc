@@ -143,14 +143,12 @@ TEST(ServingKeepaliveTest, FrozenClientIsDroppedAndItsRequestAborted) {
   ASSERT_TRUE(s.ok() && s->running() == 1) << cluster.Logs();
   kill(client, SIGSTOP);
   const absl::Time frozen = absl::Now();
-  for (const absl::Time until = frozen + absl::Seconds(30); absl::Now() < until;) {
-    s = Stats(*stub);
-    if (s.ok() && s->running() == 0 && s->waiting() == 0) break;
-    absl::SleepFor(absl::Milliseconds(50));
-  }
+  const absl::Status idle = WaitIdle(*stub, absl::Seconds(30));
   const absl::Duration took = absl::Now() - frozen;
   kill(client, SIGKILL);
   WaitExit(client, absl::Seconds(10));
+  EXPECT_TRUE(idle.ok()) << idle << cluster.Logs();
+  s = Stats(*stub);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->running(), 0) << cluster.Logs();
   EXPECT_LT(took, absl::Seconds(10));
