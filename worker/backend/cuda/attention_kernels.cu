@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "worker/backend/cuda/cuda_kernels.h"
+#include "worker/backend/cuda/cuda_launch.h"
 
 namespace tpserve::cuda {
 namespace {
@@ -107,7 +108,7 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
 template <int kPerLane>
 __global__ void __launch_bounds__(kWarps * 32)
     FlashPrefillKernel(AttentionArgs a, const int32_t* tile_first_row, const int32_t* tile_rows) {
-  extern __shared__ float smem[];
+  TPSERVE_DYNAMIC_SHARED(float, smem);
   const int64_t hd = a.hd;
   float* qs = smem;
   float* ks = qs + kPrefillTileRows * hd;
@@ -216,7 +217,7 @@ bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* ro
     configured = true;
   }
   dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.heads));
-  FlashPrefillKernel<kPerLane><<<grid, kWarps * 32, smem, stream>>>(a, first, rows);
+  TPSERVE_LAUNCH(FlashPrefillKernel<kPerLane>, grid, kWarps * 32, smem, stream)(a, first, rows);
   return true;
 }
 
@@ -226,11 +227,11 @@ void LaunchPagedDecodeAttention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0 || a.heads == 0) return;
   dim3 grid(static_cast<unsigned>(a.num_tokens), static_cast<unsigned>(a.heads));
   if (a.hd <= 64) {
-    PagedDecodeKernel<2><<<grid, kWarps * 32, 0, stream>>>(a);
+    TPSERVE_LAUNCH(PagedDecodeKernel<2>, grid, kWarps * 32, 0, stream)(a);
   } else if (a.hd <= 128) {
-    PagedDecodeKernel<4><<<grid, kWarps * 32, 0, stream>>>(a);
+    TPSERVE_LAUNCH(PagedDecodeKernel<4>, grid, kWarps * 32, 0, stream)(a);
   } else {
-    PagedDecodeKernel<8><<<grid, kWarps * 32, 0, stream>>>(a);
+    TPSERVE_LAUNCH(PagedDecodeKernel<8>, grid, kWarps * 32, 0, stream)(a);
   }
 }
 

@@ -1,6 +1,7 @@
 #include <cuda_runtime.h>
 
 #include "absl/strings/str_cat.h"
+#include "worker/backend/cuda/cuda_launch.h"
 #include "worker/backend/cuda/cuda_probe.h"
 
 namespace tpserve::cuda {
@@ -39,7 +40,7 @@ absl::StatusOr<DeviceSummary> ProbeDevices() {
 absl::StatusOr<int> RoundTripKernel(int value) {
   int* dev = nullptr;
   if (auto st = FromCuda(cudaMalloc(&dev, sizeof(int)), "cudaMalloc"); !st.ok()) return st;
-  WriteValue<<<1, 1>>>(dev, value);
+  TPSERVE_LAUNCH(WriteValue, 1, 1)(dev, value);
   int host = 0;
   absl::Status st =
       FromCuda(cudaMemcpy(&host, dev, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy");

@@ -5,6 +5,7 @@
 #include <cuda/functional>
 
 #include "worker/backend/cuda/cuda_kernels.h"
+#include "worker/backend/cuda/cuda_launch.h"
 
 namespace tpserve::cuda {
 namespace {
@@ -170,7 +171,7 @@ TempLayout Layout(int64_t rows, int64_t V) {
 void LaunchArgmax(const float* logits, int64_t rows, int64_t V, int32_t* tokens,
                   cudaStream_t stream) {
   if (rows == 0) return;
-  ArgmaxKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, V, tokens);
+  TPSERVE_LAUNCH(ArgmaxKernel, static_cast<unsigned>(rows), kThreads, 0, stream)(logits, V, tokens);
 }
 
 size_t SampleTempBytes(int64_t rows, int64_t V) { return Layout(rows, V).total; }
@@ -187,14 +188,15 @@ void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
   auto* offsets = reinterpret_cast<int32_t*>(base + t.offsets);
   int64_t blocks = (rows * V + kThreads - 1) / kThreads;
   if (blocks > 65535) blocks = 65535;
-  IotaKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(ids_in, rows, V, offsets);
+  TPSERVE_LAUNCH(IotaKernel, static_cast<unsigned>(blocks), kThreads, 0, stream)
+  (ids_in, rows, V, offsets);
   size_t cub_bytes = temp_bytes - t.cub;
   // Radix sort is stable: equal logits keep ascending token ids, the CPU's tie order.
   cub::DeviceSegmentedRadixSort::SortPairsDescending(
       base + t.cub, cub_bytes, logits, keys_out, ids_in, ids_out, rows * V, static_cast<int>(rows),
       offsets, offsets + 1, 0, 32, stream);
-  DrawSortedKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(keys_out, ids_out, V,
-                                                                         params_dev, tokens);
+  TPSERVE_LAUNCH(DrawSortedKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
+  (keys_out, ids_out, V, params_dev, tokens);
 }
 
 }  // namespace tpserve::cuda
