@@ -194,8 +194,12 @@ absl::Status NcclCommunicator::GatherV(const float* in, std::span<const size_t> 
     for (int src = 0; src < world_size(); ++src) {
       if (src == root) {
         if (counts[src] > 0 && out + offset != in) {
-          cudaMemcpyAsync(out + offset, in, counts[src] * sizeof(float), cudaMemcpyDeviceToDevice,
-                          impl_->stream);
+          const cudaError_t err = cudaMemcpyAsync(out + offset, in, counts[src] * sizeof(float),
+                                                  cudaMemcpyDeviceToDevice, impl_->stream);
+          if (err != cudaSuccess) {
+            ncclGroupEnd();
+            return CudaError(err, what + ": root's own slice (device buffers only)");
+          }
         }
       } else if (counts[src] > 0 && r == ncclSuccess) {
         r = ncclRecv(out + offset, counts[src], ncclFloat32, src, impl_->comm, impl_->stream);

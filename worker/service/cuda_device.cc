@@ -43,84 +43,6 @@ class OwningHostStaged final : public Communicator {
   HostStagedCommunicator staged_;
 };
 
-#if TPSERVE_HAVE_NCCL
-// Device memory (cudaMalloc), as opposed to host memory.
-bool OnDevice(const void* p) {
-  cudaPointerAttributes attr{};
-  if (p == nullptr || cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    cudaGetLastError();  // clear the sticky-free error of a host pointer
-    return false;
-  }
-  return attr.type == cudaMemoryTypeDevice;
-}
-
-// NCCL moves device memory only, but the model gathers the vocab-parallel LM head's logits into
-// a host vector on rank 0 (worker/model/llama.cc GatherLogits): such a GatherV receives into a
-// device buffer of the backend's pool and is copied to the host after. Host data for the other
-// collectives is staged the same way.
-class HostAwareNccl final : public Communicator {
- public:
-  HostAwareNccl(std::unique_ptr<Communicator> nccl, CudaBackend& backend)
-      : nccl_(std::move(nccl)), backend_(backend) {}
-  int rank() const override { return nccl_->rank(); }
-  int world_size() const override { return nccl_->world_size(); }
-
-  absl::Status AllReduceSum(float* data, size_t count) override {
-    if (count == 0 || OnDevice(data)) return nccl_->AllReduceSum(data, count);
-    ASSIGN_OR_RETURN(std::shared_ptr<void> buf, backend_.DeviceBytes(count * sizeof(float)));
-    float* d = static_cast<float*>(buf.get());
-    backend_.CopyFromHost(data, d, count);
-    RETURN_IF_ERROR(nccl_->AllReduceSum(d, count));
-    backend_.CopyToHost(d, data, count);
-    return absl::OkStatus();
-  }
-
-  absl::Status GatherV(const float* in, std::span<const size_t> counts, float* out,
-                       int root) override {
-    if (counts.size() != static_cast<size_t>(world_size())) {
-      return absl::InvalidArgumentError("GatherV: one count per rank");
-    }
-    const size_t mine = counts[rank()];
-    const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
-    std::shared_ptr<void> in_buf, out_buf;
-    const float* d_in = in;
-    if (mine > 0 && !OnDevice(in)) {
-      ASSIGN_OR_RETURN(in_buf, backend_.DeviceBytes(mine * sizeof(float)));
-      backend_.CopyFromHost(in, static_cast<float*>(in_buf.get()), mine);
-      d_in = static_cast<const float*>(in_buf.get());
-    }
-    const bool stage_out = rank() == root && total > 0 && !OnDevice(out);
-    float* d_out = out;
-    if (stage_out) {
-      ASSIGN_OR_RETURN(out_buf, backend_.DeviceBytes(total * sizeof(float)));
-      d_out = static_cast<float*>(out_buf.get());
-    }
-    RETURN_IF_ERROR(nccl_->GatherV(d_in, counts, d_out, root));
-    if (stage_out) backend_.CopyToHost(d_out, out, total);
-    return absl::OkStatus();
-  }
-
-  absl::Status Broadcast(void* data, size_t bytes, int root) override {
-    if (bytes == 0 || OnDevice(data)) return nccl_->Broadcast(data, bytes, root);
-    const size_t floats = (bytes + sizeof(float) - 1) / sizeof(float);
-    ASSIGN_OR_RETURN(std::shared_ptr<void> buf, backend_.DeviceBytes(floats * sizeof(float)));
-    std::vector<float> host(floats);
-    std::memcpy(host.data(), data, bytes);
-    backend_.CopyFromHost(host.data(), static_cast<float*>(buf.get()), floats);
-    RETURN_IF_ERROR(nccl_->Broadcast(buf.get(), bytes, root));
-    backend_.CopyToHost(static_cast<float*>(buf.get()), host.data(), floats);
-    std::memcpy(data, host.data(), bytes);
-    return absl::OkStatus();
-  }
-
-  absl::Status Barrier() override { return nccl_->Barrier(); }
-
- private:
-  std::unique_ptr<Communicator> nccl_;
-  CudaBackend& backend_;
-};
-#endif  // TPSERVE_HAVE_NCCL
-
 class CudaDevice final : public WorkerDevice {
  public:
   CudaDevice(std::unique_ptr<CudaBackend> backend, bool nccl)
@@ -192,7 +114,7 @@ class CudaDevice final : public WorkerDevice {
                         .op_timeout = r.timeout};
     ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> comm,
                      NcclCommunicator::Create(*store, options, backend_->stream()));
-    return std::unique_ptr<Communicator>(new HostAwareNccl(std::move(comm), *backend_));
+    return std::unique_ptr<Communicator>(new HostAwareCommunicator(std::move(comm), *backend_));
 #else
     return absl::UnimplementedError(
         "NCCL collectives: this tpserve-worker was built without NCCL (TPSERVE_WITH_NCCL=OFF); "

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tpserve_cuda_emulator.h"
@@ -31,6 +33,9 @@ struct CUstream_st {
 };
 struct CUevent_st {
   bool recorded = false;
+  // Set by the marker the last cudaEventRecord queued. Shared with it: CUDA lets an event be
+  // destroyed while its record is still pending.
+  std::shared_ptr<bool> done = std::make_shared<bool>(false);
 };
 
 namespace tpserve_emu {
@@ -70,13 +75,22 @@ struct Device {
   uintptr_t open_slab = 0;               // where small allocations go, 0: none
   std::set<void*> pinned;                // cudaMallocHost
   size_t capacity = 0, in_use = 0;
-  std::deque<std::function<void()>> queue;  // every stream, in submission order
+  // Per stream, in submission order; `seq` orders operations across streams. An operation
+  // returns false while it must wait (a collective whose peers have not arrived).
+  struct Op {
+    uint64_t seq;
+    std::function<bool()> run;
+  };
+  std::map<cudaStream_t, std::deque<Op>> queues;
+  uint64_t next_seq = 0;
+  size_t pending = 0;
   cudaError_t last_error = cudaSuccess;
   int device_count = 1;
-  int current_device = 0;
   std::map<const void*, size_t> smem_optin;  // kernel -> MaxDynamicSharedMemorySize
   bool flushing = false;
 };
+
+thread_local int t_current_device = 0;  // like CUDA's: per host thread
 
 Device& Dev() {
   static Device* d = [] {
@@ -103,19 +117,74 @@ void Protect(Device& d, int prot) {
   }
 }
 
-// Runs the queue with device memory accessible. Caller holds d.mu.
-void FlushLocked(Device& d) {
-  if (d.queue.empty()) return;
+void Push(Device& d, cudaStream_t stream, std::function<bool()> op) {
+  d.queues[stream].push_back(Device::Op{d.next_seq++, std::move(op)});
+  ++d.pending;
+}
+void Push(Device& d, cudaStream_t stream, std::function<void()> op) {
+  Push(d, stream, std::function<bool()>([op = std::move(op)]() {
+         op();
+         return true;
+       }));
+}
+
+// Runs what can run with device memory accessible: the oldest runnable head of any stream first,
+// so that without collectives the order is the submission order. Returns false when operations
+// remain that wait for other threads (collective peers). Caller holds d.mu.
+bool FlushOnce(Device& d) {
+  if (d.pending == 0) return true;
   if (d.flushing) Fatal("a device operation called back into the CUDA API");
   d.flushing = true;
   Protect(d, PROT_READ | PROT_WRITE);
-  while (!d.queue.empty()) {
-    std::function<void()> op = std::move(d.queue.front());
-    d.queue.pop_front();
-    op();
+  for (;;) {
+    std::vector<std::pair<uint64_t, std::deque<Device::Op>*>> heads;
+    for (auto& [stream, q] : d.queues) {
+      if (!q.empty()) heads.emplace_back(q.front().seq, &q);
+    }
+    std::sort(heads.begin(), heads.end());
+    bool ran = false;
+    for (auto& [seq, q] : heads) {
+      if (q->front().run()) {
+        q->pop_front();
+        --d.pending;
+        ran = true;
+        break;
+      }
+    }
+    if (!ran) break;
   }
   Protect(d, PROT_NONE);
   d.flushing = false;
+  return d.pending == 0;
+}
+
+// Runs queued work until `done()` holds, waiting (with d.mu released) for collective peers on
+// other threads. Caller holds d.mu through `lock`.
+void FlushUntil(Device& d, std::unique_lock<std::mutex>& lock, const std::function<bool()>& done) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    FlushOnce(d);
+    if (done()) return;
+    lock.unlock();
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+    lock.lock();
+    if (std::chrono::steady_clock::now() - start > std::chrono::seconds(120)) {
+      Fatal(
+          "a synchronising call waited 120 s for a collective whose peers never came (on a "
+          "GPU: a hang)");
+    }
+  }
+}
+// Everything queued on every stream.
+void FlushLocked(Device& d, std::unique_lock<std::mutex>& lock) {
+  FlushUntil(d, lock, [&d] { return d.pending == 0; });
+}
+// Everything queued on `stream`.
+void FlushStream(Device& d, std::unique_lock<std::mutex>& lock, cudaStream_t stream) {
+  FlushUntil(d, lock, [&d, stream] {
+    auto it = d.queues.find(stream);
+    return it == d.queues.end() || it->second.empty();
+  });
 }
 
 bool IsDeviceLocked(Device& d, const void* p, size_t bytes) {
@@ -359,7 +428,7 @@ void RunGrid(const char* name, dim3 grid, dim3 block, size_t smem,
 
 void SetReverseThreadOrder(bool reverse) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   ReverseOrderFlag() = reverse;
 }
 
@@ -394,7 +463,7 @@ uint64_t ShuffleBits(unsigned mask, uint64_t bits, int src) {
 void LaunchKernel(const char* name, const void* func, dim3 grid, dim3 block, size_t smem,
                   cudaStream_t stream, std::function<void()> body) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
   if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 ||
       grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
@@ -415,36 +484,40 @@ void LaunchKernel(const char* name, const void* func, dim3 grid, dim3 block, siz
     Fail(d, cudaErrorInvalidValue);
     return;
   }
-  (void)stream;
-  d.queue.push_back([name, grid, block, smem, body = std::move(body)]() {
-    RunGrid(name, grid, block, smem, body);
-  });
+  Push(d, stream, std::function<void()>([name, grid, block, smem, body = std::move(body)]() {
+         RunGrid(name, grid, block, smem, body);
+       }));
 }
 
 // ---- host-side helpers ----
 
 void Enqueue(cudaStream_t stream, std::function<void()> op) {
-  (void)stream;
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
-  d.queue.push_back(std::move(op));
+  std::unique_lock<std::mutex> lock(d.mu);
+  Push(d, stream, std::move(op));
+}
+
+void EnqueueWaiting(cudaStream_t stream, std::function<bool()> op) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  Push(d, stream, std::move(op));
 }
 
 void Flush() {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
-  FlushLocked(d);
+  std::unique_lock<std::mutex> lock(d.mu);
+  FlushLocked(d, lock);
 }
 
 bool IsDevice(const void* p, size_t bytes) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   return IsDeviceLocked(d, p, bytes);
 }
 
 void SetLastError(cudaError_t error) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   d.last_error = error;
 }
 
@@ -495,36 +568,39 @@ cudaError_t CheckCopy(Device& d, void* dst, const void* src, size_t count, cudaM
 
 // Enqueues a copy. A pageable host source is read now (CUDA stages it before returning); a
 // pageable host destination makes the call synchronous (CUDA returns once it is written).
-cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, bool blocking) {
+cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream,
+                 bool blocking) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   if (cudaError_t e = CheckCopy(d, dst, src, count, kind); e != cudaSuccess) return e;
   if (count == 0) return cudaSuccess;
   if (kind == cudaMemcpyHostToDevice && d.pinned.count(const_cast<void*>(src)) == 0) {
     auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
                                                       static_cast<const char*>(src) + count);
-    d.queue.push_back([dst, staged]() { std::memcpy(dst, staged->data(), staged->size()); });
+    Push(d, stream, std::function<void()>([dst, staged]() {
+           std::memcpy(dst, staged->data(), staged->size());
+         }));
   } else {
-    d.queue.push_back([dst, src, count]() { std::memmove(dst, src, count); });
+    Push(d, stream, std::function<void()>([dst, src, count]() { std::memmove(dst, src, count); }));
   }
   if (blocking || (kind == cudaMemcpyDeviceToHost && d.pinned.count(dst) == 0)) {
-    tpserve_emu::FlushLocked(d);
+    tpserve_emu::FlushStream(d, lock, stream);
   }
   return cudaSuccess;
 }
 
-cudaError_t Set(void* ptr, int value, size_t count, bool blocking) {
+cudaError_t Set(void* ptr, int value, size_t count, cudaStream_t stream, bool blocking) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   if (count > 0 && !tpserve_emu::IsDeviceLocked(d, ptr, count)) {
     std::fprintf(stderr, "cuda emulator: cudaMemset of %zu bytes at %p: not device memory\n", count,
                  ptr);
     return tpserve_emu::Fail(d, cudaErrorInvalidValue);
   }
-  d.queue.push_back([ptr, value, count]() { std::memset(ptr, value, count); });
-  if (blocking) tpserve_emu::FlushLocked(d);
+  Push(d, stream, std::function<void()>([ptr, value, count]() { std::memset(ptr, value, count); }));
+  if (blocking) tpserve_emu::FlushStream(d, lock, stream);
   return cudaSuccess;
 }
 
@@ -532,30 +608,30 @@ cudaError_t Set(void* ptr, int value, size_t count, bool blocking) {
 
 cudaError_t cudaGetDeviceCount(int* count) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   *count = std::max(d.device_count, 0);
   return Check(d);
 }
 
 cudaError_t cudaSetDevice(int device) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   if (device < 0 || device >= d.device_count) return tpserve_emu::Fail(d, cudaErrorInvalidDevice);
-  d.current_device = device;
+  tpserve_emu::t_current_device = device;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
-  *device = d.current_device;
+  std::unique_lock<std::mutex> lock(d.mu);
+  *device = tpserve_emu::t_current_device;
   return Check(d);
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   if (device < 0 || device >= d.device_count) return tpserve_emu::Fail(d, cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
@@ -576,15 +652,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 
 cudaError_t cudaDeviceSynchronize() {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
-  tpserve_emu::FlushLocked(d);
+  tpserve_emu::FlushLocked(d, lock);
   return cudaSuccess;
 }
 
 cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   *total = d.capacity;
   *free = d.capacity - d.in_use;
@@ -593,7 +669,7 @@ cudaError_t cudaMemGetInfo(size_t* free, size_t* total) {
 
 cudaError_t cudaGetLastError() {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   const cudaError_t e = d.last_error;
   d.last_error = cudaSuccess;
   return e;
@@ -601,7 +677,7 @@ cudaError_t cudaGetLastError() {
 
 cudaError_t cudaPeekAtLastError() {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   return d.last_error;
 }
 
@@ -668,7 +744,7 @@ const char* cudaGetErrorString(cudaError_t error) {
 
 cudaError_t cudaMalloc(void** ptr, size_t size) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   *ptr = nullptr;
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   const size_t bytes = tpserve_emu::RoundUp(std::max<size_t>(size, 1), 256);
@@ -713,13 +789,13 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   auto it = d.live.find(reinterpret_cast<uintptr_t>(ptr));
   if (it == d.live.end()) {
     std::fprintf(stderr, "cuda emulator: cudaFree(%p): not a live device allocation\n", ptr);
     return tpserve_emu::Fail(d, cudaErrorInvalidValue);
   }
-  tpserve_emu::FlushLocked(d);  // cudaFree waits for the device
+  tpserve_emu::FlushLocked(d, lock);  // cudaFree waits for the device
   const tpserve_emu::Allocation a = it->second;
   d.live.erase(it);
   auto r = d.regions.find(a.region);
@@ -735,7 +811,7 @@ cudaError_t cudaFree(void* ptr) {
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   *ptr = std::aligned_alloc(4096, tpserve_emu::RoundUp(std::max<size_t>(size, 1), 4096));
   if (*ptr == nullptr) return tpserve_emu::Fail(d, cudaErrorMemoryAllocation);
   d.pinned.insert(*ptr);
@@ -744,8 +820,8 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
 
 cudaError_t cudaFreeHost(void* ptr) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
-  tpserve_emu::FlushLocked(d);
+  std::unique_lock<std::mutex> lock(d.mu);
+  tpserve_emu::FlushLocked(d, lock);
   d.pinned.erase(ptr);
   std::free(ptr);
   return cudaSuccess;
@@ -753,11 +829,11 @@ cudaError_t cudaFreeHost(void* ptr) {
 
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   *attributes = cudaPointerAttributes{};
   if (tpserve_emu::IsDeviceLocked(d, ptr, 0)) {
     attributes->type = cudaMemoryTypeDevice;
-    attributes->device = d.current_device;
+    attributes->device = tpserve_emu::t_current_device;
     attributes->devicePointer = const_cast<void*>(ptr);
   } else if (d.pinned.count(const_cast<void*>(ptr)) != 0) {
     attributes->type = cudaMemoryTypeHost;
@@ -767,36 +843,39 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
-  return Copy(dst, src, count, kind, true);
+  return Copy(dst, src, count, kind, nullptr, true);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind,
-                            cudaStream_t) {
-  return Copy(dst, src, count, kind, false);
+                            cudaStream_t stream) {
+  return Copy(dst, src, count, kind, stream, false);
 }
-cudaError_t cudaMemset(void* ptr, int value, size_t count) { return Set(ptr, value, count, true); }
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
-  return Set(ptr, value, count, false);
+cudaError_t cudaMemset(void* ptr, int value, size_t count) {
+  return Set(ptr, value, count, nullptr, true);
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t stream) {
+  return Set(ptr, value, count, stream, false);
 }
 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) { return cudaStreamCreateWithFlags(stream, 0); }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   *stream = new CUstream_st{flags};
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
-  tpserve_emu::FlushLocked(d);
+  std::unique_lock<std::mutex> lock(d.mu);
+  tpserve_emu::FlushStream(d, lock, stream);  // CUDA finishes a destroyed stream's work first
+  d.queues.erase(stream);
   delete stream;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
-  tpserve_emu::FlushLocked(d);
+  std::unique_lock<std::mutex> lock(d.mu);
+  tpserve_emu::FlushStream(d, lock, stream);
   return cudaSuccess;
 }
 
@@ -809,17 +888,25 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete event;
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
   event->recorded = true;
+  event->done = std::make_shared<bool>(false);
+  tpserve_emu::Push(d, stream, std::function<void()>([done = event->done]() { *done = true; }));
   return cudaSuccess;
 }
-// Nothing runs in the background, so a query or wait runs what is queued.
-cudaError_t cudaEventQuery(cudaEvent_t) {
-  tpserve_emu::Flush();
-  return cudaSuccess;
+// Nothing runs in the background: a query runs what can run now, then answers.
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  tpserve_emu::FlushOnce(d);
+  return !event->recorded || *event->done ? cudaSuccess : cudaErrorNotReady;
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) {
-  tpserve_emu::Flush();
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  tpserve_emu::FlushUntil(d, lock, [event] { return !event->recorded || *event->done; });
   return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
@@ -829,7 +916,7 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
 
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
   Device& d = Dev();
-  std::lock_guard<std::mutex> lock(d.mu);
+  std::unique_lock<std::mutex> lock(d.mu);
   if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
     if (value < 0 || static_cast<size_t>(value) > tpserve_emu::kMaxSmemOptin) {
       return tpserve_emu::Fail(d, cudaErrorInvalidValue);

@@ -3,17 +3,23 @@
 // the checks that the failure is explained and nothing hangs.
 #include "worker/parallel/nccl_communicator.h"
 
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
 #include "tests/worker/model/golden.h"
 #include "worker/backend/cuda/cuda_backend.h"
 #include "worker/backend/cuda/cuda_probe.h"
+#include "worker/backend/cuda/host_staged_communicator.h"
 #include "worker/model/llama.h"
 #include "worker/model/model_loader.h"
 #include "worker/parallel/in_memory_kv_store.h"
+#include "worker/parallel/shard_plan.h"
 #include "worker/runtime/model_runner.h"
 
 namespace tpserve {
@@ -33,8 +39,8 @@ TEST(NcclCommunicator, WithoutGpuFailsCleanly) {
 
 TEST(NcclCommunicator, RejectsInvalidRank) {
   InMemoryKvStore store;
-  absl::StatusOr<std::unique_ptr<NcclCommunicator>> comm =
-      NcclCommunicator::Create(store, NcclOptions{.rank = 2, .world_size = 2}, nullptr);
+  absl::StatusOr<std::unique_ptr<NcclCommunicator>> comm = NcclCommunicator::Create(
+      store, NcclOptions{.rank = 2, .world_size = 2, .store_prefix = "bad/"}, nullptr);
   EXPECT_EQ(comm.status().code(), absl::StatusCode::kInvalidArgument) << comm.status();
 }
 
@@ -123,6 +129,171 @@ TEST_F(NcclOnGpu, ModelEndToEndWithOneRank) {
   }
   EXPECT_EQ(outputs[0], outputs[1]);
   EXPECT_TRUE((*nccl)->Barrier().ok());
+}
+
+// Two ranks, one device each (NCCL refuses two ranks on one GPU): needs a machine with two GPUs,
+// or the CUDA emulator with TPSERVE_CUDA_EMU_DEVICES=2 (ctest: cuda_emu_nccl_two_ranks). Ranks
+// are threads, each with its own backend and stream.
+class NcclTwoRanks : public ::testing::Test {
+ protected:
+  static constexpr int kWorld = 2;
+  void SetUp() override {
+    int devices = 0;
+    if (!cuda::ProbeDevices().ok() || cudaGetDeviceCount(&devices) != cudaSuccess ||
+        devices < kWorld) {
+      GTEST_SKIP() << "needs " << kWorld << " GPUs";
+    }
+  }
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> RankBackend(int r) {
+    return CudaBackend::Create({.device = r, .precision = CudaPrecision::kFp32});
+  }
+  static absl::StatusOr<std::unique_ptr<NcclCommunicator>> Join(KvStore& store, int r,
+                                                                const std::string& prefix,
+                                                                absl::Duration op_timeout,
+                                                                CudaBackend& be) {
+    return NcclCommunicator::Create(store,
+                                    NcclOptions{.rank = r,
+                                                .world_size = kWorld,
+                                                .device = r,
+                                                .store_prefix = prefix,
+                                                .init_timeout = absl::Seconds(30),
+                                                .op_timeout = op_timeout},
+                                    be.stream());
+  }
+  // Runs fn(rank) on one thread per rank; the ranks' statuses.
+  template <class Fn>
+  static std::vector<absl::Status> OnRanks(Fn fn) {
+    std::vector<absl::Status> st(kWorld);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < kWorld; ++r) threads.emplace_back([&, r] { st[r] = fn(r); });
+    for (std::thread& t : threads) t.join();
+    return st;
+  }
+};
+
+TEST_F(NcclTwoRanks, CollectivesCombineBothRanks) {
+  InMemoryKvStore store;
+  const std::vector<absl::Status> st = OnRanks([&](int r) -> absl::Status {
+    ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> be, RankBackend(r));
+    ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> comm,
+                     Join(store, r, "pair/", absl::Seconds(30), *be));
+    const float base = r == 0 ? 1.0f : 10.0f;
+    Tensor t = be->FromHost(std::vector<float>{base, 2 * base, 3 * base}, {3});
+    RETURN_IF_ERROR(comm->AllReduceSum(t.data(), 3));
+    if (be->ToHost(t) != std::vector<float>{11.0f, 22.0f, 33.0f}) {
+      return absl::InternalError(absl::StrCat("rank ", r, ": all-reduce gave the wrong sums"));
+    }
+    // Gather-v: rank 0 gives 2 values, rank 1 gives 3, to rank 1.
+    const std::vector<size_t> counts = {2, 3};
+    Tensor mine = be->FromHost(r == 0 ? std::vector<float>{1, 2} : std::vector<float>{3, 4, 5},
+                               {static_cast<int64_t>(counts[r])});
+    Tensor all = be->FromHost(std::vector<float>(5, -1.0f), {5});
+    RETURN_IF_ERROR(comm->GatherV(mine.data(), counts, all.data(), 1));
+    if (r == 1 && be->ToHost(all) != std::vector<float>{1, 2, 3, 4, 5}) {
+      return absl::InternalError("gather-v: rank 1 did not receive both slices in rank order");
+    }
+    // Broadcast from rank 1.
+    Tensor b = be->FromHost(r == 1 ? std::vector<float>{7, 8} : std::vector<float>{0, 0}, {2});
+    RETURN_IF_ERROR(comm->Broadcast(b.data(), 2 * sizeof(float), 1));
+    if (be->ToHost(b) != std::vector<float>{7, 8}) {
+      return absl::InternalError(absl::StrCat("rank ", r, ": broadcast did not arrive"));
+    }
+    return comm->Barrier();
+  });
+  for (int r = 0; r < kWorld; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+}
+
+// A rank that stops taking part: its peer's collective ends at op_timeout, aborted, and the
+// communicator stays broken (the cluster then rebuilds the group).
+TEST_F(NcclTwoRanks, SilentPeerTimesOutTheCollective) {
+  InMemoryKvStore store;
+  const std::vector<absl::Status> st = OnRanks([&](int r) -> absl::Status {
+    ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> be, RankBackend(r));
+    ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> comm,
+                     Join(store, r, "silent/", absl::Seconds(2), *be));
+    if (r == 1) return absl::OkStatus();  // never joins the all-reduce
+    Tensor t = be->FromHost(std::vector<float>{1.0f}, {1});
+    const absl::Time start = absl::Now();
+    const absl::Status reduce = comm->AllReduceSum(t.data(), 1);
+    if (reduce.code() != absl::StatusCode::kDeadlineExceeded) {
+      return absl::InternalError(
+          absl::StrCat("expected DEADLINE_EXCEEDED, got ", reduce.ToString()));
+    }
+    if (absl::Now() - start > absl::Seconds(20)) return absl::InternalError("too slow to fail");
+    if (!comm->broken() || comm->Barrier().ok()) {
+      return absl::InternalError("the communicator should stay broken");
+    }
+    return absl::OkStatus();
+  });
+  for (int r = 0; r < kWorld; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
+}
+
+// TP=2 over NCCL generates what one rank generates (tiny GQA checkpoint in the repository).
+TEST_F(NcclTwoRanks, ModelTp2EqualsOneRank) {
+  const std::string path = std::string(testing::kGoldenDir) + "/llama-gqa-llama3";
+  absl::StatusOr<ModelFiles> files = OpenModelFiles(path);
+  ASSERT_TRUE(files.ok()) << files.status();
+  const std::vector<int32_t> prompt = {1, 7, 42, 99, 3};
+  // Runs 12 greedy steps on `world` ranks (threads); rank 0's tokens.
+  auto generate = [&](int world) -> absl::StatusOr<std::vector<int32_t>> {
+    InMemoryKvStore store;
+    std::vector<std::unique_ptr<CudaBackend>> backends(world);
+    std::vector<std::unique_ptr<Communicator>> comms(world);
+    std::vector<std::unique_ptr<CausalLm>> models(world);
+    std::vector<std::unique_ptr<ModelRunner>> runners(world);
+    std::vector<absl::Status> st(world);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; ++r) {
+      threads.emplace_back([&, r] {
+        st[r] = [&]() -> absl::Status {
+          ASSIGN_OR_RETURN(backends[r],
+                           CudaBackend::Create({.device = r, .precision = CudaPrecision::kFp32}));
+          ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> nccl,
+                           NcclCommunicator::Create(store,
+                                                    NcclOptions{.rank = r,
+                                                                .world_size = world,
+                                                                .device = r,
+                                                                .store_prefix = "tp/",
+                                                                .init_timeout = absl::Seconds(30)},
+                                                    backends[r]->stream()));
+          // As the worker does (cuda_device.cc): logits are gathered into host memory.
+          comms[r] = std::make_unique<HostAwareCommunicator>(std::move(nccl), *backends[r]);
+          ASSIGN_OR_RETURN(const ShardPlan plan,
+                           MakeShardPlan(ShardInputsOf(files->config, world)));
+          ASSIGN_OR_RETURN(models[r], LoadCausalLm(*files, plan, *backends[r], *comms[r]));
+          ASSIGN_OR_RETURN(runners[r],
+                           ModelRunner::Create(*models[r], *backends[r], r == 0, 4, 16));
+          return absl::OkStatus();
+        }();
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (int r = 0; r < world; ++r) RETURN_IF_ERROR(st[r]);
+    StepSequence seq;
+    seq.tokens = prompt;
+    seq.block_table = {0, 1, 2, 3};
+    std::vector<int32_t> out;
+    for (int i = 0; i < 12; ++i) {
+      Step step;
+      step.sequences = {seq};
+      std::vector<absl::StatusOr<StepResult>> results(world, absl::UnknownError("not run"));
+      threads.clear();
+      for (int r = 0; r < world; ++r) {
+        threads.emplace_back([&, r] { results[r] = runners[r]->Execute(step); });
+      }
+      for (std::thread& t : threads) t.join();
+      for (int r = 0; r < world; ++r) RETURN_IF_ERROR(results[r].status());
+      out.push_back(results[0]->tokens.at(0));
+      seq.start_pos += static_cast<int64_t>(seq.tokens.size());
+      seq.tokens = {out.back()};
+    }
+    return out;
+  };
+  absl::StatusOr<std::vector<int32_t>> one = generate(1);
+  ASSERT_TRUE(one.ok()) << one.status();
+  absl::StatusOr<std::vector<int32_t>> two = generate(kWorld);
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ(*two, *one);
 }
 
 }  // namespace

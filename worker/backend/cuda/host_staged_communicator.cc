@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <numeric>
+#include <vector>
 
 #include "common/base/status_macros.h"
 
@@ -61,6 +62,54 @@ absl::Status HostStagedCommunicator::Broadcast(void* data, size_t bytes, int roo
   backend_.CopyToHost(static_cast<float*>(data), host_in_.data(), floats);
   RETURN_IF_ERROR(inner_.Broadcast(host_in_.data(), bytes, root));
   backend_.CopyFromHost(host_in_.data(), static_cast<float*>(data), floats);
+  return absl::OkStatus();
+}
+
+absl::Status HostAwareCommunicator::AllReduceSum(float* data, size_t count) {
+  if (count == 0 || OnDevice(data)) return inner_->AllReduceSum(data, count);
+  ASSIGN_OR_RETURN(std::shared_ptr<void> buf, backend_.DeviceBytes(count * sizeof(float)));
+  float* d = static_cast<float*>(buf.get());
+  backend_.CopyFromHost(data, d, count);
+  RETURN_IF_ERROR(inner_->AllReduceSum(d, count));
+  backend_.CopyToHost(d, data, count);
+  return absl::OkStatus();
+}
+
+absl::Status HostAwareCommunicator::GatherV(const float* in, std::span<const size_t> counts,
+                                            float* out, int root) {
+  if (counts.size() != static_cast<size_t>(world_size())) {
+    return absl::InvalidArgumentError("GatherV: one count per rank");
+  }
+  const size_t mine = counts[rank()];
+  const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
+  std::shared_ptr<void> in_buf, out_buf;
+  const float* d_in = in;
+  if (mine > 0 && !OnDevice(in)) {
+    ASSIGN_OR_RETURN(in_buf, backend_.DeviceBytes(mine * sizeof(float)));
+    backend_.CopyFromHost(in, static_cast<float*>(in_buf.get()), mine);
+    d_in = static_cast<const float*>(in_buf.get());
+  }
+  const bool stage_out = rank() == root && total > 0 && !OnDevice(out);
+  float* d_out = out;
+  if (stage_out) {
+    ASSIGN_OR_RETURN(out_buf, backend_.DeviceBytes(total * sizeof(float)));
+    d_out = static_cast<float*>(out_buf.get());
+  }
+  RETURN_IF_ERROR(inner_->GatherV(d_in, counts, d_out, root));
+  if (stage_out) backend_.CopyToHost(d_out, out, total);
+  return absl::OkStatus();
+}
+
+absl::Status HostAwareCommunicator::Broadcast(void* data, size_t bytes, int root) {
+  if (bytes == 0 || OnDevice(data)) return inner_->Broadcast(data, bytes, root);
+  const size_t floats = (bytes + sizeof(float) - 1) / sizeof(float);
+  ASSIGN_OR_RETURN(std::shared_ptr<void> buf, backend_.DeviceBytes(floats * sizeof(float)));
+  std::vector<float> host(floats);
+  std::memcpy(host.data(), data, bytes);
+  backend_.CopyFromHost(host.data(), static_cast<float*>(buf.get()), floats);
+  RETURN_IF_ERROR(inner_->Broadcast(buf.get(), bytes, root));
+  backend_.CopyToHost(static_cast<float*>(buf.get()), host.data(), floats);
+  std::memcpy(data, host.data(), bytes);
   return absl::OkStatus();
 }
 

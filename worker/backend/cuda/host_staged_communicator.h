@@ -5,6 +5,7 @@
 // ranks fall back to TCP; it is not the fast path (that is NCCL).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "worker/backend/cuda/cuda_backend.h"
@@ -30,6 +31,29 @@ class HostStagedCommunicator final : public Communicator {
   Communicator& inner_;
   CudaBackend& backend_;
   std::vector<float> host_in_, host_out_;  // reused across calls
+};
+
+// The other way round: a Communicator over one that moves device memory only (NCCL), for callers
+// that also pass host buffers (the model gathers the vocab-parallel LM head's logits into a host
+// vector on rank 0, worker/model/llama.cc GatherLogits). Host data goes through device buffers of
+// the backend's pool; device buffers go straight to the inner communicator.
+class HostAwareCommunicator final : public Communicator {
+ public:
+  // `backend` must outlive this.
+  HostAwareCommunicator(std::unique_ptr<Communicator> device_only, CudaBackend& backend)
+      : inner_(std::move(device_only)), backend_(backend) {}
+
+  int rank() const override { return inner_->rank(); }
+  int world_size() const override { return inner_->world_size(); }
+  absl::Status AllReduceSum(float* data, size_t count) override;
+  absl::Status GatherV(const float* in, std::span<const size_t> counts, float* out,
+                       int root) override;
+  absl::Status Broadcast(void* data, size_t bytes, int root) override;
+  absl::Status Barrier() override { return inner_->Barrier(); }
+
+ private:
+  std::unique_ptr<Communicator> inner_;
+  CudaBackend& backend_;
 };
 
 }  // namespace tpserve

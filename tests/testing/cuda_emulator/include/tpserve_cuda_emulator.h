@@ -26,6 +26,9 @@ namespace tpserve_emu {
 // ---- host side: the queue of device operations ----
 // Enqueues `op` (run later, with device memory accessible) on `stream`.
 void Enqueue(cudaStream_t stream, std::function<void()> op);
+// Enqueues an operation that may have to wait for other host threads (a collective's peers):
+// it is run again at each flush until it returns true; later work on `stream` waits behind it.
+void EnqueueWaiting(cudaStream_t stream, std::function<bool()> op);
 // Runs every queued operation (all streams, in submission order).
 void Flush();
 // True when [p, p + bytes) lies inside one live device allocation (bytes 0: p inside one).
