@@ -197,16 +197,31 @@ absl::StatusOr<std::pair<double, double>> Run(CudaBackend& be, const Model& m, K
   return std::make_pair(Seconds(t0, t1), Seconds(t1, t2));
 }
 
-absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t layers) {
+// Run sizes: Llama-3-8B's table, or a tiny model with tiny runs (--smoke) that only checks that
+// the benchmark runs end to end (the CUDA emulator runs it in ctest; figures meaningless).
+struct Runs {
+  int64_t b1_prompt = 128, b1_decode = 64, pf_batch = 4, pf_prompt = 1024, big_batch = 64,
+          big_prompt = 128, big_decode = 128;
+};
+
+absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t layers,
+                  bool smoke) {
   ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> be,
                    CudaBackend::Create({.device = device, .precision = CudaPrecision::kBf16}));
   Shape shape;
   shape.layers = layers;
+  Runs runs;
+  if (smoke) {
+    shape = Shape{.hidden = 128, .layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 32,
+                  .ffn = 256, .vocab = 512};
+    runs = Runs{.b1_prompt = 8, .b1_decode = 3, .pf_batch = 2, .pf_prompt = 40, .big_batch = 5,
+                .big_prompt = 6, .big_decode = 3};
+  }
   const auto load0 = Clock::now();
   ASSIGN_OR_RETURN(Model m, MakeModel(*be, shape));
   std::printf(
-      "model: Llama-3-8B shapes, %lld layers, %.2f GB of bf16 matmul weights, made in %.1f s\n",
-      static_cast<long long>(shape.layers), m.weight_bytes / 1e9, Seconds(load0, Clock::now()));
+      "model: %s shapes, %lld layers, %.2f GB of bf16 matmul weights, made in %.1f s\n",
+      smoke ? "tiny (--smoke)" : "Llama-3-8B", static_cast<long long>(shape.layers), m.weight_bytes / 1e9, Seconds(load0, Clock::now()));
   // KV pool: 80% of what is free now, at most what the runs need (64 x 256 positions + slack).
   ASSIGN_OR_RETURN(size_t free_bytes, be->FreeMemoryBytes());
   KvCacheConfig kv{.num_layers = shape.layers,
@@ -214,8 +229,10 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
                    .block_size = 16,
                    .kv_heads = shape.kv_heads,
                    .head_dim = shape.head_dim};
+  const int64_t needed = std::max(runs.big_batch * ((runs.big_prompt + runs.big_decode + 15) / 16),
+                                  runs.pf_batch * ((runs.pf_prompt + 15) / 16));
   kv.num_blocks =
-      std::min<int64_t>(static_cast<int64_t>(0.8 * free_bytes) / kv.BytesPerBlock(), 64 * 16 + 256);
+      std::min<int64_t>(static_cast<int64_t>(0.8 * free_bytes) / kv.BytesPerBlock(), needed + 256);
   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*be, kv));
   std::printf("KV pool: %lld blocks of 16 (%.2f GB fp32)\n", static_cast<long long>(kv.num_blocks),
               kv.num_blocks * kv.BytesPerBlock() / 1e9);
@@ -223,22 +240,29 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
   ASSIGN_OR_RETURN(auto warm, Run(*be, m, cache, 1, 16, 4));  // cuBLAS heuristics, pool warm-up
   (void)warm;
   std::vector<Row> rows;
-  ASSIGN_OR_RETURN(auto b1, Run(*be, m, cache, 1, 128, 64));
-  const double decode_tok_s = 64 / b1.second;
+  ASSIGN_OR_RETURN(auto b1, Run(*be, m, cache, 1, runs.b1_prompt, runs.b1_decode));
+  const double decode_tok_s = runs.b1_decode / b1.second;
   const double bound = bandwidth_tbs * 1e12 / m.weight_bytes;
-  rows.push_back({"decode, batch 1 (ctx 128-192)", decode_tok_s,
+  rows.push_back({absl::StrFormat("decode, batch 1 (ctx %d-%d)", runs.b1_prompt,
+                                  runs.b1_prompt + runs.b1_decode),
+                  decode_tok_s,
                   absl::StrFormat("%.1f%% of %.1f TB/s bound (%.0f tok/s)",
                                   100 * decode_tok_s / bound, bandwidth_tbs, bound)});
-  ASSIGN_OR_RETURN(auto pf, Run(*be, m, cache, 4, 1024, 0));
-  const double prefill_tok_s = 4 * 1024 / pf.first;
+  ASSIGN_OR_RETURN(auto pf, Run(*be, m, cache, runs.pf_batch, runs.pf_prompt, 0));
+  const double prefill_tok_s = double(runs.pf_batch * runs.pf_prompt) / pf.first;
   const double tflops = prefill_tok_s * 2 * m.matmul_params / 1e12;
-  rows.push_back({"prefill, 4 x 1024 tokens", prefill_tok_s,
+  rows.push_back({absl::StrFormat("prefill, %d x %d tokens", runs.pf_batch, runs.pf_prompt),
+                  prefill_tok_s,
                   absl::StrFormat("%.1f%% of %.0f TFLOP/s bf16 dense (%.0f TFLOP/s)",
                                   100 * tflops / peak_tflops, peak_tflops, tflops)});
-  ASSIGN_OR_RETURN(auto b64, Run(*be, m, cache, 64, 128, 128));
-  rows.push_back({"batch 64, 128 in + 128 out: output", 64 * 128 / (b64.first + b64.second),
+  ASSIGN_OR_RETURN(auto b64,
+                   Run(*be, m, cache, runs.big_batch, runs.big_prompt, runs.big_decode));
+  const double out_tokens = double(runs.big_batch * runs.big_decode);
+  rows.push_back({absl::StrFormat("batch %d, %d in + %d out: output", runs.big_batch,
+                                  runs.big_prompt, runs.big_decode),
+                  out_tokens / (b64.first + b64.second),
                   absl::StrFormat("prefill %.2f s, decode %.2f s (%.0f tok/s)", b64.first,
-                                  b64.second, 64 * 128 / b64.second)});
+                                  b64.second, out_tokens / b64.second)});
 
   std::printf("\n%-38s %12s  %s\n", "cuda_bench (bf16, random weights)", "tokens/s", "relative");
   for (const Row& r : rows)
@@ -258,8 +282,10 @@ int main(int argc, char** argv) {
   app.add_option("--bandwidth-tbs", bandwidth, "Memory bandwidth bound, TB/s (H200: 4.8)");
   app.add_option("--peak-tflops", peak, "Dense bf16 peak, TFLOP/s (H200 SXM: 989)");
   app.add_option("--layers", layers, "Decoder layers (32 for Llama-3-8B)");
+  bool smoke = false;
+  app.add_flag("--smoke", smoke, "A tiny model and tiny runs: checks that the benchmark runs");
   CLI11_PARSE(app, argc, argv);
-  const absl::Status st = tpserve::Main(device, bandwidth, peak, layers);
+  const absl::Status st = tpserve::Main(device, bandwidth, peak, layers, smoke);
   if (!st.ok()) {
     std::fprintf(stderr, "cuda_bench: %s\n", st.ToString().c_str());
     return 1;
