@@ -437,8 +437,8 @@ CLI::App* AddUpCommand(CLI::App& app, UpOptions& options) {
                   "(default bf16)")
       ->check(CLI::IsMember({"fp32", "bf16", "int8", "int8x2"}));
   cmd->add_option("--kv-cache-dtype", options.kv_cache_dtype,
-                  "workers' KV cache element type: auto (fp16 on cpu with int8x2 / int8, fp32 "
-                  "otherwise), fp16 (cpu), fp32 or int8 (cpu)")
+                  "workers' KV cache element type: auto (fp16 with int8x2 / int8 on cpu and "
+                  "bf16 on cuda, fp32 with fp32), fp16, fp32 or int8 (cpu)")
       ->check(CLI::IsMember({"auto", "fp16", "fp32", "int8"}));
   cmd->add_option("--collectives", options.collectives,
                   "workers' data plane: gloo (TCP; staged through host memory on GPUs) or nccl "

@@ -212,30 +212,41 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
   shape.layers = layers;
   Runs runs;
   if (smoke) {
-    shape = Shape{.hidden = 128, .layers = 2, .heads = 4, .kv_heads = 2, .head_dim = 32,
-                  .ffn = 256, .vocab = 512};
-    runs = Runs{.b1_prompt = 8, .b1_decode = 3, .pf_batch = 2, .pf_prompt = 40, .big_batch = 5,
-                .big_prompt = 6, .big_decode = 3};
+    shape = Shape{.hidden = 128,
+                  .layers = 2,
+                  .heads = 4,
+                  .kv_heads = 2,
+                  .head_dim = 32,
+                  .ffn = 256,
+                  .vocab = 512};
+    runs = Runs{.b1_prompt = 8,
+                .b1_decode = 3,
+                .pf_batch = 2,
+                .pf_prompt = 40,
+                .big_batch = 5,
+                .big_prompt = 6,
+                .big_decode = 3};
   }
   const auto load0 = Clock::now();
   ASSIGN_OR_RETURN(Model m, MakeModel(*be, shape));
-  std::printf(
-      "model: %s shapes, %lld layers, %.2f GB of bf16 matmul weights, made in %.1f s\n",
-      smoke ? "tiny (--smoke)" : "Llama-3-8B", static_cast<long long>(shape.layers), m.weight_bytes / 1e9, Seconds(load0, Clock::now()));
+  std::printf("model: %s shapes, %lld layers, %.2f GB of bf16 matmul weights, made in %.1f s\n",
+              smoke ? "tiny (--smoke)" : "Llama-3-8B", static_cast<long long>(shape.layers),
+              m.weight_bytes / 1e9, Seconds(load0, Clock::now()));
   // KV pool: 80% of what is free now, at most what the runs need (64 x 256 positions + slack).
   ASSIGN_OR_RETURN(size_t free_bytes, be->FreeMemoryBytes());
   KvCacheConfig kv{.num_layers = shape.layers,
                    .num_blocks = 0,
                    .block_size = 16,
                    .kv_heads = shape.kv_heads,
-                   .head_dim = shape.head_dim};
+                   .head_dim = shape.head_dim,
+                   .dtype = be->kv_dtype()};
   const int64_t needed = std::max(runs.big_batch * ((runs.big_prompt + runs.big_decode + 15) / 16),
                                   runs.pf_batch * ((runs.pf_prompt + 15) / 16));
   kv.num_blocks =
       std::min<int64_t>(static_cast<int64_t>(0.8 * free_bytes) / kv.BytesPerBlock(), needed + 256);
   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*be, kv));
-  std::printf("KV pool: %lld blocks of 16 (%.2f GB fp32)\n", static_cast<long long>(kv.num_blocks),
-              kv.num_blocks * kv.BytesPerBlock() / 1e9);
+  std::printf("KV pool: %lld blocks of 16 (%.2f GB %s)\n", static_cast<long long>(kv.num_blocks),
+              kv.num_blocks * kv.BytesPerBlock() / 1e9, KvDTypeName(kv.dtype));
 
   ASSIGN_OR_RETURN(auto warm, Run(*be, m, cache, 1, 16, 4));  // cuBLAS heuristics, pool warm-up
   (void)warm;
@@ -255,8 +266,7 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
                   prefill_tok_s,
                   absl::StrFormat("%.1f%% of %.0f TFLOP/s bf16 dense (%.0f TFLOP/s)",
                                   100 * tflops / peak_tflops, peak_tflops, tflops)});
-  ASSIGN_OR_RETURN(auto b64,
-                   Run(*be, m, cache, runs.big_batch, runs.big_prompt, runs.big_decode));
+  ASSIGN_OR_RETURN(auto b64, Run(*be, m, cache, runs.big_batch, runs.big_prompt, runs.big_decode));
   const double out_tokens = double(runs.big_batch * runs.big_decode);
   rows.push_back({absl::StrFormat("batch %d, %d in + %d out: output", runs.big_batch,
                                   runs.big_prompt, runs.big_decode),

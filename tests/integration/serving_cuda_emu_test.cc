@@ -4,10 +4,12 @@
 // --device cuda:0. What this shows: the worker's CUDA device (memory sizing from cudaMemGetInfo,
 // the KV pool, one-rank NCCL, host-aware collectives), the CUDA backend and its kernels answer
 // real gRPC requests with the tokens transformers computes; and at TP=2, two emulated GPUs in two
-// processes over Gloo (activations staged through host memory). Not a GPU: see that folder's
+// processes over Gloo (activations staged through host memory). Sampling runs on the device
+// where the request needs nothing from the logits but a token. Not a GPU: see that folder's
 // README.md.
 #include <filesystem>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -43,6 +45,24 @@ TEST(ServingCudaEmulatorTest, OneEmulatedGpuServesTheGoldenTokens) {
   EXPECT_EQ(info->device(), "cuda");
   EXPECT_GT(info->kv_blocks(), 0);
   ExpectGoldenGreedy(*stub, 12);
+
+  // A seeded draw is made on the device (the logits stay there) unless the request needs the
+  // logits on the host: asking for log-probs moves the same draw to the host sampler. Both must
+  // give the same tokens, and the host one its log-probs.
+  const nlohmann::json golden = ExpectedGolden("smollm2-135m-q4_1");
+  const auto prompt = golden["cases"][1]["input_ids"].get<std::vector<int32_t>>();
+  for (const auto& [temperature, top_p, seed] :
+       {std::tuple{0.8f, 0.9f, 1234}, std::tuple{1.2f, 1.0f, 99}}) {
+    const v1::GenerateRequest on_device = Sampled(prompt, 10, temperature, top_p, seed);
+    v1::GenerateRequest on_host = on_device;
+    on_host.mutable_output()->set_logprobs(true);
+    const Streamed a = Generate(*stub, on_device, absl::Seconds(120));
+    const Streamed b = Generate(*stub, on_host, absl::Seconds(120));
+    ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+    ASSERT_TRUE(b.status.ok()) << b.status.error_message();
+    EXPECT_EQ(a.ids.size(), 10u);
+    EXPECT_EQ(a.ids, b.ids) << "temperature " << temperature << ", seed " << seed;
+  }
 }
 
 TEST(ServingCudaEmulatorTest, TwoEmulatedGpusOverGlooServeTheGoldenTokens) {

@@ -157,6 +157,30 @@ class Backend {
                          std::span<const AttentionSeq> seqs, const AttentionParams& params,
                          Tensor* out) = 0;
 
+  // ---- sampling on the device ----
+  // Whether SampleOnDevice works: then a caller whose draws need no host-side logits processing
+  // can leave the logits where they are (a 64-row step's logits are 33 MB at a 128k vocabulary).
+  virtual bool samples_on_device() const { return false; }
+  // One token per entry of `rows` (rows of `logits` [R, V] on this backend's device), drawn by
+  // the CPU sampler's rules and RNG (worker/sampling/sampler.h: arg-max when greedy, else the
+  // filtered inverse-CDF draw at CounterUniform(seed, step)).
+  struct DeviceDraw {
+    float temperature = 0.0f;
+    int32_t top_k = 0;
+    float top_p = 1.0f;
+    float min_p = 0.0f;
+    uint64_t seed = 0;
+    uint64_t step = 0;
+  };
+  virtual absl::StatusOr<std::vector<int32_t>> SampleOnDevice(const Tensor& logits,
+                                                              std::span<const int64_t> rows,
+                                                              std::span<const DeviceDraw> draws) {
+    (void)logits;
+    (void)rows;
+    (void)draws;
+    return absl::UnimplementedError(name() + " samples on the host");
+  }
+
   // ---- host work ----
   // Calls fn(i) for every i in [0, n), on host threads this backend owns where it has idle ones
   // (the CPU backend's pool), else in order on the caller. The calls must be independent: per-row

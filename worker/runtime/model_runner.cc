@@ -71,9 +71,15 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
   if (!is_rank0_) return result;
 
   const int64_t V = model_.config().vocab_size;
+  const bool any = std::any_of(step.sequences.begin(), step.sequences.end(),
+                               [](const StepSequence& s) { return s.sample; });
+  // On the device, for the caller to sample there: no host copy unless asked for one too.
+  const bool device_only = step.keep_device_logits && logits.device() != Device::kCpu &&
+                           !step.return_logits && !step.keep_logits && !any;
+  if (step.keep_device_logits) result.logits_device = logits;
   // [rows, V] in host memory: the model's own tensor where the backend's live on the host.
   Tensor host = logits;
-  if (logits.device() != Device::kCpu) {
+  if (logits.device() != Device::kCpu && !device_only) {
     auto values = std::make_shared<std::vector<float>>(backend_.ToHost(logits));
     host = Tensor(values, values->data(), logits.shape(), Device::kCpu);
   }
@@ -85,8 +91,6 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
   // Each sequence's draw reads only its own row: they run side by side on the host threads (none
   // when the caller samples itself, as the worker engine does).
   result.tokens.assign(step.sequences.size(), -1);
-  const bool any = std::any_of(step.sequences.begin(), step.sequences.end(),
-                               [](const StepSequence& s) { return s.sample; });
   if (any) {
     backend_.ForEachOnHost(static_cast<int64_t>(step.sequences.size()), [&](int64_t i) {
       const StepSequence& s = step.sequences[i];
@@ -99,7 +103,11 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
   }
   result.vocab_size = V;
   if (step.return_logits) result.logits.assign(host.data(), host.data() + host.numel());
-  if (step.keep_logits) result.logits_host = std::move(host);
+  // A host tensor is handed over as logits_host too: a caller that wanted to sample on the device
+  // samples on the host instead.
+  if (step.keep_logits || (step.keep_device_logits && logits.device() == Device::kCpu)) {
+    result.logits_host = std::move(host);
+  }
   return result;
 }
 

@@ -128,7 +128,8 @@ class CudaDevice final : public WorkerDevice {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenCudaDevice(int index, bool bf16, bool nccl) {
+absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenCudaDevice(int index, bool bf16, bool nccl,
+                                                             std::optional<KvDType> kv_dtype) {
 #if !TPSERVE_HAVE_NCCL
   if (nccl) {
     return absl::InvalidArgumentError(
@@ -156,10 +157,11 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenCudaDevice(int index, bool bf1
                                                    count, " GPU(s) (cuda:0 .. cuda:", count - 1,
                                                    ")"));
   }
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<CudaBackend> backend,
-      CudaBackend::Create(CudaBackendOptions{
-          .device = index, .precision = bf16 ? CudaPrecision::kBf16 : CudaPrecision::kFp32}));
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend,
+                   CudaBackend::Create(CudaBackendOptions{
+                       .device = index,
+                       .precision = bf16 ? CudaPrecision::kBf16 : CudaPrecision::kFp32,
+                       .kv_dtype = kv_dtype}));
   return std::unique_ptr<WorkerDevice>(new CudaDevice(std::move(backend), nccl));
 }
 

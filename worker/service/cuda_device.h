@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "absl/status/statusor.h"
 #include "worker/service/device.h"
@@ -9,8 +10,10 @@
 namespace tpserve {
 
 // GPU `index` in bf16 (or fp32), with NCCL collectives when `nccl` (needs an NCCL build) and Gloo
-// staged through host memory otherwise. Fails fast, before any allocation, when the driver or the
-// GPU is missing (see OpenDevice).
-absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenCudaDevice(int index, bool bf16, bool nccl);
+// staged through host memory otherwise; KV pools in `kv_dtype` (nullopt: fp16 with bf16, fp32
+// with fp32). Fails fast, before any allocation, when the driver or the GPU is missing (see
+// OpenDevice).
+absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenCudaDevice(int index, bool bf16, bool nccl,
+                                                             std::optional<KvDType> kv_dtype);
 
 }  // namespace tpserve

@@ -150,12 +150,18 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o)
           absl::StrCat("--device ", o.device, ": expected cpu, cuda or cuda:K (K = GPU ordinal)"));
     }
   }
-  if (!o.kv_cache_dtype.empty() && o.kv_cache_dtype != "auto" && !IsFp32(o.kv_cache_dtype)) {
+  absl::StatusOr<std::optional<KvDType>> kv = ParseKvDType(o.kv_cache_dtype);
+  if (!kv.ok()) {
+    return absl::Status(kv.status().code(),
+                        absl::StrCat("--kv-cache-dtype: ", kv.status().message()));
+  }
+  if (*kv == KvDType::kInt8) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--kv-cache-dtype ", o.kv_cache_dtype, ": the CUDA backend keeps its KV cache in fp32"));
+        "--kv-cache-dtype ", o.kv_cache_dtype,
+        ": the CUDA backend keeps its KV cache in fp16 or fp32 (int8 is --device cpu only)"));
   }
 #if TPSERVE_HAVE_CUDA
-  return OpenCudaDevice(index, !IsFp32(o.dtype), o.collectives == "nccl");
+  return OpenCudaDevice(index, !IsFp32(o.dtype), o.collectives == "nccl", *kv);
 #else
   return absl::FailedPreconditionError(absl::StrCat(
       "--device ", o.device,

@@ -349,22 +349,55 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
   // Rank 0 samples here rather than in the runner: the runner knows no penalties, bias or
   // log-probs. Its logits come back without a copy (the model's host tensor on a CPU backend).
   std::vector<bool> sample(plan.step.sequences.size());
+  // Draws that need nothing but the logits (no penalties or bias, no log-probs) stay on a device
+  // that can sample: the logits never come to the host.
+  bool on_device = rank0 && backend_.samples_on_device();
   for (size_t i = 0; i < sample.size(); ++i) {
     sample[i] = plan.step.sequences[i].sample;
     plan.step.sequences[i].sample = false;
+    const SequenceSampling& s = plan.sampling[i];
+    if (sample[i] && (s.adjustments.active() || s.logprobs || s.top_logprobs > 0)) {
+      on_device = false;
+    }
   }
-  plan.step.keep_logits = rank0;
+  plan.step.keep_logits = rank0 && !on_device;
+  plan.step.keep_device_logits = on_device;
 
   l.comm->TakeMicros();
   ASSIGN_OR_RETURN(StepResult result, l.runner->Execute(plan.step));
   const int64_t collective_us = l.comm->TakeMicros();
   const absl::Time computed = absl::Now();
+  if (on_device && result.logits_device.device() == Device::kCpu) on_device = false;
 
   StepOutcome out;
   out.step_id = plan.step_id;
   out.generation = plan.generation;
   out.rank = options_.rank;
-  if (rank0) {
+  if (on_device) {
+    std::vector<int64_t> rows;
+    std::vector<Backend::DeviceDraw> draws;
+    for (size_t i = 0; i < sample.size(); ++i) {
+      if (!sample[i]) continue;
+      const StepSequence& seq = plan.step.sequences[i];
+      const int64_t n = seq.all_logits ? static_cast<int64_t>(seq.tokens.size()) : 1;
+      rows.push_back(result.logits_row[i] + n - 1);
+      draws.push_back(Backend::DeviceDraw{.temperature = seq.sampling.temperature,
+                                          .top_k = seq.sampling.top_k,
+                                          .top_p = seq.sampling.top_p,
+                                          .min_p = seq.sampling.min_p,
+                                          .seed = seq.sampling.seed,
+                                          .step = seq.sample_step});
+    }
+    ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
+                     backend_.SampleOnDevice(result.logits_device, rows, draws));
+    out.tokens.resize(tokens.size());
+    for (size_t k = 0, i = 0; i < sample.size(); ++i) {
+      if (!sample[i]) continue;
+      out.tokens[k].sequence_id = plan.sampling[i].sequence_id;
+      out.tokens[k].token_id = tokens[k];
+      ++k;
+    }
+  } else if (rank0) {
     std::vector<size_t> sampled;
     for (size_t i = 0; i < sample.size(); ++i) {
       if (sample[i]) sampled.push_back(i);

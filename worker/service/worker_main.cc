@@ -195,9 +195,9 @@ int main(int argc, char** argv) {
                  "cuda: bf16 (default) or fp32")
       ->check(CLI::IsMember({"fp32", "bf16", "int8", "int8x2"}));
   app.add_option("--kv-cache-dtype", f.kv_cache_dtype,
-                 "KV cache element type. auto: fp16 on cpu with --dtype int8x2 / int8 (half the "
-                 "memory and the bytes attention reads), fp32 with --dtype fp32 and on cuda; "
-                 "fp16 (cpu); fp32; int8 (cpu: a scale per position and head, half of fp16 "
+                 "KV cache element type. auto: fp16 with --dtype int8x2 / int8 on cpu and bf16 on "
+                 "cuda (half the memory and the bytes attention reads), fp32 with --dtype fp32; "
+                 "fp16; fp32; int8 (cpu only: a scale per position and head, half of fp16 "
                  "again; SmolLM2's logits move by 1-3.5 %)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "fp16", "fp32", "int8"}));

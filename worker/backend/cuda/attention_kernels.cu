@@ -1,8 +1,8 @@
-// Causal attention over the paged fp32 KV cache: a decode kernel (one query row per block) and a
-// flash-style prefill kernel (query tiles against K/V tiles staged in shared memory, online
-// softmax). Both read K/V through the sequence's block table:
-// slot(p) = table[p / block_size] * block_size + p % block_size, K row = (slot * kv_heads + kvh) *
-// hd.
+// Causal attention over the paged KV cache (fp32 or fp16, read as fp32): a decode kernel (one query
+// row per block) and a flash-style prefill kernel (query tiles against K/V tiles staged in shared
+// memory, online softmax). Both read K/V through the sequence's block table: slot(p) = table[p /
+// block_size] * block_size + p % block_size, K row = (slot * kv_heads + kvh) * hd.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -26,6 +26,9 @@ __device__ __forceinline__ float WarpMax(float v) {
   return v;
 }
 
+__device__ __forceinline__ float Ld(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float Ld(const __half* p, int64_t i) { return __half2float(p[i]); }
+
 __device__ __forceinline__ int64_t KvRow(const AttentionArgs& a, const int32_t* table, int64_t p,
                                          int64_t kvh) {
   const int64_t slot =
@@ -34,8 +37,10 @@ __device__ __forceinline__ int64_t KvRow(const AttentionArgs& a, const int32_t* 
 }
 
 // grid (rows, heads), kWarps warps. Lane owns dims lane + 32 i, i < kPerLane.
-template <int kPerLane>
+template <int kPerLane, typename KV>
 __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a) {
+  const KV* k_cache = static_cast<const KV*>(a.k_cache);
+  const KV* v_cache = static_cast<const KV*>(a.v_cache);
   const int64_t t = blockIdx.x, h = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t hd = a.hd;
@@ -63,7 +68,7 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + 32 * i;
-      if (d < hd) s += qv[i] * a.k_cache[row + d];
+      if (d < hd) s += qv[i] * Ld(k_cache, row + d);
     }
     s = WarpSum(s) * a.scale;
     const float m_new = fmaxf(m, s);
@@ -73,7 +78,7 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + 32 * i;
-      acc[i] = acc[i] * alpha + (d < hd ? e * a.v_cache[row + d] : 0.0f);
+      acc[i] = acc[i] * alpha + (d < hd ? e * Ld(v_cache, row + d) : 0.0f);
     }
     m = m_new;
   }
@@ -105,10 +110,12 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
 // grid (tiles, heads), kWarps warps; warp w owns query rows [w * kRowsPerWarp, +kRowsPerWarp) of
 // the tile. Shared memory: Q [kPrefillTileRows][hd], K [kKvTile][hd + 1] (padded: lane j reads
 // row j without bank conflicts), V [kKvTile][hd].
-template <int kPerLane>
+template <int kPerLane, typename KV>
 __global__ void __launch_bounds__(kWarps * 32)
     FlashPrefillKernel(AttentionArgs a, const int32_t* tile_first_row, const int32_t* tile_rows) {
   TPSERVE_DYNAMIC_SHARED(float, smem);
+  const KV* k_cache = static_cast<const KV*>(a.k_cache);
+  const KV* v_cache = static_cast<const KV*>(a.v_cache);
   const int64_t hd = a.hd;
   float* qs = smem;
   float* ks = qs + kPrefillTileRows * hd;
@@ -146,8 +153,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       float kv = 0.0f, vv = 0.0f;
       if (p < max_ctx) {
         const int64_t row = KvRow(a, table, p, kvh);
-        kv = a.k_cache[row + d];
-        vv = a.v_cache[row + d];
+        kv = Ld(k_cache, row + d);
+        vv = Ld(v_cache, row + d);
       }
       ks[j * (hd + 1) + d] = kv;
       vs[j * hd + d] = vv;
@@ -200,7 +207,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <int kPerLane>
+template <int kPerLane, typename KV>
 bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* rows, int64_t tiles,
                  cudaStream_t stream) {
   const size_t smem =
@@ -208,7 +215,7 @@ bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* ro
   static bool configured = false;  // opt in to > 48 KiB once per instantiation
   if (!configured) {
     if (cudaFuncSetAttribute(
-            FlashPrefillKernel<kPerLane>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            FlashPrefillKernel<kPerLane, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
             static_cast<int>(sizeof(float) *
                              (kPrefillTileRows * 32 * kPerLane + kKvTile * (32 * kPerLane + 1) +
                               kKvTile * 32 * kPerLane))) != cudaSuccess) {
@@ -217,31 +224,46 @@ bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* ro
     configured = true;
   }
   dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.heads));
-  TPSERVE_LAUNCH(FlashPrefillKernel<kPerLane>, grid, kWarps * 32, smem, stream)(a, first, rows);
+  void (*prefill_kernel)(AttentionArgs, const int32_t*, const int32_t*) =
+      FlashPrefillKernel<kPerLane, KV>;
+  TPSERVE_LAUNCH(prefill_kernel, grid, kWarps * 32, smem, stream)(a, first, rows);
   return true;
+}
+
+template <typename KV>
+void LaunchDecode(const AttentionArgs& a, cudaStream_t stream) {
+  dim3 grid(static_cast<unsigned>(a.num_tokens), static_cast<unsigned>(a.heads));
+  void (*decode_kernel)(AttentionArgs) = a.hd <= 64    ? PagedDecodeKernel<2, KV>
+                                         : a.hd <= 128 ? PagedDecodeKernel<4, KV>
+                                                       : PagedDecodeKernel<8, KV>;
+  TPSERVE_LAUNCH(decode_kernel, grid, kWarps * 32, 0, stream)(a);
+}
+
+template <typename KV>
+bool LaunchPrefill(const AttentionArgs& a, const int32_t* first, const int32_t* rows, int64_t tiles,
+                   cudaStream_t stream) {
+  if (a.hd <= 64) return LaunchFlash<2, KV>(a, first, rows, tiles, stream);
+  if (a.hd <= 128) return LaunchFlash<4, KV>(a, first, rows, tiles, stream);
+  if (a.hd <= 256) return LaunchFlash<8, KV>(a, first, rows, tiles, stream);
+  return false;
 }
 
 }  // namespace
 
 void LaunchPagedDecodeAttention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0 || a.heads == 0) return;
-  dim3 grid(static_cast<unsigned>(a.num_tokens), static_cast<unsigned>(a.heads));
-  if (a.hd <= 64) {
-    TPSERVE_LAUNCH(PagedDecodeKernel<2>, grid, kWarps * 32, 0, stream)(a);
-  } else if (a.hd <= 128) {
-    TPSERVE_LAUNCH(PagedDecodeKernel<4>, grid, kWarps * 32, 0, stream)(a);
+  if (a.kv_half) {
+    LaunchDecode<__half>(a, stream);
   } else {
-    TPSERVE_LAUNCH(PagedDecodeKernel<8>, grid, kWarps * 32, 0, stream)(a);
+    LaunchDecode<float>(a, stream);
   }
 }
 
 bool LaunchFlashPrefillAttention(const AttentionArgs& a, const int32_t* tile_first_row,
                                  const int32_t* tile_rows, int64_t num_tiles, cudaStream_t stream) {
   if (num_tiles == 0 || a.heads == 0) return true;
-  if (a.hd <= 64) return LaunchFlash<2>(a, tile_first_row, tile_rows, num_tiles, stream);
-  if (a.hd <= 128) return LaunchFlash<4>(a, tile_first_row, tile_rows, num_tiles, stream);
-  if (a.hd <= 256) return LaunchFlash<8>(a, tile_first_row, tile_rows, num_tiles, stream);
-  return false;
+  return a.kv_half ? LaunchPrefill<__half>(a, tile_first_row, tile_rows, num_tiles, stream)
+                   : LaunchPrefill<float>(a, tile_first_row, tile_rows, num_tiles, stream);
 }
 
 }  // namespace tpserve::cuda

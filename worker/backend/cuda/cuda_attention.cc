@@ -31,8 +31,8 @@ size_t Pack(std::vector<uint8_t>* bytes, const std::vector<T>& values) {
 void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
                           const KvLayerView& cache) {
   Bind();
-  TPSERVE_CHECK(cache.dtype == KvDType::kFp32,
-                "WriteKv: the CUDA backend's KV pools are fp32, got %s", KvDTypeName(cache.dtype));
+  TPSERVE_CHECK(cache.dtype == kv_dtype_, "WriteKv: a %s pool, this backend keeps %s",
+                KvDTypeName(cache.dtype), KvDTypeName(kv_dtype_));
   const int64_t row = cache.kv_heads * cache.head_dim;
   TPSERVE_CHECK(k.shape() == v.shape() && k.numel() == static_cast<int64_t>(slots.size()) * row,
                 "WriteKv: k %s, v %s, %zu slots, cache row %lld", k.ShapeString().c_str(),
@@ -45,7 +45,7 @@ void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int6
   std::shared_ptr<void> keep;
   const int64_t* dev_slots = Upload(slots, &keep);
   cuda::LaunchWriteKv(k.data(), v.data(), dev_slots, static_cast<int64_t>(slots.size()), row,
-                      static_cast<float*>(cache.k), static_cast<float*>(cache.v), stream_);
+                      cache.k, cache.v, cache.dtype == KvDType::kFp16, stream_);
   CheckLaunch("WriteKv");
 }
 
@@ -54,9 +54,8 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
                             Tensor* out) {
   Bind();
   CheckAttentionArgs(q, cache, seqs, *out);
-  TPSERVE_CHECK(cache.dtype == KvDType::kFp32,
-                "Attention: the CUDA backend's KV pools are fp32, got %s",
-                KvDTypeName(cache.dtype));
+  TPSERVE_CHECK(cache.dtype == kv_dtype_, "Attention: a %s pool, this backend keeps %s",
+                KvDTypeName(cache.dtype), KvDTypeName(kv_dtype_));
   TPSERVE_CHECK(cache.head_dim <= 256, "Attention: head_dim %lld > 256 is not supported on CUDA",
                 static_cast<long long>(cache.head_dim));
   const int64_t T = q.dim(0), bs = cache.block_size;
@@ -93,8 +92,9 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   cuda::AttentionArgs a;
   a.q = q.data();
   a.out = out->data();
-  a.k_cache = static_cast<const float*>(cache.k);
-  a.v_cache = static_cast<const float*>(cache.v);
+  a.k_cache = cache.k;
+  a.v_cache = cache.v;
+  a.kv_half = cache.dtype == KvDType::kFp16;
   a.num_tokens = T;
   a.heads = q.dim(1);
   a.hd = q.dim(2);

@@ -38,6 +38,12 @@ uint16_t ToBf16(float f) {
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
     const CudaBackendOptions& options) {
+  const KvDType kv = options.kv_dtype.value_or(
+      options.precision == CudaPrecision::kFp32 ? KvDType::kFp32 : KvDType::kFp16);
+  if (kv == KvDType::kInt8) {
+    return absl::InvalidArgumentError(
+        "KV cache int8: the CUDA backend keeps its KV pools in fp16 or fp32");
+  }
   int count = 0;
   RETURN_IF_ERROR(cuda::CudaStatus(cudaGetDeviceCount(&count), "cudaGetDeviceCount"));
   if (options.device < 0 || options.device >= count) {
@@ -47,6 +53,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   }
   RETURN_IF_ERROR(cuda::CudaStatus(cudaSetDevice(options.device), "cudaSetDevice"));
   auto backend = std::unique_ptr<CudaBackend>(new CudaBackend(options));
+  backend->kv_dtype_ = kv;
   RETURN_IF_ERROR(cuda::CudaStatus(
       cudaStreamCreateWithFlags(&backend->stream_, cudaStreamNonBlocking), "cudaStreamCreate"));
   RETURN_IF_ERROR(cuda::CublasStatus(cublasCreate(&backend->cublas_), "cublasCreate"));

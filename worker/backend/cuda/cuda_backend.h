@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -33,6 +34,10 @@ enum class CudaPrecision { kBf16, kFp32 };
 struct CudaBackendOptions {
   int device = 0;  // CUDA device ordinal (the K of --device cuda:K)
   CudaPrecision precision = CudaPrecision::kBf16;
+  // The KV pools' element type: fp32 or fp16 (half the bytes, so twice the positions and half
+  // the attention reads); nullopt picks fp16 with bf16 weights, fp32 in the exact fp32 mode.
+  // int8 is CPU-only (INVALID_ARGUMENT from Create).
+  std::optional<KvDType> kv_dtype;
 };
 
 class CudaBackend final : public Backend {
@@ -46,6 +51,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::kCuda; }
   int device_index() const { return options_.device; }
   CudaPrecision precision() const { return options_.precision; }
+  KvDType kv_dtype() const override { return kv_dtype_; }
   cudaStream_t stream() const { return stream_; }
 
   Tensor Alloc(std::vector<int64_t> shape) override;
@@ -68,6 +74,11 @@ class CudaBackend final : public Backend {
                const KvLayerView& cache) override;
   void Attention(const Tensor& q, const KvLayerView& cache, std::span<const AttentionSeq> seqs,
                  const AttentionParams& params, Tensor* out) override;
+
+  bool samples_on_device() const override { return true; }
+  absl::StatusOr<std::vector<int32_t>> SampleOnDevice(const Tensor& logits,
+                                                      std::span<const int64_t> rows,
+                                                      std::span<const DeviceDraw> draws) override;
 
   // ---- beyond the Backend interface ----
   // Tokens for each row of `logits` [rows, V] (device), sampled on the device with the CPU
@@ -99,6 +110,7 @@ class CudaBackend final : public Backend {
   void CheckLaunch(const char* op);
 
   CudaBackendOptions options_;
+  KvDType kv_dtype_ = KvDType::kFp32;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   cuda::DevicePool pool_;

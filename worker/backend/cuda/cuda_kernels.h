@@ -45,15 +45,17 @@ void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool t
                      float* out, cudaStream_t stream);
 
 // ---- KV cache and attention ----
-// cache_k/v[slots[t] * row + i] = k/v[t * row + i], row = kv_heads * hd floats.
+// cache_k/v[slots[t] * row + i] = k/v[t * row + i], row = kv_heads * hd elements: fp32 pools,
+// or fp16 (`half`) with the value saturated to +-65504 and rounded to nearest even (NaN kept).
 void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
-                   float* cache_k, float* cache_v, cudaStream_t stream);
+                   void* cache_k, void* cache_v, bool half, cudaStream_t stream);
 
 struct AttentionArgs {
-  const float* q = nullptr;        // [T, heads, hd]
-  float* out = nullptr;            // [T, heads, hd]
-  const float* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, hd]
-  const float* v_cache = nullptr;
+  const float* q = nullptr;       // [T, heads, hd]
+  float* out = nullptr;           // [T, heads, hd]
+  const void* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, hd], fp32 or fp16
+  const void* v_cache = nullptr;
+  bool kv_half = false;  // the pools hold fp16
   int64_t num_tokens = 0, heads = 0, hd = 0, kv_heads = 0, block_size = 0;
   float scale = 1.0f;
   int64_t group_size = 1, q_head_begin = 0, kv_head_begin = 0;

@@ -4,6 +4,7 @@
 // wherever the two agree on the filtered distribution to the last rounding.
 #include <cuda_runtime_api.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
 #include "worker/backend/check.h"
 #include "worker/backend/cuda/cuda_backend.h"
@@ -61,6 +62,50 @@ absl::StatusOr<std::vector<int32_t>> CudaBackend::SampleTokens(
     tokens[r] = draw ? host[rows + r] : host[r];
   }
   return tokens;
+}
+
+absl::StatusOr<std::vector<int32_t>> CudaBackend::SampleOnDevice(
+    const Tensor& logits, std::span<const int64_t> rows, std::span<const DeviceDraw> draws) {
+  if (rows.size() != draws.size()) {
+    return absl::InvalidArgumentError("SampleOnDevice: one draw per row");
+  }
+  if (rows.empty()) return std::vector<int32_t>{};
+  const int64_t R = logits.rows(), V = logits.cols();
+  bool identity = static_cast<int64_t>(rows.size()) == R;
+  std::vector<int32_t> picked(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i] < 0 || rows[i] >= R) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SampleOnDevice: row ", rows[i], " of a [", R, ", ", V, "] logits tensor"));
+    }
+    picked[i] = static_cast<int32_t>(rows[i]);
+    identity &= rows[i] == static_cast<int64_t>(i);
+  }
+  // The rows to draw from, contiguous: the logits themselves, or a gather of the listed rows
+  // (the embedding lookup over the logits as a table).
+  Tensor selected = logits;
+  if (!identity) {
+    selected = AllocUninitialized({static_cast<int64_t>(rows.size()), V});
+    const Weight table{.dtype = DType::kF32,
+                       .rows = R,
+                       .cols = V,
+                       .data = reinterpret_cast<const uint8_t*>(logits.data()),
+                       .row_stride_bytes = static_cast<size_t>(V) * sizeof(float),
+                       .owned = nullptr,
+                       .int8 = nullptr};
+    Embedding(picked, table, 0, &selected);
+  }
+  std::vector<SamplingParams> params(draws.size());
+  std::vector<uint64_t> steps(draws.size());
+  for (size_t i = 0; i < draws.size(); ++i) {
+    params[i] = SamplingParams{.temperature = draws[i].temperature,
+                               .top_k = draws[i].top_k,
+                               .top_p = draws[i].top_p,
+                               .min_p = draws[i].min_p,
+                               .seed = draws[i].seed};
+    steps[i] = draws[i].step;
+  }
+  return SampleTokens(selected, params, steps);
 }
 
 }  // namespace tpserve

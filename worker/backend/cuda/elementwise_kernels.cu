@@ -1,6 +1,7 @@
 // Elementwise, normalisation, RoPE, embedding and KV-write kernels of the CUDA backend. All
 // fp32 math; the formulas mirror the CPU oracle (worker/backend/cpu/cpu_backend.cc).
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include "worker/backend/cuda/cuda_kernels.h"
 #include "worker/backend/cuda/cuda_launch.h"
@@ -129,14 +130,22 @@ __global__ void EmbeddingKernel(const int32_t* tokens, const void* table, bool b
   }
 }
 
+__device__ __forceinline__ void StoreKv(float x, float* dst) { *dst = x; }
+// Saturated, as the CPU backend's fp16 pools are (a NaN fails both tests and stays NaN).
+__device__ __forceinline__ void StoreKv(float x, __half* dst) {
+  constexpr float kHalfMax = 65504.0f;
+  *dst = __float2half_rn(x > kHalfMax ? kHalfMax : (x < -kHalfMax ? -kHalfMax : x));
+}
+
+template <typename KV>
 __global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slots, int64_t T,
-                              int64_t row, float* ck, float* cv) {
+                              int64_t row, KV* ck, KV* cv) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < T * row;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / row, j = i % row;
     const int64_t dst = slots[t] * row + j;
-    ck[dst] = k[i];
-    cv[dst] = v[i];
+    StoreKv(k[i], ck + dst);
+    StoreKv(v[i], cv + dst);
   }
 }
 
@@ -195,10 +204,15 @@ void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool t
 }
 
 void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
-                   float* cache_k, float* cache_v, cudaStream_t stream) {
+                   void* cache_k, void* cache_v, bool half, cudaStream_t stream) {
   if (T * row == 0) return;
-  TPSERVE_LAUNCH(WriteKvKernel, Blocks(T * row), kThreads, 0, stream)
-  (k, v, slots, T, row, cache_k, cache_v);
+  if (half) {
+    TPSERVE_LAUNCH(WriteKvKernel<__half>, Blocks(T * row), kThreads, 0, stream)
+    (k, v, slots, T, row, static_cast<__half*>(cache_k), static_cast<__half*>(cache_v));
+  } else {
+    TPSERVE_LAUNCH(WriteKvKernel<float>, Blocks(T * row), kThreads, 0, stream)
+    (k, v, slots, T, row, static_cast<float*>(cache_k), static_cast<float*>(cache_v));
+  }
 }
 
 }  // namespace tpserve::cuda

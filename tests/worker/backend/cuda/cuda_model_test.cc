@@ -133,6 +133,21 @@ class CudaModel : public ::testing::TestWithParam<ModelCase> {
   }
 };
 
+// `tokens` greedy tokens on the CPU backend and on the CUDA one: equal, and the logits of every
+// step within fp32 tolerance.
+void ExpectSameGreedy(std::vector<Rank> cpu, std::vector<Rank> gpu, int tokens) {
+  std::vector<float> cpu_logits, gpu_logits;
+  absl::StatusOr<std::vector<int32_t>> want = Generate(cpu, tokens, &cpu_logits);
+  ASSERT_TRUE(want.ok()) << want.status();
+  absl::StatusOr<std::vector<int32_t>> got = Generate(gpu, tokens, &gpu_logits);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, *want);
+  ASSERT_EQ(gpu_logits.size(), cpu_logits.size());
+  EXPECT_LT(testing::RelativeDiff(gpu_logits.data(), cpu_logits.data(),
+                                  static_cast<int64_t>(cpu_logits.size())),
+            1e-4);
+}
+
 TEST_P(CudaModel, Fp32GreedyMatchesCpuFor64Tokens) {
   absl::StatusOr<std::vector<Rank>> cpu = OneRank(nullptr);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
@@ -140,17 +155,22 @@ TEST_P(CudaModel, Fp32GreedyMatchesCpuFor64Tokens) {
   ASSERT_TRUE(be.ok()) << be.status();
   absl::StatusOr<std::vector<Rank>> gpu = OneRank(std::move(*be));
   ASSERT_TRUE(gpu.ok()) << gpu.status();
+  ExpectSameGreedy(std::move(*cpu), std::move(*gpu), kGreedyTokens);
+}
 
-  std::vector<float> cpu_logits, gpu_logits;
-  absl::StatusOr<std::vector<int32_t>> want = Generate(*cpu, kGreedyTokens, &cpu_logits);
-  ASSERT_TRUE(want.ok()) << want.status();
-  absl::StatusOr<std::vector<int32_t>> got = Generate(*gpu, kGreedyTokens, &gpu_logits);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(*got, *want);
-  ASSERT_EQ(gpu_logits.size(), cpu_logits.size());
-  EXPECT_LT(testing::RelativeDiff(gpu_logits.data(), cpu_logits.data(),
-                                  static_cast<int64_t>(cpu_logits.size())),
-            1e-4);
+// fp16 KV pools on both sides (the CUDA backend's default with bf16 weights): the same rounding
+// of every cached K/V value, so the tokens and the fp32 tolerance hold as in the fp32 test.
+TEST_P(CudaModel, Fp16KvCacheGreedyMatchesCpuWithFp16Kv) {
+  absl::StatusOr<std::vector<Rank>> cpu =
+      OneRank(std::make_unique<CpuBackend>(2, CpuPrecision::kFp32, KvDType::kFp16));
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  absl::StatusOr<std::unique_ptr<CudaBackend>> be = CudaBackend::Create(
+      {.device = 0, .precision = CudaPrecision::kFp32, .kv_dtype = KvDType::kFp16});
+  ASSERT_TRUE(be.ok()) << be.status();
+  ASSERT_EQ((*be)->kv_dtype(), KvDType::kFp16);
+  absl::StatusOr<std::vector<Rank>> gpu = OneRank(std::move(*be));
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  ExpectSameGreedy(std::move(*cpu), std::move(*gpu), 32);
 }
 
 TEST_P(CudaModel, Bf16LogitsWithinBf16Tolerance) {
@@ -225,6 +245,25 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaModel, ::testing::ValuesIn(ModelCases()),
                          [](const ::testing::TestParamInfo<ModelCase>& info) {
                            return info.param.name;
                          });
+
+TEST(CudaDevice, KvCacheDtypeDefaultsAndLimits) {
+  if (absl::StatusOr<cuda::DeviceSummary> d = cuda::ProbeDevices(); !d.ok()) {
+    GTEST_SKIP() << "no GPU here: " << d.status();
+  }
+  absl::StatusOr<std::unique_ptr<CudaBackend>> bf16 =
+      CudaBackend::Create({.device = 0, .precision = CudaPrecision::kBf16});
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_EQ((*bf16)->kv_dtype(), KvDType::kFp16);
+  absl::StatusOr<std::unique_ptr<CudaBackend>> fp32 =
+      CudaBackend::Create({.device = 0, .precision = CudaPrecision::kFp32});
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_EQ((*fp32)->kv_dtype(), KvDType::kFp32);
+  absl::StatusOr<std::unique_ptr<CudaBackend>> int8 = CudaBackend::Create(
+      {.device = 0, .precision = CudaPrecision::kBf16, .kv_dtype = KvDType::kInt8});
+  ASSERT_FALSE(int8.ok());
+  EXPECT_EQ(int8.status().code(), absl::StatusCode::kInvalidArgument) << int8.status();
+  EXPECT_NE(int8.status().message().find("int8"), std::string::npos) << int8.status();
+}
 
 TEST(CudaDevice, MissingDeviceOrDriverIsExplained) {
   absl::StatusOr<std::unique_ptr<CudaBackend>> be = CudaBackend::Create({.device = 4096});

@@ -6,10 +6,12 @@
 // Label `gpu`: skips with the reason when ProbeDevices() finds no usable GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -29,12 +31,24 @@ using testing::MakeRandomMatrix;
 using testing::RandomFloats;
 
 struct BackendUnderTest {
-  std::string device;  // for MakeBackend
+  std::string device;  // for ParseDevice
   double rtol;         // relative to max |reference| of the output
   double rtol_matmul;  // GEMMs: bf16 inputs lose ~3 significant digits
+  // The KV pools' element type (nullopt: the backend's default); the oracle keeps the same, so
+  // an fp16 pool's rounding is compared, not tolerated.
+  std::optional<KvDType> kv = std::nullopt;
+  std::string label;
 };
 
-std::ostream& operator<<(std::ostream& os, const BackendUnderTest& b) { return os << b.device; }
+std::ostream& operator<<(std::ostream& os, const BackendUnderTest& b) { return os << b.label; }
+BackendUnderTest Under(std::string label, std::string device, double rtol, double rtol_matmul,
+                       std::optional<KvDType> kv) {
+  return BackendUnderTest{.device = std::move(device),
+                          .rtol = rtol,
+                          .rtol_matmul = rtol_matmul,
+                          .kv = kv,
+                          .label = std::move(label)};
+}
 
 // One op run on a backend: uploads its inputs, runs, returns the output(s) on the host.
 using OpRun = std::function<std::vector<float>(Backend& be)>;
@@ -257,21 +271,28 @@ class OpsConformance : public ::testing::TestWithParam<BackendUnderTest> {
       if (!devices.ok()) GTEST_SKIP() << "no GPU here: " << devices.status();
     }
     if (GetParam().device == "cpu") {  // the harness against itself: the oracle's precision
-      backend_ = std::make_unique<CpuBackend>(1, CpuPrecision::kFp32);
-      return;
+      backend_ = std::make_unique<CpuBackend>(1, CpuPrecision::kFp32, GetParam().kv);
+    } else {
+      absl::StatusOr<DeviceSpec> spec = ParseDevice(GetParam().device);
+      ASSERT_TRUE(spec.ok()) << spec.status();
+      absl::StatusOr<std::unique_ptr<CudaBackend>> be = CudaBackend::Create(
+          {.device = spec->index,
+           .precision = spec->fp32 ? CudaPrecision::kFp32 : CudaPrecision::kBf16,
+           .kv_dtype = GetParam().kv});
+      ASSERT_TRUE(be.ok()) << be.status();
+      backend_ = std::move(*be);
     }
-    absl::StatusOr<std::unique_ptr<Backend>> be = MakeBackend(GetParam().device, 1);
-    ASSERT_TRUE(be.ok()) << be.status();
-    backend_ = std::move(*be);
+    // The fp32 paths (what the GPU tolerances assume), with the KV pools of the backend under test.
+    oracle_ = std::make_unique<CpuBackend>(2, CpuPrecision::kFp32, backend_->kv_dtype());
   }
-  CpuBackend oracle_{2, CpuPrecision::kFp32};  // the fp32 paths: what the GPU tolerances assume
+  std::unique_ptr<CpuBackend> oracle_;
   std::unique_ptr<Backend> backend_;
 };
 
 TEST_P(OpsConformance, EveryOpMatchesTheCpuOracle) {
   for (const OpCase& c : MakeCases()) {
     SCOPED_TRACE(c.name);
-    const std::vector<float> want = c.run(oracle_);
+    const std::vector<float> want = c.run(*oracle_);
     const std::vector<float> got = c.run(*backend_);
     ASSERT_EQ(got.size(), want.size());
     double max_ref = 0.0;
@@ -325,17 +346,66 @@ TEST_P(OpsConformance, SamplingMatchesTheCpuSampler) {
   EXPECT_EQ((*got)[6], 17);
 }
 
+// The worker's entry point: draws from the listed rows only (a step's logits hold a row per
+// sequence, some of which do not sample), each with its own parameters, seed and step.
+TEST_P(OpsConformance, SampleOnDeviceDrawsTheListedRows) {
+  if (!backend_->samples_on_device()) GTEST_SKIP() << backend_->name() << " samples on the host";
+  std::mt19937 rng(7);
+  const int64_t rows = 9, V = 777;
+  std::vector<float> logits = RandomFloats(rows * V, rng, 3.0f);
+  const std::vector<int64_t> picked = {5, 0, 8, 2};
+  std::vector<Backend::DeviceDraw> draws;
+  for (size_t i = 0; i < picked.size(); ++i) {
+    draws.push_back({.temperature = i == 1 ? 0.0f : 0.9f,
+                     .top_k = i == 2 ? 40 : 0,
+                     .top_p = i == 3 ? 0.8f : 1.0f,
+                     .seed = 77 + i,
+                     .step = 3 * i});
+  }
+  absl::StatusOr<std::vector<int32_t>> got =
+      backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), picked, draws);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), picked.size());
+  for (size_t i = 0; i < picked.size(); ++i) {
+    const SamplingParams p{.temperature = draws[i].temperature,
+                           .top_k = draws[i].top_k,
+                           .top_p = draws[i].top_p,
+                           .min_p = draws[i].min_p,
+                           .seed = draws[i].seed};
+    EXPECT_EQ((*got)[i],
+              SampleToken(std::span<const float>(&logits[picked[i] * V], V), p, draws[i].step))
+        << "draw " << i << " (row " << picked[i] << ")";
+  }
+  // Every row in one call: the logits themselves, no gather.
+  std::vector<int64_t> all(rows);
+  std::vector<Backend::DeviceDraw> greedy(rows);
+  for (int64_t r = 0; r < rows; ++r) all[r] = r;
+  absl::StatusOr<std::vector<int32_t>> argmax =
+      backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), all, greedy);
+  ASSERT_TRUE(argmax.ok()) << argmax.status();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = &logits[r * V];
+    EXPECT_EQ((*argmax)[r], std::max_element(row, row + V) - row) << "row " << r;
+  }
+  const std::vector<int64_t> outside = {rows};
+  const std::vector<Backend::DeviceDraw> one(1);
+  EXPECT_EQ(
+      backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), outside, one).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Cuda, OpsConformance,
-    // "cpu" (a second CPU backend) checks the table itself on any machine: every case has a
-    // non-zero reference and the oracle overwrites every poisoned element.
-    ::testing::Values(BackendUnderTest{.device = "cpu", .rtol = 1e-6, .rtol_matmul = 1e-6},
-                      BackendUnderTest{.device = "cuda:0:fp32", .rtol = 2e-5, .rtol_matmul = 2e-5},
-                      BackendUnderTest{.device = "cuda:0:bf16", .rtol = 1e-2, .rtol_matmul = 3e-2}),
-    [](const ::testing::TestParamInfo<BackendUnderTest>& info) {
-      if (info.param.device == "cpu") return std::string("cpu_self");
-      return info.param.device == "cuda:0:fp32" ? std::string("fp32") : std::string("bf16");
-    });
+    // "cpu" (a second CPU backend) checks the table itself on any machine:
+    // every case has a non-zero reference and the oracle overwrites every
+    // poisoned element. fp32_kv16: fp16 pools on both sides, so the tight fp32
+    // tolerance holds for attention too; bf16 uses its default pools (fp16).
+    ::testing::Values(Under("cpu_self", "cpu", 1e-6, 1e-6, KvDType::kFp32),
+                      Under("cpu_self_kv16", "cpu", 1e-6, 1e-6, KvDType::kFp16),
+                      Under("fp32", "cuda:0:fp32", 2e-5, 2e-5, KvDType::kFp32),
+                      Under("fp32_kv16", "cuda:0:fp32", 2e-5, 2e-5, KvDType::kFp16),
+                      Under("bf16", "cuda:0:bf16", 1e-2, 3e-2, std::nullopt)),
+    [](const ::testing::TestParamInfo<BackendUnderTest>& info) { return info.param.label; });
 
 }  // namespace
 }  // namespace tpserve
