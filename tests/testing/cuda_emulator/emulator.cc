@@ -73,7 +73,8 @@ struct Device {
   std::map<uintptr_t, Allocation> live;  // by user pointer
   std::map<uintptr_t, Region> regions;   // by start: those with live allocations
   uintptr_t open_slab = 0;               // where small allocations go, 0: none
-  std::set<void*> pinned;                // cudaMallocHost
+  std::map<uintptr_t, size_t> pinned;    // cudaMallocHost: start -> bytes
+  tpserve_emu::Counters counters;
   size_t capacity = 0, in_use = 0;
   // Per stream, in submission order; `seq` orders operations across streams. An operation
   // returns false while it must wait (a collective whose peers have not arrived).
@@ -120,6 +121,16 @@ void Protect(Device& d, int prot) {
 void Push(Device& d, cudaStream_t stream, std::function<bool()> op) {
   d.queues[stream].push_back(Device::Op{d.next_seq++, std::move(op)});
   ++d.pending;
+  ++d.counters.operations;
+}
+
+// True when [p, p + bytes) lies inside one cudaMallocHost allocation.
+bool IsPinnedLocked(const Device& d, const void* p, size_t bytes) {
+  const auto u = reinterpret_cast<uintptr_t>(p);
+  auto it = d.pinned.upper_bound(u);
+  if (it == d.pinned.begin()) return false;
+  --it;
+  return u + bytes <= it->first + it->second;
 }
 void Push(Device& d, cudaStream_t stream, std::function<void()> op) {
   Push(d, stream, std::function<bool()>([op = std::move(op)]() {
@@ -487,6 +498,7 @@ void LaunchKernel(const char* name, const void* func, dim3 grid, dim3 block, siz
   Push(d, stream, std::function<void()>([name, grid, block, smem, body = std::move(body)]() {
          RunGrid(name, grid, block, smem, body);
        }));
+  ++d.counters.kernels;
 }
 
 // ---- host-side helpers ----
@@ -501,6 +513,18 @@ void EnqueueWaiting(cudaStream_t stream, std::function<bool()> op) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
   Push(d, stream, std::move(op));
+}
+
+Counters GetCounters() {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  return d.counters;
+}
+
+void ResetCounters() {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  d.counters = Counters{};
 }
 
 void Flush() {
@@ -575,7 +599,12 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
   if (cudaError_t e = CheckCopy(d, dst, src, count, kind); e != cudaSuccess) return e;
   if (count == 0) return cudaSuccess;
-  if (kind == cudaMemcpyHostToDevice && d.pinned.count(const_cast<void*>(src)) == 0) {
+  const bool src_pinned = tpserve_emu::IsPinnedLocked(d, src, count);
+  const bool dst_pinned = tpserve_emu::IsPinnedLocked(d, dst, count);
+  if (kind == cudaMemcpyHostToDevice)
+    ++(src_pinned ? d.counters.h2d_pinned : d.counters.h2d_pageable);
+  if (kind == cudaMemcpyDeviceToHost) ++d.counters.d2h;
+  if (kind == cudaMemcpyHostToDevice && !src_pinned) {
     auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
                                                       static_cast<const char*>(src) + count);
     Push(d, stream, std::function<void()>([dst, staged]() {
@@ -584,7 +613,8 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
   } else {
     Push(d, stream, std::function<void()>([dst, src, count]() { std::memmove(dst, src, count); }));
   }
-  if (blocking || (kind == cudaMemcpyDeviceToHost && d.pinned.count(dst) == 0)) {
+  if (blocking || (kind == cudaMemcpyDeviceToHost && !dst_pinned)) {
+    ++d.counters.host_waits;
     tpserve_emu::FlushStream(d, lock, stream);
   }
   return cudaSuccess;
@@ -600,7 +630,10 @@ cudaError_t Set(void* ptr, int value, size_t count, cudaStream_t stream, bool bl
     return tpserve_emu::Fail(d, cudaErrorInvalidValue);
   }
   Push(d, stream, std::function<void()>([ptr, value, count]() { std::memset(ptr, value, count); }));
-  if (blocking) tpserve_emu::FlushStream(d, lock, stream);
+  if (blocking) {
+    ++d.counters.host_waits;
+    tpserve_emu::FlushStream(d, lock, stream);
+  }
   return cudaSuccess;
 }
 
@@ -654,6 +687,7 @@ cudaError_t cudaDeviceSynchronize() {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
+  ++d.counters.host_waits;
   tpserve_emu::FlushLocked(d, lock);
   return cudaSuccess;
 }
@@ -795,6 +829,7 @@ cudaError_t cudaFree(void* ptr) {
     std::fprintf(stderr, "cuda emulator: cudaFree(%p): not a live device allocation\n", ptr);
     return tpserve_emu::Fail(d, cudaErrorInvalidValue);
   }
+  ++d.counters.host_waits;
   tpserve_emu::FlushLocked(d, lock);  // cudaFree waits for the device
   const tpserve_emu::Allocation a = it->second;
   d.live.erase(it);
@@ -814,15 +849,16 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
   std::unique_lock<std::mutex> lock(d.mu);
   *ptr = std::aligned_alloc(4096, tpserve_emu::RoundUp(std::max<size_t>(size, 1), 4096));
   if (*ptr == nullptr) return tpserve_emu::Fail(d, cudaErrorMemoryAllocation);
-  d.pinned.insert(*ptr);
+  d.pinned[reinterpret_cast<uintptr_t>(*ptr)] = std::max<size_t>(size, 1);
   return cudaSuccess;
 }
 
 cudaError_t cudaFreeHost(void* ptr) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  ++d.counters.host_waits;
   tpserve_emu::FlushLocked(d, lock);
-  d.pinned.erase(ptr);
+  d.pinned.erase(reinterpret_cast<uintptr_t>(ptr));
   std::free(ptr);
   return cudaSuccess;
 }
@@ -835,7 +871,7 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
     attributes->type = cudaMemoryTypeDevice;
     attributes->device = tpserve_emu::t_current_device;
     attributes->devicePointer = const_cast<void*>(ptr);
-  } else if (d.pinned.count(const_cast<void*>(ptr)) != 0) {
+  } else if (tpserve_emu::IsPinnedLocked(d, ptr, 0)) {
     attributes->type = cudaMemoryTypeHost;
     attributes->hostPointer = const_cast<void*>(ptr);
   }
@@ -867,6 +903,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  ++d.counters.host_waits;
   tpserve_emu::FlushStream(d, lock, stream);  // CUDA finishes a destroyed stream's work first
   d.queues.erase(stream);
   delete stream;
@@ -875,6 +912,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  ++d.counters.host_waits;
   tpserve_emu::FlushStream(d, lock, stream);
   return cudaSuccess;
 }
@@ -906,6 +944,7 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  ++d.counters.host_waits;
   tpserve_emu::FlushUntil(d, lock, [event] { return !event->recorded || *event->done; });
   return cudaSuccess;
 }

@@ -186,6 +186,40 @@ TEST(CudaEmulator, WorkRunsOnlyAtSynchronisation) {
   cudaFree(d);
 }
 
+// The counters tell copies from page-locked memory (anywhere inside a cudaMallocHost block)
+// from pageable ones, and count every call that makes the host wait.
+TEST(CudaEmulator, CountersSeeHowTheHostDrivesTheDevice) {
+  int* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, 4 * sizeof(int)), cudaSuccess);
+  int* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), 4 * sizeof(int)), cudaSuccess);
+  int pageable[4] = {1, 2, 3, 4};
+  tpserve_emu::ResetCounters();
+  ASSERT_EQ(cudaMemcpyAsync(d, pinned + 2, 2 * sizeof(int), cudaMemcpyHostToDevice, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(d, pageable, sizeof(pageable), cudaMemcpyHostToDevice, nullptr),
+            cudaSuccess);
+  TPSERVE_LAUNCH(WriteKernel, 1, 1, 0, nullptr)(d, 0);
+  ASSERT_EQ(cudaMemcpyAsync(pinned + 1, d, sizeof(int), cudaMemcpyDeviceToHost, nullptr),
+            cudaSuccess);
+  tpserve_emu::Counters c = tpserve_emu::GetCounters();
+  EXPECT_EQ(c.h2d_pinned, 1u);
+  EXPECT_EQ(c.h2d_pageable, 1u);
+  EXPECT_EQ(c.kernels, 1u);
+  EXPECT_EQ(c.operations, 4u);
+  EXPECT_EQ(c.d2h, 1u);
+  EXPECT_EQ(c.host_waits, 0u) << "nothing so far waits for the device";
+  ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  EXPECT_EQ(pinned[1], 7);
+  ASSERT_EQ(cudaMemcpyAsync(pageable, d, sizeof(int), cudaMemcpyDeviceToHost, nullptr),
+            cudaSuccess);  // into pageable memory: the call itself waits
+  c = tpserve_emu::GetCounters();
+  EXPECT_EQ(c.host_waits, 2u);
+  EXPECT_EQ(c.d2h, 2u);
+  cudaFreeHost(pinned);
+  cudaFree(d);
+}
+
 TEST(CudaEmulator, CopiesAreCheckedAgainstTheirKind) {
   int* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, 4 * sizeof(int)), cudaSuccess);

@@ -122,11 +122,16 @@ TEST(OpenDeviceTest, KvCacheDtypeFollowsThePrecisionUnlessAskedFor) {
   absl::Status st = OpenStatus(o);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(st.message(), HasSubstr("expected auto, fp16, fp32 or int8"));
+  // CUDA keeps fp16 or fp32 pools: int8 is refused before any GPU is looked for.
   o = Options("cuda:0");
-  o.kv_cache_dtype = "fp16";
+  o.kv_cache_dtype = "int8";
   st = OpenStatus(o);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(st.message(), HasSubstr("KV cache in fp32"));
+  EXPECT_THAT(st.message(), HasSubstr("fp16 or fp32 (int8 is --device cpu only)"));
+  o.kv_cache_dtype = "bf16";
+  st = OpenStatus(o);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(st.message(), HasSubstr("expected auto, fp16, fp32 or int8"));
 }
 
 // No GPU in CI: a CUDA build explains the missing driver, a CPU build that it has no CUDA. On a

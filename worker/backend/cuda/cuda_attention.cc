@@ -87,7 +87,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
                off_ctx = Pack(&meta, ctx_len), off_first = Pack(&meta, tile_first),
                off_rows = Pack(&meta, tile_rows);
   std::shared_ptr<void> keep;
-  uint8_t* dev = Upload(std::span<const uint8_t>(meta), &keep);
+  const uint8_t* dev = Upload(std::span<const uint8_t>(meta), &keep);
 
   cuda::AttentionArgs a;
   a.q = q.data();

@@ -92,21 +92,45 @@ std::shared_ptr<void> CudaBackend::Scratch(size_t bytes) {
   return *std::move(p);
 }
 
-template <typename T>
-T* CudaBackend::Upload(std::span<const T> values, std::shared_ptr<void>* keep) {
-  *keep = Scratch(std::max<size_t>(values.size_bytes(), 1));
-  if (!values.empty()) {
-    TPSERVE_CUDA_CHECK(cudaMemcpyAsync(keep->get(), values.data(), values.size_bytes(),
-                                       cudaMemcpyHostToDevice, stream_));
+namespace {
+constexpr size_t kRecentUploads = 16;          // a step's distinct uploads, with room
+constexpr size_t kRecentUploadMax = 64 << 10;  // larger ones are not kept for reuse
+}  // namespace
+
+const void* CudaBackend::UploadBytes(const void* data, size_t bytes, std::shared_ptr<void>* keep) {
+  if (bytes <= kRecentUploadMax) {
+    for (auto it = recent_uploads_.begin(); it != recent_uploads_.end(); ++it) {
+      if (it->bytes.size() == bytes && std::memcmp(it->bytes.data(), data, bytes) == 0) {
+        *keep = it->device;
+        if (it != recent_uploads_.begin()) {
+          Uploaded hit = std::move(*it);
+          recent_uploads_.erase(it);
+          recent_uploads_.push_front(std::move(hit));
+        }
+        return keep->get();
+      }
+    }
   }
-  return static_cast<T*>(keep->get());
+  *keep = Scratch(std::max<size_t>(bytes, 1));
+  TPSERVE_CUDA_CHECK(staging_.CopyToDevice(keep->get(), data, bytes, stream_));
+  if (bytes <= kRecentUploadMax) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    recent_uploads_.push_front(Uploaded{std::vector<uint8_t>(p, p + bytes), *keep});
+    if (recent_uploads_.size() > kRecentUploads) recent_uploads_.pop_back();
+  }
+  return keep->get();
 }
-template int32_t* CudaBackend::Upload(std::span<const int32_t>, std::shared_ptr<void>*);
-template int64_t* CudaBackend::Upload(std::span<const int64_t>, std::shared_ptr<void>*);
-template float* CudaBackend::Upload(std::span<const float>, std::shared_ptr<void>*);
-template uint8_t* CudaBackend::Upload(std::span<const uint8_t>, std::shared_ptr<void>*);
-template cuda::SampleRowParams* CudaBackend::Upload(std::span<const cuda::SampleRowParams>,
-                                                    std::shared_ptr<void>*);
+
+template <typename T>
+const T* CudaBackend::Upload(std::span<const T> values, std::shared_ptr<void>* keep) {
+  return static_cast<const T*>(UploadBytes(values.data(), values.size_bytes(), keep));
+}
+template const int32_t* CudaBackend::Upload(std::span<const int32_t>, std::shared_ptr<void>*);
+template const int64_t* CudaBackend::Upload(std::span<const int64_t>, std::shared_ptr<void>*);
+template const float* CudaBackend::Upload(std::span<const float>, std::shared_ptr<void>*);
+template const uint8_t* CudaBackend::Upload(std::span<const uint8_t>, std::shared_ptr<void>*);
+template const cuda::SampleRowParams* CudaBackend::Upload(std::span<const cuda::SampleRowParams>,
+                                                          std::shared_ptr<void>*);
 
 void CudaBackend::Bind() const {
   // The current device is per host thread; ops may come from any thread (one per rank in tests,

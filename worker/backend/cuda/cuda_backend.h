@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <span>
@@ -22,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/device_pool.h"
+#include "worker/backend/cuda/pinned_ring.h"
 #include "worker/sampling/sampler.h"
 
 typedef struct CUstream_st* cudaStream_t;
@@ -102,9 +104,12 @@ class CudaBackend final : public Backend {
  private:
   explicit CudaBackend(const CudaBackendOptions& options) : options_(options) {}
   std::shared_ptr<void> Scratch(size_t bytes);  // aborts when the device is out of memory
-  // Copies a host array to a fresh scratch buffer on the stream.
+  // A device copy of a host array, for kernels to read (never write): copied on the stream
+  // through page-locked staging, or an earlier upload of the same bytes (a step uploads the same
+  // block tables and slots for every layer; the RoPE frequencies never change).
   template <typename T>
-  T* Upload(std::span<const T> values, std::shared_ptr<void>* keep);
+  const T* Upload(std::span<const T> values, std::shared_ptr<void>* keep);
+  const void* UploadBytes(const void* data, size_t bytes, std::shared_ptr<void>* keep);
   void Bind() const;  // makes this backend's device current in the calling thread
   void CheckDevice(const Tensor& t, const char* op) const;
   void CheckLaunch(const char* op);
@@ -115,6 +120,14 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   cuda::DevicePool pool_;
   std::shared_ptr<void> cublas_workspace_;
+  // 8 x 256 KiB of page-locked staging: a step's uploads take a few KiB.
+  cuda::PinnedRing staging_{256 << 10, 8};
+  struct Uploaded {
+    std::vector<uint8_t> bytes;
+    std::shared_ptr<void> device;
+  };
+  std::deque<Uploaded> recent_uploads_;  // newest first; small uploads only
+  cuda::PinnedBuffer download_;          // sampled tokens on their way back
 };
 
 }  // namespace tpserve

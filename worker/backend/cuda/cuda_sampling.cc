@@ -51,10 +51,12 @@ absl::StatusOr<std::vector<int32_t>> CudaBackend::SampleTokens(
                              stream_);
   }
   RETURN_IF_ERROR(cuda::CudaStatus(cudaGetLastError(), "sampling kernels"));
-  std::vector<int32_t> host(2 * rows);
+  const size_t bytes = (any_draw ? 2 : 1) * rows * sizeof(int32_t);
+  RETURN_IF_ERROR(cuda::CudaStatus(download_.Reserve(2 * rows * sizeof(int32_t)),
+                                   "cudaMallocHost for sampled tokens"));
+  const int32_t* host = static_cast<const int32_t*>(download_.data());
   RETURN_IF_ERROR(cuda::CudaStatus(
-      cudaMemcpyAsync(host.data(), greedy, (any_draw ? 2 : 1) * rows * sizeof(int32_t),
-                      cudaMemcpyDeviceToHost, stream_),
+      cudaMemcpyAsync(download_.data(), greedy, bytes, cudaMemcpyDeviceToHost, stream_),
       "copying sampled tokens"));
   RETURN_IF_ERROR(Synchronize());
   for (int64_t r = 0; r < rows; ++r) {

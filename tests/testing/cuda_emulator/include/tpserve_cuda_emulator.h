@@ -35,6 +35,22 @@ void Flush();
 bool IsDevice(const void* p, size_t bytes = 0);
 // Records `error` as the sticky/last error (cudaGetLastError returns and clears it).
 void SetLastError(cudaError_t error);
+// What the host asked of the emulated devices since the last ResetCounters (all devices): a
+// measure of how a piece of host code drives a GPU, e.g. how often a decode step makes the host
+// wait for the device, which on a real GPU stalls the queue of kernels behind the host.
+struct Counters {
+  uint64_t kernels = 0;       // kernel launches
+  uint64_t operations = 0;    // everything queued: kernels, copies, memsets, library calls
+  uint64_t h2d_pageable = 0;  // host-to-device copies from pageable memory (CUDA documents that
+                              // it may synchronise with the stream to stage them)
+  uint64_t h2d_pinned = 0;    // host-to-device copies from cudaMallocHost memory
+  uint64_t d2h = 0;           // device-to-host copies
+  uint64_t host_waits = 0;    // calls that wait for the device: stream, device and event
+                              // synchronisation, blocking copies, copies into pageable memory,
+                              // cudaFree / cudaFreeHost
+};
+Counters GetCounters();
+void ResetCounters();
 // Runs each block's threads last-to-first instead of first-to-last (default: the environment's
 // TPSERVE_CUDA_EMU_ORDER=reverse). A kernel that is right does not notice.
 void SetReverseThreadOrder(bool reverse);

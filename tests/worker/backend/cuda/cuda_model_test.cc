@@ -28,6 +28,10 @@
 #include "worker/parallel/shard_plan.h"
 #include "worker/runtime/model_runner.h"
 
+#if defined(TPSERVE_CUDA_EMULATOR)
+#include "tpserve_cuda_emulator.h"
+#endif
+
 namespace tpserve {
 namespace {
 
@@ -240,6 +244,56 @@ TEST_P(CudaModel, TensorParallel2OnOneGpuEqualsTp1) {
       testing::RelativeDiff(logits2.data(), logits1.data(), static_cast<int64_t>(logits1.size())),
       1e-4);
 }
+
+#if defined(TPSERVE_CUDA_EMULATOR)
+// How a decode step drives the GPU, counted by the emulator: the worker's path (logits left on
+// the device, the token drawn there) makes the host wait for the device once a step (the
+// token's copy back), and no copy of the step comes from pageable memory, which CUDA may stage
+// with a stream synchronisation (each one would put the host in lockstep with the GPU).
+TEST_P(CudaModel, DecodeStepWaitsForTheDeviceOnlyForItsToken) {
+  absl::StatusOr<std::unique_ptr<Backend>> be = Cuda(CudaPrecision::kBf16);
+  ASSERT_TRUE(be.ok()) << be.status();
+  absl::StatusOr<std::vector<Rank>> ranks = OneRank(std::move(*be));
+  ASSERT_TRUE(ranks.ok()) << ranks.status();
+  Rank& rank = (*ranks)[0];
+
+  StepSequence seq;
+  seq.seq_id = 1;
+  seq.tokens = kPrompt;
+  for (int32_t& t : seq.tokens) t %= static_cast<int32_t>(rank.files.config.vocab_size);
+  for (int32_t b = 0; b < kNumBlocks; ++b) seq.block_table.push_back(b);
+  seq.sample = false;
+  constexpr int kSteps = 6, kMeasured = 4;  // the prefill and the first decode step warm up
+  for (int i = 0; i < kSteps; ++i) {
+    if (i == kSteps - kMeasured) tpserve_emu::ResetCounters();
+    Step step;
+    step.sequences = {seq};
+    step.keep_device_logits = true;
+    absl::StatusOr<StepResult> result = rank.runner->Execute(step);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_NE(result->logits_device.device(), Device::kCpu);
+    const std::vector<int64_t> rows = {result->logits_row.at(0)};
+    const std::vector<Backend::DeviceDraw> draws = {{.temperature = 0.0f}};
+    absl::StatusOr<std::vector<int32_t>> token =
+        rank.backend->SampleOnDevice(result->logits_device, rows, draws);
+    ASSERT_TRUE(token.ok()) << token.status();
+    seq.start_pos += static_cast<int64_t>(seq.tokens.size());
+    seq.tokens = {token->at(0)};
+  }
+  const tpserve_emu::Counters c = tpserve_emu::GetCounters();
+  std::printf(
+      "per decode step: %.1f kernels, %.1f operations, %.1f pinned and %.1f pageable "
+      "uploads, %.1f downloads, %.1f host waits\n",
+      double(c.kernels) / kMeasured, double(c.operations) / kMeasured,
+      double(c.h2d_pinned) / kMeasured, double(c.h2d_pageable) / kMeasured,
+      double(c.d2h) / kMeasured, double(c.host_waits) / kMeasured);
+  EXPECT_EQ(c.host_waits, uint64_t{kMeasured}) << "one wait a step: the sampled token";
+  EXPECT_EQ(c.d2h, uint64_t{kMeasured});
+  EXPECT_EQ(c.h2d_pageable, 0u);
+  // Token ids, positions, slots, block tables, the last rows: not once per layer.
+  EXPECT_LE(c.h2d_pinned, uint64_t{8 * kMeasured});
+}
+#endif
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaModel, ::testing::ValuesIn(ModelCases()),
                          [](const ::testing::TestParamInfo<ModelCase>& info) {
