@@ -63,6 +63,9 @@ class CudaBackend final : public Backend {
   absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
 
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override;
+  void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
+                    std::span<Tensor* const> ys) override;
+  void MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) override;
   void AddBias(const Tensor& bias, Tensor* y) override;
   void Add(const Tensor& x, Tensor* y) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) override;
@@ -110,6 +113,10 @@ class CudaBackend final : public Backend {
   template <typename T>
   const T* Upload(std::span<const T> values, std::shared_ptr<void>* keep);
   const void* UploadBytes(const void* data, size_t bytes, std::shared_ptr<void>* keep);
+  void CheckMatMul(const Tensor& x, const Weight& w, const Tensor& y, const char* op) const;
+  std::shared_ptr<void> Bf16Input(const Tensor& x);  // x rounded to bf16, on the stream
+  // y = x · wᵀ + beta y; x_bf16 is x rounded to bf16 where w is bf16.
+  void Gemm(const Tensor& x, const void* x_bf16, const Weight& w, float beta, Tensor* y);
   void Bind() const;  // makes this backend's device current in the calling thread
   void CheckDevice(const Tensor& t, const char* op) const;
   void CheckLaunch(const char* op);

@@ -2,8 +2,9 @@
 //
 // Row-major y = x · wᵀ is, in cuBLAS's column-major terms, yᵀ [out, n] = w [in, out]ᵀ · xᵀ
 // [in, n]: op(A) = T on the weight (lda = its row stride), op(B) = N on x. fp32 weights: an
-// fp32 GEMM (no TF32, see Create). bf16 weights: x is rounded to bf16 into a scratch buffer and
-// multiplied with fp32 accumulation and fp32 output.
+// fp32 GEMM (no TF32, see Create). bf16 weights: x is rounded to bf16 into a scratch buffer (once
+// for all the weights of a MatMulShared) and multiplied with fp32 accumulation and fp32 output;
+// MatMulAdd adds into y in the GEMM's epilogue (beta = 1).
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -13,17 +14,28 @@
 
 namespace tpserve {
 
-void CudaBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
-  Bind();
+void CudaBackend::CheckMatMul(const Tensor& x, const Weight& w, const Tensor& y,
+                              const char* op) const {
   const int64_t n = x.rows(), in = w.cols, out = w.rows;
-  TPSERVE_CHECK(x.cols() == in && y->rows() == n && y->cols() == out,
-                "MatMul: x %s, weight [%lld, %lld], y %s", x.ShapeString().c_str(),
-                static_cast<long long>(out), static_cast<long long>(in), y->ShapeString().c_str());
+  TPSERVE_CHECK(x.cols() == in && y.rows() == n && y.cols() == out,
+                "%s: x %s, weight [%lld, %lld], y %s", op, x.ShapeString().c_str(),
+                static_cast<long long>(out), static_cast<long long>(in), y.ShapeString().c_str());
   TPSERVE_CHECK(w.dtype == DType::kF32 || w.dtype == DType::kBF16,
-                "MatMul: a %s weight is not a CUDA weight", DTypeName(w.dtype));
-  CheckDevice(x, "MatMul");
-  if (n == 0) return;
-  const float alpha = 1.0f, beta = 0.0f;
+                "%s: a %s weight is not a CUDA weight", op, DTypeName(w.dtype));
+  CheckDevice(x, op);
+}
+
+std::shared_ptr<void> CudaBackend::Bf16Input(const Tensor& x) {
+  std::shared_ptr<void> xb = Scratch(static_cast<size_t>(x.numel()) * sizeof(uint16_t));
+  cuda::LaunchF32ToBf16(x.data(), static_cast<uint16_t*>(xb.get()), x.numel(), stream_);
+  CheckLaunch("MatMul (bf16 input)");
+  return xb;
+}
+
+void CudaBackend::Gemm(const Tensor& x, const void* x_bf16, const Weight& w, float beta,
+                       Tensor* y) {
+  const int64_t n = x.rows(), in = w.cols, out = w.rows;
+  const float alpha = 1.0f;
   cublasStatus_t st;
   if (w.dtype == DType::kF32) {
     const int64_t ldw = static_cast<int64_t>(w.row_stride_bytes / sizeof(float));
@@ -32,19 +44,49 @@ void CudaBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
                       x.data(), CUDA_R_32F, static_cast<int>(in), &beta, y->data(), CUDA_R_32F,
                       static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   } else {
-    std::shared_ptr<void> xb = Scratch(static_cast<size_t>(n * in) * sizeof(uint16_t));
-    cuda::LaunchF32ToBf16(x.data(), static_cast<uint16_t*>(xb.get()), n * in, stream_);
-    CheckLaunch("MatMul (bf16 input)");
     const int64_t ldw = static_cast<int64_t>(w.row_stride_bytes / sizeof(uint16_t));
     st = cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(n),
                       static_cast<int>(in), &alpha, w.data, CUDA_R_16BF, static_cast<int>(ldw),
-                      xb.get(), CUDA_R_16BF, static_cast<int>(in), &beta, y->data(), CUDA_R_32F,
+                      x_bf16, CUDA_R_16BF, static_cast<int>(in), &beta, y->data(), CUDA_R_32F,
                       static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   }
   TPSERVE_CHECK(st == CUBLAS_STATUS_SUCCESS,
                 "MatMul: cublasGemmEx [%lld x %lld] x [%lld x %lld]ᵀ: %s",
                 static_cast<long long>(n), static_cast<long long>(in), static_cast<long long>(out),
                 static_cast<long long>(in), cublasGetStatusString(st));
+}
+
+void CudaBackend::MatMul(const Tensor& x, const Weight& w, Tensor* y) {
+  Bind();
+  CheckMatMul(x, w, *y, "MatMul");
+  if (x.rows() == 0) return;
+  const std::shared_ptr<void> xb = w.dtype == DType::kBF16 ? Bf16Input(x) : nullptr;
+  Gemm(x, xb.get(), w, 0.0f, y);
+}
+
+// The residual rides on the GEMM: beta = 1 adds y in the epilogue (fp32), no temporary, no Add.
+void CudaBackend::MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) {
+  Bind();
+  CheckMatMul(x, w, *y, "MatMulAdd");
+  if (x.rows() == 0) return;
+  const std::shared_ptr<void> xb = w.dtype == DType::kBF16 ? Bf16Input(x) : nullptr;
+  Gemm(x, xb.get(), w, 1.0f, y);
+}
+
+// q/k/v and gate/up: x is rounded to bf16 once for all the products.
+void CudaBackend::MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
+                               std::span<Tensor* const> ys) {
+  Bind();
+  TPSERVE_CHECK(ws.size() == ys.size(), "MatMulShared: %zu weights, %zu outputs", ws.size(),
+                ys.size());
+  bool any_bf16 = false;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    CheckMatMul(x, *ws[i], *ys[i], "MatMulShared");
+    any_bf16 |= ws[i]->dtype == DType::kBF16;
+  }
+  if (x.rows() == 0) return;
+  const std::shared_ptr<void> xb = any_bf16 ? Bf16Input(x) : nullptr;
+  for (size_t i = 0; i < ws.size(); ++i) Gemm(x, xb.get(), *ws[i], 0.0f, ys[i]);
 }
 
 }  // namespace tpserve

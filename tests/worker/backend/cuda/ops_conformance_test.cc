@@ -100,6 +100,35 @@ std::vector<OpCase> MakeCases() {
                      }});
   }
 
+  // ---- the fused forms: a residual add in the product, several weights over one input ----
+  for (DType dtype : {DType::kF32, DType::kQ4_1}) {
+    const int64_t n = 9, in = 96;
+    auto a = std::make_shared<testing::RandomMatrix>(MakeRandomMatrix(dtype, 70, in, *rng));
+    auto b = std::make_shared<testing::RandomMatrix>(MakeRandomMatrix(dtype, 33, in, *rng));
+    auto x = std::make_shared<std::vector<float>>(RandomFloats(n * in, *rng));
+    auto residual = std::make_shared<std::vector<float>>(RandomFloats(n * 70, *rng));
+    cases.push_back({std::string("MatMulAdd_") + DTypeName(dtype), true, [=](Backend& be) {
+                       absl::StatusOr<Weight> w = be.LoadWeight(ViewOf(a->weight));
+                       EXPECT_TRUE(w.ok()) << w.status();
+                       Tensor y = be.FromHost(*residual, {n, 70});
+                       be.MatMulAdd(be.FromHost(*x, {n, in}), *w, &y);
+                       return be.ToHost(y);
+                     }});
+    cases.push_back({std::string("MatMulShared_") + DTypeName(dtype), true, [=](Backend& be) {
+                       absl::StatusOr<Weight> wa = be.LoadWeight(ViewOf(a->weight));
+                       absl::StatusOr<Weight> wb = be.LoadWeight(ViewOf(b->weight));
+                       EXPECT_TRUE(wa.ok() && wb.ok());
+                       Tensor ya = Poisoned(be, {n, 70}), yb = Poisoned(be, {n, 33});
+                       const Weight* ws[] = {&*wa, &*wb};
+                       Tensor* ys[] = {&ya, &yb};
+                       be.MatMulShared(be.FromHost(*x, {n, in}), ws, ys);
+                       std::vector<float> out = be.ToHost(ya);
+                       const std::vector<float> second = be.ToHost(yb);
+                       out.insert(out.end(), second.begin(), second.end());
+                       return out;
+                     }});
+  }
+
   // ---- elementwise and norms ----
   {
     auto x = std::make_shared<std::vector<float>>(RandomFloats(7 * 577, *rng));
