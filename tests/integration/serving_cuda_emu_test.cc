@@ -9,6 +9,7 @@
 // README.md.
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -62,6 +63,51 @@ TEST(ServingCudaEmulatorTest, OneEmulatedGpuServesTheGoldenTokens) {
     ASSERT_TRUE(b.status.ok()) << b.status.error_message();
     EXPECT_EQ(a.ids.size(), 10u);
     EXPECT_EQ(a.ids, b.ids) << "temperature " << temperature << ", seed " << seed;
+  }
+}
+
+// What a user gets without flags: bf16 weights, fp16 KV pools, sampling on the device. Requests
+// arriving together share steps (the device draw then gathers the sampled rows out of a step's
+// logits); each must stream what it streams alone, and the first greedy token is transformers'
+// (bf16 keeps it, CudaModel.Bf16LogitsWithinBf16Tolerance).
+TEST(ServingCudaEmulatorTest, DefaultBf16ServesConcurrentRequestsAsAlone) {
+  if (!std::filesystem::exists(SmolLm2())) GTEST_SKIP() << SmolLm2() << " is missing";
+  LocalCluster cluster(SmolLm2(), 1, {"--max-context", "256"}, {"--device", "cuda:0"});
+  const absl::Status up = cluster.WaitHealth(true, absl::Seconds(120));
+  ASSERT_TRUE(up.ok()) << up;
+  std::unique_ptr<v1::Inference::Stub> stub = cluster.Stub();
+  absl::StatusOr<v1::ModelInfo> info = Info(*stub);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->compute_dtype(), "bf16");
+  EXPECT_EQ(info->kv_cache_dtype(), "fp16");
+
+  const nlohmann::json golden = ExpectedGolden("smollm2-135m-q4_1");
+  std::vector<v1::GenerateRequest> requests;
+  for (int i : {0, 1, 2}) {
+    const auto prompt = golden["cases"][i]["input_ids"].get<std::vector<int32_t>>();
+    requests.push_back(Greedy(prompt, 8));
+    requests.push_back(Sampled(prompt, 8, 0.9f, 0.95f, 100 + i));
+  }
+  std::vector<Streamed> alone;
+  for (const v1::GenerateRequest& r : requests) {
+    alone.push_back(Generate(*stub, r, absl::Seconds(120)));
+    ASSERT_TRUE(alone.back().status.ok()) << alone.back().status.error_message();
+    ASSERT_EQ(alone.back().ids.size(), 8u);
+  }
+  std::vector<Streamed> together(requests.size());
+  std::vector<std::thread> clients;
+  for (size_t k = 0; k < requests.size(); ++k) {
+    clients.emplace_back(
+        [&, k] { together[k] = Generate(*stub, requests[k], absl::Seconds(120)); });
+  }
+  for (std::thread& t : clients) t.join();
+  for (size_t k = 0; k < requests.size(); ++k) {
+    ASSERT_TRUE(together[k].status.ok()) << together[k].status.error_message();
+    EXPECT_EQ(together[k].ids, alone[k].ids) << "request " << k;
+  }
+  for (int i : {0, 1, 2}) {
+    EXPECT_EQ(alone[2 * i].ids.at(0), golden["cases"][i]["greedy"][0].get<int32_t>())
+        << "case " << i;
   }
 }
 
