@@ -124,7 +124,7 @@ class TimingBackend final : public Backend {
     Time("attention", [&] { inner_.Attention(q, cache, seqs, params, out); });
   }
   bool samples_on_device() const override { return inner_.samples_on_device(); }
-  absl::StatusOr<std::vector<int32_t>> SampleOnDevice(const Tensor& logits,
+  absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(const Tensor& logits,
                                                       std::span<const int64_t> rows,
                                                       std::span<const DeviceDraw> draws) override {
     return Time("sample", [&] { return inner_.SampleOnDevice(logits, rows, draws); });

@@ -34,6 +34,7 @@ Streamed Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& req,
     }
     for (const v1::Token& t : resp.tokens()) {
       r.ids.push_back(t.id());
+      r.tokens.push_back(t);
       r.by_index[index].push_back(t.id());
     }
     if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED)

@@ -24,7 +24,8 @@ nlohmann::json ExpectedGolden(const std::string& folder);
 
 // Everything one Generate call streamed.
 struct Streamed {
-  std::vector<int32_t> ids;  // generated token ids, in order, over all responses
+  std::vector<int32_t> ids;       // generated token ids, in order, over all responses
+  std::vector<v1::Token> tokens;  // the same tokens as streamed (log-probs, text)
   // With n > 1: the ids and the final usage of each completion, by GenerateResponse.index.
   std::vector<std::vector<int32_t>> by_index;
   std::vector<v1::Usage> usage_by_index;

@@ -46,30 +46,66 @@ TEST(ServingCudaEmulatorTest, OneEmulatedGpuServesTheGoldenTokens) {
   EXPECT_EQ(info->device(), "cuda");
   EXPECT_GT(info->kv_blocks(), 0);
   ExpectGoldenGreedy(*stub, 12);
+}
 
-  // A seeded draw is made on the device (the logits stay there) unless the request needs the
-  // logits on the host: asking for log-probs moves the same draw to the host sampler. Both must
-  // give the same tokens, and the host one its log-probs.
+// Sampling on the device (the default) against the host sampler (--host-sampling), each worker on
+// an emulated GPU in fp32: greedy and seeded requests with penalties, logit bias and log-probs give
+// the same tokens and log-probs, so the device path is the host's semantics and not only the
+// host's RNG.
+TEST(ServingCudaEmulatorTest, DeviceSamplingEqualsHostSampling) {
+  if (!std::filesystem::exists(SmolLm2())) GTEST_SKIP() << SmolLm2() << " is missing";
+  LocalCluster device(SmolLm2(), 1, {"--max-context", "256"},
+                      {"--device", "cuda:0", "--dtype", "fp32"});
+  LocalCluster host(SmolLm2(), 1, {"--max-context", "256"},
+                    {"--device", "cuda:0", "--dtype", "fp32", "--host-sampling"});
+  for (LocalCluster* c : {&device, &host}) {
+    const absl::Status up = c->WaitHealth(true, absl::Seconds(120));
+    ASSERT_TRUE(up.ok()) << up;
+  }
+  std::unique_ptr<v1::Inference::Stub> on_device = device.Stub(), on_host = host.Stub();
+
   const nlohmann::json golden = ExpectedGolden("smollm2-135m-q4_1");
-  const auto prompt = golden["cases"][1]["input_ids"].get<std::vector<int32_t>>();
-  for (const auto& [temperature, top_p, seed] :
-       {std::tuple{0.8f, 0.9f, 1234}, std::tuple{1.2f, 1.0f, 99}}) {
-    const v1::GenerateRequest on_device = Sampled(prompt, 10, temperature, top_p, seed);
-    v1::GenerateRequest on_host = on_device;
-    on_host.mutable_output()->set_logprobs(true);
-    const Streamed a = Generate(*stub, on_device, absl::Seconds(120));
-    const Streamed b = Generate(*stub, on_host, absl::Seconds(120));
+  std::vector<v1::GenerateRequest> requests;
+  for (int i : {0, 1}) {
+    const auto prompt = golden["cases"][i]["input_ids"].get<std::vector<int32_t>>();
+    v1::GenerateRequest plain = Sampled(prompt, 10, 0.8f, 0.9f, 1234 + i);
+    requests.push_back(plain);
+    v1::GenerateRequest adjusted = i == 0 ? Greedy(prompt, 10) : plain;
+    adjusted.mutable_sampling()->set_repetition_penalty(1.3f);
+    adjusted.mutable_sampling()->set_presence_penalty(0.4f);
+    adjusted.mutable_sampling()->set_frequency_penalty(0.2f);
+    (*adjusted.mutable_sampling()
+          ->mutable_logit_bias())[golden["cases"][i]["greedy"][1].get<int32_t>()] = -5.0f;
+    (*adjusted.mutable_sampling()->mutable_logit_bias())[28] = 1.5f;
+    adjusted.mutable_output()->set_logprobs(true);
+    adjusted.mutable_output()->set_top_logprobs(3);
+    requests.push_back(adjusted);
+  }
+  for (size_t k = 0; k < requests.size(); ++k) {
+    SCOPED_TRACE("request " + std::to_string(k));
+    const Streamed a = Generate(*on_device, requests[k], absl::Seconds(120));
+    const Streamed b = Generate(*on_host, requests[k], absl::Seconds(120));
     ASSERT_TRUE(a.status.ok()) << a.status.error_message();
     ASSERT_TRUE(b.status.ok()) << b.status.error_message();
-    EXPECT_EQ(a.ids.size(), 10u);
-    EXPECT_EQ(a.ids, b.ids) << "temperature " << temperature << ", seed " << seed;
+    ASSERT_EQ(a.ids.size(), 10u);
+    EXPECT_EQ(a.ids, b.ids);
+    ASSERT_EQ(a.tokens.size(), b.tokens.size());
+    for (size_t t = 0; t < a.tokens.size(); ++t) {
+      EXPECT_NEAR(a.tokens[t].logprob(), b.tokens[t].logprob(), 1e-4) << "token " << t;
+      ASSERT_EQ(a.tokens[t].top_logprobs_size(), b.tokens[t].top_logprobs_size());
+      for (int j = 0; j < a.tokens[t].top_logprobs_size(); ++j) {
+        EXPECT_EQ(a.tokens[t].top_logprobs(j).id(), b.tokens[t].top_logprobs(j).id());
+        EXPECT_NEAR(a.tokens[t].top_logprobs(j).logprob(), b.tokens[t].top_logprobs(j).logprob(),
+                    1e-4);
+      }
+    }
+    if (requests[k].output().top_logprobs() > 0) {
+      EXPECT_EQ(a.tokens.at(0).top_logprobs_size(), 3);
+      EXPECT_LT(a.tokens.at(0).logprob(), 0.0f);
+    }
   }
 }
 
-// What a user gets without flags: bf16 weights, fp16 KV pools, sampling on the device. Requests
-// arriving together share steps (the device draw then gathers the sampled rows out of a step's
-// logits); each must stream what it streams alone, and the first greedy token is transformers'
-// (bf16 keeps it, CudaModel.Bf16LogitsWithinBf16Tolerance).
 TEST(ServingCudaEmulatorTest, DefaultBf16ServesConcurrentRequestsAsAlone) {
   if (!std::filesystem::exists(SmolLm2())) GTEST_SKIP() << SmolLm2() << " is missing";
   LocalCluster cluster(SmolLm2(), 1, {"--max-context", "256"}, {"--device", "cuda:0"});

@@ -10,6 +10,7 @@
 #include <functional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -158,12 +159,14 @@ class Backend {
                          Tensor* out) = 0;
 
   // ---- sampling on the device ----
-  // Whether SampleOnDevice works: then a caller whose draws need no host-side logits processing
-  // can leave the logits where they are (a 64-row step's logits are 33 MB at a 128k vocabulary).
+  // Whether SampleOnDevice works: then the caller can leave the logits where they are (a 64-row
+  // step's logits are 33 MB at a 128k vocabulary) and get back only tokens and log-probs.
   virtual bool samples_on_device() const { return false; }
-  // One token per entry of `rows` (rows of `logits` [R, V] on this backend's device), drawn by
-  // the CPU sampler's rules and RNG (worker/sampling/sampler.h: arg-max when greedy, else the
-  // filtered inverse-CDF draw at CounterUniform(seed, step)).
+  // One draw from a row of `logits` [R, V] on this backend's device, by the host's rules
+  // (worker/service/logits_processing.h, worker/sampling/sampler.h): the row is adjusted in
+  // order (penalties over distinct tokens, logit bias in list order, suppressed ids to -inf),
+  // then the token is the arg-max when greedy, else the filtered inverse-CDF draw at
+  // CounterUniform(seed, step); log-probs are log_softmax of the adjusted row.
   struct DeviceDraw {
     float temperature = 0.0f;
     int32_t top_k = 0;
@@ -171,10 +174,27 @@ class Backend {
     float min_p = 0.0f;
     uint64_t seed = 0;
     uint64_t step = 0;
+    // HF repetition penalty (1: off), OpenAI presence / frequency penalties (0: off), applied to
+    // each (token, count) of `penalty_counts` (distinct tokens).
+    float repetition_penalty = 1.0f;
+    float presence_penalty = 0.0f;
+    float frequency_penalty = 0.0f;
+    std::vector<std::pair<int32_t, int32_t>> penalty_counts;
+    std::vector<std::pair<int32_t, float>> logit_bias;
+    std::vector<int32_t> suppressed;
+    // -1: no log-probs; n >= 0: the token's log-prob and the n most likely (ties: lower id).
+    int top_logprobs = -1;
   };
-  virtual absl::StatusOr<std::vector<int32_t>> SampleOnDevice(const Tensor& logits,
-                                                              std::span<const int64_t> rows,
-                                                              std::span<const DeviceDraw> draws) {
+  struct DeviceDrawn {
+    int32_t token = 0;
+    float logprob = 0.0f;  // when asked
+    std::vector<int32_t> top_ids;
+    std::vector<float> top_logprobs;
+  };
+  // Draws for rows `rows` of `logits` (which it may modify). Token ids in the draws must be in
+  // [0, V): INVALID_ARGUMENT otherwise, as for a row outside [0, R).
+  virtual absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(
+      const Tensor& logits, std::span<const int64_t> rows, std::span<const DeviceDraw> draws) {
     (void)logits;
     (void)rows;
     (void)draws;

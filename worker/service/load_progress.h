@@ -99,9 +99,9 @@ class CountingBackend final : public Backend {
     inner_.Attention(q, cache, seqs, params, out);
   }
   bool samples_on_device() const override { return inner_.samples_on_device(); }
-  absl::StatusOr<std::vector<int32_t>> SampleOnDevice(const Tensor& logits,
-                                                      std::span<const int64_t> rows,
-                                                      std::span<const DeviceDraw> draws) override {
+  absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(
+      const Tensor& logits, std::span<const int64_t> rows,
+      std::span<const DeviceDraw> draws) override {
     return inner_.SampleOnDevice(logits, rows, draws);
   }
   void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
@@ -12,6 +14,30 @@
 
 namespace tpserve {
 namespace {
+
+// A sequence's draw for Backend::SampleOnDevice: its sampling parameters and the adjustments the
+// host path applies (ApplyAdjustments: penalties count each distinct token of penalty_tokens).
+Backend::DeviceDraw DeviceDrawOf(const StepSequence& seq, const SequenceSampling& s) {
+  Backend::DeviceDraw d{.temperature = seq.sampling.temperature,
+                        .top_k = seq.sampling.top_k,
+                        .top_p = seq.sampling.top_p,
+                        .min_p = seq.sampling.min_p,
+                        .seed = seq.sampling.seed,
+                        .step = seq.sample_step};
+  const LogitsAdjustments& a = s.adjustments;
+  d.repetition_penalty = a.repetition_penalty;
+  d.presence_penalty = a.presence_penalty;
+  d.frequency_penalty = a.frequency_penalty;
+  if (a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f) {
+    std::unordered_map<int32_t, int32_t> counts;
+    for (int32_t t : a.penalty_tokens) ++counts[t];
+    d.penalty_counts.assign(counts.begin(), counts.end());
+  }
+  d.logit_bias = a.logit_bias;
+  d.suppressed = a.suppressed_token_ids;
+  d.top_logprobs = s.logprobs || s.top_logprobs > 0 ? s.top_logprobs : -1;
+  return d;
+}
 
 std::string RangeString(const Range& r) { return absl::StrCat("[", r.begin, ", ", r.end, ")"); }
 
@@ -349,16 +375,12 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
   // Rank 0 samples here rather than in the runner: the runner knows no penalties, bias or
   // log-probs. Its logits come back without a copy (the model's host tensor on a CPU backend).
   std::vector<bool> sample(plan.step.sequences.size());
-  // Draws that need nothing but the logits (no penalties or bias, no log-probs) stay on a device
-  // that can sample: the logits never come to the host.
-  bool on_device = rank0 && backend_.samples_on_device();
+  // On a device that can sample, everything (adjustments, draw, log-probs) happens there and
+  // only tokens and log-probs come back: the logits never come to the host.
+  bool on_device = rank0 && backend_.samples_on_device() && !options_.host_sampling;
   for (size_t i = 0; i < sample.size(); ++i) {
     sample[i] = plan.step.sequences[i].sample;
     plan.step.sequences[i].sample = false;
-    const SequenceSampling& s = plan.sampling[i];
-    if (sample[i] && (s.adjustments.active() || s.logprobs || s.top_logprobs > 0)) {
-      on_device = false;
-    }
   }
   plan.step.keep_logits = rank0 && !on_device;
   plan.step.keep_device_logits = on_device;
@@ -381,20 +403,23 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
       const StepSequence& seq = plan.step.sequences[i];
       const int64_t n = seq.all_logits ? static_cast<int64_t>(seq.tokens.size()) : 1;
       rows.push_back(result.logits_row[i] + n - 1);
-      draws.push_back(Backend::DeviceDraw{.temperature = seq.sampling.temperature,
-                                          .top_k = seq.sampling.top_k,
-                                          .top_p = seq.sampling.top_p,
-                                          .min_p = seq.sampling.min_p,
-                                          .seed = seq.sampling.seed,
-                                          .step = seq.sample_step});
+      draws.push_back(DeviceDrawOf(seq, plan.sampling[i]));
     }
-    ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
+    ASSIGN_OR_RETURN(std::vector<Backend::DeviceDrawn> drawn,
                      backend_.SampleOnDevice(result.logits_device, rows, draws));
-    out.tokens.resize(tokens.size());
+    out.tokens.resize(drawn.size());
     for (size_t k = 0, i = 0; i < sample.size(); ++i) {
       if (!sample[i]) continue;
-      out.tokens[k].sequence_id = plan.sampling[i].sequence_id;
-      out.tokens[k].token_id = tokens[k];
+      const SequenceSampling& s = plan.sampling[i];
+      SampledOut& token = out.tokens[k];
+      token.sequence_id = s.sequence_id;
+      token.token_id = drawn[k].token;
+      if (s.logprobs || s.top_logprobs > 0) {
+        token.has_logprobs = true;
+        token.logprobs.logprob = drawn[k].logprob;
+        token.logprobs.top_ids = std::move(drawn[k].top_ids);
+        token.logprobs.top_logprobs = std::move(drawn[k].top_logprobs);
+      }
       ++k;
     }
   } else if (rank0) {

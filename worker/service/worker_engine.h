@@ -52,6 +52,9 @@ struct WorkerOptions {
   std::function<void(WorkerState)> on_state;
   // Shard-loading progress (LoadProgress: every ~10 % or 1 s, and once at the end).
   LoadProgress::Report on_load_progress;
+  // Rank 0 copies the logits to the host and samples there even where the device can sample
+  // (a way round a suspected device-sampling problem; tests compare the two).
+  bool host_sampling = false;
 };
 
 // LoadModelRequest, without the proto types.

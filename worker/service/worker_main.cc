@@ -37,6 +37,7 @@ struct Flags {
   std::string dtype;
   std::string kv_cache_dtype = "auto";
   std::string collectives = "gloo";
+  bool host_sampling = false;
   std::string listen = "0.0.0.0:0";
   std::string advertise;
   std::string data_interface;
@@ -100,6 +101,7 @@ int Run(const Flags& f) {
   options.data_host = host;
   options.data_interface = f.data_interface;
   options.memory_budget_bytes = f.memory_budget;
+  options.host_sampling = f.host_sampling;
   options.make_store = [coordinator = f.coordinator]() {
     return MakeRendezvousClient(coordinator);
   };
@@ -206,6 +208,9 @@ int main(int argc, char** argv) {
                  "nccl (GPU ranks only; every rank of the group must pass the same)")
       ->capture_default_str()
       ->check(CLI::IsMember({"gloo", "nccl"}));
+  app.add_flag("--host-sampling", f.host_sampling,
+               "cuda: copy the logits to the host and sample there (penalties, bias, log-probs "
+               "included) instead of on the GPU, where only the tokens and log-probs come back");
   app.add_option("--listen", f.listen,
                  "HOST:PORT the Worker service listens on; port 0 picks a free one")
       ->capture_default_str();

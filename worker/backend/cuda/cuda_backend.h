@@ -81,9 +81,9 @@ class CudaBackend final : public Backend {
                  const AttentionParams& params, Tensor* out) override;
 
   bool samples_on_device() const override { return true; }
-  absl::StatusOr<std::vector<int32_t>> SampleOnDevice(const Tensor& logits,
-                                                      std::span<const int64_t> rows,
-                                                      std::span<const DeviceDraw> draws) override;
+  absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(
+      const Tensor& logits, std::span<const int64_t> rows,
+      std::span<const DeviceDraw> draws) override;
 
   // ---- beyond the Backend interface ----
   // Tokens for each row of `logits` [rows, V] (device), sampled on the device with the CPU
@@ -113,6 +113,9 @@ class CudaBackend final : public Backend {
   template <typename T>
   const T* Upload(std::span<const T> values, std::shared_ptr<void>* keep);
   const void* UploadBytes(const void* data, size_t bytes, std::shared_ptr<void>* keep);
+  // Adjustments, draws and log-probs for every row of `logits` (modified in place).
+  absl::StatusOr<std::vector<DeviceDrawn>> DrawRows(const Tensor& logits,
+                                                    std::span<const DeviceDraw> draws);
   void CheckMatMul(const Tensor& x, const Weight& w, const Tensor& y, const char* op) const;
   std::shared_ptr<void> Bf16Input(const Tensor& x);  // x rounded to bf16, on the stream
   // y = x · wᵀ + beta y; x_bf16 is x rounded to bf16 where w is bf16.

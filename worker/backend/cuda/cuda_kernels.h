@@ -98,4 +98,39 @@ void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
                         const SampleRowParams* params_dev, void* temp, size_t temp_bytes,
                         int32_t* tokens, cudaStream_t stream);
 
+// ---- the host's logits processing and log-probs, on the device ----
+// Per row, ranges into the flat arrays of LaunchAdjustLogits.
+struct RowAdjust {
+  float repetition = 1.0f, presence = 0.0f, frequency = 0.0f;
+  int32_t penalty_begin = 0, penalty_end = 0;  // penalty_tokens / penalty_counts
+  int32_t bias_begin = 0, bias_end = 0;        // bias_tokens / bias_values
+  int32_t suppress_begin = 0, suppress_end = 0;
+};
+// logits[r, :] adjusted in place as ApplyAdjustments does (worker/service/logits_processing.cc):
+// penalties on the distinct penalty tokens, then the biases in order, then suppressed -> -inf.
+void LaunchAdjustLogits(float* logits, int64_t rows, int64_t V, const RowAdjust* adjust,
+                        const int32_t* penalty_tokens, const int32_t* penalty_counts,
+                        const int32_t* bias_tokens, const float* bias_values,
+                        const int32_t* suppressed, cudaStream_t stream);
+
+// Each row sorted (logit descending, token ascending on ties): keys and token ids in `temp`
+// (SampleTempBytes bytes).
+struct SortedRows {
+  const float* keys = nullptr;
+  const int32_t* ids = nullptr;
+};
+SortedRows LaunchSortRows(const float* logits, int64_t rows, int64_t V, void* temp,
+                          size_t temp_bytes, cudaStream_t stream);
+// The filtered draw of LaunchSampleSorted over rows sorted by LaunchSortRows.
+void LaunchDrawSorted(const SortedRows& sorted, int64_t rows, int64_t V,
+                      const SampleRowParams* params_dev, int32_t* tokens, cudaStream_t stream);
+
+// Per row r: the token is drawn[r] where params[r] draws (temperature > 0, top_k != 1), else
+// greedy[r]; logprob[r] = logits[r, token] - log sum exp(logits[r, :]); top_ids / top_logprobs
+// [rows, max_n] get the top_n[r] <= max_n most likely from `sorted` (unused when max_n is 0).
+void LaunchLogprobs(const float* logits, int64_t rows, int64_t V, const int32_t* greedy,
+                    const int32_t* drawn, const SampleRowParams* params_dev,
+                    const SortedRows& sorted, const int32_t* top_n, int max_n, float* logprob,
+                    int32_t* top_ids, float* top_logprobs, cudaStream_t stream);
+
 }  // namespace tpserve::cuda

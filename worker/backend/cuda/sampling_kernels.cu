@@ -146,6 +146,80 @@ __global__ void DrawSortedKernel(const float* keys, const int32_t* ids, int64_t 
   if (threadIdx.x == 0) tokens[blockIdx.x] = id[keep - 1];  // u within rounding of 1
 }
 
+// One block per row. Penalty tokens are distinct (threads in parallel); biases in list order
+// (one thread: a token may be biased twice); suppressions last.
+__global__ void AdjustKernel(float* logits, int64_t V, const RowAdjust* adjust,
+                             const int32_t* penalty_tokens, const int32_t* penalty_counts,
+                             const int32_t* bias_tokens, const float* bias_values,
+                             const int32_t* suppressed) {
+  const RowAdjust a = adjust[blockIdx.x];
+  float* row = logits + blockIdx.x * V;
+  for (int32_t i = a.penalty_begin + threadIdx.x; i < a.penalty_end; i += blockDim.x) {
+    float l = row[penalty_tokens[i]];
+    if (a.repetition != 1.0f)
+      l = l > 0.0f ? __fdiv_rn(l, a.repetition) : __fmul_rn(l, a.repetition);
+    l = __fsub_rn(l, __fadd_rn(a.presence, __fmul_rn(a.frequency, float(penalty_counts[i]))));
+    row[penalty_tokens[i]] = l;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int32_t i = a.bias_begin; i < a.bias_end; ++i) {
+      row[bias_tokens[i]] = __fadd_rn(row[bias_tokens[i]], bias_values[i]);
+    }
+  }
+  __syncthreads();
+  for (int32_t i = a.suppress_begin + threadIdx.x; i < a.suppress_end; i += blockDim.x) {
+    row[suppressed[i]] = -INFINITY;
+  }
+}
+
+using BlockReduceF = cub::BlockReduce<float, kThreads>;
+
+// One block per row: log Z = max + log(sum exp(l - max)) in double, then the token's log-prob
+// and the top n from the sorted row.
+__global__ void LogprobsKernel(const float* logits, int64_t V, const int32_t* greedy,
+                               const int32_t* drawn, const SampleRowParams* params,
+                               const float* sorted_keys, const int32_t* sorted_ids,
+                               const int32_t* top_n, int max_n, float* logprob, int32_t* top_ids,
+                               float* top_logprobs) {
+  __shared__ union {
+    typename BlockReduceF::TempStorage reduce_f;
+    typename BlockReduceD::TempStorage reduce_d;
+  } tmp;
+  __shared__ float shared_max;
+  __shared__ double shared_sum;
+  const int64_t r = blockIdx.x;
+  const float* row = logits + r * V;
+  float m = -INFINITY;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, row[i]);  // NaN never wins
+  m = BlockReduceF(tmp.reduce_f).Reduce(m, ::cuda::maximum<>());
+  if (threadIdx.x == 0) shared_max = m;
+  __syncthreads();
+  m = shared_max;
+  double part = 0.0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    if (row[i] != -INFINITY) part += exp(double(row[i]) - double(m));
+  }
+  const double sum = BlockReduceD(tmp.reduce_d).Sum(part);
+  if (threadIdx.x == 0) shared_sum = sum;
+  __syncthreads();
+  const double log_z = double(m) + log(shared_sum);
+  const SampleRowParams p = params[r];
+  const bool draw = p.temperature > 0.0f && p.top_k != 1;
+  if (threadIdx.x == 0) {
+    const int32_t token = draw ? drawn[r] : greedy[r];
+    logprob[r] = static_cast<float>(double(row[token]) - log_z);
+  }
+  if (max_n > 0) {
+    for (int j = threadIdx.x; j < max_n; j += blockDim.x) {
+      const bool kept = j < top_n[r] && j < V;
+      top_ids[r * max_n + j] = kept ? sorted_ids[r * V + j] : -1;
+      top_logprobs[r * max_n + j] =
+          kept ? static_cast<float>(double(sorted_keys[r * V + j]) - log_z) : 0.0f;
+    }
+  }
+}
+
 struct TempLayout {
   size_t keys_out, ids_in, ids_out, offsets, cub, total;
 };
@@ -176,16 +250,15 @@ void LaunchArgmax(const float* logits, int64_t rows, int64_t V, int32_t* tokens,
 
 size_t SampleTempBytes(int64_t rows, int64_t V) { return Layout(rows, V).total; }
 
-void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
-                        const SampleRowParams* params_dev, void* temp, size_t temp_bytes,
-                        int32_t* tokens, cudaStream_t stream) {
-  if (rows == 0) return;
+SortedRows LaunchSortRows(const float* logits, int64_t rows, int64_t V, void* temp,
+                          size_t temp_bytes, cudaStream_t stream) {
   const TempLayout t = Layout(rows, V);
   char* base = static_cast<char*>(temp);
   auto* keys_out = reinterpret_cast<float*>(base + t.keys_out);
   auto* ids_in = reinterpret_cast<int32_t*>(base + t.ids_in);
   auto* ids_out = reinterpret_cast<int32_t*>(base + t.ids_out);
   auto* offsets = reinterpret_cast<int32_t*>(base + t.offsets);
+  if (rows == 0) return SortedRows{keys_out, ids_out};
   int64_t blocks = (rows * V + kThreads - 1) / kThreads;
   if (blocks > 65535) blocks = 65535;
   TPSERVE_LAUNCH(IotaKernel, static_cast<unsigned>(blocks), kThreads, 0, stream)
@@ -195,8 +268,41 @@ void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
   cub::DeviceSegmentedRadixSort::SortPairsDescending(
       base + t.cub, cub_bytes, logits, keys_out, ids_in, ids_out, rows * V, static_cast<int>(rows),
       offsets, offsets + 1, 0, 32, stream);
+  return SortedRows{keys_out, ids_out};
+}
+
+void LaunchDrawSorted(const SortedRows& sorted, int64_t rows, int64_t V,
+                      const SampleRowParams* params_dev, int32_t* tokens, cudaStream_t stream) {
+  if (rows == 0) return;
   TPSERVE_LAUNCH(DrawSortedKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
-  (keys_out, ids_out, V, params_dev, tokens);
+  (sorted.keys, sorted.ids, V, params_dev, tokens);
+}
+
+void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
+                        const SampleRowParams* params_dev, void* temp, size_t temp_bytes,
+                        int32_t* tokens, cudaStream_t stream) {
+  if (rows == 0) return;
+  LaunchDrawSorted(LaunchSortRows(logits, rows, V, temp, temp_bytes, stream), rows, V, params_dev,
+                   tokens, stream);
+}
+
+void LaunchAdjustLogits(float* logits, int64_t rows, int64_t V, const RowAdjust* adjust,
+                        const int32_t* penalty_tokens, const int32_t* penalty_counts,
+                        const int32_t* bias_tokens, const float* bias_values,
+                        const int32_t* suppressed, cudaStream_t stream) {
+  if (rows == 0) return;
+  TPSERVE_LAUNCH(AdjustKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
+  (logits, V, adjust, penalty_tokens, penalty_counts, bias_tokens, bias_values, suppressed);
+}
+
+void LaunchLogprobs(const float* logits, int64_t rows, int64_t V, const int32_t* greedy,
+                    const int32_t* drawn, const SampleRowParams* params_dev,
+                    const SortedRows& sorted, const int32_t* top_n, int max_n, float* logprob,
+                    int32_t* top_ids, float* top_logprobs, cudaStream_t stream) {
+  if (rows == 0) return;
+  TPSERVE_LAUNCH(LogprobsKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
+  (logits, V, greedy, drawn, params_dev, sorted.keys, sorted.ids, top_n, max_n, logprob, top_ids,
+   top_logprobs);
 }
 
 }  // namespace tpserve::cuda

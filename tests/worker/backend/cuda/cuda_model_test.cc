@@ -274,11 +274,11 @@ TEST_P(CudaModel, DecodeStepWaitsForTheDeviceOnlyForItsToken) {
     ASSERT_NE(result->logits_device.device(), Device::kCpu);
     const std::vector<int64_t> rows = {result->logits_row.at(0)};
     const std::vector<Backend::DeviceDraw> draws = {{.temperature = 0.0f}};
-    absl::StatusOr<std::vector<int32_t>> token =
+    absl::StatusOr<std::vector<Backend::DeviceDrawn>> drawn =
         rank.backend->SampleOnDevice(result->logits_device, rows, draws);
-    ASSERT_TRUE(token.ok()) << token.status();
+    ASSERT_TRUE(drawn.ok()) << drawn.status();
     seq.start_pos += static_cast<int64_t>(seq.tokens.size());
-    seq.tokens = {token->at(0)};
+    seq.tokens = {drawn->at(0).token};
   }
   const tpserve_emu::Counters c = tpserve_emu::GetCounters();
   std::printf(

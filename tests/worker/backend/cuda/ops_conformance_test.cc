@@ -10,6 +10,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <random>
@@ -23,6 +24,7 @@
 #include "worker/backend/cuda/cuda_probe.h"
 #include "worker/backend/rope.h"
 #include "worker/sampling/sampler.h"
+#include "worker/service/logits_processing.h"
 
 namespace tpserve {
 namespace {
@@ -391,7 +393,7 @@ TEST_P(OpsConformance, SampleOnDeviceDrawsTheListedRows) {
                      .seed = 77 + i,
                      .step = 3 * i});
   }
-  absl::StatusOr<std::vector<int32_t>> got =
+  absl::StatusOr<std::vector<Backend::DeviceDrawn>> got =
       backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), picked, draws);
   ASSERT_TRUE(got.ok()) << got.status();
   ASSERT_EQ(got->size(), picked.size());
@@ -401,7 +403,7 @@ TEST_P(OpsConformance, SampleOnDeviceDrawsTheListedRows) {
                            .top_p = draws[i].top_p,
                            .min_p = draws[i].min_p,
                            .seed = draws[i].seed};
-    EXPECT_EQ((*got)[i],
+    EXPECT_EQ((*got)[i].token,
               SampleToken(std::span<const float>(&logits[picked[i] * V], V), p, draws[i].step))
         << "draw " << i << " (row " << picked[i] << ")";
   }
@@ -409,17 +411,83 @@ TEST_P(OpsConformance, SampleOnDeviceDrawsTheListedRows) {
   std::vector<int64_t> all(rows);
   std::vector<Backend::DeviceDraw> greedy(rows);
   for (int64_t r = 0; r < rows; ++r) all[r] = r;
-  absl::StatusOr<std::vector<int32_t>> argmax =
+  absl::StatusOr<std::vector<Backend::DeviceDrawn>> argmax =
       backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), all, greedy);
   ASSERT_TRUE(argmax.ok()) << argmax.status();
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = &logits[r * V];
-    EXPECT_EQ((*argmax)[r], std::max_element(row, row + V) - row) << "row " << r;
+    EXPECT_EQ((*argmax)[r].token, std::max_element(row, row + V) - row) << "row " << r;
   }
   const std::vector<int64_t> outside = {rows};
   const std::vector<Backend::DeviceDraw> one(1);
   EXPECT_EQ(
       backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), outside, one).status().code(),
+      absl::StatusCode::kInvalidArgument);
+}
+
+// The host's logits processing on the device: penalties, bias, suppressed ids, then the draw and
+// the log-probs, against ApplyAdjustments, SampleToken and ComputeLogprobs on the same rows.
+TEST_P(OpsConformance, SampleOnDeviceAppliesTheHostsAdjustmentsAndLogprobs) {
+  if (!backend_->samples_on_device()) GTEST_SKIP() << backend_->name() << " samples on the host";
+  std::mt19937 rng(11);
+  const int64_t rows = 6, V = 901;
+  std::vector<float> logits = RandomFloats(rows * V, rng, 3.0f);
+  const std::vector<int64_t> picked = {4, 1, 3, 0, 5};
+  std::vector<LogitsAdjustments> adjust(picked.size());
+  std::vector<Backend::DeviceDraw> draws(picked.size());
+  for (size_t i = 0; i < picked.size(); ++i) {
+    LogitsAdjustments& a = adjust[i];
+    a.repetition_penalty = i % 2 == 0 ? 1.3f : 1.0f;
+    a.presence_penalty = i == 1 ? 0.5f : 0.0f;
+    a.frequency_penalty = i == 2 ? 0.25f : 0.0f;
+    for (int k = 0; k < 40; ++k) a.penalty_tokens.push_back(static_cast<int32_t>(rng() % 60));
+    if (i != 3) a.logit_bias = {{7, 2.5f}, {700, -1.0f}, {7, 0.75f}};  // 7 twice: in order
+    if (i == 4) a.suppressed_token_ids = {0, 1, 2, 900};
+    Backend::DeviceDraw& d = draws[i];
+    d.temperature = i == 0 ? 0.0f : 0.8f;
+    d.top_p = i == 3 ? 0.9f : 1.0f;
+    d.seed = 500 + i;
+    d.step = i;
+    d.repetition_penalty = a.repetition_penalty;
+    d.presence_penalty = a.presence_penalty;
+    d.frequency_penalty = a.frequency_penalty;
+    std::map<int32_t, int32_t> counts;
+    for (int32_t t : a.penalty_tokens) ++counts[t];
+    d.penalty_counts.assign(counts.begin(), counts.end());
+    d.logit_bias = a.logit_bias;
+    d.suppressed = a.suppressed_token_ids;
+    d.top_logprobs = i == 2 ? -1 : static_cast<int>(i * 2);  // none, only the token's, top 2..8
+  }
+  absl::StatusOr<std::vector<Backend::DeviceDrawn>> got =
+      backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), picked, draws);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), picked.size());
+  for (size_t i = 0; i < picked.size(); ++i) {
+    SCOPED_TRACE("draw " + std::to_string(i));
+    std::vector<float> row(logits.begin() + picked[i] * V, logits.begin() + (picked[i] + 1) * V);
+    ApplyAdjustments(adjust[i], row);
+    const SamplingParams p{
+        .temperature = draws[i].temperature, .top_p = draws[i].top_p, .seed = draws[i].seed};
+    const int32_t want = SampleToken(row, p, draws[i].step);
+    EXPECT_EQ((*got)[i].token, want);
+    if (draws[i].top_logprobs < 0) {
+      EXPECT_TRUE((*got)[i].top_ids.empty());
+      continue;
+    }
+    const TokenLogprobs lp = ComputeLogprobs(row, want, draws[i].top_logprobs);
+    EXPECT_NEAR((*got)[i].logprob, lp.logprob, 1e-5);
+    EXPECT_EQ((*got)[i].top_ids, lp.top_ids);
+    ASSERT_EQ((*got)[i].top_logprobs.size(), lp.top_logprobs.size());
+    for (size_t j = 0; j < lp.top_logprobs.size(); ++j) {
+      EXPECT_NEAR((*got)[i].top_logprobs[j], lp.top_logprobs[j], 1e-5) << "top " << j;
+    }
+  }
+  // A token outside the vocabulary is refused, not written out of bounds.
+  std::vector<Backend::DeviceDraw> bad(1);
+  bad[0].logit_bias = {{static_cast<int32_t>(V), 1.0f}};
+  const std::vector<int64_t> first = {0};
+  EXPECT_EQ(
+      backend_->SampleOnDevice(backend_->FromHost(logits, {rows, V}), first, bad).status().code(),
       absl::StatusCode::kInvalidArgument);
 }
 
