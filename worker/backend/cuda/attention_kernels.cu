@@ -36,12 +36,15 @@ __device__ __forceinline__ int64_t KvRow(const AttentionArgs& a, const int32_t* 
   return (slot * a.kv_heads + kvh) * a.hd;
 }
 
-// grid (rows, heads), kWarps warps. Lane owns dims lane + 32 i, i < kPerLane.
+// grid (heads, rows), kWarps warps. Lane owns dims lane + 32 i, i < kPerLane. The heads of a row
+// are neighbours in launch order: the group_size query heads that read one KV head run together,
+// so the KV rows come from HBM once and from L2 for the others (with rows outermost, a KV head's
+// rows were read again only after a sweep over the whole batch, long evicted at batch 64).
 template <int kPerLane, typename KV>
 __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a) {
   const KV* k_cache = static_cast<const KV*>(a.k_cache);
   const KV* v_cache = static_cast<const KV*>(a.v_cache);
-  const int64_t t = blockIdx.x, h = blockIdx.y;
+  const int64_t h = blockIdx.x, t = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t hd = a.hd;
   float* out = a.out + (t * a.heads + h) * hd;
@@ -232,7 +235,7 @@ bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* ro
 
 template <typename KV>
 void LaunchDecode(const AttentionArgs& a, cudaStream_t stream) {
-  dim3 grid(static_cast<unsigned>(a.num_tokens), static_cast<unsigned>(a.heads));
+  dim3 grid(static_cast<unsigned>(a.heads), static_cast<unsigned>(a.num_tokens));
   void (*decode_kernel)(AttentionArgs) = a.hd <= 64    ? PagedDecodeKernel<2, KV>
                                          : a.hd <= 128 ? PagedDecodeKernel<4, KV>
                                                        : PagedDecodeKernel<8, KV>;

@@ -108,7 +108,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   a.table_offset = reinterpret_cast<const int64_t*>(dev + off_offset);
   a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_ctx);
 
-  if (all_decode) {
+  if (all_decode && T <= cuda::kMaxDecodeRows) {
     cuda::LaunchPagedDecodeAttention(a, stream_);  // also zeroes unclaimed rows
   } else {
     // Unclaimed rows are in no tile: zero them first.

@@ -66,8 +66,9 @@ struct AttentionArgs {
   const int32_t* ctx_len = nullptr;       // [T]
 };
 
-// Decode: one token row per (row, head) block; 4 warps split the positions, online softmax,
-// warps merged through shared memory. Any number of rows; hd <= 256 and a multiple of 32 or less.
+// Decode: one token row per (head, row) block; 4 warps split the positions, online softmax,
+// warps merged through shared memory. At most kMaxDecodeRows rows (the grid's y); hd <= 256.
+inline constexpr int64_t kMaxDecodeRows = 65535;
 void LaunchPagedDecodeAttention(const AttentionArgs& a, cudaStream_t stream);
 
 // Prefill: tiles of up to kPrefillTileRows query rows of one sequence (`tile_first_row`,
