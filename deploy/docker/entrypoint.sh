@@ -27,7 +27,9 @@
 #     DEVICE                  cpu (default) or cuda:K
 #     DTYPE                   int8x2, int8, fp32 (cpu) or bf16 (cuda) (--dtype; default: the
 #                             device's)
-#     KV_CACHE_DTYPE          auto, fp16 (cpu) or fp32 (--kv-cache-dtype; default auto)
+#     KV_CACHE_DTYPE          auto, fp16, fp32 or int8 (cpu) (--kv-cache-dtype; default auto:
+#                             fp16 on cuda with bf16)
+#     HOST_SAMPLING           1: sample on the host, not the GPU (--host-sampling; a way round)
 #     COLLECTIVES             gloo (default) or nccl (--collectives; GPU ranks)
 #     LISTEN                  Worker control service          (default 0.0.0.0:50061)
 #     ADVERTISE               address peers and the coordinator dial; default POD_IP
@@ -107,6 +109,7 @@ case $role in
     opt --dtype "${DTYPE:-}"
     opt --kv-cache-dtype "${KV_CACHE_DTYPE:-}"
     opt --collectives "${COLLECTIVES:-}"
+    case "${HOST_SAMPLING:-}" in 1 | true) args+=(--host-sampling) ;; esac
     opt --listen "${LISTEN:-0.0.0.0:50061}"
     opt --advertise "${ADVERTISE:-${POD_IP:-}}"
     opt --data-interface "${DATA_INTERFACE:-}"
