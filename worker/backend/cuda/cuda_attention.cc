@@ -60,11 +60,16 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
                 static_cast<long long>(cache.head_dim));
   const int64_t T = q.dim(0), bs = cache.block_size;
 
+  // A row's kernel depends only on its own sequence: one-token sequences (decode) always take
+  // the decode kernel, longer ones the prefill kernel, whatever else shares the step, so a
+  // request's numbers do not change with the batch it lands in (batch invariance). Beyond the
+  // decode grid's row limit everything takes the prefill kernel.
+  const bool split = T <= cuda::kMaxDecodeRows;
   std::vector<int32_t> tables;
   std::vector<int64_t> table_offset(T, 0);
-  std::vector<int32_t> ctx_len(T, 0);  // 0: row of no sequence (padding) -> zeros
+  std::vector<int32_t> ctx_len(T, 0);     // 0: row of no sequence (padding) -> zeros
+  std::vector<int32_t> decode_ctx(T, 0);  // the decode kernel's rows; 0 elsewhere (zeros)
   std::vector<int32_t> tile_first, tile_rows;
-  bool all_decode = true;
   for (size_t s = 0; s < seqs.size(); ++s) {
     const AttentionSeq& seq = seqs[s];
     const int64_t offset = static_cast<int64_t>(tables.size());
@@ -73,19 +78,22 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
       table_offset[seq.token_begin + t] = offset;
       ctx_len[seq.token_begin + t] = static_cast<int32_t>(seq.start_pos + t + 1);
     }
+    if (split && seq.num_tokens == 1) {
+      decode_ctx[seq.token_begin] = ctx_len[seq.token_begin];
+      continue;
+    }
     for (int64_t t0 = 0; t0 < seq.num_tokens; t0 += cuda::kPrefillTileRows) {
       tile_first.push_back(static_cast<int32_t>(seq.token_begin + t0));
       tile_rows.push_back(
           static_cast<int32_t>(std::min<int64_t>(cuda::kPrefillTileRows, seq.num_tokens - t0)));
     }
-    all_decode &= seq.num_tokens <= 1;
   }
   if (T == 0) return;
 
   std::vector<uint8_t> meta;
   const size_t off_tables = Pack(&meta, tables), off_offset = Pack(&meta, table_offset),
-               off_ctx = Pack(&meta, ctx_len), off_first = Pack(&meta, tile_first),
-               off_rows = Pack(&meta, tile_rows);
+               off_ctx = Pack(&meta, ctx_len), off_decode = Pack(&meta, decode_ctx),
+               off_first = Pack(&meta, tile_first), off_rows = Pack(&meta, tile_rows);
   std::shared_ptr<void> keep;
   const uint8_t* dev = Upload(std::span<const uint8_t>(meta), &keep);
 
@@ -106,14 +114,18 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   a.kv_head_begin = params.kv_head_begin;
   a.block_tables = reinterpret_cast<const int32_t*>(dev + off_tables);
   a.table_offset = reinterpret_cast<const int64_t*>(dev + off_offset);
-  a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_ctx);
 
-  if (all_decode && T <= cuda::kMaxDecodeRows) {
-    cuda::LaunchPagedDecodeAttention(a, stream_);  // also zeroes unclaimed rows
+  if (split) {
+    // Every row: the decode rows' attention, zeros for the others (padding, and the prefill
+    // rows the prefill kernel writes next on the same stream).
+    a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_decode);
+    cuda::LaunchPagedDecodeAttention(a, stream_);
   } else {
-    // Unclaimed rows are in no tile: zero them first.
     TPSERVE_CUDA_CHECK(cudaMemsetAsync(out->data(), 0,
                                        static_cast<size_t>(out->numel()) * sizeof(float), stream_));
+  }
+  if (!tile_first.empty()) {
+    a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_ctx);
     TPSERVE_CHECK(
         cuda::LaunchFlashPrefillAttention(a, reinterpret_cast<const int32_t*>(dev + off_first),
                                           reinterpret_cast<const int32_t*>(dev + off_rows),
