@@ -91,6 +91,9 @@ class TimingBackend final : public Backend {
     for (const Weight* w : ws) out += w->rows;
     CountMatMul(start, x.rows(), out, x.cols());
   }
+  void CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst) override {
+    Time("copy_columns", [&] { inner_.CopyColumns(src, col_begin, dst); });
+  }
   void AddBias(const Tensor& bias, Tensor* y) override {
     Time("bias", [&] { inner_.AddBias(bias, y); });
   }
@@ -124,9 +127,9 @@ class TimingBackend final : public Backend {
     Time("attention", [&] { inner_.Attention(q, cache, seqs, params, out); });
   }
   bool samples_on_device() const override { return inner_.samples_on_device(); }
-  absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(const Tensor& logits,
-                                                      std::span<const int64_t> rows,
-                                                      std::span<const DeviceDraw> draws) override {
+  absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(
+      const Tensor& logits, std::span<const int64_t> rows,
+      std::span<const DeviceDraw> draws) override {
     return Time("sample", [&] { return inner_.SampleOnDevice(logits, rows, draws); });
   }
   void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override {

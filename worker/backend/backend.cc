@@ -1,5 +1,7 @@
 #include "worker/backend/backend.h"
 
+#include <cstring>
+
 #include "worker/backend/check.h"
 
 namespace tpserve {
@@ -14,6 +16,23 @@ const char* KvDTypeName(KvDType t) {
       break;
   }
   return "fp32";
+}
+
+void CheckCopyColumns(const Tensor& src, int64_t col_begin, const Tensor& dst) {
+  TPSERVE_CHECK(src.rows() == dst.rows() && col_begin >= 0 && col_begin + src.cols() <= dst.cols(),
+                "CopyColumns: %s into columns [%lld, %lld) of %s", src.ShapeString().c_str(),
+                static_cast<long long>(col_begin), static_cast<long long>(col_begin + src.cols()),
+                dst.ShapeString().c_str());
+}
+
+void Backend::CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst) {
+  CheckCopyColumns(src, col_begin, *dst);
+  TPSERVE_CHECK(src.device() == Device::kCpu && dst->device() == Device::kCpu,
+                "CopyColumns: %s has no device copy", name().c_str());
+  for (int64_t r = 0; r < src.rows(); ++r) {
+    std::memcpy(dst->row(r) + col_begin, src.row(r),
+                static_cast<size_t>(src.cols()) * sizeof(float));
+  }
 }
 
 void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,

@@ -84,6 +84,8 @@ struct AttentionParams {
 // The argument checks every backend's Attention makes (aborting with the problem, like the other
 // shape checks): q and out [T, heads, head_dim] with the cache's head_dim; each sequence's rows
 // inside [0, T) and a block table that covers all its positions.
+// Aborts with the shapes unless src [R, C] fits columns [col_begin, col_begin + C) of dst [R, V].
+void CheckCopyColumns(const Tensor& src, int64_t col_begin, const Tensor& dst);
 void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
                         std::span<const AttentionSeq> seqs, const Tensor& out);
 
@@ -122,6 +124,9 @@ class Backend {
     MatMul(x, w, &t);
     Add(t, y);
   }
+  // dst[r, col_begin + c] = src[r, c] for every row r and column c of src ([R, C] into [R, V]):
+  // a rank's vocabulary slice of the logits. The default copies host memory.
+  virtual void CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst);
   // y[r, :] += bias for every row r.
   virtual void AddBias(const Tensor& bias, Tensor* y) = 0;
   // y += x, elementwise, same shape.

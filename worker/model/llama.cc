@@ -210,26 +210,27 @@ absl::Status LlamaModel::GatherLogits(const Tensor& local, Tensor* logits) {
     return absl::OkStatus();
   }
   // GatherV concatenates each rank's [R, Vr] block; rank 0 then interleaves them into [R, V].
+  // Both in the backend's memory: on GPUs the logits never leave the device.
   std::vector<size_t> counts;
   for (const RankShard& r : plan_.ranks) counts.push_back(R * r.vocab.size());
   const bool root = comm_.rank() == 0;
-  std::vector<float> gathered(root ? R * V : 0);
+  const Tensor gathered = root ? backend_.AllocUninitialized({R * V}) : Tensor();
   RETURN_IF_ERROR(comm_.GatherV(local.data(), counts, gathered.data(), 0));
   if (!root) {
     *logits = Tensor();
     return absl::OkStatus();
   }
-  std::vector<float> full(R * V);  // host, then to the backend's device
-  size_t offset = 0;
+  Tensor full = backend_.AllocUninitialized({R, V});
+  int64_t offset = 0;
   for (const RankShard& r : plan_.ranks) {
     const int64_t Vr = r.vocab.size();
-    for (int64_t i = 0; i < R; ++i) {
-      std::copy(&gathered[offset + i * Vr], &gathered[offset + (i + 1) * Vr],
-                &full[i * V + r.vocab.begin]);
+    if (R * Vr > 0) {
+      backend_.CopyColumns(gathered.Slice0(offset, offset + R * Vr).Reshaped({R, Vr}),
+                           r.vocab.begin, &full);
     }
     offset += R * Vr;
   }
-  *logits = backend_.FromHost(full, {R, V});
+  *logits = std::move(full);
   return absl::OkStatus();
 }
 

@@ -70,6 +70,9 @@ class CountingBackend final : public Backend {
                     std::span<Tensor* const> ys) override {
     inner_.MatMulShared(x, ws, ys);
   }
+  void CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst) override {
+    inner_.CopyColumns(src, col_begin, dst);
+  }
   void AddBias(const Tensor& bias, Tensor* y) override { inner_.AddBias(bias, y); }
   void Add(const Tensor& x, Tensor* y) override { inner_.Add(x, y); }
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) override {

@@ -749,6 +749,10 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorLaunchOutOfResources";
     case cudaErrorLaunchFailure:
       return "cudaErrorLaunchFailure";
+    case cudaErrorInvalidPitchValue:
+      return "cudaErrorInvalidPitchValue";
+    case cudaErrorNotSupported:
+      return "cudaErrorNotSupported";
   }
   return "cudaErrorUnknown";
 }
@@ -875,6 +879,37 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const vo
     attributes->type = cudaMemoryTypeHost;
     attributes->hostPointer = const_cast<void*>(ptr);
   }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch,
+                              size_t width, size_t height, cudaMemcpyKind kind,
+                              cudaStream_t stream) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  if (cudaError_t e = Check(d); e != cudaSuccess) return e;
+  if (width > dpitch || width > spitch) return tpserve_emu::Fail(d, cudaErrorInvalidPitchValue);
+  if (width == 0 || height == 0) return cudaSuccess;
+  const size_t dst_span = dpitch * (height - 1) + width, src_span = spitch * (height - 1) + width;
+  cudaMemcpyKind k = kind;
+  if (cudaError_t e = CheckCopy(d, dst, src, 0, k); e != cudaSuccess) return e;
+  const bool dst_dev = tpserve_emu::IsDeviceLocked(d, dst, dst_span);
+  const bool src_dev = tpserve_emu::IsDeviceLocked(d, src, src_span);
+  if ((kind != cudaMemcpyDeviceToDevice && kind != cudaMemcpyDefault) || !dst_dev || !src_dev) {
+    std::fprintf(stderr,
+                 "cuda emulator: cudaMemcpy2DAsync kind %d, %zu rows of %zu bytes: dst %p is %s, "
+                 "src %p is %s (the emulator copies device to device only)\n",
+                 static_cast<int>(kind), height, width, dst,
+                 dst_dev ? "device memory" : "not (all) device memory", src,
+                 src_dev ? "device memory" : "not (all) device memory");
+    return tpserve_emu::Fail(d, dst_dev && src_dev ? cudaErrorNotSupported : cudaErrorInvalidValue);
+  }
+  tpserve_emu::Push(d, stream, std::function<void()>([=]() {
+                      for (size_t r = 0; r < height; ++r) {
+                        std::memmove(static_cast<char*>(dst) + r * dpitch,
+                                     static_cast<const char*>(src) + r * spitch, width);
+                      }
+                    }));
   return cudaSuccess;
 }
 

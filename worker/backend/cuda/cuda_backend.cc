@@ -267,6 +267,18 @@ absl::StatusOr<Weight> CudaBackend::RandomWeight(int64_t rows, int64_t cols, flo
                 .owned = device};
 }
 
+void CudaBackend::CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst) {
+  Bind();
+  CheckCopyColumns(src, col_begin, *dst);
+  CheckDevice(src, "CopyColumns");
+  CheckDevice(*dst, "CopyColumns");
+  if (src.numel() == 0) return;
+  const size_t width = static_cast<size_t>(src.cols()) * sizeof(float);
+  TPSERVE_CUDA_CHECK(cudaMemcpy2DAsync(
+      dst->data() + col_begin, static_cast<size_t>(dst->cols()) * sizeof(float), src.data(), width,
+      width, static_cast<size_t>(src.rows()), cudaMemcpyDeviceToDevice, stream_));
+}
+
 void CudaBackend::AddBias(const Tensor& bias, Tensor* y) {
   Bind();
   TPSERVE_CHECK(bias.numel() == y->cols(), "AddBias: bias %s for %s", bias.ShapeString().c_str(),

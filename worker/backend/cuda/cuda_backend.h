@@ -66,6 +66,7 @@ class CudaBackend final : public Backend {
   void MatMulShared(const Tensor& x, std::span<const Weight* const> ws,
                     std::span<Tensor* const> ys) override;
   void MatMulAdd(const Tensor& x, const Weight& w, Tensor* y) override;
+  void CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst) override;
   void AddBias(const Tensor& bias, Tensor* y) override;
   void Add(const Tensor& x, Tensor* y) override;
   void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor* y) override;

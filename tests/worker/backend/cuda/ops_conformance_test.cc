@@ -136,6 +136,13 @@ std::vector<OpCase> MakeCases() {
     auto x = std::make_shared<std::vector<float>>(RandomFloats(7 * 577, *rng));
     auto y = std::make_shared<std::vector<float>>(RandomFloats(7 * 577, *rng));
     auto w = std::make_shared<std::vector<float>>(RandomFloats(577, *rng));
+    cases.push_back(
+        {"CopyColumns", false, [=](Backend& be) {
+           Tensor dst = be.FromHost(*y, {7, 577});  // the other columns stay
+           be.CopyColumns(be.FromHost(std::vector<float>(x->begin(), x->begin() + 7 * 61), {7, 61}),
+                          300, &dst);
+           return be.ToHost(dst);
+         }});
     cases.push_back({"AddBias", false, [=](Backend& be) {
                        Tensor t = be.FromHost(*y, {7, 577});
                        be.AddBias(be.FromHost(*w, {577}), &t);
