@@ -200,7 +200,10 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
   be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);
   Tensor local_logits = be.AllocUninitialized({R, shard_.vocab.size()});  // [R, Vl]
   be.MatMul(last, w_.lm_head, &local_logits);
-  return GatherLogits(local_logits, logits);
+  RETURN_IF_ERROR(GatherLogits(local_logits, logits));
+  // Collectives on a GPU return once enqueued: one wait per step, here, bounds a failed peer by
+  // the communicator's op timeout before anyone reads a result on the host.
+  return comm_.WaitPending();
 }
 
 absl::Status LlamaModel::GatherLogits(const Tensor& local, Tensor* logits) {

@@ -1,7 +1,8 @@
 // The data plane between the ranks of one tensor-parallel group (DESIGN.md §1, §6).
 //
 // Every rank calls the same collectives in the same order (the step plan makes sure of that). A
-// failed collective returns an error on every rank that notices it; the communicator is then
+// failed collective (or WaitPending, for a device-asynchronous one) returns an error on every
+// rank that notices it; the communicator is then
 // unusable and the group is rebuilt by the coordinator (DESIGN.md §7). Implementations: Local (one
 // rank, no copies), Gloo (CPU ranks over TCP), Shm (CPU ranks on one host, over a shared segment,
 // Gloo for large payloads; workers use it whenever the negotiation finds one host), NCCL (GPU
@@ -36,6 +37,13 @@ class Communicator {
   virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
 
   virtual absl::Status Barrier() = 0;
+
+  // A collective on device buffers may return once it is enqueued on the device's stream (NCCL):
+  // work later on that stream sees its result, the host does not until it waits. Returns once
+  // every collective this communicator has started is complete, or the error (the communicator
+  // then stays broken) when a peer fails or does not take part within the op timeout. The
+  // host-synchronous implementations (Local, Gloo, Shm) are always complete.
+  virtual absl::Status WaitPending() { return absl::OkStatus(); }
 };
 
 // One rank: every collective is the identity.

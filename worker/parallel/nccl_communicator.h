@@ -9,8 +9,10 @@
 // group (DESIGN.md §7).
 //
 // Buffers are device pointers of the device this rank owns; collectives are enqueued on the
-// given stream (the backend's), so they are ordered after the compute that produced their input,
-// and return once the result is in place.
+// given stream (the backend's), so they are ordered after the compute that produced their input
+// and before the compute that reads their result, and return once enqueued: the host does not
+// wait for each one (two a layer would hold it in lockstep with the GPU). WaitPending waits for
+// all of them within op_timeout; Barrier waits by definition.
 #pragma once
 
 #include <memory>
@@ -53,19 +55,22 @@ class NcclCommunicator final : public Communicator {
                        int root) override;
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Barrier() override;
+  absl::Status WaitPending() override;
 
   bool broken() const { return !broken_status_.ok(); }
 
  private:
   struct Impl;
   NcclCommunicator(const NcclOptions& options, std::unique_ptr<Impl> impl);
-  // Waits for the enqueued work of `what` (NCCL progress + the stream) within op_timeout;
-  // aborts the communicator on error or timeout.
+  // Completes the enqueueing of `what` (a non-blocking communicator may still be enqueueing) and
+  // marks the stream as having collectives pending; aborts the communicator on error.
   absl::Status Finish(const std::string& what, int enqueue_result);
+  absl::Status Fail(absl::Status st);
 
   NcclOptions options_;
   std::unique_ptr<Impl> impl_;
   absl::Status broken_status_;
+  std::string pending_;  // the last collective not yet waited for ("" when none)
 };
 
 }  // namespace tpserve

@@ -37,6 +37,7 @@ class OwningHostStaged final : public Communicator {
     return staged_.Broadcast(data, bytes, root);
   }
   absl::Status Barrier() override { return staged_.Barrier(); }
+  absl::Status WaitPending() override { return staged_.WaitPending(); }
 
  private:
   std::unique_ptr<Communicator> inner_;

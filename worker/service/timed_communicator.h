@@ -31,6 +31,8 @@ class TimedCommunicator final : public Communicator {
   absl::Status Barrier() override {
     return Timed([&] { return inner_->Barrier(); });
   }
+  // Not timed: on a GPU it is the wait for the whole step's device work, not the data plane.
+  absl::Status WaitPending() override { return inner_->WaitPending(); }
 
   // Microseconds inside collectives since the last call, and resets the count.
   int64_t TakeMicros() {

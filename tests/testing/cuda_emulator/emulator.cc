@@ -33,6 +33,7 @@ struct CUstream_st {
 };
 struct CUevent_st {
   bool recorded = false;
+  bool polled = false;  // a query found this recording's work pending (counted as a host wait)
   // Set by the marker the last cudaEventRecord queued. Shared with it: CUDA lets an event be
   // destroyed while its record is still pending.
   std::shared_ptr<bool> done = std::make_shared<bool>(false);
@@ -965,6 +966,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
   event->recorded = true;
+  event->polled = false;
   event->done = std::make_shared<bool>(false);
   tpserve_emu::Push(d, stream, std::function<void()>([done = event->done]() { *done = true; }));
   return cudaSuccess;
@@ -973,6 +975,12 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  // Asked about work that is still queued: on a GPU the host polls until the device gets there,
+  // i.e. it waits (counted once per recording, however often it polls).
+  if (event->recorded && !*event->done && !event->polled) {
+    event->polled = true;
+    ++d.counters.host_waits;
+  }
   tpserve_emu::FlushOnce(d);
   return !event->recorded || *event->done ? cudaSuccess : cudaErrorNotReady;
 }

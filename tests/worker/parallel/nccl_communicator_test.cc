@@ -22,6 +22,10 @@
 #include "worker/parallel/shard_plan.h"
 #include "worker/runtime/model_runner.h"
 
+#if defined(TPSERVE_CUDA_EMULATOR)
+#include "tpserve_cuda_emulator.h"
+#endif
+
 namespace tpserve {
 namespace {
 
@@ -180,6 +184,7 @@ TEST_F(NcclTwoRanks, CollectivesCombineBothRanks) {
     const float base = r == 0 ? 1.0f : 10.0f;
     Tensor t = be->FromHost(std::vector<float>{base, 2 * base, 3 * base}, {3});
     RETURN_IF_ERROR(comm->AllReduceSum(t.data(), 3));
+    RETURN_IF_ERROR(comm->WaitPending());  // enqueued only, until waited for
     if (be->ToHost(t) != std::vector<float>{11.0f, 22.0f, 33.0f}) {
       return absl::InternalError(absl::StrCat("rank ", r, ": all-reduce gave the wrong sums"));
     }
@@ -189,12 +194,14 @@ TEST_F(NcclTwoRanks, CollectivesCombineBothRanks) {
                                {static_cast<int64_t>(counts[r])});
     Tensor all = be->FromHost(std::vector<float>(5, -1.0f), {5});
     RETURN_IF_ERROR(comm->GatherV(mine.data(), counts, all.data(), 1));
+    RETURN_IF_ERROR(comm->WaitPending());
     if (r == 1 && be->ToHost(all) != std::vector<float>{1, 2, 3, 4, 5}) {
       return absl::InternalError("gather-v: rank 1 did not receive both slices in rank order");
     }
     // Broadcast from rank 1.
     Tensor b = be->FromHost(r == 1 ? std::vector<float>{7, 8} : std::vector<float>{0, 0}, {2});
     RETURN_IF_ERROR(comm->Broadcast(b.data(), 2 * sizeof(float), 1));
+    RETURN_IF_ERROR(comm->WaitPending());
     if (be->ToHost(b) != std::vector<float>{7, 8}) {
       return absl::InternalError(absl::StrCat("rank ", r, ": broadcast did not arrive"));
     }
@@ -203,8 +210,8 @@ TEST_F(NcclTwoRanks, CollectivesCombineBothRanks) {
   for (int r = 0; r < kWorld; ++r) EXPECT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
 }
 
-// A rank that stops taking part: its peer's collective ends at op_timeout, aborted, and the
-// communicator stays broken (the cluster then rebuilds the group).
+// A rank that stops taking part: its peer's collective is enqueued, the wait for it ends at
+// op_timeout, aborted, and the communicator stays broken (the cluster then rebuilds the group).
 TEST_F(NcclTwoRanks, SilentPeerTimesOutTheCollective) {
   InMemoryKvStore store;
   const std::vector<absl::Status> st = OnRanks([&](int r) -> absl::Status {
@@ -214,10 +221,10 @@ TEST_F(NcclTwoRanks, SilentPeerTimesOutTheCollective) {
     if (r == 1) return absl::OkStatus();  // never joins the all-reduce
     Tensor t = be->FromHost(std::vector<float>{1.0f}, {1});
     const absl::Time start = absl::Now();
-    const absl::Status reduce = comm->AllReduceSum(t.data(), 1);
-    if (reduce.code() != absl::StatusCode::kDeadlineExceeded) {
-      return absl::InternalError(
-          absl::StrCat("expected DEADLINE_EXCEEDED, got ", reduce.ToString()));
+    RETURN_IF_ERROR(comm->AllReduceSum(t.data(), 1));  // enqueued: the host does not wait
+    const absl::Status wait = comm->WaitPending();
+    if (wait.code() != absl::StatusCode::kDeadlineExceeded) {
+      return absl::InternalError(absl::StrCat("expected DEADLINE_EXCEEDED, got ", wait.ToString()));
     }
     if (absl::Now() - start > absl::Seconds(20)) return absl::InternalError("too slow to fail");
     if (!comm->broken() || comm->Barrier().ok()) {
@@ -256,7 +263,7 @@ TEST_F(NcclTwoRanks, ModelTp2EqualsOneRank) {
                                                                 .store_prefix = "tp/",
                                                                 .init_timeout = absl::Seconds(30)},
                                                     backends[r]->stream()));
-          // As the worker does (cuda_device.cc): logits are gathered into host memory.
+          // As the worker does (cuda_device.cc).
           comms[r] = std::make_unique<HostAwareCommunicator>(std::move(nccl), *backends[r]);
           ASSIGN_OR_RETURN(const ShardPlan plan,
                            MakeShardPlan(ShardInputsOf(files->config, world)));
@@ -295,6 +302,73 @@ TEST_F(NcclTwoRanks, ModelTp2EqualsOneRank) {
   ASSERT_TRUE(two.ok()) << two.status();
   EXPECT_EQ(*two, *one);
 }
+
+#if defined(TPSERVE_CUDA_EMULATOR)
+// How a TP=2 decode step over NCCL drives the GPUs (the emulator's counters, both ranks): the
+// collectives (two a layer and the logits' gather) are enqueued without the host waiting, the
+// logits stay on rank 0's device, and the host waits once a step on each rank (the model's
+// WaitPending) plus once for rank 0's token.
+TEST_F(NcclTwoRanks, DecodeStepWaitsOncePerRank) {
+  const std::string path = std::string(testing::kGoldenDir) + "/llama-gqa-llama3";
+  absl::StatusOr<ModelFiles> files = OpenModelFiles(path);
+  ASSERT_TRUE(files.ok()) << files.status();
+  InMemoryKvStore store;
+  std::vector<std::unique_ptr<CudaBackend>> backends(kWorld);
+  std::vector<std::unique_ptr<Communicator>> comms(kWorld);
+  std::vector<std::unique_ptr<CausalLm>> models(kWorld);
+  std::vector<std::unique_ptr<ModelRunner>> runners(kWorld);
+  const std::vector<absl::Status> loaded = OnRanks([&](int r) -> absl::Status {
+    ASSIGN_OR_RETURN(backends[r],
+                     CudaBackend::Create({.device = r, .precision = CudaPrecision::kBf16}));
+    ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> nccl,
+                     Join(store, r, "steps/", absl::Seconds(30), *backends[r]));
+    comms[r] = std::make_unique<HostAwareCommunicator>(std::move(nccl), *backends[r]);
+    ASSIGN_OR_RETURN(const ShardPlan plan, MakeShardPlan(ShardInputsOf(files->config, kWorld)));
+    ASSIGN_OR_RETURN(models[r], LoadCausalLm(*files, plan, *backends[r], *comms[r]));
+    ASSIGN_OR_RETURN(runners[r], ModelRunner::Create(*models[r], *backends[r], r == 0, 4, 16));
+    return absl::OkStatus();
+  });
+  for (int r = 0; r < kWorld; ++r) ASSERT_TRUE(loaded[r].ok()) << "rank " << r << ": " << loaded[r];
+
+  StepSequence seq;
+  seq.tokens = {1, 7, 42, 99, 3};
+  seq.block_table = {0, 1, 2, 3};
+  seq.sample = false;
+  constexpr int kSteps = 6, kMeasured = 4;  // the prefill and the first decode step warm up
+  for (int i = 0; i < kSteps; ++i) {
+    if (i == kSteps - kMeasured) tpserve_emu::ResetCounters();
+    Step step;
+    step.sequences = {seq};
+    step.keep_device_logits = true;
+    std::vector<int32_t> token(1, -1);
+    const std::vector<absl::Status> ran = OnRanks([&](int r) -> absl::Status {
+      ASSIGN_OR_RETURN(StepResult result, runners[r]->Execute(step));
+      if (r != 0) return absl::OkStatus();
+      if (result.logits_device.device() == Device::kCpu) {
+        return absl::InternalError("rank 0's logits came back to the host");
+      }
+      const std::vector<int64_t> rows = {result.logits_row.at(0)};
+      const std::vector<Backend::DeviceDraw> greedy(1);
+      ASSIGN_OR_RETURN(std::vector<Backend::DeviceDrawn> drawn,
+                       backends[r]->SampleOnDevice(result.logits_device, rows, greedy));
+      token[0] = drawn.at(0).token;
+      return absl::OkStatus();
+    });
+    for (int r = 0; r < kWorld; ++r) ASSERT_TRUE(ran[r].ok()) << "rank " << r << ": " << ran[r];
+    seq.start_pos += static_cast<int64_t>(seq.tokens.size());
+    seq.tokens = {token[0]};
+  }
+  const tpserve_emu::Counters c = tpserve_emu::GetCounters();
+  std::printf(
+      "TP=2 decode step, both ranks: %.1f host waits, %.1f downloads, %.1f pageable "
+      "uploads\n",
+      double(c.host_waits) / kMeasured, double(c.d2h) / kMeasured,
+      double(c.h2d_pageable) / kMeasured);
+  EXPECT_EQ(c.host_waits, uint64_t{3 * kMeasured}) << "rank 0: step end + token; rank 1: step end";
+  EXPECT_EQ(c.d2h, uint64_t{kMeasured}) << "only rank 0's token comes back";
+  EXPECT_EQ(c.h2d_pageable, 0u);
+}
+#endif
 
 }  // namespace
 }  // namespace tpserve

@@ -71,6 +71,7 @@ absl::Status HostAwareCommunicator::AllReduceSum(float* data, size_t count) {
   float* d = static_cast<float*>(buf.get());
   backend_.CopyFromHost(data, d, count);
   RETURN_IF_ERROR(inner_->AllReduceSum(d, count));
+  RETURN_IF_ERROR(inner_->WaitPending());
   backend_.CopyToHost(d, data, count);
   return absl::OkStatus();
 }
@@ -96,7 +97,10 @@ absl::Status HostAwareCommunicator::GatherV(const float* in, std::span<const siz
     d_out = static_cast<float*>(out_buf.get());
   }
   RETURN_IF_ERROR(inner_->GatherV(d_in, counts, d_out, root));
-  if (stage_out) backend_.CopyToHost(d_out, out, total);
+  if (stage_out) {
+    RETURN_IF_ERROR(inner_->WaitPending());
+    backend_.CopyToHost(d_out, out, total);
+  }
   return absl::OkStatus();
 }
 
@@ -108,6 +112,7 @@ absl::Status HostAwareCommunicator::Broadcast(void* data, size_t bytes, int root
   std::memcpy(host.data(), data, bytes);
   backend_.CopyFromHost(host.data(), static_cast<float*>(buf.get()), floats);
   RETURN_IF_ERROR(inner_->Broadcast(buf.get(), bytes, root));
+  RETURN_IF_ERROR(inner_->WaitPending());
   backend_.CopyToHost(static_cast<float*>(buf.get()), host.data(), floats);
   std::memcpy(data, host.data(), bytes);
   return absl::OkStatus();

@@ -26,6 +26,7 @@ class HostStagedCommunicator final : public Communicator {
                        int root) override;
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Barrier() override { return inner_.Barrier(); }
+  absl::Status WaitPending() override { return inner_.WaitPending(); }
 
  private:
   Communicator& inner_;
@@ -34,9 +35,9 @@ class HostStagedCommunicator final : public Communicator {
 };
 
 // The other way round: a Communicator over one that moves device memory only (NCCL), for callers
-// that also pass host buffers (the model gathers the vocab-parallel LM head's logits into a host
-// vector on rank 0, worker/model/llama.cc GatherLogits). Host data goes through device buffers of
-// the backend's pool; device buffers go straight to the inner communicator.
+// that also pass host buffers. Host data goes through device buffers of the backend's pool, and a
+// host result waits for the inner communicator (WaitPending, within its op timeout) before it is
+// copied back; device buffers go straight to the inner communicator, asynchronously.
 class HostAwareCommunicator final : public Communicator {
  public:
   // `backend` must outlive this.
@@ -50,6 +51,7 @@ class HostAwareCommunicator final : public Communicator {
                        int root) override;
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Barrier() override { return inner_->Barrier(); }
+  absl::Status WaitPending() override { return inner_->WaitPending(); }
 
  private:
   std::unique_ptr<Communicator> inner_;

@@ -47,7 +47,8 @@ struct Counters {
   uint64_t d2h = 0;           // device-to-host copies
   uint64_t host_waits = 0;    // calls that wait for the device: stream, device and event
                               // synchronisation, blocking copies, copies into pageable memory,
-                              // cudaFree / cudaFreeHost
+                              // cudaFree / cudaFreeHost, and polling an event whose work is
+                              // still queued (once per recording)
 };
 Counters GetCounters();
 void ResetCounters();
