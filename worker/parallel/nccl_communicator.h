@@ -3,10 +3,10 @@
 // service is needed.
 //
 // Never hangs: the communicator is created non-blocking (ncclCommInitRankConfig, blocking = 0)
-// and every operation — init and each collective — is polled against a deadline. A peer that dies
-// or stalls makes the call return DEADLINE_EXCEEDED (or the NCCL error) after ncclCommAbort; the
-// communicator is then broken and every later call fails at once, and the coordinator rebuilds the
-// group (DESIGN.md §7).
+// and every wait — init, each collective's enqueueing, WaitPending (the model calls it once a
+// step) — is polled against a deadline. A peer that dies or stalls makes the wait return
+// DEADLINE_EXCEEDED (or the NCCL error) after ncclCommAbort; the communicator is then broken and
+// every later call fails at once, and the coordinator rebuilds the group (DESIGN.md §7).
 //
 // Buffers are device pointers of the device this rank owns; collectives are enqueued on the
 // given stream (the backend's), so they are ordered after the compute that produced their input
@@ -33,7 +33,7 @@ struct NcclOptions {
   int device = 0;                                    // CUDA ordinal this rank uses
   std::string store_prefix;                          // keys: <prefix>nccl_unique_id
   absl::Duration init_timeout = absl::Seconds(120);  // rendezvous + ncclCommInitRankConfig
-  absl::Duration op_timeout = absl::Seconds(60);     // each collective
+  absl::Duration op_timeout = absl::Seconds(60);     // each wait for collectives
 };
 
 class NcclCommunicator final : public Communicator {
