@@ -221,7 +221,7 @@ std::vector<OpCase> MakeCases() {
     int64_t rows;
   };
   const int64_t heads = 6, kv_heads = 2, global_kv = 3, bs = 16, blocks = 24;
-  for (int64_t hd : {64, 128}) {
+  for (int64_t hd : {64, 80, 128}) {  // 80: not a multiple of the 32 lanes
     for (bool decode : {true, false}) {
       // Sequence i uses blocks {3i+2, 3i+1, 3i} (shuffled: the table, not contiguity, matters).
       auto tables = std::make_shared<std::vector<std::vector<int32_t>>>();
