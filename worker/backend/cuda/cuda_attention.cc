@@ -14,19 +14,8 @@
 #include "worker/backend/cuda/cuda_status.h"
 
 namespace tpserve {
-namespace {
 
-// Appends `values` to `bytes` at a 16-byte boundary; returns their offset.
-template <typename T>
-size_t Pack(std::vector<uint8_t>* bytes, const std::vector<T>& values) {
-  const size_t offset = (bytes->size() + 15) / 16 * 16;
-  bytes->resize(offset + values.size() * sizeof(T));
-  if (!values.empty())
-    std::memcpy(bytes->data() + offset, values.data(), values.size() * sizeof(T));
-  return offset;
-}
-
-}  // namespace
+using cuda::Pack;
 
 void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
                           const KvLayerView& cache) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -30,6 +31,20 @@ typedef struct CUstream_st* cudaStream_t;
 typedef struct cublasContext* cublasHandle_t;
 
 namespace tpserve {
+
+namespace cuda {
+// Appends `values` to `bytes` at a 16-byte boundary and returns their offset: per-step metadata
+// packed into one upload (Upload / UploadBytes).
+template <typename T>
+size_t Pack(std::vector<uint8_t>* bytes, const std::vector<T>& values) {
+  const size_t offset = (bytes->size() + 15) / 16 * 16;
+  bytes->resize(offset + values.size() * sizeof(T));
+  if (!values.empty()) {
+    std::memcpy(bytes->data() + offset, values.data(), values.size() * sizeof(T));
+  }
+  return offset;
+}
+}  // namespace cuda
 
 enum class CudaPrecision { kBf16, kFp32 };
 

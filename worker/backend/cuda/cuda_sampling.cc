@@ -20,21 +20,15 @@ namespace tpserve {
 
 namespace {
 
-// Appends `values` to `bytes` at a 16-byte boundary; returns their offset.
-template <typename T>
-size_t Pack(std::vector<uint8_t>* bytes, const std::vector<T>& values) {
-  const size_t offset = (bytes->size() + 15) / 16 * 16;
-  bytes->resize(offset + values.size() * sizeof(T));
-  if (!values.empty()) {
-    std::memcpy(bytes->data() + offset, values.data(), values.size() * sizeof(T));
-  }
-  return offset;
+using cuda::Pack;
+
+bool HasPenalties(const Backend::DeviceDraw& d) {
+  return d.repetition_penalty != 1.0f || d.presence_penalty != 0.0f || d.frequency_penalty != 0.0f;
 }
 
 bool Adjusts(const Backend::DeviceDraw& d) {
-  const bool penalties =
-      d.repetition_penalty != 1.0f || d.presence_penalty != 0.0f || d.frequency_penalty != 0.0f;
-  return (penalties && !d.penalty_counts.empty()) || !d.logit_bias.empty() || !d.suppressed.empty();
+  return (HasPenalties(d) && !d.penalty_counts.empty()) || !d.logit_bias.empty() ||
+         !d.suppressed.empty();
 }
 
 }  // namespace
@@ -118,9 +112,7 @@ absl::StatusOr<std::vector<Backend::DeviceDrawn>> CudaBackend::DrawRows(
           return absl::InvalidArgumentError(absl::StrCat("suppressed token ", t));
       }
       a.penalty_begin = static_cast<int32_t>(pt.size());
-      const bool penalties =
-          d.repetition_penalty != 1.0f || d.presence_penalty != 0.0f || d.frequency_penalty != 0.0f;
-      if (penalties) {
+      if (HasPenalties(d)) {
         for (const auto& [t, n] : d.penalty_counts) {
           pt.push_back(t);
           pc.push_back(n);
