@@ -73,13 +73,13 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
   const int64_t V = model_.config().vocab_size;
   const bool any = std::any_of(step.sequences.begin(), step.sequences.end(),
                                [](const StepSequence& s) { return s.sample; });
-  // On the device, for the caller to sample there: no host copy unless asked for one too.
-  const bool device_only = step.keep_device_logits && logits.device() != Device::kCpu &&
-                           !step.return_logits && !step.keep_logits && !any;
+  // Left where they are for a caller that samples on the device: no host copy unless something
+  // here needs one.
   if (step.keep_device_logits) result.logits_device = logits;
+  const bool need_host = step.return_logits || step.keep_logits || any;
   // [rows, V] in host memory: the model's own tensor where the backend's live on the host.
   Tensor host = logits;
-  if (logits.device() != Device::kCpu && !device_only) {
+  if (logits.device() != Device::kCpu && need_host) {
     auto values = std::make_shared<std::vector<float>>(backend_.ToHost(logits));
     host = Tensor(values, values->data(), logits.shape(), Device::kCpu);
   }
@@ -103,11 +103,7 @@ absl::StatusOr<StepResult> ModelRunner::Execute(const Step& step) {
   }
   result.vocab_size = V;
   if (step.return_logits) result.logits.assign(host.data(), host.data() + host.numel());
-  // A host tensor is handed over as logits_host too: a caller that wanted to sample on the device
-  // samples on the host instead.
-  if (step.keep_logits || (step.keep_device_logits && logits.device() == Device::kCpu)) {
-    result.logits_host = std::move(host);
-  }
+  if (step.keep_logits) result.logits_host = std::move(host);
   return result;
 }
 

@@ -33,8 +33,9 @@ struct Step {
   // Hand the logits over as a host tensor instead: no copy where the backend's tensors are host
   // memory (a 32-sequence step's logits are 6 MB).
   bool keep_logits = false;
-  // Leave the logits on the backend's device (StepResult::logits_device) for the caller to sample
-  // there (Backend::SampleOnDevice); no host copy unless return_logits or keep_logits asks too.
+  // Hand the logits over as the model's own tensor (StepResult::logits_device) for the caller to
+  // sample on the device (Backend::SampleOnDevice); no host copy unless return_logits, keep_logits
+  // or a sampled sequence asks for one.
   bool keep_device_logits = false;
 };
 
@@ -46,7 +47,7 @@ struct StepResult {
   std::vector<float> logits;
   // When keep_logits: the same values in a host tensor [rows, vocab] the caller may modify.
   Tensor logits_host;
-  // When keep_device_logits: the model's logits tensor [rows, vocab], on the device.
+  // When keep_device_logits: the model's logits tensor [rows, vocab], in the backend's memory.
   Tensor logits_device;
   std::vector<int64_t> logits_row;
   int64_t vocab_size = 0;

@@ -46,9 +46,7 @@ absl::Status ValidateAdjustments(const LogitsAdjustments& adj, int64_t vocab_siz
 }
 
 void ApplyAdjustments(const LogitsAdjustments& adj, std::span<float> logits) {
-  if (!adj.penalty_tokens.empty() &&
-      (adj.repetition_penalty != 1.0f || adj.presence_penalty != 0.0f ||
-       adj.frequency_penalty != 0.0f)) {
+  if (!adj.penalty_tokens.empty() && adj.penalties_active()) {
     std::unordered_map<int32_t, int> counts;
     for (int32_t t : adj.penalty_tokens) ++counts[t];
     for (const auto& [t, n] : counts) {

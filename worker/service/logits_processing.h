@@ -26,9 +26,11 @@ struct LogitsAdjustments {
   // Set to -inf.
   std::vector<int32_t> suppressed_token_ids;
 
+  bool penalties_active() const {
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
   bool active() const {
-    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f ||
-           !logit_bias.empty() || !suppressed_token_ids.empty();
+    return penalties_active() || !logit_bias.empty() || !suppressed_token_ids.empty();
   }
 };
 

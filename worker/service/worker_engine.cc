@@ -28,7 +28,7 @@ Backend::DeviceDraw DeviceDrawOf(const StepSequence& seq, const SequenceSampling
   d.repetition_penalty = a.repetition_penalty;
   d.presence_penalty = a.presence_penalty;
   d.frequency_penalty = a.frequency_penalty;
-  if (a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f) {
+  if (a.penalties_active()) {
     std::unordered_map<int32_t, int32_t> counts;
     for (int32_t t : a.penalty_tokens) ++counts[t];
     d.penalty_counts.assign(counts.begin(), counts.end());
@@ -377,7 +377,7 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
   std::vector<bool> sample(plan.step.sequences.size());
   // On a device that can sample, everything (adjustments, draw, log-probs) happens there and
   // only tokens and log-probs come back: the logits never come to the host.
-  bool on_device = rank0 && backend_.samples_on_device() && !options_.host_sampling;
+  const bool on_device = rank0 && backend_.samples_on_device() && !options_.host_sampling;
   for (size_t i = 0; i < sample.size(); ++i) {
     sample[i] = plan.step.sequences[i].sample;
     plan.step.sequences[i].sample = false;
@@ -389,7 +389,6 @@ absl::StatusOr<StepOutcome> WorkerEngine::Run(PlanStep plan, absl::Time received
   ASSIGN_OR_RETURN(StepResult result, l.runner->Execute(plan.step));
   const int64_t collective_us = l.comm->TakeMicros();
   const absl::Time computed = absl::Now();
-  if (on_device && result.logits_device.device() == Device::kCpu) on_device = false;
 
   StepOutcome out;
   out.step_id = plan.step_id;
