@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/base/status_macros.h"
 #include "worker/backend/cuda/cuda_backend.h"
@@ -85,17 +86,22 @@ struct Seq {
   std::vector<int32_t> table;
 };
 
-// One step over `seqs`; returns the greedy next token of each (sampled on the device).
+// One step over `seqs`; returns the greedy next token of each (sampled on the device). The layer
+// is LlamaModel's on one rank (worker/model/llama.cc: q/k/v and gate/up sharing their bf16 input,
+// residual adds in the o/down GEMMs). With `record`, a decode step is padded to a recorded size
+// and run through RunRecorded (a CUDA graph after its first time), as LlamaModel does.
 absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, KvCache& cache,
-                                             const std::vector<Seq>& seqs) {
+                                             const std::vector<Seq>& seqs, bool record) {
   const Shape& s = m.s;
   const int64_t H = s.hidden, hd = s.head_dim, nq = s.heads, nkv = s.kv_heads;
   std::vector<int32_t> tokens, positions, last_rows;
   std::vector<int64_t> slots;
   std::vector<AttentionSeq> attn;
   const int64_t bs = cache.config().block_size;
+  bool decode = true;
   for (const Seq& q : seqs) {
     const int64_t begin = static_cast<int64_t>(tokens.size());
+    decode &= q.tokens.size() == 1;
     for (size_t i = 0; i < q.tokens.size(); ++i) {
       const int64_t p = q.start_pos + static_cast<int64_t>(i);
       tokens.push_back(q.tokens[i]);
@@ -108,53 +114,69 @@ absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, Kv
                     .start_pos = q.start_pos,
                     .block_table = q.table});
   }
-  const int64_t T = static_cast<int64_t>(tokens.size());
-  Tensor x = be.Alloc({T, H});
-  be.Embedding(tokens, m.embedding, 0, &x);
-  Tensor cos_sin = be.Alloc({T, hd});
-  be.RopeTable(positions, m.inv_freq, &cos_sin);
-  Tensor h = be.Alloc({T, H}), q = be.Alloc({T, nq, hd}), k = be.Alloc({T, nkv, hd}),
-         v = be.Alloc({T, nkv, hd}), o = be.Alloc({T, nq, hd}), proj = be.Alloc({T, H}),
-         gate = be.Alloc({T, s.ffn}), up = be.Alloc({T, s.ffn});
-  Tensor q2 = q.Reshaped({T, nq * hd}), k2 = k.Reshaped({T, nkv * hd}),
-         v2 = v.Reshaped({T, nkv * hd}), o2 = o.Reshaped({T, nq * hd});
-  const AttentionParams params{.scale = 1.0f / std::sqrt(float(hd)), .group_size = nq / nkv};
-  for (int64_t l = 0; l < s.layers; ++l) {
-    const Layer& L = m.layers[l];
-    const KvLayerView kv = cache.layer(l);
-    be.RmsNorm(x, L.attn_norm, 1e-5f, &h);
-    be.MatMul(h, L.wq, &q2);
-    be.MatMul(h, L.wk, &k2);
-    be.MatMul(h, L.wv, &v2);
-    be.Rope(cos_sin, false, &q);
-    be.Rope(cos_sin, false, &k);
-    be.WriteKv(k, v, slots, kv);
-    be.Attention(q, kv, attn, params, &o);
-    be.MatMul(o2, L.wo, &proj);
-    be.Add(proj, &x);
-    be.RmsNorm(x, L.ffn_norm, 1e-5f, &h);
-    be.MatMul(h, L.gate, &gate);
-    be.MatMul(h, L.up, &up);
-    be.SiluMul(gate, up, &gate);
-    be.MatMul(gate, L.down, &proj);
-    be.Add(proj, &x);
+  const int64_t real_rows = static_cast<int64_t>(last_rows.size());
+  record &= decode && static_cast<int64_t>(tokens.size()) <= be.max_recorded_rows();
+  if (record) {
+    for (int64_t t = static_cast<int64_t>(tokens.size()); t < RecordedRows(real_rows); ++t) {
+      tokens.push_back(0);
+      positions.push_back(0);
+      slots.push_back(kNoKvSlot);
+      last_rows.push_back(static_cast<int32_t>(t));
+    }
   }
-  const int64_t R = static_cast<int64_t>(last_rows.size());
-  Tensor last = be.Alloc({R, H});
-  const Weight x_rows{.dtype = DType::kF32,
-                      .rows = T,
-                      .cols = H,
-                      .data = reinterpret_cast<const uint8_t*>(x.data()),
-                      .row_stride_bytes = static_cast<size_t>(H) * sizeof(float),
-                      .owned = nullptr,
-                      .int8 = nullptr};
-  be.Embedding(last_rows, x_rows, 0, &last);
-  be.RmsNorm(last, m.final_norm, 1e-5f, &last);
-  Tensor logits = be.Alloc({R, s.vocab});
-  be.MatMul(last, m.lm_head, &logits);
-  std::vector<SamplingParams> greedy(R);
-  std::vector<uint64_t> steps(R, 0);
-  return be.SampleTokens(logits, greedy, steps);
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  Tensor logits;
+  auto body = [&]() -> absl::Status {
+    Tensor x = be.AllocUninitialized({T, H});
+    be.Embedding(tokens, m.embedding, 0, &x);
+    Tensor cos_sin = be.AllocUninitialized({T, hd});
+    be.RopeTable(positions, m.inv_freq, &cos_sin);
+    Tensor h = be.AllocUninitialized({T, H}), q = be.AllocUninitialized({T, nq, hd}),
+           k = be.AllocUninitialized({T, nkv, hd}), v = be.AllocUninitialized({T, nkv, hd}),
+           o = be.AllocUninitialized({T, nq, hd}), gate = be.AllocUninitialized({T, s.ffn}),
+           up = be.AllocUninitialized({T, s.ffn});
+    Tensor q2 = q.Reshaped({T, nq * hd}), k2 = k.Reshaped({T, nkv * hd}),
+           v2 = v.Reshaped({T, nkv * hd}), o2 = o.Reshaped({T, nq * hd});
+    const AttentionParams params{.scale = 1.0f / std::sqrt(float(hd)), .group_size = nq / nkv};
+    for (int64_t l = 0; l < s.layers; ++l) {
+      const Layer& L = m.layers[l];
+      const KvLayerView kv = cache.layer(l);
+      be.RmsNorm(x, L.attn_norm, 1e-5f, &h);
+      {
+        const Weight* w[] = {&L.wq, &L.wk, &L.wv};
+        Tensor* y[] = {&q2, &k2, &v2};
+        be.MatMulShared(h, w, y);
+      }
+      be.Rope(cos_sin, false, &q);
+      be.Rope(cos_sin, false, &k);
+      be.WriteKv(k, v, slots, kv);
+      be.Attention(q, kv, attn, params, &o);
+      be.MatMulAdd(o2, L.wo, &x);
+      be.RmsNorm(x, L.ffn_norm, 1e-5f, &h);
+      {
+        const Weight* w[] = {&L.gate, &L.up};
+        Tensor* y[] = {&gate, &up};
+        be.MatMulShared(h, w, y);
+      }
+      be.SiluMul(gate, up, &gate);
+      be.MatMulAdd(gate, L.down, &x);
+    }
+    const int64_t R = static_cast<int64_t>(last_rows.size());
+    Tensor last = be.AllocUninitialized({R, H});
+    be.Embedding(last_rows, RowsAsWeight(x), 0, &last);
+    be.RmsNorm(last, m.final_norm, 1e-5f, &last);
+    logits = be.AllocUninitialized({R, s.vocab});
+    be.MatMul(last, m.lm_head, &logits);
+    return absl::OkStatus();
+  };
+  if (record) {
+    RETURN_IF_ERROR(be.RunRecorded(absl::StrCat("bench decode ", T), body));
+  } else {
+    RETURN_IF_ERROR(body());
+  }
+  std::vector<SamplingParams> greedy(real_rows);
+  std::vector<uint64_t> steps(real_rows, 0);
+  return be.SampleTokens(logits.Slice0(0, real_rows), greedy, steps);
 }
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
@@ -170,7 +192,8 @@ struct Row {
 // `batch` sequences with `prompt` tokens each, then `decode` greedy steps. Returns (prefill
 // seconds, decode seconds).
 absl::StatusOr<std::pair<double, double>> Run(CudaBackend& be, const Model& m, KvCache& cache,
-                                              int64_t batch, int64_t prompt, int64_t decode) {
+                                              int64_t batch, int64_t prompt, int64_t decode,
+                                              bool record = true) {
   const int64_t bs = cache.config().block_size;
   const int64_t per_seq = (prompt + decode + bs - 1) / bs;
   if (batch * per_seq > cache.config().num_blocks) {
@@ -184,14 +207,14 @@ absl::StatusOr<std::pair<double, double>> Run(CudaBackend& be, const Model& m, K
     for (int64_t i = 0; i < per_seq; ++i) seqs[b].table.push_back(int32_t(b * per_seq + i));
   }
   const auto t0 = Clock::now();
-  ASSIGN_OR_RETURN(std::vector<int32_t> next, Forward(be, m, cache, seqs));
+  ASSIGN_OR_RETURN(std::vector<int32_t> next, Forward(be, m, cache, seqs, record));
   const auto t1 = Clock::now();
   for (int64_t step = 0; step < decode; ++step) {
     for (int64_t b = 0; b < batch; ++b) {
       seqs[b].start_pos += static_cast<int64_t>(seqs[b].tokens.size());
       seqs[b].tokens = {next[b]};
     }
-    ASSIGN_OR_RETURN(next, Forward(be, m, cache, seqs));
+    ASSIGN_OR_RETURN(next, Forward(be, m, cache, seqs, record));
   }
   const auto t2 = Clock::now();
   return std::make_pair(Seconds(t0, t1), Seconds(t1, t2));
@@ -248,17 +271,25 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
   std::printf("KV pool: %lld blocks of 16 (%.2f GB %s)\n", static_cast<long long>(kv.num_blocks),
               kv.num_blocks * kv.BytesPerBlock() / 1e9, KvDTypeName(kv.dtype));
 
-  ASSIGN_OR_RETURN(auto warm, Run(*be, m, cache, 1, 16, 4));  // cuBLAS heuristics, pool warm-up
+  // cuBLAS heuristics, pool warm-up, the batch-1 graph recorded at the contexts it will see.
+  ASSIGN_OR_RETURN(auto warm, Run(*be, m, cache, 1, runs.b1_prompt, 4));
   (void)warm;
   std::vector<Row> rows;
   ASSIGN_OR_RETURN(auto b1, Run(*be, m, cache, 1, runs.b1_prompt, runs.b1_decode));
   const double decode_tok_s = runs.b1_decode / b1.second;
   const double bound = bandwidth_tbs * 1e12 / m.weight_bytes;
-  rows.push_back({absl::StrFormat("decode, batch 1 (ctx %d-%d)", runs.b1_prompt,
+  rows.push_back({absl::StrFormat("decode, batch 1 (ctx %d-%d), graph", runs.b1_prompt,
                                   runs.b1_prompt + runs.b1_decode),
                   decode_tok_s,
                   absl::StrFormat("%.1f%% of %.1f TB/s bound (%.0f tok/s)",
                                   100 * decode_tok_s / bound, bandwidth_tbs, bound)});
+  // The same steps op by op: what recording the decode steps as CUDA graphs gains.
+  ASSIGN_OR_RETURN(auto b1_eager,
+                   Run(*be, m, cache, 1, runs.b1_prompt, runs.b1_decode, /*record=*/false));
+  const double eager_tok_s = runs.b1_decode / b1_eager.second;
+  rows.push_back({"decode, batch 1, op by op (no graph)", eager_tok_s,
+                  absl::StrFormat("%.1f%% of the bound; CUDA graph %.2fx",
+                                  100 * eager_tok_s / bound, decode_tok_s / eager_tok_s)});
   ASSIGN_OR_RETURN(auto pf, Run(*be, m, cache, runs.pf_batch, runs.pf_prompt, 0));
   const double prefill_tok_s = double(runs.pf_batch * runs.pf_prompt) / pf.first;
   const double tflops = prefill_tok_s * 2 * m.matmul_params / 1e12;

@@ -30,6 +30,8 @@
 #     KV_CACHE_DTYPE          auto, fp16, fp32 or int8 (cpu) (--kv-cache-dtype; default auto:
 #                             fp16 on cuda with bf16)
 #     HOST_SAMPLING           1: sample on the host, not the GPU (--host-sampling; a way round)
+#     CUDA_GRAPH_MAX_BATCH    decode steps of up to this many sequences replayed as CUDA graphs
+#                             (--cuda-graph-max-batch; default 64, 0: never)
 #     COLLECTIVES             gloo (default) or nccl (--collectives; GPU ranks)
 #     LISTEN                  Worker control service          (default 0.0.0.0:50061)
 #     ADVERTISE               address peers and the coordinator dial; default POD_IP
@@ -110,6 +112,7 @@ case $role in
     opt --kv-cache-dtype "${KV_CACHE_DTYPE:-}"
     opt --collectives "${COLLECTIVES:-}"
     case "${HOST_SAMPLING:-}" in 1 | true) args+=(--host-sampling) ;; esac
+    opt --cuda-graph-max-batch "${CUDA_GRAPH_MAX_BATCH:-}"
     opt --listen "${LISTEN:-0.0.0.0:50061}"
     opt --advertise "${ADVERTISE:-${POD_IP:-}}"
     opt --data-interface "${DATA_INTERFACE:-}"

@@ -35,6 +35,23 @@ void Backend::CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst) {
   }
 }
 
+Weight RowsAsWeight(const Tensor& x) {
+  return Weight{.dtype = DType::kF32,
+                .rows = x.rows(),
+                .cols = x.cols(),
+                .data = reinterpret_cast<const uint8_t*>(x.data()),
+                .row_stride_bytes = static_cast<size_t>(x.cols()) * sizeof(float),
+                .owned = nullptr,
+                .int8 = nullptr};
+}
+
+int64_t RecordedRows(int64_t T) {
+  if (T <= 1) return 1;
+  if (T <= 2) return 2;
+  if (T <= 4) return 4;
+  return (T + 7) / 8 * 8;
+}
+
 void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
                         std::span<const AttentionSeq> seqs, const Tensor& out) {
   TPSERVE_CHECK(q.ndim() == 3 && q.shape() == out.shape() && q.dim(2) == cache.head_dim,

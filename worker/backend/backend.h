@@ -60,6 +60,9 @@ struct KvLayerView {
   int64_t head_dim = 0;
 };
 
+// A WriteKv slot that stores nothing: the row of a step padded to a recorded shape.
+inline constexpr int64_t kNoKvSlot = -1;
+
 // One sequence's part of a step: rows [token_begin, token_begin + num_tokens) of q/k/v are its
 // positions start_pos .. start_pos + num_tokens - 1; earlier positions are already in the cache.
 struct AttentionSeq {
@@ -85,6 +88,11 @@ struct AttentionParams {
 // shape checks): q and out [T, heads, head_dim] with the cache's head_dim; each sequence's rows
 // inside [0, T) and a block table that covers all its positions.
 // Aborts with the shapes unless src [R, C] fits columns [col_begin, col_begin + C) of dst [R, V].
+// An fp32 [R, C] tensor's rows as a weight (not owned): Embedding with it gathers rows of the
+// tensor wherever it lives (the rows of the final hidden state that need logits).
+Weight RowsAsWeight(const Tensor& x);
+// The padded size of a T-row step for RunRecorded: 1, 2, 4, 8, then multiples of 8.
+int64_t RecordedRows(int64_t T);
 void CheckCopyColumns(const Tensor& src, int64_t col_begin, const Tensor& dst);
 void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
                         std::span<const AttentionSeq> seqs, const Tensor& out);
@@ -153,12 +161,13 @@ class Backend {
   // ---- attention over the paged cache ----
   // The element type this backend's KV pools hold (KvCache allocates them in it).
   virtual KvDType kv_dtype() const { return KvDType::kFp32; }
-  // Stores k/v [T, kv_heads, hd] rows at cache slots (block * block_size + offset), one per token.
+  // Stores k/v [T, kv_heads, hd] rows at cache slots (block * block_size + offset), one per token;
+  // a row whose slot is kNoKvSlot is not stored.
   virtual void WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
                        const KvLayerView& cache) = 0;
   // Causal attention: out[t, h, :] = softmax(q[t, h] · K[0..pos(t)]ᵀ * scale) · V for each
   // sequence, reading K/V through its block table (the new tokens must already be written).
-  // q, out: [T, heads, hd].
+  // q, out: [T, heads, hd]. Rows of no sequence (padding) are zeros.
   virtual void Attention(const Tensor& q, const KvLayerView& cache,
                          std::span<const AttentionSeq> seqs, const AttentionParams& params,
                          Tensor* out) = 0;
@@ -204,6 +213,25 @@ class Backend {
     (void)rows;
     (void)draws;
     return absl::UnimplementedError(name() + " samples on the host");
+  }
+
+  // ---- recorded steps ----
+  // The most token rows of a step RunRecorded records (0: this backend never records). Callers
+  // pad a step to RecordedRows(T) rows so that few distinct shapes occur.
+  virtual int64_t max_recorded_rows() const { return 0; }
+  // Runs `step`, a function that issues this backend's ops for one forward pass. A backend may
+  // record what the step issues the first time `key` comes and replay the recording at later
+  // steps of that key (CUDA graphs, cuda/step_recorder.h): `step` then runs again on the host,
+  // its ops checked against the recording instead of issuing device work, and the recording
+  // runs as one launch; a step whose ops differ from the recording is recorded again. Results
+  // are the same either way. So `step` may run more than once (its effects must be only through
+  // this backend's ops and its outputs), must not read device memory on the host, and the caller
+  // must be done with its output tensors before the next step of the same key (they may live
+  // in the recording's memory).
+  virtual absl::Status RunRecorded(const std::string& key,
+                                   const std::function<absl::Status()>& step) {
+    (void)key;
+    return step();
   }
 
   // ---- host work ----

@@ -89,34 +89,63 @@ absl::Status LlamaModel::AddProjection(const Tensor& in, const Weight& w, const 
 }
 
 absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cache, Tensor* logits) {
+  const int64_t block_size = cache.config().block_size;
+
+  // Flatten the batch: T rows, one per fed token, sequences back to back.
+  Rows rows;
+  bool decode = true;  // one token per sequence
+  for (const ForwardSeq& s : seqs) {
+    const int64_t begin = static_cast<int64_t>(rows.tokens.size());
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    decode &= n == 1;
+    for (int64_t i = 0; i < n; ++i) {
+      rows.tokens.push_back(s.tokens[i]);
+      rows.positions.push_back(static_cast<int32_t>(s.start_pos + i));
+      rows.slots.push_back(KvCache::Slot(s.block_table, block_size, s.start_pos + i));
+      if (s.all_logits || i == n - 1) rows.logit_rows.push_back(begin + i);
+    }
+    rows.attn.push_back(AttentionSeq{.token_begin = begin,
+                                     .num_tokens = n,
+                                     .start_pos = s.start_pos,
+                                     .block_table = s.block_table});
+  }
+  const int64_t T = static_cast<int64_t>(rows.tokens.size());
+  if (T == 0) return absl::InvalidArgumentError("forward: no tokens");
+
+  // A decode step on one rank may be recorded by the backend and replayed (CUDA graphs): padded
+  // to one of a few sizes with rows of no sequence (token 0, no KV slot, zeros from attention;
+  // their logits are dropped), so that the batch sizes of continuous batching share recordings.
+  // With more ranks the collectives run between the ops, and the steps are not recorded.
+  if (decode && comm_.world_size() == 1 && T <= backend_.max_recorded_rows()) {
+    const int64_t padded = RecordedRows(T);
+    for (int64_t t = T; t < padded; ++t) {
+      rows.tokens.push_back(0);
+      rows.positions.push_back(0);
+      rows.slots.push_back(kNoKvSlot);
+      rows.logit_rows.push_back(t);
+    }
+    const std::string key = absl::StrCat("llama ", reinterpret_cast<uintptr_t>(this), " kv ",
+                                         reinterpret_cast<uintptr_t>(&cache), " decode ", padded);
+    Tensor all;
+    RETURN_IF_ERROR(backend_.RunRecorded(key, [&] { return Run(rows, cache, &all); }));
+    *logits = all.Slice0(0, T);
+    return absl::OkStatus();
+  }
+  return Run(rows, cache, logits);
+}
+
+absl::Status LlamaModel::Run(const Rows& rows, KvCache& cache, Tensor* logits) {
   Backend& be = backend_;
   const ModelConfig& c = config_;
   const int64_t H = c.hidden_size, hd = c.head_dim;
   const int64_t nq = shard_.q_heads.size(), nkv = shard_.kv_heads.size();
   const int64_t Fl = shard_.ffn_columns.size();
-  const int64_t block_size = cache.config().block_size;
-
-  // Flatten the batch: T rows, one per fed token, sequences back to back.
-  std::vector<int32_t> tokens, positions;
-  std::vector<int64_t> slots;
-  std::vector<AttentionSeq> attn_seqs;
-  std::vector<int64_t> logit_rows;  // rows of the final hidden state that need logits
-  for (const ForwardSeq& s : seqs) {
-    const int64_t begin = static_cast<int64_t>(tokens.size());
-    const int64_t n = static_cast<int64_t>(s.tokens.size());
-    for (int64_t i = 0; i < n; ++i) {
-      tokens.push_back(s.tokens[i]);
-      positions.push_back(static_cast<int32_t>(s.start_pos + i));
-      slots.push_back(KvCache::Slot(s.block_table, block_size, s.start_pos + i));
-      if (s.all_logits || i == n - 1) logit_rows.push_back(begin + i);
-    }
-    attn_seqs.push_back(AttentionSeq{.token_begin = begin,
-                                     .num_tokens = n,
-                                     .start_pos = s.start_pos,
-                                     .block_table = s.block_table});
-  }
+  const std::vector<int32_t>& tokens = rows.tokens;
+  const std::vector<int32_t>& positions = rows.positions;
+  const std::vector<int64_t>& slots = rows.slots;
+  const std::vector<AttentionSeq>& attn_seqs = rows.attn;
+  const std::vector<int64_t>& logit_rows = rows.logit_rows;
   const int64_t T = static_cast<int64_t>(tokens.size());
-  if (T == 0) return absl::InvalidArgumentError("forward: no tokens");
 
   // x: the residual stream [T, H], replicated on every rank.
   // Every activation below is written before it is read.
@@ -187,15 +216,8 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
   Tensor last = be.AllocUninitialized({R, H});
   {
     // Row gather through the backend (x may live on a GPU): an embedding lookup in x itself.
-    const Weight x_rows{.dtype = DType::kF32,
-                        .rows = T,
-                        .cols = H,
-                        .data = reinterpret_cast<const uint8_t*>(x.data()),
-                        .row_stride_bytes = static_cast<size_t>(H) * sizeof(float),
-                        .owned = nullptr,
-                        .int8 = nullptr};
     const std::vector<int32_t> rows(logit_rows.begin(), logit_rows.end());
-    be.Embedding(rows, x_rows, 0, &last);
+    be.Embedding(rows, RowsAsWeight(x), 0, &last);
   }
   be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);
   Tensor local_logits = be.AllocUninitialized({R, shard_.vocab.size()});  // [R, Vl]

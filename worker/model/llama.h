@@ -8,6 +8,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -37,6 +38,15 @@ class LlamaModel final : public CausalLm {
  private:
   LlamaModel(ModelConfig config, ShardPlan plan, RankShard shard, LlamaWeights weights,
              Backend& backend, Communicator& comm);
+  // A step flattened: T rows, one per fed token, sequences back to back.
+  struct Rows {
+    std::vector<int32_t> tokens, positions;
+    std::vector<int64_t> slots;
+    std::vector<AttentionSeq> attn;
+    std::vector<int64_t> logit_rows;  // rows of the final hidden state that need logits
+  };
+  // The forward pass over `rows` (Forward pads decode steps and may have the backend record it).
+  absl::Status Run(const Rows& rows, KvCache& cache, Tensor* logits);
   absl::Status AllReduce(Tensor& t);
   // x += in · wᵀ (+ bias), the sum over the ranks' partial products: an o_proj or down_proj
   // and its residual connection. `scratch` holds the partial product when one is needed

@@ -130,7 +130,8 @@ class CudaDevice final : public WorkerDevice {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenCudaDevice(int index, bool bf16, bool nccl,
-                                                             std::optional<KvDType> kv_dtype) {
+                                                             std::optional<KvDType> kv_dtype,
+                                                             int64_t max_recorded_rows) {
 #if !TPSERVE_HAVE_NCCL
   if (nccl) {
     return absl::InvalidArgumentError(
@@ -162,7 +163,8 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenCudaDevice(int index, bool bf1
                    CudaBackend::Create(CudaBackendOptions{
                        .device = index,
                        .precision = bf16 ? CudaPrecision::kBf16 : CudaPrecision::kFp32,
-                       .kv_dtype = kv_dtype}));
+                       .kv_dtype = kv_dtype,
+                       .max_recorded_rows = max_recorded_rows}));
   return std::unique_ptr<WorkerDevice>(new CudaDevice(std::move(backend), nccl));
 }
 

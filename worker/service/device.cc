@@ -161,7 +161,8 @@ absl::StatusOr<std::unique_ptr<WorkerDevice>> OpenDevice(const DeviceOptions& o)
         ": the CUDA backend keeps its KV cache in fp16 or fp32 (int8 is --device cpu only)"));
   }
 #if TPSERVE_HAVE_CUDA
-  return OpenCudaDevice(index, !IsFp32(o.dtype), o.collectives == "nccl", *kv);
+  return OpenCudaDevice(index, !IsFp32(o.dtype), o.collectives == "nccl", *kv,
+                        o.cuda_graph_max_batch);
 #else
   return absl::FailedPreconditionError(absl::StrCat(
       "--device ", o.device,

@@ -36,6 +36,8 @@ struct DeviceOptions {
   // KV cache element type: "" / "auto" (cpu: fp16 with int8x2 / int8, fp32 with fp32; cuda:
   // fp32), fp16 (cpu), fp32
   std::string kv_cache_dtype;
+  // cuda: decode steps of up to this many sequences run as recorded CUDA graphs (0: op by op).
+  int64_t cuda_graph_max_batch = 64;
 };
 
 // worker.proto DeviceInfo without the proto type.

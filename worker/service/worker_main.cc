@@ -38,6 +38,7 @@ struct Flags {
   std::string kv_cache_dtype = "auto";
   std::string collectives = "gloo";
   bool host_sampling = false;
+  int64_t cuda_graph_max_batch = 64;
   std::string listen = "0.0.0.0:0";
   std::string advertise;
   std::string data_interface;
@@ -79,7 +80,8 @@ int Run(const Flags& f) {
                                .dtype = f.dtype,
                                .collectives = f.collectives,
                                .threads = threads,
-                               .kv_cache_dtype = f.kv_cache_dtype});
+                               .kv_cache_dtype = f.kv_cache_dtype,
+                               .cuda_graph_max_batch = f.cuda_graph_max_batch});
   if (!device.ok()) {
     spdlog::error("{}", std::string(device.status().message()));
     return 2;
@@ -211,6 +213,12 @@ int main(int argc, char** argv) {
   app.add_flag("--host-sampling", f.host_sampling,
                "cuda: copy the logits to the host and sample there (penalties, bias, log-probs "
                "included) instead of on the GPU, where only the tokens and log-probs come back");
+  app.add_option("--cuda-graph-max-batch", f.cuda_graph_max_batch,
+                 "cuda: decode steps of up to this many sequences (one rank, --tp 1) are recorded "
+                 "once per padded batch size (1, 2, 4, 8, 16, 24, ...) as a CUDA graph and "
+                 "replayed: one launch a step instead of hundreds; 0 runs every step op by op")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 512));
   app.add_option("--listen", f.listen,
                  "HOST:PORT the Worker service listens on; port 0 picks a free one")
       ->capture_default_str();

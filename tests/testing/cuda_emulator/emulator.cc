@@ -31,6 +31,13 @@ extern "C" char __stop_tpserve_shared[] __attribute__((weak));
 struct CUstream_st {
   unsigned flags = 0;
 };
+// A captured graph, and its instantiation: the operations in capture order.
+struct CUgraph_st {
+  std::vector<std::function<bool()>> ops;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<bool()>> ops;
+};
 struct CUevent_st {
   bool recorded = false;
   bool polled = false;  // a query found this recording's work pending (counted as a host wait)
@@ -90,6 +97,12 @@ struct Device {
   int device_count = 1;
   std::map<const void*, size_t> smem_optin;  // kernel -> MaxDynamicSharedMemorySize
   bool flushing = false;
+  // Streams being captured: what they were given so far, and whether the capture is still good.
+  struct Capture {
+    std::vector<std::function<bool()>> ops;
+    bool invalidated = false;
+  };
+  std::map<cudaStream_t, Capture> captures;
 };
 
 thread_local int t_current_device = 0;  // like CUDA's: per host thread
@@ -119,10 +132,34 @@ void Protect(Device& d, int prot) {
   }
 }
 
-void Push(Device& d, cudaStream_t stream, std::function<bool()> op) {
+void PushUncounted(Device& d, cudaStream_t stream, std::function<bool()> op) {
+  if (auto it = d.captures.find(stream); it != d.captures.end()) {
+    if (!it->second.invalidated) it->second.ops.push_back(std::move(op));
+    return;
+  }
   d.queues[stream].push_back(Device::Op{d.next_seq++, std::move(op)});
   ++d.pending;
+}
+void Push(Device& d, cudaStream_t stream, std::function<bool()> op) {
+  PushUncounted(d, stream, std::move(op));
   ++d.counters.operations;
+}
+
+// A call that cannot be part of a capture on `stream` (a wait for it, a pageable copy, an event
+// record): CUDA fails it and invalidates the capture. True when that happened.
+bool RefusedByCapture(Device& d, cudaStream_t stream) {
+  auto it = d.captures.find(stream);
+  if (it == d.captures.end()) return false;
+  it->second.invalidated = true;
+  d.last_error = cudaErrorStreamCaptureUnsupported;
+  return true;
+}
+// A device-wide wait while any stream captures: refused, and every capture invalidated.
+bool RefusedByAnyCapture(Device& d) {
+  if (d.captures.empty()) return false;
+  for (auto& [stream, c] : d.captures) c.invalidated = true;
+  d.last_error = cudaErrorStreamCaptureUnsupported;
+  return true;
 }
 
 // True when [p, p + bytes) lies inside one cudaMallocHost allocation.
@@ -602,6 +639,11 @@ cudaError_t Copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
   if (count == 0) return cudaSuccess;
   const bool src_pinned = tpserve_emu::IsPinnedLocked(d, src, count);
   const bool dst_pinned = tpserve_emu::IsPinnedLocked(d, dst, count);
+  const bool pageable = (kind == cudaMemcpyHostToDevice && !src_pinned) ||
+                        (kind == cudaMemcpyDeviceToHost && !dst_pinned);
+  if ((blocking || pageable) && tpserve_emu::RefusedByCapture(d, stream)) {
+    return cudaErrorStreamCaptureUnsupported;
+  }
   if (kind == cudaMemcpyHostToDevice)
     ++(src_pinned ? d.counters.h2d_pinned : d.counters.h2d_pageable);
   if (kind == cudaMemcpyDeviceToHost) ++d.counters.d2h;
@@ -630,6 +672,8 @@ cudaError_t Set(void* ptr, int value, size_t count, cudaStream_t stream, bool bl
                  ptr);
     return tpserve_emu::Fail(d, cudaErrorInvalidValue);
   }
+  if (blocking && tpserve_emu::RefusedByCapture(d, stream))
+    return cudaErrorStreamCaptureUnsupported;
   Push(d, stream, std::function<void()>([ptr, value, count]() { std::memset(ptr, value, count); }));
   if (blocking) {
     ++d.counters.host_waits;
@@ -688,6 +732,7 @@ cudaError_t cudaDeviceSynchronize() {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
   if (cudaError_t e = Check(d); e != cudaSuccess) return e;
+  if (tpserve_emu::RefusedByAnyCapture(d)) return cudaErrorStreamCaptureUnsupported;
   ++d.counters.host_waits;
   tpserve_emu::FlushLocked(d, lock);
   return cudaSuccess;
@@ -754,6 +799,12 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidPitchValue";
     case cudaErrorNotSupported:
       return "cudaErrorNotSupported";
+    case cudaErrorIllegalState:
+      return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated:
+      return "cudaErrorStreamCaptureInvalidated";
   }
   return "cudaErrorUnknown";
 }
@@ -834,6 +885,7 @@ cudaError_t cudaFree(void* ptr) {
     std::fprintf(stderr, "cuda emulator: cudaFree(%p): not a live device allocation\n", ptr);
     return tpserve_emu::Fail(d, cudaErrorInvalidValue);
   }
+  if (tpserve_emu::RefusedByAnyCapture(d)) return cudaErrorStreamCaptureUnsupported;
   ++d.counters.host_waits;
   tpserve_emu::FlushLocked(d, lock);  // cudaFree waits for the device
   const tpserve_emu::Allocation a = it->second;
@@ -861,6 +913,7 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
 cudaError_t cudaFreeHost(void* ptr) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  if (tpserve_emu::RefusedByAnyCapture(d)) return cudaErrorStreamCaptureUnsupported;
   ++d.counters.host_waits;
   tpserve_emu::FlushLocked(d, lock);
   d.pinned.erase(reinterpret_cast<uintptr_t>(ptr));
@@ -939,6 +992,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  if (tpserve_emu::RefusedByCapture(d, stream)) return cudaErrorStreamCaptureUnsupported;
   ++d.counters.host_waits;
   tpserve_emu::FlushStream(d, lock, stream);  // CUDA finishes a destroyed stream's work first
   d.queues.erase(stream);
@@ -948,6 +1002,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  if (tpserve_emu::RefusedByCapture(d, stream)) return cudaErrorStreamCaptureUnsupported;
   ++d.counters.host_waits;
   tpserve_emu::FlushStream(d, lock, stream);
   return cudaSuccess;
@@ -965,6 +1020,8 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   Device& d = Dev();
   std::unique_lock<std::mutex> lock(d.mu);
+  // Allowed by CUDA (an event-record node), but nothing here needs it: refused, to be strict.
+  if (tpserve_emu::RefusedByCapture(d, stream)) return cudaErrorStreamCaptureUnsupported;
   event->recorded = true;
   event->polled = false;
   event->done = std::make_shared<bool>(false);
@@ -1005,5 +1062,66 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
     }
     d.smem_optin[func] = static_cast<size_t>(value);
   }
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  if (stream == nullptr) return tpserve_emu::Fail(d, cudaErrorStreamCaptureUnsupported);
+  if (d.captures.count(stream) != 0) return tpserve_emu::Fail(d, cudaErrorIllegalState);
+  d.captures[stream] = Device::Capture{};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  *graph = nullptr;
+  auto it = d.captures.find(stream);
+  if (it == d.captures.end()) return tpserve_emu::Fail(d, cudaErrorIllegalState);
+  Device::Capture c = std::move(it->second);
+  d.captures.erase(it);
+  if (c.invalidated) return tpserve_emu::Fail(d, cudaErrorStreamCaptureInvalidated);
+  *graph = new CUgraph_st{std::move(c.ops)};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* status) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  auto it = d.captures.find(stream);
+  *status = it == d.captures.end()   ? cudaStreamCaptureStatusNone
+            : it->second.invalidated ? cudaStreamCaptureStatusInvalidated
+                                     : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes, size_t* num_nodes) {
+  if (graph == nullptr || num_nodes == nullptr || nodes != nullptr) {
+    return cudaErrorInvalidValue;  // only the count is emulated
+  }
+  *num_nodes = graph->ops.size();
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (graph == nullptr) return cudaErrorInvalidValue;
+  *exec = new CUgraphExec_st{graph->ops};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  Device& d = Dev();
+  std::unique_lock<std::mutex> lock(d.mu);
+  if (exec == nullptr) return tpserve_emu::Fail(d, cudaErrorInvalidValue);
+  if (d.captures.count(stream) != 0) return tpserve_emu::Fail(d, cudaErrorStreamCaptureUnsupported);
+  ++d.counters.graph_launches;
+  ++d.counters.operations;
+  d.counters.graph_operations += exec->ops.size();
+  for (const std::function<bool()>& op : exec->ops) tpserve_emu::PushUncounted(d, stream, op);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
   return cudaSuccess;
 }

@@ -96,7 +96,7 @@ TEST(CudaEmulator, WarpShufflesFollowCudaSemantics) {
   float* d_in = DeviceCopy(in);
   float* d_out = nullptr;
   ASSERT_EQ(cudaMalloc(&d_out, in.size() * sizeof(float)), cudaSuccess);
-  TPSERVE_LAUNCH(WarpSumKernel, 2, 64, 0, nullptr)(d_in, d_out);
+  TPSERVE_LAUNCH(WarpSumKernel, (2, 64, 0, nullptr), d_in, d_out);
   std::vector<float> out = HostCopy(d_out, in.size());
   for (int i = 0; i < 128; ++i) {
     const int w0 = i / 32 * 32;
@@ -105,7 +105,7 @@ TEST(CudaEmulator, WarpShufflesFollowCudaSemantics) {
   int *d_down = nullptr, *d_bcast = nullptr;
   ASSERT_EQ(cudaMalloc(&d_down, 64 * sizeof(int)), cudaSuccess);
   ASSERT_EQ(cudaMalloc(&d_bcast, 64 * sizeof(int)), cudaSuccess);
-  TPSERVE_LAUNCH(ShuffleKernel, 1, 64, 0, nullptr)(d_down, d_bcast);
+  TPSERVE_LAUNCH(ShuffleKernel, (1, 64, 0, nullptr), d_down, d_bcast);
   std::vector<int> down = HostCopy(d_down, 64), bcast = HostCopy(d_bcast, 64);
   for (int i = 0; i < 64; ++i) {
     const int lane = i % 32;
@@ -124,19 +124,19 @@ TEST(CudaEmulator, BlockBarriersAndSharedMemory) {
   int* d_in = DeviceCopy(in);
   int* d_out = nullptr;
   ASSERT_EQ(cudaMalloc(&d_out, in.size() * sizeof(int)), cudaSuccess);
-  TPSERVE_LAUNCH(ReverseKernel, 3, 200, 0, nullptr)(d_in, d_out);
+  TPSERVE_LAUNCH(ReverseKernel, (3, 200, 0, nullptr), d_in, d_out);
   std::vector<int> out = HostCopy(d_out, in.size());
   for (int b = 0; b < 3; ++b) {
     for (int t = 0; t < 200; ++t) EXPECT_EQ(out[b * 200 + t], b * 200 + 199 - t);
   }
   float* d_f = nullptr;
   ASSERT_EQ(cudaMalloc(&d_f, 96 * sizeof(float)), cudaSuccess);
-  TPSERVE_LAUNCH(DynamicSharedKernel, 1, 96, 96 * sizeof(float), nullptr)(d_f);
+  TPSERVE_LAUNCH(DynamicSharedKernel, (1, 96, 96 * sizeof(float), nullptr), d_f);
   std::vector<float> f = HostCopy(d_f, 96);
   for (int t = 0; t < 96; ++t) EXPECT_EQ(f[t], static_cast<float>((t + 1) % 96));
   int* d_grid = nullptr;
   ASSERT_EQ(cudaMalloc(&d_grid, 4 * 8 * 3 * 2 * sizeof(int)), cudaSuccess);
-  TPSERVE_LAUNCH(Grid2dKernel, dim3(4, 3), dim3(8, 2), 0, nullptr)(d_grid);
+  TPSERVE_LAUNCH(Grid2dKernel, (dim3(4, 3), dim3(8, 2), 0, nullptr), d_grid);
   std::vector<int> g = HostCopy(d_grid, 4 * 8 * 3 * 2);
   for (int y = 0; y < 6; ++y) {
     for (int x = 0; x < 32; ++x) EXPECT_EQ(g[y * 32 + x], y * 1000 + x);
@@ -155,12 +155,12 @@ TEST(CudaEmulator, ThreadOrderExposesAMissingBarrier) {
   std::vector<int> intended(64);
   std::iota(intended.begin(), intended.end(), 0);
   tpserve_emu::SetReverseThreadOrder(false);
-  TPSERVE_LAUNCH(RacyShiftKernel, 1, 64, 0, nullptr)(d);
+  TPSERVE_LAUNCH(RacyShiftKernel, (1, 64, 0, nullptr), d);
   EXPECT_EQ(HostCopy(d, 64), intended);
   tpserve_emu::SetReverseThreadOrder(true);
-  TPSERVE_LAUNCH(RacyShiftKernel, 1, 64, 0, nullptr)(d);
+  TPSERVE_LAUNCH(RacyShiftKernel, (1, 64, 0, nullptr), d);
   ASSERT_EQ(cudaMemset(d, 0, 64 * sizeof(int)), cudaSuccess);
-  TPSERVE_LAUNCH(RacyShiftKernel, 1, 64, 0, nullptr)(d);
+  TPSERVE_LAUNCH(RacyShiftKernel, (1, 64, 0, nullptr), d);
   EXPECT_NE(HostCopy(d, 64), intended);
   tpserve_emu::SetReverseThreadOrder(false);
   cudaFree(d);
@@ -172,7 +172,7 @@ TEST(CudaEmulator, WorkRunsOnlyAtSynchronisation) {
   int* pinned = nullptr;
   ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), sizeof(int)), cudaSuccess);
   *pinned = -1;
-  TPSERVE_LAUNCH(WriteKernel, 1, 1, 0, nullptr)(d, 0);
+  TPSERVE_LAUNCH(WriteKernel, (1, 1, 0, nullptr), d, 0);
   ASSERT_EQ(cudaMemcpyAsync(pinned, d, sizeof(int), cudaMemcpyDeviceToHost, nullptr), cudaSuccess);
   EXPECT_EQ(*pinned, -1) << "an async copy into pinned memory completed before any sync";
   ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
@@ -199,7 +199,7 @@ TEST(CudaEmulator, CountersSeeHowTheHostDrivesTheDevice) {
             cudaSuccess);
   ASSERT_EQ(cudaMemcpyAsync(d, pageable, sizeof(pageable), cudaMemcpyHostToDevice, nullptr),
             cudaSuccess);
-  TPSERVE_LAUNCH(WriteKernel, 1, 1, 0, nullptr)(d, 0);
+  TPSERVE_LAUNCH(WriteKernel, (1, 1, 0, nullptr), d, 0);
   ASSERT_EQ(cudaMemcpyAsync(pinned + 1, d, sizeof(int), cudaMemcpyDeviceToHost, nullptr),
             cudaSuccess);
   tpserve_emu::Counters c = tpserve_emu::GetCounters();
@@ -218,6 +218,75 @@ TEST(CudaEmulator, CountersSeeHowTheHostDrivesTheDevice) {
   EXPECT_EQ(c.d2h, 2u);
   cudaFreeHost(pinned);
   cudaFree(d);
+}
+
+// Stream capture: the captured work does not run; the graph runs it at each launch, reading its
+// pinned host source then; a wait for the capturing stream fails and spoils the capture.
+__global__ void AddOneKernel(int* p) { p[threadIdx.x] += 1; }
+
+TEST(CudaEmulator, CapturedGraphsReplayTheirWork) {
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  int* d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d, 4 * sizeof(int)), cudaSuccess);
+  int* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), 4 * sizeof(int)), cudaSuccess);
+  for (int i = 0; i < 4; ++i) pinned[i] = 10 * i;
+  ASSERT_EQ(cudaMemset(d, 0, 4 * sizeof(int)), cudaSuccess);
+
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  cudaStreamCaptureStatus status;
+  ASSERT_EQ(cudaStreamIsCapturing(s, &status), cudaSuccess);
+  EXPECT_EQ(status, cudaStreamCaptureStatusActive);
+  ASSERT_EQ(cudaMemcpyAsync(d, pinned, 4 * sizeof(int), cudaMemcpyHostToDevice, s), cudaSuccess);
+  TPSERVE_LAUNCH(AddOneKernel, (1, 4, 0, s), d);
+  int pageable[4] = {};
+  EXPECT_EQ(cudaMemcpyAsync(d, pageable, sizeof(pageable), cudaMemcpyHostToDevice, s),
+            cudaErrorStreamCaptureUnsupported);
+  cudaGraph_t spoiled = nullptr;
+  EXPECT_EQ(cudaStreamEndCapture(s, &spoiled), cudaErrorStreamCaptureInvalidated);
+  EXPECT_EQ(spoiled, nullptr);
+  cudaGetLastError();
+
+  tpserve_emu::ResetCounters();
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(d, pinned, 4 * sizeof(int), cudaMemcpyHostToDevice, s), cudaSuccess);
+  TPSERVE_LAUNCH(AddOneKernel, (1, 4, 0, s), d);
+  TPSERVE_LAUNCH(AddOneKernel, (1, 4, 0, s), d);
+  EXPECT_EQ(cudaStreamSynchronize(s), cudaErrorStreamCaptureUnsupported);  // spoils it
+  EXPECT_EQ(cudaStreamEndCapture(s, &spoiled), cudaErrorStreamCaptureInvalidated);
+  cudaGetLastError();
+
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(d, pinned, 4 * sizeof(int), cudaMemcpyHostToDevice, s), cudaSuccess);
+  TPSERVE_LAUNCH(AddOneKernel, (1, 4, 0, s), d);
+  TPSERVE_LAUNCH(AddOneKernel, (1, 4, 0, s), d);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+  size_t nodes = 0;
+  ASSERT_EQ(cudaGraphGetNodes(graph, nullptr, &nodes), cudaSuccess);
+  EXPECT_EQ(nodes, 3u);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  EXPECT_EQ(HostCopy(d, 4), (std::vector<int>{0, 0, 0, 0})) << "captured work ran";
+
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 4; ++i) pinned[i] = 100 * round + i;  // read when the graph runs
+    ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    EXPECT_EQ(HostCopy(d, 4), (std::vector<int>{100 * round + 2, 100 * round + 3, 100 * round + 4,
+                                                100 * round + 5}));
+  }
+  tpserve_emu::Counters c = tpserve_emu::GetCounters();
+  EXPECT_EQ(c.graph_launches, 2u);
+  EXPECT_EQ(c.graph_operations, 6u);
+  EXPECT_EQ(c.kernels, 4u) << "the launches the host made while capturing, not the graph's";
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaFreeHost(pinned);
+  cudaFree(d);
+  cudaStreamDestroy(s);
 }
 
 TEST(CudaEmulator, CopiesAreCheckedAgainstTheirKind) {
@@ -241,15 +310,15 @@ TEST(CudaEmulator, CopiesAreCheckedAgainstTheirKind) {
 TEST(CudaEmulator, LaunchLimitsAreAnH100s) {
   float* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, 2048 * sizeof(float)), cudaSuccess);
-  TPSERVE_LAUNCH(DynamicSharedKernel, 1, 2048, 0, nullptr)(d);
+  TPSERVE_LAUNCH(DynamicSharedKernel, (1, 2048, 0, nullptr), d);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
   // Beyond 48 KiB of dynamic shared memory needs the kernel's opt-in.
-  TPSERVE_LAUNCH(DynamicSharedKernel, 1, 32, 64 * 1024, nullptr)(d);
+  TPSERVE_LAUNCH(DynamicSharedKernel, (1, 32, 64 * 1024, nullptr), d);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
   ASSERT_EQ(cudaFuncSetAttribute(DynamicSharedKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  64 * 1024),
             cudaSuccess);
-  TPSERVE_LAUNCH(DynamicSharedKernel, 1, 32, 64 * 1024, nullptr)(d);
+  TPSERVE_LAUNCH(DynamicSharedKernel, (1, 32, 64 * 1024, nullptr), d);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   EXPECT_EQ(cudaFuncSetAttribute(DynamicSharedKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  300 * 1024),
@@ -273,18 +342,18 @@ TEST(CudaEmulatorDeathTest, KernelWritePastItsAllocationFaults) {
   constexpr int64_t kInts = 300 * 1024;  // 1.2 MB
   int* d = nullptr;
   ASSERT_EQ(cudaMalloc(&d, kInts * sizeof(int)), cudaSuccess);
-  TPSERVE_LAUNCH(WriteKernel, 1, 1, 0, nullptr)(d, kInts - 1);
+  TPSERVE_LAUNCH(WriteKernel, (1, 1, 0, nullptr), d, kInts - 1);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   EXPECT_DEATH(
       {
-        TPSERVE_LAUNCH(WriteKernel, 1, 1, 0, nullptr)(d, kInts);
+        TPSERVE_LAUNCH(WriteKernel, (1, 1, 0, nullptr), d, kInts);
         cudaDeviceSynchronize();
       },
       "");
   cudaFree(d);
   EXPECT_DEATH(
       {
-        TPSERVE_LAUNCH(WriteKernel, 1, 1, 0, nullptr)(d, 0);  // after cudaFree
+        TPSERVE_LAUNCH(WriteKernel, (1, 1, 0, nullptr), d, 0);  // after cudaFree
         cudaDeviceSynchronize();
       },
       "");
@@ -295,20 +364,20 @@ TEST(CudaEmulatorDeathTest, DivergentBarriersAreReported) {
   ASSERT_EQ(cudaMalloc(&d, 64 * sizeof(int)), cudaSuccess);
   EXPECT_DEATH(
       {
-        TPSERVE_LAUNCH(DivergentBarrierKernel, 1, 64, 0, nullptr)(d);
+        TPSERVE_LAUNCH(DivergentBarrierKernel, (1, 64, 0, nullptr), d);
         cudaDeviceSynchronize();
       },
       "DivergentBarrierKernel: block \\(0,0,0\\): __syncthreads\\(\\) reached by 16 threads "
       "after 48 exited");
   EXPECT_DEATH(
       {
-        TPSERVE_LAUNCH(MixedBarrierKernel, 1, 32, 0, nullptr)(d);
+        TPSERVE_LAUNCH(MixedBarrierKernel, (1, 32, 0, nullptr), d);
         cudaDeviceSynchronize();
       },
       "MixedBarrierKernel: block \\(0,0,0\\) can never leave its barriers");
   EXPECT_DEATH(
       {
-        TPSERVE_LAUNCH(ExitedLaneShuffleKernel, 1, 32, 0, nullptr)(d);
+        TPSERVE_LAUNCH(ExitedLaneShuffleKernel, (1, 32, 0, nullptr), d);
         cudaDeviceSynchronize();
       },
       "ExitedLaneShuffleKernel: a full-warp shuffle in warp 0 while 1 of its lanes have exited");

@@ -373,6 +373,7 @@ void WriteKvAs(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
   T* vpool = static_cast<T*>(cache.v);
   const auto write = [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
+      if (slots[t] == kNoKvSlot) continue;
       const int64_t block = slots[t] / bs, row = slots[t] % bs;
       for (int64_t h = 0; h < kvh; ++h) {
         const int64_t tile = (block * kvh + h) * TileElems<T>(hd, bs);
@@ -547,8 +548,9 @@ void CpuBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64
                 KvDTypeName(cache.dtype), KvDTypeName(kv_dtype_));
   const int64_t capacity = cache.num_blocks * cache.block_size;
   for (size_t t = 0; t < slots.size(); ++t) {
-    TPSERVE_CHECK(slots[t] >= 0 && slots[t] < capacity, "WriteKv: slot %lld of %lld",
-                  static_cast<long long>(slots[t]), static_cast<long long>(capacity));
+    TPSERVE_CHECK((slots[t] >= 0 && slots[t] < capacity) || slots[t] == kNoKvSlot,
+                  "WriteKv: slot %lld of %lld", static_cast<long long>(slots[t]),
+                  static_cast<long long>(capacity));
   }
   if (cache.dtype == KvDType::kFp16) {
     WriteKvAs<uint16_t>(k, v, slots, cache, pool_);

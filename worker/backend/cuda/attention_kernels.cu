@@ -229,7 +229,7 @@ bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* ro
   dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.heads));
   void (*prefill_kernel)(AttentionArgs, const int32_t*, const int32_t*) =
       FlashPrefillKernel<kPerLane, KV>;
-  TPSERVE_LAUNCH(prefill_kernel, grid, kWarps * 32, smem, stream)(a, first, rows);
+  TPSERVE_LAUNCH(prefill_kernel, (grid, kWarps * 32, smem, stream), a, first, rows);
   return true;
 }
 
@@ -239,7 +239,7 @@ void LaunchDecode(const AttentionArgs& a, cudaStream_t stream) {
   void (*decode_kernel)(AttentionArgs) = a.hd <= 64    ? PagedDecodeKernel<2, KV>
                                          : a.hd <= 128 ? PagedDecodeKernel<4, KV>
                                                        : PagedDecodeKernel<8, KV>;
-  TPSERVE_LAUNCH(decode_kernel, grid, kWarps * 32, 0, stream)(a);
+  TPSERVE_LAUNCH(decode_kernel, (grid, kWarps * 32, 0, stream), a);
 }
 
 template <typename KV>

@@ -28,8 +28,9 @@ void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int6
                 v.ShapeString().c_str(), slots.size(), static_cast<long long>(row));
   const int64_t capacity = cache.num_blocks * cache.block_size;
   for (size_t t = 0; t < slots.size(); ++t) {
-    TPSERVE_CHECK(slots[t] >= 0 && slots[t] < capacity, "WriteKv: slot %lld of %lld",
-                  static_cast<long long>(slots[t]), static_cast<long long>(capacity));
+    TPSERVE_CHECK((slots[t] >= 0 && slots[t] < capacity) || slots[t] == kNoKvSlot,
+                  "WriteKv: slot %lld of %lld", static_cast<long long>(slots[t]),
+                  static_cast<long long>(capacity));
   }
   std::shared_ptr<void> keep;
   const int64_t* dev_slots = Upload(slots, &keep);
@@ -79,10 +80,12 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   }
   if (T == 0) return;
 
+  // The block tables last: they grow with the sequences, and the arrays before them keep their
+  // offsets (a recorded decode step's pointers stay the same as its sequences grow).
   std::vector<uint8_t> meta;
-  const size_t off_tables = Pack(&meta, tables), off_offset = Pack(&meta, table_offset),
-               off_ctx = Pack(&meta, ctx_len), off_decode = Pack(&meta, decode_ctx),
-               off_first = Pack(&meta, tile_first), off_rows = Pack(&meta, tile_rows);
+  const size_t off_offset = Pack(&meta, table_offset), off_ctx = Pack(&meta, ctx_len),
+               off_decode = Pack(&meta, decode_ctx), off_first = Pack(&meta, tile_first),
+               off_rows = Pack(&meta, tile_rows), off_tables = Pack(&meta, tables);
   std::shared_ptr<void> keep;
   const uint8_t* dev = Upload(std::span<const uint8_t>(meta), &keep);
 
@@ -110,8 +113,13 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_decode);
     cuda::LaunchPagedDecodeAttention(a, stream_);
   } else {
-    TPSERVE_CUDA_CHECK(cudaMemsetAsync(out->data(), 0,
-                                       static_cast<size_t>(out->numel()) * sizeof(float), stream_));
+    const struct {
+      const void* ptr;
+      size_t bytes;
+    } memset_args{out->data(), static_cast<size_t>(out->numel()) * sizeof(float)};
+    if (Observe("cudaMemsetAsync", memset_args)) {
+      TPSERVE_CUDA_CHECK(cudaMemsetAsync(out->data(), 0, memset_args.bytes, stream_));
+    }
   }
   if (!tile_first.empty()) {
     a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_ctx);

@@ -87,6 +87,10 @@ std::string CudaBackend::name() const {
 }
 
 std::shared_ptr<void> CudaBackend::Scratch(size_t bytes) {
+  if (recorder_ != nullptr) {
+    // The recording's memory (or, once the step is known not to match, any: nothing runs).
+    if (std::shared_ptr<void> p = recorder_->Alloc(bytes)) return p;
+  }
   absl::StatusOr<std::shared_ptr<void>> p = pool_.Get(bytes);
   TPSERVE_CHECK(p.ok(), "%s", p.status().ToString().c_str());
   return *std::move(p);
@@ -98,6 +102,13 @@ constexpr size_t kRecentUploadMax = 64 << 10;  // larger ones are not kept for r
 }  // namespace
 
 const void* CudaBackend::UploadBytes(const void* data, size_t bytes, std::shared_ptr<void>* keep) {
+  if (recorder_ != nullptr) {
+    // Into the recording's arena, copied to the device in one go before the graph runs.
+    keep->reset();
+    if (const void* p = recorder_->Upload(data, bytes)) return p;
+    *keep = Scratch(std::max<size_t>(bytes, 1));  // not matching: nothing will read it
+    return keep->get();
+  }
   if (bytes <= kRecentUploadMax) {
     for (auto it = recent_uploads_.begin(); it != recent_uploads_.end(); ++it) {
       if (it->bytes.size() == bytes && std::memcmp(it->bytes.data(), data, bytes) == 0) {
@@ -157,7 +168,24 @@ Tensor CudaBackend::Alloc(std::vector<int64_t> shape) {
   for (int64_t d : shape) n *= d;
   const size_t bytes = std::max<size_t>(static_cast<size_t>(n) * sizeof(float), 1);
   std::shared_ptr<void> storage = Scratch(bytes);
-  TPSERVE_CUDA_CHECK(cudaMemsetAsync(storage.get(), 0, bytes, stream_));
+  const struct {
+    const void* ptr;
+    size_t bytes;
+  } memset_args{storage.get(), bytes};
+  if (Observe("cudaMemsetAsync", memset_args)) {
+    TPSERVE_CUDA_CHECK(cudaMemsetAsync(storage.get(), 0, bytes, stream_));
+  }
+  float* data = static_cast<float*>(storage.get());
+  return Tensor(std::move(storage), data, std::move(shape), Device::kCuda);
+}
+
+// Every element is written before it is read (the Backend contract): no clearing.
+Tensor CudaBackend::AllocUninitialized(std::vector<int64_t> shape) {
+  Bind();
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::shared_ptr<void> storage =
+      Scratch(std::max<size_t>(static_cast<size_t>(n) * sizeof(float), 1));
   float* data = static_cast<float*>(storage.get());
   return Tensor(std::move(storage), data, std::move(shape), Device::kCuda);
 }
@@ -180,6 +208,10 @@ std::vector<float> CudaBackend::ToHost(const Tensor& t) {
 void CudaBackend::CopyToHost(const float* device, float* host, size_t count) {
   Bind();
   if (count == 0) return;
+  if (Unrecordable("a copy to the host")) {
+    std::fill(host, host + count, 0.0f);
+    return;
+  }
   TPSERVE_CUDA_CHECK(
       cudaMemcpyAsync(host, device, count * sizeof(float), cudaMemcpyDeviceToHost, stream_));
   TPSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -187,7 +219,7 @@ void CudaBackend::CopyToHost(const float* device, float* host, size_t count) {
 
 void CudaBackend::CopyFromHost(const float* host, float* device, size_t count) {
   Bind();
-  if (count == 0) return;
+  if (count == 0 || Unrecordable("a copy from pageable host memory")) return;
   // Pageable source: returns once the data is staged, so `host` may be freed right after.
   TPSERVE_CUDA_CHECK(
       cudaMemcpyAsync(device, host, count * sizeof(float), cudaMemcpyHostToDevice, stream_));
@@ -195,6 +227,7 @@ void CudaBackend::CopyFromHost(const float* host, float* device, size_t count) {
 
 absl::Status CudaBackend::Synchronize() {
   Bind();
+  if (Unrecordable("a wait for the device")) return absl::OkStatus();
   return cuda::CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
 }
 
@@ -207,6 +240,9 @@ absl::StatusOr<size_t> CudaBackend::FreeMemoryBytes() const {
 
 absl::StatusOr<Weight> CudaBackend::LoadWeight(const TensorView& view) {
   Bind();
+  if (Unrecordable("loading a weight")) {
+    return absl::FailedPreconditionError("LoadWeight inside a recorded step");
+  }
   if (view.data == nullptr || view.rows <= 0 || view.cols <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("weight view is empty (", view.rows, " x ", view.cols, ")"));
@@ -274,6 +310,12 @@ void CudaBackend::CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst)
   CheckDevice(*dst, "CopyColumns");
   if (src.numel() == 0) return;
   const size_t width = static_cast<size_t>(src.cols()) * sizeof(float);
+  const struct {
+    const void *dst, *src;
+    size_t dpitch, width, height;
+  } copy_args{dst->data() + col_begin, src.data(), static_cast<size_t>(dst->cols()) * sizeof(float),
+              width, static_cast<size_t>(src.rows())};
+  if (!Observe("cudaMemcpy2DAsync", copy_args)) return;
   TPSERVE_CUDA_CHECK(cudaMemcpy2DAsync(
       dst->data() + col_begin, static_cast<size_t>(dst->cols()) * sizeof(float), src.data(), width,
       width, static_cast<size_t>(src.rows()), cudaMemcpyDeviceToDevice, stream_));

@@ -15,16 +15,20 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/device_pool.h"
 #include "worker/backend/cuda/pinned_ring.h"
+#include "worker/backend/cuda/step_recorder.h"
 #include "worker/sampling/sampler.h"
 
 typedef struct CUstream_st* cudaStream_t;
@@ -55,6 +59,9 @@ struct CudaBackendOptions {
   // the attention reads); nullopt picks fp16 with bf16 weights, fp32 in the exact fp32 mode.
   // int8 is CPU-only (INVALID_ARGUMENT from Create).
   std::optional<KvDType> kv_dtype;
+  // Decode steps of up to this many rows are recorded as CUDA graphs and replayed
+  // (RunRecorded, step_recorder.h); 0 runs every step op by op.
+  int64_t max_recorded_rows = 64;
 };
 
 class CudaBackend final : public Backend {
@@ -72,6 +79,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return stream_; }
 
   Tensor Alloc(std::vector<int64_t> shape) override;
+  Tensor AllocUninitialized(std::vector<int64_t> shape) override;
   Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override;
   std::vector<float> ToHost(const Tensor& t) override;
   absl::StatusOr<Weight> LoadWeight(const TensorView& view) override;
@@ -96,6 +104,10 @@ class CudaBackend final : public Backend {
   void Attention(const Tensor& q, const KvLayerView& cache, std::span<const AttentionSeq> seqs,
                  const AttentionParams& params, Tensor* out) override;
 
+  int64_t max_recorded_rows() const override { return options_.max_recorded_rows; }
+  absl::Status RunRecorded(const std::string& key,
+                           const std::function<absl::Status()>& step) override;
+
   bool samples_on_device() const override { return true; }
   absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(
       const Tensor& logits, std::span<const int64_t> rows,
@@ -119,10 +131,27 @@ class CudaBackend final : public Backend {
   void CopyFromHost(const float* host, float* device, size_t count);
   // Device buffer of `bytes` from the backend's pool.
   absl::StatusOr<std::shared_ptr<void>> DeviceBytes(size_t bytes) { return pool_.Get(bytes); }
+  // Recorded steps so far: graphs held, captures made, replays run (all keys).
+  struct RecordedStats {
+    int64_t graphs = 0, captures = 0, replays = 0, fallbacks = 0;
+  };
+  RecordedStats recorded_stats() const;
 
  private:
   explicit CudaBackend(const CudaBackendOptions& options) : options_(options) {}
   std::shared_ptr<void> Scratch(size_t bytes);  // aborts when the device is out of memory
+  // Whether a step is being recorded or replayed; then `what` (a call that waits for the device
+  // or copies from pageable memory) spoils it, and the caller skips its device work.
+  bool Unrecordable(const char* what);
+  // Tells the recorder about a device call other than a kernel launch; false: do not make it.
+  template <typename T>
+  bool Observe(const char* what, const T& args) {
+    static_assert(std::has_unique_object_representations_v<T>);
+    return recorder_ == nullptr || recorder_->OnCall(what, &args, sizeof(T));
+  }
+  // Replay: copies the uploads and launches the graph. Capture: also instantiates it first.
+  absl::Status LaunchRecording(cuda::StepRecording& rec, cudaGraph_t captured);
+  void EvictRecordings();
   // A device copy of a host array, for kernels to read (never write): copied on the stream
   // through page-locked staging, or an earlier upload of the same bytes (a step uploads the same
   // block tables and slots for every layer; the RoPE frequencies never change).
@@ -154,6 +183,11 @@ class CudaBackend final : public Backend {
   };
   std::deque<Uploaded> recent_uploads_;  // newest first; small uploads only
   cuda::PinnedBuffer download_;          // sampled tokens on their way back
+  // Recorded steps by key; the recorder of the step running now (null: none).
+  std::map<std::string, std::shared_ptr<cuda::StepRecording>> recordings_;
+  uint64_t recording_clock_ = 0;
+  cuda::StepRecorder* recorder_ = nullptr;
+  RecordedStats recorded_stats_;
 };
 
 }  // namespace tpserve

@@ -9,6 +9,9 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <type_traits>
+
+#include "worker/backend/cuda/cuda_launch.h"
 
 namespace tpserve::cuda {
 
@@ -47,6 +50,7 @@ void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool t
 // ---- KV cache and attention ----
 // cache_k/v[slots[t] * row + i] = k/v[t * row + i], row = kv_heads * hd elements: fp32 pools,
 // or fp16 (`half`) with the value saturated to +-65504 and rounded to nearest even (NaN kept).
+// Rows with a negative slot (padding) are not written.
 void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
                    void* cache_k, void* cache_v, bool half, cudaStream_t stream);
 
@@ -55,16 +59,20 @@ struct AttentionArgs {
   float* out = nullptr;           // [T, heads, hd]
   const void* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, hd], fp32 or fp16
   const void* v_cache = nullptr;
-  bool kv_half = false;  // the pools hold fp16
-  int64_t num_tokens = 0, heads = 0, hd = 0, kv_heads = 0, block_size = 0;
-  float scale = 1.0f;
-  int64_t group_size = 1, q_head_begin = 0, kv_head_begin = 0;
   // Per token row: its sequence's block table (offset into `block_tables`, int32 block ids) and
   // the number of positions it sees (causal: its own position + 1); ctx 0 = padding row (zeros).
   const int32_t* block_tables = nullptr;
   const int64_t* table_offset = nullptr;  // [T]
   const int32_t* ctx_len = nullptr;       // [T]
+  int64_t num_tokens = 0, heads = 0, hd = 0, kv_heads = 0, block_size = 0;
+  int64_t group_size = 1, q_head_begin = 0, kv_head_begin = 0;
+  float scale = 1.0f;
+  int32_t kv_half = 0;  // the pools hold fp16
 };
+// No padding bytes (launches are compared as bytes when steps are recorded: cuda_launch.h).
+static_assert(sizeof(AttentionArgs) == 7 * sizeof(void*) + 8 * sizeof(int64_t) + 8);
+template <>
+struct IsPaddingFree<AttentionArgs> : std::true_type {};
 
 // Decode: one token row per (head, row) block; 4 warps split the positions, online softmax,
 // warps merged through shared memory. At most kMaxDecodeRows rows (the grid's y); hd <= 256.

@@ -8,6 +8,8 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <bit>
+
 #include "worker/backend/check.h"
 #include "worker/backend/cuda/cuda_backend.h"
 #include "worker/backend/cuda/cuda_kernels.h"
@@ -36,6 +38,23 @@ void CudaBackend::Gemm(const Tensor& x, const void* x_bf16, const Weight& w, flo
                        Tensor* y) {
   const int64_t n = x.rows(), in = w.cols, out = w.rows;
   const float alpha = 1.0f;
+  const struct {
+    const void *w, *x, *x_bf16;
+    float* y;
+    int64_t n, in, out, ldw_bytes, w_dtype;
+    uint32_t beta_bits, pad;
+  } args{w.data,
+         x.data(),
+         x_bf16,
+         y->data(),
+         n,
+         in,
+         out,
+         static_cast<int64_t>(w.row_stride_bytes),
+         static_cast<int64_t>(w.dtype),
+         std::bit_cast<uint32_t>(beta),
+         0};
+  if (!Observe("cublasGemmEx", args)) return;
   cublasStatus_t st;
   if (w.dtype == DType::kF32) {
     const int64_t ldw = static_cast<int64_t>(w.row_stride_bytes / sizeof(float));

@@ -40,7 +40,7 @@ absl::StatusOr<DeviceSummary> ProbeDevices() {
 absl::StatusOr<int> RoundTripKernel(int value) {
   int* dev = nullptr;
   if (auto st = FromCuda(cudaMalloc(&dev, sizeof(int)), "cudaMalloc"); !st.ok()) return st;
-  TPSERVE_LAUNCH(WriteValue, 1, 1)(dev, value);
+  TPSERVE_LAUNCH(WriteValue, (1, 1), dev, value);
   int host = 0;
   absl::Status st =
       FromCuda(cudaMemcpy(&host, dev, sizeof(int), cudaMemcpyDeviceToHost), "cudaMemcpy");

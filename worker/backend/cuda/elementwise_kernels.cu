@@ -143,6 +143,7 @@ __global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slo
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < T * row;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / row, j = i % row;
+    if (slots[t] < 0) continue;  // kNoKvSlot: a padding row
     const int64_t dst = slots[t] * row + j;
     StoreKv(k[i], ck + dst);
     StoreKv(v[i], cv + dst);
@@ -152,66 +153,67 @@ __global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slo
 }  // namespace
 
 void LaunchF32ToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t stream) {
-  TPSERVE_LAUNCH(F32ToBf16Kernel, Blocks(n), kThreads, 0, stream)
-  (src, reinterpret_cast<__nv_bfloat16*>(dst), n);
+  TPSERVE_LAUNCH(F32ToBf16Kernel, (Blocks(n), kThreads, 0, stream), src,
+                 reinterpret_cast<__nv_bfloat16*>(dst), n);
 }
 
 void LaunchAdd(const float* x, float* y, int64_t n, cudaStream_t stream) {
-  TPSERVE_LAUNCH(AddKernel, Blocks(n), kThreads, 0, stream)(x, y, n);
+  TPSERVE_LAUNCH(AddKernel, (Blocks(n), kThreads, 0, stream), x, y, n);
 }
 
 void LaunchAddBias(const float* bias, float* y, int64_t rows, int64_t cols, cudaStream_t stream) {
-  TPSERVE_LAUNCH(AddBiasKernel, Blocks(rows * cols), kThreads, 0, stream)
-  (bias, y, rows * cols, cols);
+  TPSERVE_LAUNCH(AddBiasKernel, (Blocks(rows * cols), kThreads, 0, stream), bias, y, rows * cols,
+                 cols);
 }
 
 void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
-  TPSERVE_LAUNCH(SiluMulKernel, Blocks(n), kThreads, 0, stream)(gate, up, out, n);
+  TPSERVE_LAUNCH(SiluMulKernel, (Blocks(n), kThreads, 0, stream), gate, up, out, n);
 }
 
 void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, int64_t rows,
                    int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  TPSERVE_LAUNCH(RmsNormKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
-  (x, weight, eps, y, cols);
+  TPSERVE_LAUNCH(RmsNormKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), x, weight, eps,
+                 y, cols);
 }
 
 void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t seed,
                       cudaStream_t stream) {
-  TPSERVE_LAUNCH(RandomFillKernel, Blocks(n), kThreads, 0, stream)(dst, bf16, n, scale, seed);
+  TPSERVE_LAUNCH(RandomFillKernel, (Blocks(n), kThreads, 0, stream), dst, bf16, n, scale, seed);
 }
 
 void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos_sin, int64_t T,
                      int64_t half, cudaStream_t stream) {
   if (T * half == 0) return;
-  TPSERVE_LAUNCH(RopeTableKernel, Blocks(T * half), kThreads, 0, stream)
-  (positions, inv_freq, cos_sin, T, half);
+  TPSERVE_LAUNCH(RopeTableKernel, (Blocks(T * half), kThreads, 0, stream), positions, inv_freq,
+                 cos_sin, T, half);
 }
 
 void LaunchRope(const float* cos_sin, bool interleaved, float* x, int64_t T, int64_t heads,
                 int64_t hd, cudaStream_t stream) {
   const int64_t n = T * heads * (hd / 2);
   if (n == 0) return;
-  TPSERVE_LAUNCH(RopeKernel, Blocks(n), kThreads, 0, stream)(cos_sin, interleaved, x, T, heads, hd);
+  TPSERVE_LAUNCH(RopeKernel, (Blocks(n), kThreads, 0, stream), cos_sin, interleaved, x, T, heads,
+                 hd);
 }
 
 void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool table_bf16,
                      int64_t table_rows, int64_t cols, int64_t row_stride, int64_t vocab_begin,
                      float* out, cudaStream_t stream) {
   if (T == 0) return;
-  TPSERVE_LAUNCH(EmbeddingKernel, static_cast<unsigned>(T), kThreads, 0, stream)
-  (tokens, table, table_bf16, table_rows, cols, row_stride, vocab_begin, out);
+  TPSERVE_LAUNCH(EmbeddingKernel, (static_cast<unsigned>(T), kThreads, 0, stream), tokens, table,
+                 table_bf16, table_rows, cols, row_stride, vocab_begin, out);
 }
 
 void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
                    void* cache_k, void* cache_v, bool half, cudaStream_t stream) {
   if (T * row == 0) return;
   if (half) {
-    TPSERVE_LAUNCH(WriteKvKernel<__half>, Blocks(T * row), kThreads, 0, stream)
-    (k, v, slots, T, row, static_cast<__half*>(cache_k), static_cast<__half*>(cache_v));
+    TPSERVE_LAUNCH(WriteKvKernel<__half>, (Blocks(T * row), kThreads, 0, stream), k, v, slots, T,
+                   row, static_cast<__half*>(cache_k), static_cast<__half*>(cache_v));
   } else {
-    TPSERVE_LAUNCH(WriteKvKernel<float>, Blocks(T * row), kThreads, 0, stream)
-    (k, v, slots, T, row, static_cast<float*>(cache_k), static_cast<float*>(cache_v));
+    TPSERVE_LAUNCH(WriteKvKernel<float>, (Blocks(T * row), kThreads, 0, stream), k, v, slots, T,
+                   row, static_cast<float*>(cache_k), static_cast<float*>(cache_v));
   }
 }
 

@@ -245,7 +245,8 @@ TempLayout Layout(int64_t rows, int64_t V) {
 void LaunchArgmax(const float* logits, int64_t rows, int64_t V, int32_t* tokens,
                   cudaStream_t stream) {
   if (rows == 0) return;
-  TPSERVE_LAUNCH(ArgmaxKernel, static_cast<unsigned>(rows), kThreads, 0, stream)(logits, V, tokens);
+  TPSERVE_LAUNCH(ArgmaxKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), logits, V,
+                 tokens);
 }
 
 size_t SampleTempBytes(int64_t rows, int64_t V) { return Layout(rows, V).total; }
@@ -261,8 +262,8 @@ SortedRows LaunchSortRows(const float* logits, int64_t rows, int64_t V, void* te
   if (rows == 0) return SortedRows{keys_out, ids_out};
   int64_t blocks = (rows * V + kThreads - 1) / kThreads;
   if (blocks > 65535) blocks = 65535;
-  TPSERVE_LAUNCH(IotaKernel, static_cast<unsigned>(blocks), kThreads, 0, stream)
-  (ids_in, rows, V, offsets);
+  TPSERVE_LAUNCH(IotaKernel, (static_cast<unsigned>(blocks), kThreads, 0, stream), ids_in, rows, V,
+                 offsets);
   size_t cub_bytes = temp_bytes - t.cub;
   // Radix sort is stable: equal logits keep ascending token ids, the CPU's tie order.
   cub::DeviceSegmentedRadixSort::SortPairsDescending(
@@ -274,8 +275,8 @@ SortedRows LaunchSortRows(const float* logits, int64_t rows, int64_t V, void* te
 void LaunchDrawSorted(const SortedRows& sorted, int64_t rows, int64_t V,
                       const SampleRowParams* params_dev, int32_t* tokens, cudaStream_t stream) {
   if (rows == 0) return;
-  TPSERVE_LAUNCH(DrawSortedKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
-  (sorted.keys, sorted.ids, V, params_dev, tokens);
+  TPSERVE_LAUNCH(DrawSortedKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), sorted.keys,
+                 sorted.ids, V, params_dev, tokens);
 }
 
 void LaunchSampleSorted(const float* logits, int64_t rows, int64_t V,
@@ -291,8 +292,8 @@ void LaunchAdjustLogits(float* logits, int64_t rows, int64_t V, const RowAdjust*
                         const int32_t* bias_tokens, const float* bias_values,
                         const int32_t* suppressed, cudaStream_t stream) {
   if (rows == 0) return;
-  TPSERVE_LAUNCH(AdjustKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
-  (logits, V, adjust, penalty_tokens, penalty_counts, bias_tokens, bias_values, suppressed);
+  TPSERVE_LAUNCH(AdjustKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), logits, V,
+                 adjust, penalty_tokens, penalty_counts, bias_tokens, bias_values, suppressed);
 }
 
 void LaunchLogprobs(const float* logits, int64_t rows, int64_t V, const int32_t* greedy,
@@ -300,9 +301,9 @@ void LaunchLogprobs(const float* logits, int64_t rows, int64_t V, const int32_t*
                     const SortedRows& sorted, const int32_t* top_n, int max_n, float* logprob,
                     int32_t* top_ids, float* top_logprobs, cudaStream_t stream) {
   if (rows == 0) return;
-  TPSERVE_LAUNCH(LogprobsKernel, static_cast<unsigned>(rows), kThreads, 0, stream)
-  (logits, V, greedy, drawn, params_dev, sorted.keys, sorted.ids, top_n, max_n, logprob, top_ids,
-   top_logprobs);
+  TPSERVE_LAUNCH(LogprobsKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), logits, V,
+                 greedy, drawn, params_dev, sorted.keys, sorted.ids, top_n, max_n, logprob, top_ids,
+                 top_logprobs);
 }
 
 }  // namespace tpserve::cuda

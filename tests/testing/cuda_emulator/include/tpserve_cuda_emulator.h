@@ -39,16 +39,18 @@ void SetLastError(cudaError_t error);
 // measure of how a piece of host code drives a GPU, e.g. how often a decode step makes the host
 // wait for the device, which on a real GPU stalls the queue of kernels behind the host.
 struct Counters {
-  uint64_t kernels = 0;       // kernel launches
-  uint64_t operations = 0;    // everything queued: kernels, copies, memsets, library calls
-  uint64_t h2d_pageable = 0;  // host-to-device copies from pageable memory (CUDA documents that
-                              // it may synchronise with the stream to stage them)
-  uint64_t h2d_pinned = 0;    // host-to-device copies from cudaMallocHost memory
-  uint64_t d2h = 0;           // device-to-host copies
-  uint64_t host_waits = 0;    // calls that wait for the device: stream, device and event
-                              // synchronisation, blocking copies, copies into pageable memory,
-                              // cudaFree / cudaFreeHost, and polling an event whose work is
-                              // still queued (once per recording)
+  uint64_t kernels = 0;           // kernel launches the host made (captured ones too)
+  uint64_t operations = 0;        // everything queued: kernels, copies, memsets, library calls
+  uint64_t h2d_pageable = 0;      // host-to-device copies from pageable memory (CUDA documents that
+                                  // it may synchronise with the stream to stage them)
+  uint64_t h2d_pinned = 0;        // host-to-device copies from cudaMallocHost memory
+  uint64_t d2h = 0;               // device-to-host copies
+  uint64_t host_waits = 0;        // calls that wait for the device: stream, device and event
+                                  // synchronisation, blocking copies, copies into pageable memory,
+                                  // cudaFree / cudaFreeHost, and polling an event whose work is
+                                  // still queued (once per recording)
+  uint64_t graph_launches = 0;    // cudaGraphLaunch calls (each also one operation)
+  uint64_t graph_operations = 0;  // operations those launches queued
 };
 Counters GetCounters();
 void ResetCounters();

@@ -130,6 +130,49 @@ class CudaModel : public ::testing::TestWithParam<ModelCase> {
     return ranks;
   }
 
+#if defined(TPSERVE_CUDA_EMULATOR)
+  // The emulator's counts over `measured` greedy decode steps of one sequence, as the worker runs
+  // them (logits left on the device, the token drawn there), after the prefill and a first decode
+  // step (which warm up, and record the step where recording is on), bf16, one rank.
+  struct Counted {
+    tpserve_emu::Counters counters;
+    ModelConfig config;
+    CudaBackend::RecordedStats stats;
+  };
+  static absl::StatusOr<Counted> CountDecodeSteps(int64_t max_recorded_rows, int measured) {
+    ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> be,
+                     CudaBackend::Create({.device = 0,
+                                          .precision = CudaPrecision::kBf16,
+                                          .max_recorded_rows = max_recorded_rows}));
+    CudaBackend* cuda = be.get();
+    ASSIGN_OR_RETURN(std::vector<Rank> ranks, OneRank(std::move(be)));
+    Rank& rank = ranks[0];
+    StepSequence seq;
+    seq.seq_id = 1;
+    seq.tokens = kPrompt;
+    for (int32_t& t : seq.tokens) t %= static_cast<int32_t>(rank.files.config.vocab_size);
+    for (int32_t b = 0; b < kNumBlocks; ++b) seq.block_table.push_back(b);
+    seq.sample = false;
+    for (int i = 0; i < measured + 2; ++i) {
+      if (i == 2) tpserve_emu::ResetCounters();
+      Step step;
+      step.sequences = {seq};
+      step.keep_device_logits = true;
+      ASSIGN_OR_RETURN(StepResult result, rank.runner->Execute(step));
+      if (result.logits_device.device() == Device::kCpu) {
+        return absl::InternalError("the logits were not left on the device");
+      }
+      const std::vector<int64_t> rows = {result.logits_row.at(0)};
+      const std::vector<Backend::DeviceDraw> draws = {{.temperature = 0.0f}};
+      ASSIGN_OR_RETURN(std::vector<Backend::DeviceDrawn> drawn,
+                       rank.backend->SampleOnDevice(result.logits_device, rows, draws));
+      seq.start_pos += static_cast<int64_t>(seq.tokens.size());
+      seq.tokens = {drawn.at(0).token};
+    }
+    return Counted{tpserve_emu::GetCounters(), rank.files.config, cuda->recorded_stats()};
+  }
+#endif
+
   static absl::StatusOr<std::unique_ptr<Backend>> Cuda(CudaPrecision precision) {
     ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> be,
                      CudaBackend::Create({.device = 0, .precision = precision}));
@@ -245,42 +288,116 @@ TEST_P(CudaModel, TensorParallel2OnOneGpuEqualsTp1) {
       1e-4);
 }
 
+// Decode steps recorded as CUDA graphs and replayed (step_recorder.h) give what the same steps
+// give op by op, while the batch changes size (padded to 8, 4, 1 rows), sequences pause and
+// resume, and block tables grow past the room their upload had when recorded (recorded again).
+// Every step's logits of every sequence are compared; the inputs are the same on both sides.
+TEST_P(CudaModel, RecordedDecodeStepsEqualOpByOp) {
+#if defined(TPSERVE_CUDA_EMULATOR)
+  // ~75 steps of SmolLM2 twice take half a minute emulated; the tiny models check the same
+  // logic there (and the serving tests run SmolLM2's recorded steps against its goldens).
+  if (GetParam().name == "smollm2") GTEST_SKIP() << "too slow on the emulator";
+#endif
+  constexpr int64_t kBlocks = 64, kBlockTokens = 4;
+  struct Side {
+    std::vector<Rank> ranks;
+    CudaBackend* cuda = nullptr;
+  };
+  auto make = [&](int64_t max_recorded_rows) -> absl::StatusOr<Side> {
+    Side side;
+    side.ranks.resize(1);
+    Rank& r = side.ranks[0];
+    ASSIGN_OR_RETURN(r.files, OpenModelFiles(ModelPath()));
+    ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> be,
+                     CudaBackend::Create({.device = 0,
+                                          .precision = CudaPrecision::kFp32,
+                                          .max_recorded_rows = max_recorded_rows}));
+    side.cuda = be.get();
+    r.backend = std::move(be);
+    r.comm = std::make_unique<LocalCommunicator>();
+    ASSIGN_OR_RETURN(r.model,
+                     LoadCausalLm(r.files, SingleRankPlan(r.files.config), *r.backend, *r.comm));
+    ASSIGN_OR_RETURN(r.runner,
+                     ModelRunner::Create(*r.model, *r.backend, true, kBlocks, kBlockTokens));
+    return side;
+  };
+  absl::StatusOr<Side> recorded = make(64), eager = make(0);
+  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  const int32_t vocab = static_cast<int32_t>(recorded->ranks[0].files.config.vocab_size);
+
+  // Sequence 0 owns blocks 0..23 (96 positions), sequences 1..4 eight blocks each.
+  struct Seq {
+    StepSequence s;
+    std::vector<int32_t> blocks;
+  };
+  std::vector<Seq> seqs(5);
+  for (int i = 0; i < 5; ++i) {
+    seqs[i].s.seq_id = i + 1;
+    seqs[i].s.tokens.assign(kPrompt.begin(), kPrompt.begin() + 3 + i);
+    for (int32_t& t : seqs[i].s.tokens) t %= vocab;
+    const int32_t first = i == 0 ? 0 : 24 + 8 * (i - 1), count = i == 0 ? 24 : 8;
+    for (int32_t b = 0; b < count; ++b) seqs[i].blocks.push_back(first + b);
+  }
+  // Which sequences take part in each step: all five prefill, then decode phases of 5, 3, 1 and
+  // 5 sequences again (the single sequence runs long enough for its table to outgrow its room).
+  std::vector<std::vector<int>> schedule = {{0, 1, 2, 3, 4}};
+  for (int k = 0; k < 4; ++k) schedule.push_back({0, 1, 2, 3, 4});
+  for (int k = 0; k < 6; ++k) schedule.push_back({0, 2, 4});
+  for (int k = 0; k < 60; ++k) schedule.push_back({0});
+  for (int k = 0; k < 3; ++k) schedule.push_back({0, 1, 2, 3, 4});
+
+  for (size_t k = 0; k < schedule.size(); ++k) {
+    Step step;
+    step.return_logits = true;
+    for (int i : schedule[k]) {
+      StepSequence s = seqs[i].s;
+      const int64_t end = s.start_pos + static_cast<int64_t>(s.tokens.size());
+      s.block_table.assign(seqs[i].blocks.begin(),
+                           seqs[i].blocks.begin() + (end + kBlockTokens - 1) / kBlockTokens);
+      step.sequences.push_back(std::move(s));
+    }
+    absl::StatusOr<StepResult> a = recorded->ranks[0].runner->Execute(step);
+    ASSERT_TRUE(a.ok()) << a.status();
+    absl::StatusOr<StepResult> b = eager->ranks[0].runner->Execute(step);
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_EQ(a->logits.size(), b->logits.size());
+    ASSERT_LT(testing::RelativeDiff(a->logits.data(), b->logits.data(),
+                                    static_cast<int64_t>(b->logits.size())),
+              1e-5)
+        << "step " << k << " (" << schedule[k].size() << " sequences)";
+    ASSERT_EQ(a->tokens, b->tokens) << "step " << k;
+    for (size_t j = 0; j < schedule[k].size(); ++j) {
+      StepSequence& s = seqs[schedule[k][j]].s;
+      s.start_pos += static_cast<int64_t>(s.tokens.size());
+      s.tokens = {a->tokens[j]};
+      ++s.sample_step;
+    }
+  }
+  const CudaBackend::RecordedStats stats = recorded->cuda->recorded_stats();
+  std::printf("recorded steps: %lld graphs, %lld captures, %lld replays, %lld fallbacks\n",
+              static_cast<long long>(stats.graphs), static_cast<long long>(stats.captures),
+              static_cast<long long>(stats.replays), static_cast<long long>(stats.fallbacks));
+  EXPECT_EQ(stats.graphs, 3) << "8, 4 and 1 rows";
+  // Sequence 0's block table outgrows the room of its recorded upload once on its own (4 -> 24
+  // blocks, in a 64-byte place past the 48 bytes of row metadata), so 1 row is recorded twice.
+  EXPECT_GE(stats.captures, 4);
+  EXPECT_EQ(stats.fallbacks, 0);
+  EXPECT_GE(stats.replays, static_cast<int64_t>(schedule.size()) - 1 - stats.captures);
+  EXPECT_EQ(eager->cuda->recorded_stats().captures, 0);
+}
+
 #if defined(TPSERVE_CUDA_EMULATOR)
 // How a decode step drives the GPU, counted by the emulator: the worker's path (logits left on
 // the device, the token drawn there) makes the host wait for the device once a step (the
 // token's copy back), and no copy of the step comes from pageable memory, which CUDA may stage
 // with a stream synchronisation (each one would put the host in lockstep with the GPU).
 TEST_P(CudaModel, DecodeStepWaitsForTheDeviceOnlyForItsToken) {
-  absl::StatusOr<std::unique_ptr<Backend>> be = Cuda(CudaPrecision::kBf16);
-  ASSERT_TRUE(be.ok()) << be.status();
-  absl::StatusOr<std::vector<Rank>> ranks = OneRank(std::move(*be));
-  ASSERT_TRUE(ranks.ok()) << ranks.status();
-  Rank& rank = (*ranks)[0];
-
-  StepSequence seq;
-  seq.seq_id = 1;
-  seq.tokens = kPrompt;
-  for (int32_t& t : seq.tokens) t %= static_cast<int32_t>(rank.files.config.vocab_size);
-  for (int32_t b = 0; b < kNumBlocks; ++b) seq.block_table.push_back(b);
-  seq.sample = false;
-  constexpr int kSteps = 6, kMeasured = 4;  // the prefill and the first decode step warm up
-  for (int i = 0; i < kSteps; ++i) {
-    if (i == kSteps - kMeasured) tpserve_emu::ResetCounters();
-    Step step;
-    step.sequences = {seq};
-    step.keep_device_logits = true;
-    absl::StatusOr<StepResult> result = rank.runner->Execute(step);
-    ASSERT_TRUE(result.ok()) << result.status();
-    ASSERT_NE(result->logits_device.device(), Device::kCpu);
-    const std::vector<int64_t> rows = {result->logits_row.at(0)};
-    const std::vector<Backend::DeviceDraw> draws = {{.temperature = 0.0f}};
-    absl::StatusOr<std::vector<Backend::DeviceDrawn>> drawn =
-        rank.backend->SampleOnDevice(result->logits_device, rows, draws);
-    ASSERT_TRUE(drawn.ok()) << drawn.status();
-    seq.start_pos += static_cast<int64_t>(seq.tokens.size());
-    seq.tokens = {drawn->at(0).token};
-  }
-  const tpserve_emu::Counters c = tpserve_emu::GetCounters();
+  // Op by op (no recorded steps: RecordedDecodeStepIsOneGraphLaunch counts those).
+  constexpr int kMeasured = 4;
+  absl::StatusOr<Counted> counted = CountDecodeSteps(/*max_recorded_rows=*/0, kMeasured);
+  ASSERT_TRUE(counted.ok()) << counted.status();
+  const tpserve_emu::Counters& c = counted->counters;
   std::printf(
       "per decode step: %.1f kernels, %.1f operations, %.1f pinned and %.1f pageable "
       "uploads, %.1f downloads, %.1f host waits\n",
@@ -296,9 +413,33 @@ TEST_P(CudaModel, DecodeStepWaitsForTheDeviceOnlyForItsToken) {
   // rounding per shared input, q/k/v and gate/up GEMMs, RoPE, KV write, attention, SwiGLU, the
   // residual adds riding on the o/down GEMMs; 3 more for q/k/v biases) and 6 for the step (16 a
   // layer before the fused forms).
-  const ModelConfig& config = rank.files.config;
+  const ModelConfig& config = counted->config;
   const uint64_t per_layer = 11 + (config.attention_bias ? 3 : 0) + (config.mlp_bias ? 2 : 0);
   EXPECT_LE(c.kernels, kMeasured * (per_layer * config.num_layers + 6));
+}
+
+// A recorded decode step costs the host one graph launch: the model's kernels and GEMMs are no
+// longer launched one by one (only the arg-max of the device draw is), its inputs go up in one
+// copy from page-locked memory, and the host still waits once, for the token.
+TEST_P(CudaModel, RecordedDecodeStepIsOneGraphLaunch) {
+  constexpr int kMeasured = 4;
+  absl::StatusOr<Counted> counted = CountDecodeSteps(/*max_recorded_rows=*/64, kMeasured);
+  ASSERT_TRUE(counted.ok()) << counted.status();
+  const tpserve_emu::Counters& c = counted->counters;
+  std::printf(
+      "per recorded decode step: %.1f graph launches of %.1f operations, %.1f kernels, "
+      "%.1f operations, %.1f pinned and %.1f pageable uploads, %.1f host waits\n",
+      double(c.graph_launches) / kMeasured, double(c.graph_operations) / kMeasured,
+      double(c.kernels) / kMeasured, double(c.operations) / kMeasured,
+      double(c.h2d_pinned) / kMeasured, double(c.h2d_pageable) / kMeasured,
+      double(c.host_waits) / kMeasured);
+  EXPECT_EQ(c.graph_launches, uint64_t{kMeasured});
+  EXPECT_GE(c.graph_operations, kMeasured * counted->config.num_layers * 8u);
+  EXPECT_LE(c.kernels, uint64_t{kMeasured}) << "the draw's arg-max, nothing of the model";
+  EXPECT_EQ(c.host_waits, uint64_t{kMeasured});
+  EXPECT_EQ(c.h2d_pageable, 0u);
+  EXPECT_EQ(c.h2d_pinned, uint64_t{kMeasured}) << "one copy of the step's inputs";
+  EXPECT_EQ(counted->stats.replays, kMeasured);
 }
 #endif
 

@@ -1,0 +1,179 @@
+// Recorded steps (step_recorder.h): CudaBackend::RunRecorded captures a step into a CUDA graph
+// the first time its key comes, and replays the graph afterwards when the step's host side
+// matches the recording; anything else runs op by op, as without recording.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "common/base/status_macros.h"
+#include "spdlog/spdlog.h"
+#include "worker/backend/check.h"
+#include "worker/backend/cuda/cuda_backend.h"
+#include "worker/backend/cuda/cuda_status.h"
+
+namespace tpserve {
+namespace {
+
+constexpr size_t kMaxRecordings = 24;          // graphs kept; the least recently used go first
+constexpr int kMaxCaptures = 8;                // per key, before it runs op by op for good
+constexpr size_t kFirstArenaBytes = 64 << 10;  // a decode step's uploads take a few KiB
+
+}  // namespace
+
+// The recorder of the step running on this thread and backend, for the scope.
+class RecorderScope {
+ public:
+  RecorderScope(cuda::StepRecorder*& slot, cuda::StepRecorder* recorder)
+      : slot_(slot), previous_observer_(cuda::t_launch_observer) {
+    slot_ = recorder;
+    cuda::t_launch_observer = recorder;
+  }
+  ~RecorderScope() {
+    slot_ = nullptr;
+    cuda::t_launch_observer = previous_observer_;
+  }
+
+ private:
+  cuda::StepRecorder*& slot_;
+  cuda::LaunchObserver* previous_observer_;
+};
+
+bool CudaBackend::Unrecordable(const char* what) {
+  if (recorder_ == nullptr) return false;
+  recorder_->Fail(absl::StrCat(what, " inside the step"));
+  return true;
+}
+
+CudaBackend::RecordedStats CudaBackend::recorded_stats() const {
+  RecordedStats s = recorded_stats_;
+  s.graphs = std::count_if(recordings_.begin(), recordings_.end(),
+                           [](const auto& r) { return r.second->exec != nullptr; });
+  return s;
+}
+
+void CudaBackend::EvictRecordings() {
+  while (recordings_.size() > kMaxRecordings) {
+    auto oldest = std::min_element(
+        recordings_.begin(), recordings_.end(),
+        [](const auto& a, const auto& b) { return a.second->last_use < b.second->last_use; });
+    recordings_.erase(oldest);
+  }
+}
+
+absl::Status CudaBackend::LaunchRecording(cuda::StepRecording& rec, cudaGraph_t captured) {
+  if (captured != nullptr) {
+    RETURN_IF_ERROR(
+        cuda::CudaStatus(cudaGraphInstantiate(&rec.exec, captured, 0), "cudaGraphInstantiate"));
+    RETURN_IF_ERROR(
+        cuda::CudaStatus(cudaGraphGetNodes(captured, nullptr, &rec.nodes), "cudaGraphGetNodes"));
+  }
+  // The step's uploads: one copy through page-locked staging (a chunk at a time).
+  const size_t chunk = staging_.chunk_bytes();
+  auto* arena = static_cast<uint8_t*>(rec.arena.get());
+  for (size_t off = 0; off < rec.arena_used; off += chunk) {
+    RETURN_IF_ERROR(
+        cuda::CudaStatus(staging_.CopyToDevice(arena + off, rec.host_arena.data() + off,
+                                               std::min(chunk, rec.arena_used - off), stream_),
+                         "uploading a recorded step's inputs"));
+  }
+  return cuda::CudaStatus(cudaGraphLaunch(rec.exec, stream_), "cudaGraphLaunch");
+}
+
+absl::Status CudaBackend::RunRecorded(const std::string& key,
+                                      const std::function<absl::Status()>& step) {
+  if (options_.max_recorded_rows <= 0 || recorder_ != nullptr) return step();
+  Bind();
+  std::shared_ptr<cuda::StepRecording>& slot = recordings_[key];
+  if (slot == nullptr) slot = std::make_shared<cuda::StepRecording>();
+  const std::shared_ptr<cuda::StepRecording> rec = slot;
+  rec->last_use = ++recording_clock_;
+  if (rec->disabled) return step();
+
+  std::string why;
+  if (rec->exec != nullptr) {
+    cuda::StepRecorder replay(rec, cuda::StepRecorder::Mode::kReplay, stream_);
+    absl::Status st;
+    {
+      RecorderScope scope(recorder_, &replay);
+      st = step();
+    }
+    if (!replay.failed() && replay.at_end()) {
+      if (!st.ok()) return st;  // nothing ran on the device
+      ++rec->replays;
+      ++recorded_stats_.replays;
+      return LaunchRecording(*rec, nullptr);
+    }
+    why = replay.failed() ? replay.failure() : "the step ended before the recording did";
+    rec->Reset();  // record it again, now
+  }
+  if (rec->captures >= kMaxCaptures) {
+    rec->disabled = true;
+    spdlog::warn("recorded step {}: recorded {} times and still changing ({}); runs op by op", key,
+                 rec->captures, why);
+    return step();
+  }
+  if (!why.empty()) spdlog::debug("recorded step {}: recording again: {}", key, why);
+  EvictRecordings();  // frees memory: never while a capture is open
+
+  ++rec->captures;
+  ++recorded_stats_.captures;
+  rec->pool = std::make_unique<cuda::DevicePool>();
+  if (rec->arena_capacity == 0) rec->arena_capacity = kFirstArenaBytes;
+  absl::StatusOr<std::shared_ptr<void>> arena = rec->pool->Get(rec->arena_capacity);
+  if (!arena.ok()) {
+    ++recorded_stats_.fallbacks;
+    rec->Reset();
+    return step();
+  }
+  rec->arena = *std::move(arena);
+  rec->host_arena.assign(rec->arena_capacity, 0);
+  rec->arena_used = 0;
+
+  cuda::StepRecorder capture(rec, cuda::StepRecorder::Mode::kCapture, stream_);
+  // Relaxed: the recording's own allocations (cudaMalloc, not part of the graph) are allowed
+  // while capturing, and other threads of the worker are not restricted.
+  TPSERVE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  absl::Status st;
+  {
+    RecorderScope scope(recorder_, &capture);
+    st = step();
+  }
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+  if (end != cudaSuccess || capture.failed() || !st.ok()) {
+    cudaGetLastError();  // the capture's error is not the device's
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    ++recorded_stats_.fallbacks;
+    spdlog::debug("recorded step {}: not recorded: {}", key,
+                  capture.failed() ? capture.failure()
+                  : !st.ok()       ? std::string(st.message())
+                                   : cudaGetErrorString(end));
+    rec->Reset();
+    return step();  // op by op; the next step of this key tries again
+  }
+  const absl::Status launched = LaunchRecording(*rec, graph);
+  cudaGraphDestroy(graph);
+  if (!launched.ok()) {
+    spdlog::warn("recorded step {}: {}; runs op by op", key, std::string(launched.message()));
+    rec->Reset();
+    rec->disabled = true;
+    return step();
+  }
+  const auto uploads =
+      std::count_if(rec->tape.begin(), rec->tape.end(), [](const cuda::StepRecording::Entry& e) {
+        return e.kind == cuda::StepRecording::Entry::kUpload;
+      });
+  // The first recording of a key is worth a line (a batch size's first step); later ones follow
+  // a replay that did not match.
+  if (rec->captures == 1) {
+    spdlog::info("recorded step {} as a CUDA graph: {} device calls, {} nodes, {} uploads ({} B)",
+                 key, rec->tape.size(), rec->nodes, uploads, rec->arena_used);
+  } else {
+    spdlog::debug("recorded step {} again: {} device calls, {} nodes", key, rec->tape.size(),
+                  rec->nodes);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace tpserve
