@@ -147,8 +147,7 @@ absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, Kv
         Tensor* y[] = {&q2, &k2, &v2};
         be.MatMulShared(h, w, y);
       }
-      be.Rope(cos_sin, false, &q);
-      be.Rope(cos_sin, false, &k);
+      be.RopeQK(cos_sin, false, &q, &k);
       be.WriteKv(k, v, slots, kv);
       be.Attention(q, kv, attn, params, &o);
       be.MatMulAdd(o2, L.wo, &x);
@@ -164,8 +163,8 @@ absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, Kv
     const int64_t R = static_cast<int64_t>(last_rows.size());
     Tensor last = be.AllocUninitialized({R, H});
     be.Embedding(last_rows, RowsAsWeight(x), 0, &last);
-    be.RmsNorm(last, m.final_norm, 1e-5f, &last);
     logits = be.AllocUninitialized({R, s.vocab});
+    be.RmsNorm(last, m.final_norm, 1e-5f, &last);
     be.MatMul(last, m.lm_head, &logits);
     return absl::OkStatus();
   };

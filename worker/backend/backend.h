@@ -151,6 +151,11 @@ class Backend {
                          Tensor* cos_sin) = 0;
   // Rotates x [T, heads, hd] in place by the table (see rope.h for the two pairings).
   virtual void Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) = 0;
+  // Rope of q and of k (same table): a backend may do both in one pass.
+  virtual void RopeQK(const Tensor& cos_sin, bool interleaved, Tensor* q, Tensor* k) {
+    Rope(cos_sin, interleaved, q);
+    Rope(cos_sin, interleaved, k);
+  }
 
   // ---- vocabulary ----
   // out[t, :] = table[tokens[t] - vocab_begin, :] when the token is in this rank's rows

@@ -124,8 +124,9 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
       rows.slots.push_back(kNoKvSlot);
       rows.logit_rows.push_back(t);
     }
-    const std::string key = absl::StrCat("llama ", reinterpret_cast<uintptr_t>(this), " kv ",
-                                         reinterpret_cast<uintptr_t>(&cache), " decode ", padded);
+    const std::string key = absl::StrCat("decode, ", padded, " rows (model ",
+                                         absl::Hex(reinterpret_cast<uintptr_t>(this)), ", cache ",
+                                         absl::Hex(reinterpret_cast<uintptr_t>(&cache)), ")");
     Tensor all;
     RETURN_IF_ERROR(backend_.RunRecorded(key, [&] { return Run(rows, cache, &all); }));
     *logits = all.Slice0(0, T);
@@ -190,8 +191,7 @@ absl::Status LlamaModel::Run(const Rows& rows, KvCache& cache, Tensor* logits) {
       be.AddBias(L.bk, &k2);
       be.AddBias(L.bv, &v2);
     }
-    be.Rope(cos_sin, c.rope_interleaved, &q);
-    be.Rope(cos_sin, c.rope_interleaved, &k);
+    be.RopeQK(cos_sin, c.rope_interleaved, &q, &k);
     be.WriteKv(k, v, slots, kv);
     be.Attention(q, kv, attn_seqs, attn_params, &attn);
     RETURN_IF_ERROR(AddProjection(attn2, L.wo, L.bo, proj, x));  // this rank's heads only
@@ -219,8 +219,8 @@ absl::Status LlamaModel::Run(const Rows& rows, KvCache& cache, Tensor* logits) {
     const std::vector<int32_t> rows(logit_rows.begin(), logit_rows.end());
     be.Embedding(rows, RowsAsWeight(x), 0, &last);
   }
-  be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);
   Tensor local_logits = be.AllocUninitialized({R, shard_.vocab.size()});  // [R, Vl]
+  be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);  // right before the matmul it feeds
   be.MatMul(last, w_.lm_head, &local_logits);
   RETURN_IF_ERROR(GatherLogits(local_logits, logits));
   // Collectives on a GPU return once enqueued: one wait per step, here, bounds a failed peer by

@@ -2,6 +2,7 @@
 // row per block) and a flash-style prefill kernel (query tiles against K/V tiles staged in shared
 // memory, online softmax). Both read K/V through the sequence's block table: slot(p) = table[p /
 // block_size] * block_size + p % block_size, K row = (slot * kv_heads + kvh) * hd.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -48,9 +49,15 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t hd = a.hd;
   float* out = a.out + (t * a.heads + h) * hd;
+  __nv_bfloat16* out_bf16 =
+      a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) + (t * a.heads + h) * hd
+                            : nullptr;
   const int32_t ctx = a.ctx_len[t];
   if (ctx == 0) {
-    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) out[d] = 0.0f;
+    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+      out[d] = 0.0f;
+      if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(0.0f);
+    }
     return;
   }
   const int64_t kvh = (a.q_head_begin + h) / a.group_size - a.kv_head_begin;
@@ -106,7 +113,9 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.0f;
     for (int w = 0; w < kWarps; ++w) o += sm_acc[w][d] * wscale[w];
-    out[d] = o / total;
+    const float v = o / total;
+    out[d] = v;
+    if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
   }
 }
 
@@ -202,10 +211,18 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int r = warp * kRowsPerWarp + rr;
     if (r >= nrows) continue;
     float* out = a.out + ((first + r) * a.heads + h) * hd;
+    __nv_bfloat16* out_bf16 = a.out_bf16 != nullptr
+                                  ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) +
+                                        ((first + r) * a.heads + h) * hd
+                                  : nullptr;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + 32 * i;
-      if (d < hd) out[d] = acc[rr][i] / l[rr];
+      if (d < hd) {
+        const float v = acc[rr][i] / l[rr];
+        out[d] = v;
+        if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
+      }
     }
   }
 }

@@ -106,6 +106,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   a.kv_head_begin = params.kv_head_begin;
   a.block_tables = reinterpret_cast<const int32_t*>(dev + off_tables);
   a.table_offset = reinterpret_cast<const int64_t*>(dev + off_offset);
+  a.out_bf16 = Bf16CopyOf(*out);  // the o_proj's input
 
   if (split) {
     // Every row: the decode rows' attention, zeros for the others (padding, and the prefill
@@ -119,6 +120,15 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     } memset_args{out->data(), static_cast<size_t>(out->numel()) * sizeof(float)};
     if (Observe("cudaMemsetAsync", memset_args)) {
       TPSERVE_CUDA_CHECK(cudaMemsetAsync(out->data(), 0, memset_args.bytes, stream_));
+    }
+    if (a.out_bf16 != nullptr) {  // bf16 zero is all zero bits
+      const struct {
+        const void* ptr;
+        size_t bytes;
+      } bf16_args{a.out_bf16, static_cast<size_t>(out->numel()) * sizeof(uint16_t)};
+      if (Observe("cudaMemsetAsync", bf16_args)) {
+        TPSERVE_CUDA_CHECK(cudaMemsetAsync(a.out_bf16, 0, bf16_args.bytes, stream_));
+      }
     }
   }
   if (!tile_first.empty()) {

@@ -143,7 +143,17 @@ template const uint8_t* CudaBackend::Upload(std::span<const uint8_t>, std::share
 template const cuda::SampleRowParams* CudaBackend::Upload(std::span<const cuda::SampleRowParams>,
                                                           std::shared_ptr<void>*);
 
+uint16_t* CudaBackend::Bf16CopyOf(const Tensor& y) {
+  if (options_.precision != CudaPrecision::kBf16 || y.numel() == 0) return nullptr;
+  bf16_copy_ = Bf16Copy{.of = y.data(),
+                        .numel = y.numel(),
+                        .call = binds_,
+                        .bits = Scratch(static_cast<size_t>(y.numel()) * sizeof(uint16_t))};
+  return static_cast<uint16_t*>(bf16_copy_.bits.get());
+}
+
 void CudaBackend::Bind() const {
+  ++binds_;
   // The current device is per host thread; ops may come from any thread (one per rank in tests,
   // the service's threads in a worker), and the stream belongs to device K.
   int current = -1;
@@ -346,7 +356,8 @@ void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tens
                 weight.ShapeString().c_str(), x.ShapeString().c_str());
   CheckDevice(x, "RmsNorm");
   CheckDevice(weight, "RmsNorm");
-  cuda::LaunchRmsNorm(x.data(), weight.data(), eps, y->data(), x.rows(), x.cols(), stream_);
+  cuda::LaunchRmsNorm(x.data(), weight.data(), eps, y->data(), Bf16CopyOf(*y), x.rows(), x.cols(),
+                      stream_);
   CheckLaunch("RmsNorm");
 }
 
@@ -355,7 +366,7 @@ void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
   CheckSameShape(gate, up, "SiluMul");
   CheckSameShape(gate, *out, "SiluMul");
   CheckDevice(gate, "SiluMul");
-  cuda::LaunchSiluMul(gate.data(), up.data(), out->data(), gate.numel(), stream_);
+  cuda::LaunchSiluMul(gate.data(), up.data(), out->data(), Bf16CopyOf(*out), gate.numel(), stream_);
   CheckLaunch("SiluMul");
 }
 
@@ -378,8 +389,19 @@ void CudaBackend::Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) {
   Bind();
   TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
                 "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
-  cuda::LaunchRope(cos_sin.data(), interleaved, x->data(), x->dim(0), x->dim(1), x->dim(2),
-                   stream_);
+  cuda::LaunchRope(cos_sin.data(), interleaved, x->data(), x->dim(0), x->dim(1), nullptr, 0,
+                   x->dim(2), stream_);
+  CheckLaunch("Rope");
+}
+
+void CudaBackend::RopeQK(const Tensor& cos_sin, bool interleaved, Tensor* q, Tensor* k) {
+  Bind();
+  for (const Tensor* x : {q, k}) {
+    TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
+                  "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
+  }
+  cuda::LaunchRope(cos_sin.data(), interleaved, q->data(), q->dim(0), q->dim(1), k->data(),
+                   k->dim(1), q->dim(2), stream_);
   CheckLaunch("Rope");
 }
 

@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
   void RopeTable(std::span<const int32_t> positions, std::span<const float> inv_freq,
                  Tensor* cos_sin) override;
   void Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) override;
+  void RopeQK(const Tensor& cos_sin, bool interleaved, Tensor* q, Tensor* k) override;
   void Embedding(std::span<const int32_t> tokens, const Weight& table, int64_t vocab_begin,
                  Tensor* out) override;
   void WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
@@ -162,10 +163,18 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::vector<DeviceDrawn>> DrawRows(const Tensor& logits,
                                                     std::span<const DeviceDraw> draws);
   void CheckMatMul(const Tensor& x, const Weight& w, const Tensor& y, const char* op) const;
-  std::shared_ptr<void> Bf16Input(const Tensor& x);  // x rounded to bf16, on the stream
+  // x rounded to bf16: the copy the previous op made of it (Bf16CopyOf), else rounded now.
+  std::shared_ptr<void> Bf16Input(const Tensor& x);
+  // bf16 mode: a buffer for the bf16 copy of `y` the calling op writes along with y, which the
+  // next op may take as its matmul input instead of rounding y again (RmsNorm, SiluMul and
+  // Attention each feed a matmul). Null in fp32 mode. Only the op right after may use it: any
+  // backend call in between (each calls Bind) makes it stale.
+  uint16_t* Bf16CopyOf(const Tensor& y);
   // y = x · wᵀ + beta y; x_bf16 is x rounded to bf16 where w is bf16.
   void Gemm(const Tensor& x, const void* x_bf16, const Weight& w, float beta, Tensor* y);
-  void Bind() const;  // makes this backend's device current in the calling thread
+  // Makes this backend's device current in the calling thread; every op calls it first (which
+  // also counts the calls, for Bf16CopyOf).
+  void Bind() const;
   void CheckDevice(const Tensor& t, const char* op) const;
   void CheckLaunch(const char* op);
 
@@ -183,6 +192,14 @@ class CudaBackend final : public Backend {
   };
   std::deque<Uploaded> recent_uploads_;  // newest first; small uploads only
   cuda::PinnedBuffer download_;          // sampled tokens on their way back
+  struct Bf16Copy {
+    const float* of = nullptr;  // the tensor's data
+    int64_t numel = 0;
+    uint64_t call = 0;  // the Bind() count of the op that made it
+    std::shared_ptr<void> bits;
+  };
+  Bf16Copy bf16_copy_;
+  mutable uint64_t binds_ = 0;
   // Recorded steps by key; the recorder of the step running now (null: none).
   std::map<std::string, std::shared_ptr<cuda::StepRecording>> recordings_;
   uint64_t recording_clock_ = 0;

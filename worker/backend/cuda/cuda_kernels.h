@@ -22,11 +22,14 @@ void LaunchF32ToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t st
 void LaunchAdd(const float* x, float* y, int64_t n, cudaStream_t stream);
 // y[r, c] += bias[c] for rows x cols.
 void LaunchAddBias(const float* bias, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
-// out = silu(gate) * up; out may alias gate.
-void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream);
+// out = silu(gate) * up; out may alias gate. With out_bf16, also bf16(out) there (the next
+// matmul's input, rounded as LaunchF32ToBf16 does).
+void LaunchSiluMul(const float* gate, const float* up, float* out, uint16_t* out_bf16, int64_t n,
+                   cudaStream_t stream);
 // y[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * weight; y may alias x. One block a row.
-void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, int64_t rows,
-                   int64_t cols, cudaStream_t stream);
+// With y_bf16, also bf16(y) there.
+void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, uint16_t* y_bf16,
+                   int64_t rows, int64_t cols, cudaStream_t stream);
 // Fills n values of `dst` (fp32 or bf16 per `bf16`) with uniform(-scale, scale) from a hash of
 // (seed, index): random weights for benchmarks without host traffic.
 void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t seed,
@@ -36,9 +39,10 @@ void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t see
 // cos_sin[t, i] = cos(pos[t] * inv_freq[i]), cos_sin[t, half + i] = sin(...); [T, 2*half].
 void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos_sin, int64_t T,
                      int64_t half, cudaStream_t stream);
-// Rotates x [T, heads, hd] in place; interleaved pairs (2i, 2i+1) or rotate-half (i, i+hd/2).
-void LaunchRope(const float* cos_sin, bool interleaved, float* x, int64_t T, int64_t heads,
-                int64_t hd, cudaStream_t stream);
+// Rotates q [T, heads, hd] in place, and k [T, k_heads, hd] when not null, in one launch;
+// interleaved pairs (2i, 2i+1) or rotate-half (i, i+hd/2).
+void LaunchRope(const float* cos_sin, bool interleaved, float* q, int64_t T, int64_t heads,
+                float* k, int64_t k_heads, int64_t hd, cudaStream_t stream);
 
 // ---- vocabulary ----
 // out[t, :] = table[tokens[t] - vocab_begin, :] (rows `row_stride` elements apart) when in
@@ -64,13 +68,14 @@ struct AttentionArgs {
   const int32_t* block_tables = nullptr;
   const int64_t* table_offset = nullptr;  // [T]
   const int32_t* ctx_len = nullptr;       // [T]
+  uint16_t* out_bf16 = nullptr;           // when set, also bf16(out) (the o_proj's input)
   int64_t num_tokens = 0, heads = 0, hd = 0, kv_heads = 0, block_size = 0;
   int64_t group_size = 1, q_head_begin = 0, kv_head_begin = 0;
   float scale = 1.0f;
   int32_t kv_half = 0;  // the pools hold fp16
 };
 // No padding bytes (launches are compared as bytes when steps are recorded: cuda_launch.h).
-static_assert(sizeof(AttentionArgs) == 7 * sizeof(void*) + 8 * sizeof(int64_t) + 8);
+static_assert(sizeof(AttentionArgs) == 8 * sizeof(void*) + 8 * sizeof(int64_t) + 8);
 template <>
 struct IsPaddingFree<AttentionArgs> : std::true_type {};
 

@@ -38,17 +38,20 @@ __global__ void AddBiasKernel(const float* bias, float* y, int64_t n, int64_t co
   }
 }
 
-__global__ void SiluMulKernel(const float* gate, const float* up, float* out, int64_t n) {
+__global__ void SiluMulKernel(const float* gate, const float* up, float* out,
+                              __nv_bfloat16* out_bf16, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    const float v = g / (1.0f + expf(-g)) * up[i];
+    out[i] = v;
+    if (out_bf16 != nullptr) out_bf16[i] = __float2bfloat16_rn(v);
   }
 }
 
 // One block per row; sum of squares in double like the CPU (which accumulates in double).
 __global__ void RmsNormKernel(const float* x, const float* weight, float eps, float* y,
-                              int64_t cols) {
+                              __nv_bfloat16* y_bf16, int64_t cols) {
   const float* xr = x + blockIdx.x * cols;
   float* yr = y + blockIdx.x * cols;
   double ss = 0.0;
@@ -65,7 +68,12 @@ __global__ void RmsNormKernel(const float* x, const float* weight, float eps, fl
   }
   __syncthreads();
   const float inv = 1.0f / sqrtf(static_cast<float>(partial[0] / cols) + eps);
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) yr[i] = weight[i] * (xr[i] * inv);
+  __nv_bfloat16* yb = y_bf16 != nullptr ? y_bf16 + blockIdx.x * cols : nullptr;
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const float v = weight[i] * (xr[i] * inv);
+    yr[i] = v;  // y may alias x: each element is read by the thread that writes it, after the sum
+    if (yb != nullptr) yb[i] = __float2bfloat16_rn(v);
+  }
 }
 
 __global__ void RandomFillKernel(void* dst, bool bf16, int64_t n, float scale, uint64_t seed) {
@@ -97,14 +105,17 @@ __global__ void RopeTableKernel(const int32_t* positions, const float* inv_freq,
   }
 }
 
-__global__ void RopeKernel(const float* cos_sin, bool interleaved, float* x, int64_t T,
-                           int64_t heads, int64_t hd) {
-  const int64_t half = hd / 2, n = T * heads * half;
+// Rotates q [T, heads, hd] and, when k is given, k [T, k_heads, hd]: one launch for both.
+__global__ void RopeKernel(const float* cos_sin, bool interleaved, float* q, int64_t T,
+                           int64_t heads, float* k, int64_t k_heads, int64_t hd) {
+  const int64_t half = hd / 2, nq = T * heads * half, n = nq + T * k_heads * half;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t j = i % half, th = i / half, t = th / heads;
+    const bool is_q = i < nq;
+    const int64_t e = is_q ? i : i - nq, nh = is_q ? heads : k_heads;
+    const int64_t j = e % half, th = e / half, t = th / nh;
     const float c = cos_sin[t * hd + j], s = cos_sin[t * hd + half + j];
-    float* v = x + th * hd;
+    float* v = (is_q ? q : k) + th * hd;
     float* a = interleaved ? v + 2 * j : v + j;
     float* b = interleaved ? v + 2 * j + 1 : v + j + half;
     const float x0 = *a, x1 = *b;
@@ -166,15 +177,17 @@ void LaunchAddBias(const float* bias, float* y, int64_t rows, int64_t cols, cuda
                  cols);
 }
 
-void LaunchSiluMul(const float* gate, const float* up, float* out, int64_t n, cudaStream_t stream) {
-  TPSERVE_LAUNCH(SiluMulKernel, (Blocks(n), kThreads, 0, stream), gate, up, out, n);
+void LaunchSiluMul(const float* gate, const float* up, float* out, uint16_t* out_bf16, int64_t n,
+                   cudaStream_t stream) {
+  TPSERVE_LAUNCH(SiluMulKernel, (Blocks(n), kThreads, 0, stream), gate, up, out,
+                 reinterpret_cast<__nv_bfloat16*>(out_bf16), n);
 }
 
-void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, int64_t rows,
-                   int64_t cols, cudaStream_t stream) {
+void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, uint16_t* y_bf16,
+                   int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
   TPSERVE_LAUNCH(RmsNormKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), x, weight, eps,
-                 y, cols);
+                 y, reinterpret_cast<__nv_bfloat16*>(y_bf16), cols);
 }
 
 void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t seed,
@@ -189,12 +202,13 @@ void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos
                  cos_sin, T, half);
 }
 
-void LaunchRope(const float* cos_sin, bool interleaved, float* x, int64_t T, int64_t heads,
-                int64_t hd, cudaStream_t stream) {
-  const int64_t n = T * heads * (hd / 2);
+void LaunchRope(const float* cos_sin, bool interleaved, float* q, int64_t T, int64_t heads,
+                float* k, int64_t k_heads, int64_t hd, cudaStream_t stream) {
+  if (k == nullptr) k_heads = 0;
+  const int64_t n = T * (heads + k_heads) * (hd / 2);
   if (n == 0) return;
-  TPSERVE_LAUNCH(RopeKernel, (Blocks(n), kThreads, 0, stream), cos_sin, interleaved, x, T, heads,
-                 hd);
+  TPSERVE_LAUNCH(RopeKernel, (Blocks(n), kThreads, 0, stream), cos_sin, interleaved, q, T, heads,
+                 k, k_heads, hd);
 }
 
 void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool table_bf16,

@@ -26,6 +26,10 @@
 #include "worker/sampling/sampler.h"
 #include "worker/service/logits_processing.h"
 
+#if defined(TPSERVE_CUDA_EMULATOR)
+#include "tpserve_cuda_emulator.h"
+#endif
+
 namespace tpserve {
 namespace {
 
@@ -298,6 +302,33 @@ std::vector<OpCase> MakeCases() {
       (void)global_kv;
     }
   }
+  // ---- an op whose output feeds a matmul next: on CUDA in bf16 the op also writes the
+  // matmul's bf16 input, which the matmul takes instead of rounding again ----
+  {
+    const int64_t n = 7, in = 96;
+    auto w = std::make_shared<testing::RandomMatrix>(MakeRandomMatrix(DType::kBF16, 50, in, *rng));
+    auto x = std::make_shared<std::vector<float>>(RandomFloats(n * in, *rng));
+    auto u = std::make_shared<std::vector<float>>(RandomFloats(n * in, *rng));
+    auto norm = std::make_shared<std::vector<float>>(RandomFloats(in, *rng));
+    auto residual = std::make_shared<std::vector<float>>(RandomFloats(n * 50, *rng));
+    cases.push_back({"RmsNorm_then_MatMul", true, [=](Backend& be) {
+                       absl::StatusOr<Weight> wt = be.LoadWeight(ViewOf(w->weight));
+                       EXPECT_TRUE(wt.ok()) << wt.status();
+                       const Tensor nw = be.FromHost(*norm, {in});
+                       Tensor h = Poisoned(be, {n, in}), y = Poisoned(be, {n, 50});
+                       be.RmsNorm(be.FromHost(*x, {n, in}), nw, 1e-5f, &h);
+                       be.MatMul(h, *wt, &y);
+                       return be.ToHost(y);
+                     }});
+    cases.push_back({"SiluMul_then_MatMulAdd", true, [=](Backend& be) {
+                       absl::StatusOr<Weight> wt = be.LoadWeight(ViewOf(w->weight));
+                       EXPECT_TRUE(wt.ok()) << wt.status();
+                       Tensor g = be.FromHost(*x, {n, in}), y = be.FromHost(*residual, {n, 50});
+                       be.SiluMul(g, be.FromHost(*u, {n, in}), &g);
+                       be.MatMulAdd(g, *wt, &y);
+                       return be.ToHost(y);
+                     }});
+  }
   return cases;
 }
 
@@ -510,6 +541,53 @@ INSTANTIATE_TEST_SUITE_P(
                       Under("fp32_kv16", "cuda:0:fp32", 2e-5, 2e-5, KvDType::kFp16),
                       Under("bf16", "cuda:0:bf16", 1e-2, 3e-2, std::nullopt)),
     [](const ::testing::TestParamInfo<BackendUnderTest>& info) { return info.param.label; });
+
+// The bf16 copy an op writes along with its output equals rounding the output afterwards, bit for
+// bit; an op in between (which may have changed the tensor) makes the matmul round again.
+TEST(CudaBf16Copies, EqualRoundingTheOutputAgain) {
+  absl::StatusOr<cuda::DeviceSummary> devices = cuda::ProbeDevices();
+  if (!devices.ok()) GTEST_SKIP() << "no GPU here: " << devices.status();
+  absl::StatusOr<std::unique_ptr<CudaBackend>> made =
+      CudaBackend::Create({.device = 0, .precision = CudaPrecision::kBf16});
+  ASSERT_TRUE(made.ok()) << made.status();
+  CudaBackend& be = **made;
+  std::mt19937 rng(99);
+  const int64_t n = 5, in = 64;
+  const testing::RandomMatrix m = MakeRandomMatrix(DType::kBF16, 40, in, rng);
+  absl::StatusOr<Weight> w = be.LoadWeight(ViewOf(m.weight));
+  ASSERT_TRUE(w.ok()) << w.status();
+  const Tensor x = be.FromHost(RandomFloats(n * in, rng), {n, in});
+  const Tensor up = be.FromHost(RandomFloats(n * in, rng), {n, in});
+  const Tensor norm = be.FromHost(RandomFloats(in, rng), {in});
+  const Tensor zeros = be.Alloc({n, in});
+
+  // `between`: an op after the producer that leaves its output as it is (adds zeros).
+  auto norm_then_matmul = [&](bool between) {
+    Tensor h = be.AllocUninitialized({n, in}), y = be.AllocUninitialized({n, 40});
+    be.RmsNorm(x, norm, 1e-5f, &h);
+    if (between) be.Add(zeros, &h);
+    be.MatMul(h, *w, &y);
+    return be.ToHost(y);
+  };
+  auto silu_then_matmul = [&](bool between) {
+    Tensor g = be.AllocUninitialized({n, in}), y = be.AllocUninitialized({n, 40});
+    be.SiluMul(x, up, &g);
+    if (between) be.Add(zeros, &g);
+    be.MatMul(g, *w, &y);
+    return be.ToHost(y);
+  };
+  EXPECT_EQ(norm_then_matmul(false), norm_then_matmul(true));
+  EXPECT_EQ(silu_then_matmul(false), silu_then_matmul(true));
+#if defined(TPSERVE_CUDA_EMULATOR)
+  // And the copy is what the matmul took: one rounding kernel fewer.
+  tpserve_emu::ResetCounters();
+  norm_then_matmul(false);
+  const uint64_t with_copy = tpserve_emu::GetCounters().kernels;
+  tpserve_emu::ResetCounters();
+  norm_then_matmul(true);
+  EXPECT_EQ(tpserve_emu::GetCounters().kernels, with_copy + 2) << "the Add and the rounding";
+#endif
+}
 
 }  // namespace
 }  // namespace tpserve
