@@ -46,6 +46,8 @@ TEST(ServingCudaEmulatorTest, OneEmulatedGpuServesTheGoldenTokens) {
   EXPECT_EQ(info->device(), "cuda");
   EXPECT_GT(info->kv_blocks(), 0);
   ExpectGoldenGreedy(*stub, 12);
+  // The decode steps ran as a recorded CUDA graph (the default), replayed after the first.
+  EXPECT_NE(cluster.ReadLog("worker0").find("decode, 1 rows"), std::string::npos) << cluster.Logs();
 }
 
 // Sampling on the device (the default) against the host sampler (--host-sampling), each worker on
@@ -145,6 +147,15 @@ TEST(ServingCudaEmulatorTest, DefaultBf16ServesConcurrentRequestsAsAlone) {
     EXPECT_EQ(alone[2 * i].ids.at(0), golden["cases"][i]["greedy"][0].get<int32_t>())
         << "case " << i;
   }
+  // Alone, each decode step was a recorded 1-row graph; together, the steps were padded to
+  // larger recorded sizes: the same tokens either way.
+  const std::string log = cluster.ReadLog("worker0");
+  EXPECT_NE(log.find("decode, 1 rows"), std::string::npos) << cluster.Logs();
+  int sizes = 0;
+  for (const char* size : {"decode, 2 rows", "decode, 4 rows", "decode, 8 rows"}) {
+    sizes += log.find(size) != std::string::npos;
+  }
+  EXPECT_GE(sizes, 1) << "no step of several sequences was recorded:\n" << cluster.Logs();
 }
 
 TEST(ServingCudaEmulatorTest, TwoEmulatedGpusOverGlooServeTheGoldenTokens) {

@@ -88,6 +88,9 @@ class CountingBackend final : public Backend {
   void Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) override {
     inner_.Rope(cos_sin, interleaved, x);
   }
+  void RopeQK(const Tensor& cos_sin, bool interleaved, Tensor* q, Tensor* k) override {
+    inner_.RopeQK(cos_sin, interleaved, q, k);
+  }
   void Embedding(std::span<const int32_t> tokens, const Weight& table, int64_t vocab_begin,
                  Tensor* out) override {
     inner_.Embedding(tokens, table, vocab_begin, out);
@@ -106,6 +109,11 @@ class CountingBackend final : public Backend {
       const Tensor& logits, std::span<const int64_t> rows,
       std::span<const DeviceDraw> draws) override {
     return inner_.SampleOnDevice(logits, rows, draws);
+  }
+  int64_t max_recorded_rows() const override { return inner_.max_recorded_rows(); }
+  absl::Status RunRecorded(const std::string& key,
+                           const std::function<absl::Status()>& step) override {
+    return inner_.RunRecorded(key, step);
   }
   void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override {
     inner_.ForEachOnHost(n, fn);

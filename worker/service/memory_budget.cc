@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "worker/backend/backend.h"
 
 namespace tpserve {
 namespace {
@@ -82,6 +83,15 @@ int64_t StepActivationBytes(const ModelConfig& c, const RankShard& shard, int64_
   floats += R * shard.vocab.size();
   if (shard.rank == 0) floats += 3 * R * c.vocab_size;
   return floats * static_cast<int64_t>(sizeof(float));
+}
+
+int64_t RecordedStepBytes(const ModelConfig& c, const RankShard& shard, int64_t max_rows) {
+  int64_t bytes = 0;
+  if (max_rows <= 0) return 0;
+  for (int64_t rows = 1; rows <= RecordedRows(max_rows); rows = RecordedRows(rows + 1)) {
+    bytes += StepActivationBytes(c, shard, rows, rows);
+  }
+  return bytes;
 }
 
 int64_t HostAvailableBytes() { return MeminfoBytes("MemAvailable"); }

@@ -22,6 +22,9 @@ int64_t ShardWeightBytes(const TensorSource& source, const ModelConfig& config,
 // FFN gate/up, and the gathered logits on rank 0.
 int64_t StepActivationBytes(const ModelConfig& config, const RankShard& shard, int64_t max_tokens,
                             int64_t max_sequences);
+// The activations the recorded decode steps (CUDA graphs) keep, each padded size up to
+// RecordedRows(max_rows) with a pool of its own: StepActivationBytes of each size, summed.
+int64_t RecordedStepBytes(const ModelConfig& config, const RankShard& shard, int64_t max_rows);
 
 // MemAvailable / MemTotal of /proc/meminfo in bytes (0 when unreadable).
 int64_t HostAvailableBytes();

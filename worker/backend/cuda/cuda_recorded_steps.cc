@@ -152,10 +152,16 @@ absl::Status CudaBackend::RunRecorded(const std::string& key,
     cudaGetLastError();  // the capture's error is not the device's
     if (graph != nullptr) cudaGraphDestroy(graph);
     ++recorded_stats_.fallbacks;
-    spdlog::debug("recorded step {}: not recorded: {}", key,
-                  capture.failed() ? capture.failure()
-                  : !st.ok()       ? std::string(st.message())
-                                   : cudaGetErrorString(end));
+    const std::string reason = capture.failed() ? capture.failure()
+                               : !st.ok()       ? std::string(st.message())
+                                                : cudaGetErrorString(end);
+    // The first time for a key, say so (out of memory for the graph's activations, a step that
+    // waits for the device): the step runs op by op, slower, until a recording succeeds.
+    if (rec->captures == 1) {
+      spdlog::warn("recorded step {}: not recorded ({}); runs op by op", key, reason);
+    } else {
+      spdlog::debug("recorded step {}: not recorded: {}", key, reason);
+    }
     rec->Reset();
     return step();  // op by op; the next step of this key tries again
   }
