@@ -112,11 +112,12 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
   const int64_t T = static_cast<int64_t>(rows.tokens.size());
   if (T == 0) return absl::InvalidArgumentError("forward: no tokens");
 
-  // A decode step on one rank may be recorded by the backend and replayed (CUDA graphs): padded
-  // to one of a few sizes with rows of no sequence (token 0, no KV slot, zeros from attention;
-  // their logits are dropped), so that the batch sizes of continuous batching share recordings.
-  // With more ranks the collectives run between the ops, and the steps are not recorded.
-  if (decode && comm_.world_size() == 1 && T <= backend_.max_recorded_rows()) {
+  // A decode step may be recorded by the backend and replayed (CUDA graphs): padded to one of a
+  // few sizes with rows of no sequence (token 0, no KV slot, zeros from attention; their logits
+  // are dropped), so that the batch sizes of continuous batching share recordings. With more
+  // ranks only when the collectives can be part of the graph (NCCL), not when they run on the
+  // host between the ops (Gloo).
+  if (decode && comm_.records_in_graphs() && T <= backend_.max_recorded_rows()) {
     const int64_t padded = RecordedRows(T);
     for (int64_t t = T; t < padded; ++t) {
       rows.tokens.push_back(0);
@@ -129,8 +130,9 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
                                          absl::Hex(reinterpret_cast<uintptr_t>(&cache)), ")");
     Tensor all;
     RETURN_IF_ERROR(backend_.RunRecorded(key, [&] { return Run(rows, cache, &all); }));
-    *logits = all.Slice0(0, T);
-    return absl::OkStatus();
+    *logits = all.empty() ? Tensor() : all.Slice0(0, T);  // ranks other than 0 have none
+    // The collectives of a recorded step are waited for here, after the graph's launch.
+    return comm_.WaitPending();
   }
   return Run(rows, cache, logits);
 }

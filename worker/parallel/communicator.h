@@ -44,6 +44,13 @@ class Communicator {
   // then stays broken) when a peer fails or does not take part within the op timeout. The
   // host-synchronous implementations (Local, Gloo, Shm) are always complete.
   virtual absl::Status WaitPending() { return absl::OkStatus(); }
+
+  // Whether a forward pass using this communicator may be recorded as a CUDA graph and replayed
+  // (Backend::RunRecorded): its collectives are device work on the backend's stream that shows
+  // itself to the recording (worker/backend/cuda/cuda_launch.h), WaitPending waits for nothing
+  // inside a recorded step, and the caller waits after it. One rank (nothing to do) and NCCL;
+  // not the host-side ones (Gloo, Shm, staged through host memory).
+  virtual bool records_in_graphs() const { return false; }
 };
 
 // One rank: every collective is the identity.
@@ -58,6 +65,7 @@ class LocalCommunicator final : public Communicator {
     return absl::OkStatus();
   }
   absl::Status Broadcast(void*, size_t, int) override { return absl::OkStatus(); }
+  bool records_in_graphs() const override { return true; }
   absl::Status Barrier() override { return absl::OkStatus(); }
 };
 

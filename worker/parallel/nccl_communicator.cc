@@ -6,9 +6,12 @@
 #include <algorithm>
 #include <numeric>
 #include <thread>
+#include <type_traits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/base/status_macros.h"
+#include "worker/backend/cuda/cuda_launch.h"
 
 namespace tpserve {
 namespace {
@@ -33,6 +36,28 @@ absl::Status NcclError(ncclResult_t r, const std::string& what) {
   return absl::UnavailableError(
       absl::StrCat(what, ": NCCL error ", static_cast<int>(r), " (", ncclGetErrorString(r), ")"));
 }
+
+// A collective inside a step being recorded as a CUDA graph or replayed from one (the thread's
+// launch observer, cuda_launch.h) is shown to the recording with its arguments: while capturing it
+// is then enqueued (into the graph), while replaying it is not (the graph runs it). True: enqueue.
+class CallBytes {
+ public:
+  template <typename T>
+  CallBytes& Add(const T& v) {
+    static_assert(std::has_unique_object_representations_v<T>);
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    bytes_.insert(bytes_.end(), p, p + sizeof(T));
+    return *this;
+  }
+  bool Enqueue(const char* what, cudaStream_t stream) const {
+    cuda::LaunchObserver* observer = cuda::t_launch_observer;
+    return observer == nullptr || observer->OnLaunch(what, dim3(0, 0, 0), dim3(0, 0, 0), 0, stream,
+                                                     bytes_.data(), bytes_.size());
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
 
 }  // namespace
 
@@ -171,6 +196,8 @@ absl::Status NcclCommunicator::Finish(const std::string& what, int enqueue_resul
 absl::Status NcclCommunicator::WaitPending() {
   if (broken()) return broken_status_;
   if (pending_.empty()) return absl::OkStatus();
+  // Inside a recorded step nothing may wait (the graph runs later): the caller waits after it.
+  if (cuda::t_launch_observer != nullptr) return absl::OkStatus();
   const std::string what = pending_;
   // One event after the last collective covers every earlier one (one stream).
   cudaError_t err = cudaEventRecord(impl_->done, impl_->stream);
@@ -205,6 +232,10 @@ absl::Status NcclCommunicator::WaitPending() {
 absl::Status NcclCommunicator::AllReduceSum(float* data, size_t count) {
   if (broken()) return broken_status_;
   const std::string what = absl::StrCat("NCCL all-reduce of ", count, " floats");
+  if (!CallBytes().Add(data).Add(count).Enqueue("ncclAllReduce", impl_->stream)) {
+    pending_ = what;  // replayed: the recorded graph runs it
+    return absl::OkStatus();
+  }
   return Finish(what,
                 ncclAllReduce(data, data, count, ncclFloat32, ncclSum, impl_->comm, impl_->stream));
 }
@@ -216,6 +247,13 @@ absl::Status NcclCommunicator::GatherV(const float* in, std::span<const size_t> 
     return absl::InvalidArgumentError("GatherV: one count per rank");
   }
   const std::string what = absl::StrCat("NCCL gather-v to rank ", root);
+  CallBytes call;
+  call.Add(in).Add(out).Add(root);
+  for (size_t c : counts) call.Add(c);
+  if (!call.Enqueue("ncclGatherV", impl_->stream)) {
+    pending_ = what;
+    return absl::OkStatus();
+  }
   ncclResult_t r = ncclGroupStart();
   if (rank() == root) {
     size_t offset = 0;
@@ -244,6 +282,10 @@ absl::Status NcclCommunicator::GatherV(const float* in, std::span<const size_t> 
 absl::Status NcclCommunicator::Broadcast(void* data, size_t bytes, int root) {
   if (broken()) return broken_status_;
   const std::string what = absl::StrCat("NCCL broadcast of ", bytes, " bytes from rank ", root);
+  if (!CallBytes().Add(data).Add(bytes).Add(root).Enqueue("ncclBroadcast", impl_->stream)) {
+    pending_ = what;
+    return absl::OkStatus();
+  }
   return Finish(what,
                 ncclBroadcast(data, data, bytes, ncclUint8, root, impl_->comm, impl_->stream));
 }

@@ -56,6 +56,8 @@ class NcclCommunicator final : public Communicator {
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Barrier() override;
   absl::Status WaitPending() override;
+  // Collectives are captured into recorded steps' graphs (NCCL supports stream capture).
+  bool records_in_graphs() const override { return true; }
 
   bool broken() const { return !broken_status_.ok(); }
 

@@ -33,6 +33,7 @@ class TimedCommunicator final : public Communicator {
   }
   // Not timed: on a GPU it is the wait for the whole step's device work, not the data plane.
   absl::Status WaitPending() override { return inner_->WaitPending(); }
+  bool records_in_graphs() const override { return inner_->records_in_graphs(); }
 
   // Microseconds inside collectives since the last call, and resets the count.
   int64_t TakeMicros() {

@@ -304,7 +304,7 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
       config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 512,
       spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256);
   // Recorded decode steps keep their activations, one pool per padded batch size.
-  if (spec.shard.world_size == 1) {
+  if (loaded->comm->records_in_graphs()) {
     sizing.activation_bytes += RecordedStepBytes(config, spec.shard, backend_.max_recorded_rows());
   }
   if (spec.max_batch_sequences > 0 && spec.max_context_length > 0) {

@@ -85,12 +85,18 @@ thread_local int t_group_depth = 0;
 thread_local std::vector<P2p> t_grouped;
 
 // Enqueues point-to-point operations of one rank's group call on `stream` as one operation.
+// Its progress is reset when it completes: a CUDA graph that captured it runs it again.
 void EnqueueP2p(std::vector<P2p> ops, cudaStream_t stream) {
   auto deposited = std::make_shared<bool>(false);
   auto received = std::make_shared<std::vector<bool>>(ops.size(), false);
   tpserve_emu::EnqueueWaiting(stream, [ops = std::move(ops), deposited, received]() {
     std::lock_guard<std::mutex> lock(Reg().mu);
-    if (ops.front().comm->aborted) return true;
+    auto done = [&] {
+      *deposited = false;
+      received->assign(received->size(), false);
+      return true;
+    };
+    if (ops.front().comm->aborted) return done();
     if (!*deposited) {
       for (const P2p& op : ops) {
         if (!op.send) continue;
@@ -116,7 +122,7 @@ void EnqueueP2p(std::vector<P2p> ops, cudaStream_t stream) {
       box.pop_front();
       (*received)[i] = true;
     }
-    return all;
+    return all ? done() : false;
   });
 }
 
@@ -140,7 +146,6 @@ ncclResult_t EnqueueCollective(Kind kind, const void* sendbuff, void* recvbuff, 
   if (comm == nullptr) return ncclInvalidArgument;
   const size_t bytes = count * TypeSize(type);
   std::shared_ptr<CommState> c = comm->state;
-  uint64_t seq = 0;
   {
     std::lock_guard<std::mutex> lock(Reg().mu);
     if (c->group->joined < c->group->nranks) return ncclInvalidUsage;  // init not complete
@@ -149,7 +154,6 @@ ncclResult_t EnqueueCollective(Kind kind, const void* sendbuff, void* recvbuff, 
       std::fprintf(stderr, "nccl emulator: all-reduce supports float32 sums only\n");
       return ncclInvalidArgument;
     }
-    seq = c->next_collective++;
   }
   if (bytes > 0 &&
       (!tpserve_emu::IsDevice(recvbuff, bytes) || ((kind == Kind::kAllReduce || c->rank == root) &&
@@ -157,18 +161,30 @@ ncclResult_t EnqueueCollective(Kind kind, const void* sendbuff, void* recvbuff, 
     std::fprintf(stderr, "nccl emulator: a collective's buffer is not (all) device memory\n");
     return ncclInvalidArgument;
   }
-  auto arrived = std::make_shared<bool>(false);
+  // Collectives match across ranks by the order in which they run on each rank's stream, as on
+  // GPUs (a CUDA graph that captured one runs it again, in its place in the order): the number is
+  // taken when it first runs, and the progress reset when it completes.
+  struct Progress {
+    bool arrived = false;
+    uint64_t seq = 0;
+  };
+  auto progress = std::make_shared<Progress>();
   tpserve_emu::EnqueueWaiting(stream, [=]() {
     std::lock_guard<std::mutex> lock(Reg().mu);
-    if (c->aborted) return true;
+    if (c->aborted) {
+      *progress = Progress{};
+      return true;
+    }
     Group& g = *c->group;
+    if (!progress->arrived) progress->seq = c->next_collective++;
+    const uint64_t seq = progress->seq;
     Group::Collective& coll = g.collectives[seq];
-    if (!*arrived) {
+    if (!progress->arrived) {
       coll.inputs.resize(g.nranks);
       const char* p = static_cast<const char*>(sendbuff);
       if (kind == Kind::kAllReduce || c->rank == root) coll.inputs[c->rank].assign(p, p + bytes);
       ++coll.arrived;
-      *arrived = true;
+      progress->arrived = true;
     }
     if (coll.arrived < g.nranks) return false;
     if (kind == Kind::kBroadcast) {
@@ -186,6 +202,7 @@ ncclResult_t EnqueueCollective(Kind kind, const void* sendbuff, void* recvbuff, 
       }
     }
     if (++coll.finished == g.nranks) g.collectives.erase(seq);
+    *progress = Progress{};
     return true;
   });
   return ncclSuccess;

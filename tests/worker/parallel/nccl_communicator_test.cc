@@ -241,8 +241,10 @@ TEST_F(NcclTwoRanks, ModelTp2EqualsOneRank) {
   absl::StatusOr<ModelFiles> files = OpenModelFiles(path);
   ASSERT_TRUE(files.ok()) << files.status();
   const std::vector<int32_t> prompt = {1, 7, 42, 99, 3};
-  // Runs 12 greedy steps on `world` ranks (threads); rank 0's tokens.
-  auto generate = [&](int world) -> absl::StatusOr<std::vector<int32_t>> {
+  // Runs 12 greedy steps on `world` ranks (threads); rank 0's tokens. `replays`: how many
+  // decode steps each rank replayed from a recording (CUDA graphs, with the collectives inside).
+  auto generate = [&](int world, int64_t max_recorded_rows,
+                      std::vector<int64_t>* replays) -> absl::StatusOr<std::vector<int32_t>> {
     InMemoryKvStore store;
     std::vector<std::unique_ptr<CudaBackend>> backends(world);
     std::vector<std::unique_ptr<Communicator>> comms(world);
@@ -254,7 +256,9 @@ TEST_F(NcclTwoRanks, ModelTp2EqualsOneRank) {
       threads.emplace_back([&, r] {
         st[r] = [&]() -> absl::Status {
           ASSIGN_OR_RETURN(backends[r],
-                           CudaBackend::Create({.device = r, .precision = CudaPrecision::kFp32}));
+                           CudaBackend::Create({.device = r,
+                                                .precision = CudaPrecision::kFp32,
+                                                .max_recorded_rows = max_recorded_rows}));
           ASSIGN_OR_RETURN(std::unique_ptr<NcclCommunicator> nccl,
                            NcclCommunicator::Create(store,
                                                     NcclOptions{.rank = r,
@@ -294,20 +298,29 @@ TEST_F(NcclTwoRanks, ModelTp2EqualsOneRank) {
       seq.start_pos += static_cast<int64_t>(seq.tokens.size());
       seq.tokens = {out.back()};
     }
+    replays->clear();
+    for (int r = 0; r < world; ++r) replays->push_back(backends[r]->recorded_stats().replays);
     return out;
   };
-  absl::StatusOr<std::vector<int32_t>> one = generate(1);
+  std::vector<int64_t> replays;
+  absl::StatusOr<std::vector<int32_t>> one = generate(1, 0, &replays);
   ASSERT_TRUE(one.ok()) << one.status();
-  absl::StatusOr<std::vector<int32_t>> two = generate(kWorld);
+  absl::StatusOr<std::vector<int32_t>> two = generate(kWorld, 0, &replays);
   ASSERT_TRUE(two.ok()) << two.status();
   EXPECT_EQ(*two, *one);
+  // Recorded: the prefill and the first decode step run and record; the other ten replay, the
+  // all-reduces and the logits' gather inside each rank's graph.
+  absl::StatusOr<std::vector<int32_t>> recorded = generate(kWorld, 64, &replays);
+  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  EXPECT_EQ(*recorded, *one);
+  EXPECT_EQ(replays, (std::vector<int64_t>{10, 10}));
 }
 
 #if defined(TPSERVE_CUDA_EMULATOR)
-// How a TP=2 decode step over NCCL drives the GPUs (the emulator's counters, both ranks): the
-// collectives (two a layer and the logits' gather) are enqueued without the host waiting, the
-// logits stay on rank 0's device, and the host waits once a step on each rank (the model's
-// WaitPending) plus once for rank 0's token.
+// How a TP=2 decode step over NCCL drives the GPUs (the emulator's counters, both ranks): each
+// rank's step is a recorded graph with the collectives (two a layer and the logits' gather)
+// inside, the logits stay on rank 0's device, and the host waits once a step on each rank (the
+// model's WaitPending after the graph) plus once for rank 0's token.
 TEST_F(NcclTwoRanks, DecodeStepWaitsOncePerRank) {
   const std::string path = std::string(testing::kGoldenDir) + "/llama-gqa-llama3";
   absl::StatusOr<ModelFiles> files = OpenModelFiles(path);
@@ -367,6 +380,9 @@ TEST_F(NcclTwoRanks, DecodeStepWaitsOncePerRank) {
   EXPECT_EQ(c.host_waits, uint64_t{3 * kMeasured}) << "rank 0: step end + token; rank 1: step end";
   EXPECT_EQ(c.d2h, uint64_t{kMeasured}) << "only rank 0's token comes back";
   EXPECT_EQ(c.h2d_pageable, 0u);
+  // Each rank's step is one recorded graph, its collectives included.
+  EXPECT_EQ(c.graph_launches, uint64_t{2 * kMeasured});
+  EXPECT_LE(c.kernels, uint64_t{kMeasured}) << "rank 0's arg-max only";
 }
 #endif
 

@@ -52,6 +52,8 @@ class HostAwareCommunicator final : public Communicator {
   absl::Status Broadcast(void* data, size_t bytes, int root) override;
   absl::Status Barrier() override { return inner_->Barrier(); }
   absl::Status WaitPending() override { return inner_->WaitPending(); }
+  // Device buffers (a recorded step's) go straight to the inner communicator.
+  bool records_in_graphs() const override { return inner_->records_in_graphs(); }
 
  private:
   std::unique_ptr<Communicator> inner_;
