@@ -169,7 +169,7 @@ absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, Kv
     return absl::OkStatus();
   };
   if (record) {
-    RETURN_IF_ERROR(be.RunRecorded(absl::StrCat("bench decode ", T), body));
+    RETURN_IF_ERROR(be.RunRecorded(absl::StrCat("bench decode ", T), false, body));
   } else {
     RETURN_IF_ERROR(body());
   }

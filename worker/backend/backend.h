@@ -233,9 +233,14 @@ class Backend {
   // this backend's ops and its outputs), must not read device memory on the host, and the caller
   // must be done with its output tensors before the next step of the same key (they may live
   // in the recording's memory).
-  virtual absl::Status RunRecorded(const std::string& key,
+  // `with_peers`: the step's collectives pair with other ranks' recorded steps (NCCL), which
+  // record and replay the same steps (their inputs are the same), so a rank must not fall back
+  // to running the step op by op on its own: a recording that fails there (out of memory, a
+  // device error) fails the step instead.
+  virtual absl::Status RunRecorded(const std::string& key, bool with_peers,
                                    const std::function<absl::Status()>& step) {
     (void)key;
+    (void)with_peers;
     return step();
   }
 

@@ -129,7 +129,8 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
                                          absl::Hex(reinterpret_cast<uintptr_t>(this)), ", cache ",
                                          absl::Hex(reinterpret_cast<uintptr_t>(&cache)), ")");
     Tensor all;
-    RETURN_IF_ERROR(backend_.RunRecorded(key, [&] { return Run(rows, cache, &all); }));
+    RETURN_IF_ERROR(backend_.RunRecorded(key, /*with_peers=*/comm_.world_size() > 1,
+                                         [&] { return Run(rows, cache, &all); }));
     *logits = all.empty() ? Tensor() : all.Slice0(0, T);  // ranks other than 0 have none
     // The collectives of a recorded step are waited for here, after the graph's launch.
     return comm_.WaitPending();

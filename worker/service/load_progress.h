@@ -111,9 +111,9 @@ class CountingBackend final : public Backend {
     return inner_.SampleOnDevice(logits, rows, draws);
   }
   int64_t max_recorded_rows() const override { return inner_.max_recorded_rows(); }
-  absl::Status RunRecorded(const std::string& key,
+  absl::Status RunRecorded(const std::string& key, bool with_peers,
                            const std::function<absl::Status()>& step) override {
-    return inner_.RunRecorded(key, step);
+    return inner_.RunRecorded(key, with_peers, step);
   }
   void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override {
     inner_.ForEachOnHost(n, fn);

@@ -88,8 +88,10 @@ std::string CudaBackend::name() const {
 
 std::shared_ptr<void> CudaBackend::Scratch(size_t bytes) {
   if (recorder_ != nullptr) {
-    // The recording's memory (or, once the step is known not to match, any: nothing runs).
+    // The recording's memory; once the step is known not to be recorded (or not to match) any
+    // small buffer does: nothing it issues from then on runs.
     if (std::shared_ptr<void> p = recorder_->Alloc(bytes)) return p;
+    bytes = 256;
   }
   absl::StatusOr<std::shared_ptr<void>> p = pool_.Get(bytes);
   TPSERVE_CHECK(p.ok(), "%s", p.status().ToString().c_str());

@@ -106,7 +106,7 @@ class CudaBackend final : public Backend {
                  const AttentionParams& params, Tensor* out) override;
 
   int64_t max_recorded_rows() const override { return options_.max_recorded_rows; }
-  absl::Status RunRecorded(const std::string& key,
+  absl::Status RunRecorded(const std::string& key, bool with_peers,
                            const std::function<absl::Status()>& step) override;
 
   bool samples_on_device() const override { return true; }
@@ -153,6 +153,8 @@ class CudaBackend final : public Backend {
   // Replay: copies the uploads and launches the graph. Capture: also instantiates it first.
   absl::Status LaunchRecording(cuda::StepRecording& rec, cudaGraph_t captured);
   void EvictRecordings();
+  // The error of a step with peers that this rank alone could not record (RunRecorded).
+  absl::Status AloneFails(const std::string& key, const std::string& reason);
   // A device copy of a host array, for kernels to read (never write): copied on the stream
   // through page-locked staging, or an earlier upload of the same bytes (a step uploads the same
   // block tables and slots for every layer; the RoPE frequencies never change).

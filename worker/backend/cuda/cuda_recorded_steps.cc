@@ -39,6 +39,19 @@ class RecorderScope {
   cuda::LaunchObserver* previous_observer_;
 };
 
+absl::Status CudaBackend::AloneFails(const std::string& key, const std::string& reason) {
+  // NCCL requires a captured collective to be captured on every rank of the launch: running the
+  // step op by op here while the peers replay their graphs would pair them wrongly (or hang).
+  // The step fails instead; the cluster re-forms the group and every rank records afresh.
+  const std::string message = absl::StrCat(
+      "recorded step ", key, " failed on this rank: ", reason,
+      "; with --tp > 1 over NCCL the ranks record their decode steps together, so the step "
+      "fails rather than run op by op on one rank (tpserve-worker --cuda-graph-max-batch: a "
+      "smaller one, or 0 to run every step op by op)");
+  spdlog::error("{}", message);
+  return absl::ResourceExhaustedError(message);
+}
+
 bool CudaBackend::Unrecordable(const char* what) {
   if (recorder_ == nullptr) return false;
   recorder_->Fail(absl::StrCat(what, " inside the step"));
@@ -80,7 +93,7 @@ absl::Status CudaBackend::LaunchRecording(cuda::StepRecording& rec, cudaGraph_t 
   return cuda::CudaStatus(cudaGraphLaunch(rec.exec, stream_), "cudaGraphLaunch");
 }
 
-absl::Status CudaBackend::RunRecorded(const std::string& key,
+absl::Status CudaBackend::RunRecorded(const std::string& key, bool with_peers,
                                       const std::function<absl::Status()>& step) {
   if (options_.max_recorded_rows <= 0 || recorder_ != nullptr) return step();
   Bind();
@@ -131,6 +144,7 @@ absl::Status CudaBackend::RunRecorded(const std::string& key,
   if (!arena.ok()) {
     ++recorded_stats_.fallbacks;
     rec->Reset();
+    if (with_peers) return AloneFails(key, std::string(arena.status().message()));
     return step();
   }
   rec->arena = *std::move(arena);
@@ -163,13 +177,18 @@ absl::Status CudaBackend::RunRecorded(const std::string& key,
       spdlog::debug("recorded step {}: not recorded: {}", key, reason);
     }
     rec->Reset();
+    // This rank alone (its memory, its device): its peers may have recorded the step.
+    if (with_peers && (capture.out_of_memory() || end != cudaSuccess)) {
+      return AloneFails(key, reason);
+    }
     return step();  // op by op; the next step of this key tries again
   }
   const absl::Status launched = LaunchRecording(*rec, graph);
   cudaGraphDestroy(graph);
   if (!launched.ok()) {
-    spdlog::warn("recorded step {}: {}; runs op by op", key, std::string(launched.message()));
     rec->Reset();
+    if (with_peers) return AloneFails(key, std::string(launched.message()));
+    spdlog::warn("recorded step {}: {}; runs op by op", key, std::string(launched.message()));
     rec->disabled = true;
     return step();
   }

@@ -115,6 +115,7 @@ std::shared_ptr<void> StepRecorder::Alloc(size_t bytes) {
     if (failed()) return nullptr;
     absl::StatusOr<std::shared_ptr<void>> p = rec_->pool->Get(bytes);
     if (!p.ok()) {
+      out_of_memory_ = !failed();
       Fail(absl::StrCat("allocating ", bytes, " bytes: ", p.status().message()));
       return nullptr;
     }

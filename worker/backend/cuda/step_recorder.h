@@ -96,6 +96,9 @@ class StepRecorder final : public LaunchObserver {
   void Fail(std::string why);
 
   bool failed() const { return !failure_.empty(); }
+  // Capture: the failure was the device's memory (this rank's alone, unlike a step that cannot
+  // be recorded, which every rank finds).
+  bool out_of_memory() const { return out_of_memory_; }
   const std::string& failure() const { return failure_; }
   // Replay: whether the whole tape was followed (a step that stopped early did not match).
   bool at_end() const { return cursor_ == rec_->tape.size(); }
@@ -109,6 +112,7 @@ class StepRecorder final : public LaunchObserver {
   size_t cursor_ = 0;                               // replay: next tape entry
   std::vector<std::pair<size_t, size_t>> uploads_;  // this step's uploads: arena offset, bytes
   std::string failure_;
+  bool out_of_memory_ = false;
 };
 
 }  // namespace tpserve::cuda

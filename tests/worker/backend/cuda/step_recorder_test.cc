@@ -172,7 +172,8 @@ class CudaRecordedSteps : public ::testing::Test {
   }
   std::vector<float> Recorded(const std::vector<int32_t>& tokens, float eps, bool peek) {
     Tensor out;
-    const absl::Status st = be_->RunRecorded("test", [&] { return Step(tokens, eps, peek, &out); });
+    const absl::Status st =
+        be_->RunRecorded("test", false, [&] { return Step(tokens, eps, peek, &out); });
     EXPECT_TRUE(st.ok()) << st;
     return be_->ToHost(out);
   }
@@ -215,6 +216,20 @@ TEST_F(CudaRecordedSteps, StepThatKeepsChangingIsRecordedAgainThenGivenUp) {
   const CudaBackend::RecordedStats s = be_->recorded_stats();
   EXPECT_EQ(s.captures, 8);
   EXPECT_EQ(s.replays, 0);
+}
+
+// With peers (TP > 1 over NCCL) a rank that cannot record a step its peers may have recorded
+// must not run it op by op alone: the step fails, saying why and what to change.
+TEST_F(CudaRecordedSteps, WithPeersARankThatCannotRecordFailsTheStep) {
+  const absl::Status st = be_->RunRecorded("huge", /*with_peers=*/true, [&]() -> absl::Status {
+    Tensor t = be_->AllocUninitialized({int64_t{1} << 40});  // 4 TiB: beyond any device
+    be_->Add(t, &t);
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_NE(st.message().find("--cuda-graph-max-batch"), std::string::npos) << st;
+  // The backend is usable afterwards, and a step that fits records and runs.
+  EXPECT_EQ(Recorded({1, 2}, 1e-5f, false), Expected({1, 2}, 1e-5f));
 }
 
 }  // namespace
