@@ -244,6 +244,10 @@ class Backend {
     return step();
   }
 
+  // Forgets the recordings whose keys start with `key_prefix` (a model going away), and the
+  // device memory they hold.
+  virtual void DropRecorded(const std::string& key_prefix) { (void)key_prefix; }
+
   // ---- host work ----
   // Calls fn(i) for every i in [0, n), on host threads this backend owns where it has idle ones
   // (the CPU backend's pool), else in order on the caller. The calls must be independent: per-row

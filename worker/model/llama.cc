@@ -64,10 +64,14 @@ LlamaModel::LlamaModel(ModelConfig config, ShardPlan plan, RankShard shard, Llam
       w_(std::move(weights)),
       backend_(backend),
       comm_(comm),
-      inv_freq_(RopeInverseFrequencies(RopeParamsOf(config_))) {
+      inv_freq_(RopeInverseFrequencies(RopeParamsOf(config_))),
+      recording_prefix_(absl::StrCat("model ", absl::Hex(reinterpret_cast<uintptr_t>(this)), ":")) {
   for (size_t i = 0; i < w_.rope_freq_divisors.size(); ++i)
     inv_freq_[i] /= w_.rope_freq_divisors[i];
 }
+
+// The recorded steps hold device memory for this model's shapes and pointers.
+LlamaModel::~LlamaModel() { backend_.DropRecorded(recording_prefix_); }
 
 absl::Status LlamaModel::AllReduce(Tensor& t) {
   if (comm_.world_size() == 1) return absl::OkStatus();
@@ -125,8 +129,7 @@ absl::Status LlamaModel::Forward(std::span<const ForwardSeq> seqs, KvCache& cach
       rows.slots.push_back(kNoKvSlot);
       rows.logit_rows.push_back(t);
     }
-    const std::string key = absl::StrCat("decode, ", padded, " rows (model ",
-                                         absl::Hex(reinterpret_cast<uintptr_t>(this)), ", cache ",
+    const std::string key = absl::StrCat(recording_prefix_, " decode, ", padded, " rows (cache ",
                                          absl::Hex(reinterpret_cast<uintptr_t>(&cache)), ")");
     Tensor all;
     RETURN_IF_ERROR(backend_.RunRecorded(key, /*with_peers=*/comm_.world_size() > 1,

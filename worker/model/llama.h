@@ -31,6 +31,8 @@ class LlamaModel final : public CausalLm {
                                                           const ShardPlan& plan, Backend& backend,
                                                           Communicator& comm);
 
+  ~LlamaModel() override;
+
   const ModelConfig& config() const override { return config_; }
   int64_t local_kv_heads() const override { return shard_.kv_heads.size(); }
   absl::Status Forward(std::span<const ForwardSeq> seqs, KvCache& cache, Tensor* logits) override;
@@ -62,7 +64,8 @@ class LlamaModel final : public CausalLm {
   LlamaWeights w_;
   Backend& backend_;
   Communicator& comm_;
-  std::vector<float> inv_freq_;  // [hd / 2]
+  std::vector<float> inv_freq_;   // [hd / 2]
+  std::string recording_prefix_;  // of this model's recorded steps' keys
 };
 
 // A one-rank plan (everything on rank 0) for `config`.

@@ -115,6 +115,7 @@ class CountingBackend final : public Backend {
                            const std::function<absl::Status()>& step) override {
     return inner_.RunRecorded(key, with_peers, step);
   }
+  void DropRecorded(const std::string& key_prefix) override { inner_.DropRecorded(key_prefix); }
   void ForEachOnHost(int64_t n, const std::function<void(int64_t)>& fn) override {
     inner_.ForEachOnHost(n, fn);
   }

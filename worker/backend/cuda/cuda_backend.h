@@ -108,6 +108,7 @@ class CudaBackend final : public Backend {
   int64_t max_recorded_rows() const override { return options_.max_recorded_rows; }
   absl::Status RunRecorded(const std::string& key, bool with_peers,
                            const std::function<absl::Status()>& step) override;
+  void DropRecorded(const std::string& key_prefix) override;
 
   bool samples_on_device() const override { return true; }
   absl::StatusOr<std::vector<DeviceDrawn>> SampleOnDevice(

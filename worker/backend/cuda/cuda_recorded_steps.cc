@@ -74,6 +74,12 @@ void CudaBackend::EvictRecordings() {
   }
 }
 
+void CudaBackend::DropRecorded(const std::string& key_prefix) {
+  if (recorder_ != nullptr) return;  // not from inside a step (its memory may be in use)
+  Bind();
+  std::erase_if(recordings_, [&](const auto& r) { return r.first.starts_with(key_prefix); });
+}
+
 absl::Status CudaBackend::LaunchRecording(cuda::StepRecording& rec, cudaGraph_t captured) {
   if (captured != nullptr) {
     RETURN_IF_ERROR(

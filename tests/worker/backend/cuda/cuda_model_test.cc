@@ -294,6 +294,23 @@ TEST_P(CudaModel, Bf16DecodeLogitsWithinBf16Tolerance) {
   }
 }
 
+// A model's recorded steps, and the device memory they hold, go when the model goes (a worker
+// that loads another model does not keep the old one's graphs).
+TEST_P(CudaModel, RecordedStepsGoWithTheModel) {
+  absl::StatusOr<std::unique_ptr<Backend>> be = Cuda(CudaPrecision::kBf16);
+  ASSERT_TRUE(be.ok()) << be.status();
+  auto* cuda = static_cast<CudaBackend*>(be->get());
+  absl::StatusOr<std::vector<Rank>> ranks = OneRank(std::move(*be));
+  ASSERT_TRUE(ranks.ok()) << ranks.status();
+  absl::StatusOr<std::vector<int32_t>> tokens = Generate(*ranks, 3, nullptr);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  EXPECT_EQ(cuda->recorded_stats().graphs, 1);
+  EXPECT_EQ(cuda->recorded_stats().replays, 1);
+  (*ranks)[0].runner.reset();
+  (*ranks)[0].model.reset();
+  EXPECT_EQ(cuda->recorded_stats().graphs, 0);
+}
+
 TEST_P(CudaModel, TensorParallel2OnOneGpuEqualsTp1) {
   absl::StatusOr<std::unique_ptr<Backend>> be = Cuda(CudaPrecision::kFp32);
   ASSERT_TRUE(be.ok()) << be.status();
