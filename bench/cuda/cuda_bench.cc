@@ -304,6 +304,12 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
                   absl::StrFormat("prefill %.2f s, decode %.2f s (%.0f tok/s)", b64.first,
                                   b64.second, out_tokens / b64.second)});
 
+  const CudaBackend::RecordedStats rs = be->recorded_stats();
+  std::printf(
+      "recorded decode steps (CUDA graphs): %lld graphs, %lld captures, %lld replays, %lld "
+      "not recorded\n",
+      static_cast<long long>(rs.graphs), static_cast<long long>(rs.captures),
+      static_cast<long long>(rs.replays), static_cast<long long>(rs.fallbacks));
   std::printf("\n%-38s %12s  %s\n", "cuda_bench (bf16, random weights)", "tokens/s", "relative");
   for (const Row& r : rows)
     std::printf("%-38s %12.1f  %s\n", r.what.c_str(), r.tok_s, r.fraction.c_str());
