@@ -53,13 +53,16 @@ TEST(ServingCudaEmulatorTest, OneEmulatedGpuServesTheGoldenTokens) {
 // Sampling on the device (the default) against the host sampler (--host-sampling), each worker on
 // an emulated GPU in fp32: greedy and seeded requests with penalties, logit bias and log-probs give
 // the same tokens and log-probs, so the device path is the host's semantics and not only the
-// host's RNG.
+// host's RNG. The device side's decode steps are recorded CUDA graphs, the host side's op by op.
 TEST(ServingCudaEmulatorTest, DeviceSamplingEqualsHostSampling) {
   if (!std::filesystem::exists(SmolLm2())) GTEST_SKIP() << SmolLm2() << " is missing";
   LocalCluster device(SmolLm2(), 1, {"--max-context", "256"},
                       {"--device", "cuda:0", "--dtype", "fp32"});
-  LocalCluster host(SmolLm2(), 1, {"--max-context", "256"},
-                    {"--device", "cuda:0", "--dtype", "fp32", "--host-sampling"});
+  // The host side also runs its steps op by op (no CUDA graphs): the device side's recorded
+  // steps are compared with that too.
+  LocalCluster host(
+      SmolLm2(), 1, {"--max-context", "256"},
+      {"--device", "cuda:0", "--dtype", "fp32", "--host-sampling", "--cuda-graph-max-batch", "0"});
   for (LocalCluster* c : {&device, &host}) {
     const absl::Status up = c->WaitHealth(true, absl::Seconds(120));
     ASSERT_TRUE(up.ok()) << up;
@@ -106,6 +109,9 @@ TEST(ServingCudaEmulatorTest, DeviceSamplingEqualsHostSampling) {
       EXPECT_LT(a.tokens.at(0).logprob(), 0.0f);
     }
   }
+  EXPECT_NE(device.ReadLog("worker0").find("as a CUDA graph"), std::string::npos);
+  EXPECT_EQ(host.ReadLog("worker0").find("as a CUDA graph"), std::string::npos)
+      << "--cuda-graph-max-batch 0 recorded a step";
 }
 
 TEST(ServingCudaEmulatorTest, DefaultBf16ServesConcurrentRequestsAsAlone) {
