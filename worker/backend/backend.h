@@ -84,16 +84,17 @@ struct AttentionParams {
   int64_t sliding_window = 0;
 };
 
-// The argument checks every backend's Attention makes (aborting with the problem, like the other
-// shape checks): q and out [T, heads, head_dim] with the cache's head_dim; each sequence's rows
-// inside [0, T) and a block table that covers all its positions.
-// Aborts with the shapes unless src [R, C] fits columns [col_begin, col_begin + C) of dst [R, V].
 // An fp32 [R, C] tensor's rows as a weight (not owned): Embedding with it gathers rows of the
 // tensor wherever it lives (the rows of the final hidden state that need logits).
 Weight RowsAsWeight(const Tensor& x);
 // The padded size of a T-row step for RunRecorded: 1, 2, 4, 8, then multiples of 8.
 int64_t RecordedRows(int64_t T);
+
+// Aborts with the shapes unless src [R, C] fits columns [col_begin, col_begin + C) of dst [R, V].
 void CheckCopyColumns(const Tensor& src, int64_t col_begin, const Tensor& dst);
+// The argument checks every backend's Attention makes (aborting with the problem, like the other
+// shape checks): q and out [T, heads, head_dim] with the cache's head_dim; each sequence's rows
+// inside [0, T) and a block table that covers all its positions.
 void CheckAttentionArgs(const Tensor& q, const KvLayerView& cache,
                         std::span<const AttentionSeq> seqs, const Tensor& out);
 

@@ -211,10 +211,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int r = warp * kRowsPerWarp + rr;
     if (r >= nrows) continue;
     float* out = a.out + ((first + r) * a.heads + h) * hd;
-    __nv_bfloat16* out_bf16 = a.out_bf16 != nullptr
-                                  ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) +
-                                        ((first + r) * a.heads + h) * hd
-                                  : nullptr;
+    __nv_bfloat16* out_bf16 = a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) +
+                                                          ((first + r) * a.heads + h) * hd
+                                                    : nullptr;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + 32 * i;

@@ -114,21 +114,9 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_decode);
     cuda::LaunchPagedDecodeAttention(a, stream_);
   } else {
-    const struct {
-      const void* ptr;
-      size_t bytes;
-    } memset_args{out->data(), static_cast<size_t>(out->numel()) * sizeof(float)};
-    if (Observe("cudaMemsetAsync", memset_args)) {
-      TPSERVE_CUDA_CHECK(cudaMemsetAsync(out->data(), 0, memset_args.bytes, stream_));
-    }
+    Zero(out->data(), static_cast<size_t>(out->numel()) * sizeof(float));
     if (a.out_bf16 != nullptr) {  // bf16 zero is all zero bits
-      const struct {
-        const void* ptr;
-        size_t bytes;
-      } bf16_args{a.out_bf16, static_cast<size_t>(out->numel()) * sizeof(uint16_t)};
-      if (Observe("cudaMemsetAsync", bf16_args)) {
-        TPSERVE_CUDA_CHECK(cudaMemsetAsync(a.out_bf16, 0, bf16_args.bytes, stream_));
-      }
+      Zero(a.out_bf16, static_cast<size_t>(out->numel()) * sizeof(uint16_t));
     }
   }
   if (!tile_first.empty()) {

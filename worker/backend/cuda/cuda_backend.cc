@@ -145,6 +145,16 @@ template const uint8_t* CudaBackend::Upload(std::span<const uint8_t>, std::share
 template const cuda::SampleRowParams* CudaBackend::Upload(std::span<const cuda::SampleRowParams>,
                                                           std::shared_ptr<void>*);
 
+void CudaBackend::Zero(void* device, size_t bytes) {
+  const struct {
+    const void* ptr;
+    size_t bytes;
+  } args{device, bytes};
+  if (Observe("cudaMemsetAsync", args)) {
+    TPSERVE_CUDA_CHECK(cudaMemsetAsync(device, 0, bytes, stream_));
+  }
+}
+
 uint16_t* CudaBackend::Bf16CopyOf(const Tensor& y) {
   if (options_.precision != CudaPrecision::kBf16 || y.numel() == 0) return nullptr;
   bf16_copy_ = Bf16Copy{.of = y.data(),
@@ -180,13 +190,7 @@ Tensor CudaBackend::Alloc(std::vector<int64_t> shape) {
   for (int64_t d : shape) n *= d;
   const size_t bytes = std::max<size_t>(static_cast<size_t>(n) * sizeof(float), 1);
   std::shared_ptr<void> storage = Scratch(bytes);
-  const struct {
-    const void* ptr;
-    size_t bytes;
-  } memset_args{storage.get(), bytes};
-  if (Observe("cudaMemsetAsync", memset_args)) {
-    TPSERVE_CUDA_CHECK(cudaMemsetAsync(storage.get(), 0, bytes, stream_));
-  }
+  Zero(storage.get(), bytes);
   float* data = static_cast<float*>(storage.get());
   return Tensor(std::move(storage), data, std::move(shape), Device::kCuda);
 }
@@ -388,22 +392,20 @@ void CudaBackend::RopeTable(std::span<const int32_t> positions, std::span<const 
 }
 
 void CudaBackend::Rope(const Tensor& cos_sin, bool interleaved, Tensor* x) {
-  Bind();
-  TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
-                "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
-  cuda::LaunchRope(cos_sin.data(), interleaved, x->data(), x->dim(0), x->dim(1), nullptr, 0,
-                   x->dim(2), stream_);
-  CheckLaunch("Rope");
+  RopeQK(cos_sin, interleaved, x, nullptr);
 }
 
+// q and, when given, k in one launch.
 void CudaBackend::RopeQK(const Tensor& cos_sin, bool interleaved, Tensor* q, Tensor* k) {
   Bind();
   for (const Tensor* x : {q, k}) {
+    if (x == nullptr) continue;
     TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
                   "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
   }
-  cuda::LaunchRope(cos_sin.data(), interleaved, q->data(), q->dim(0), q->dim(1), k->data(),
-                   k->dim(1), q->dim(2), stream_);
+  cuda::LaunchRope(cos_sin.data(), interleaved, q->data(), q->dim(0), q->dim(1),
+                   k != nullptr ? k->data() : nullptr, k != nullptr ? k->dim(1) : 0, q->dim(2),
+                   stream_);
   CheckLaunch("Rope");
 }
 

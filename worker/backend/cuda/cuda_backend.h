@@ -151,6 +151,8 @@ class CudaBackend final : public Backend {
     static_assert(std::has_unique_object_representations_v<T>);
     return recorder_ == nullptr || recorder_->OnCall(what, &args, sizeof(T));
   }
+  // Clears `bytes` of device memory on the stream (shown to a recording like a launch).
+  void Zero(void* device, size_t bytes);
   // Replay: copies the uploads and launches the graph. Capture: also instantiates it first.
   absl::Status LaunchRecording(cuda::StepRecording& rec, cudaGraph_t captured);
   void EvictRecordings();

@@ -207,8 +207,8 @@ void LaunchRope(const float* cos_sin, bool interleaved, float* q, int64_t T, int
   if (k == nullptr) k_heads = 0;
   const int64_t n = T * (heads + k_heads) * (hd / 2);
   if (n == 0) return;
-  TPSERVE_LAUNCH(RopeKernel, (Blocks(n), kThreads, 0, stream), cos_sin, interleaved, q, T, heads,
-                 k, k_heads, hd);
+  TPSERVE_LAUNCH(RopeKernel, (Blocks(n), kThreads, 0, stream), cos_sin, interleaved, q, T, heads, k,
+                 k_heads, hd);
 }
 
 void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool table_bf16,
