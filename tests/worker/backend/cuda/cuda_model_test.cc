@@ -436,7 +436,12 @@ TEST_P(CudaModel, RecordedDecodeStepsEqualOpByOp) {
                                     static_cast<int64_t>(b->logits.size())),
               1e-5)
         << "step " << k << " (" << schedule[k].size() << " sequences)";
+#if defined(TPSERVE_CUDA_EMULATOR)
+    // Exact here (the emulated GEMM sums in index order whatever the padded shape); on a GPU
+    // cuBLAS may pick another algorithm for the padded shape, and a near tie may then flip: both
+    // sides are fed the recorded side's tokens, so the logits check above is the check.
     ASSERT_EQ(a->tokens, b->tokens) << "step " << k;
+#endif
     for (size_t j = 0; j < schedule[k].size(); ++j) {
       StepSequence& s = seqs[schedule[k][j]].s;
       s.start_pos += static_cast<int64_t>(s.tokens.size());
