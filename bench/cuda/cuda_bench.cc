@@ -296,6 +296,13 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
                   prefill_tok_s,
                   absl::StrFormat("%.1f%% of %.0f TFLOP/s bf16 dense (%.0f TFLOP/s)",
                                   100 * tflops / peak_tflops, peak_tflops, tflops)});
+  // The same prefill with the fp32 CUDA-core attention kernel: what the tensor cores gain.
+  be->set_tensor_core_prefill(false);
+  ASSIGN_OR_RETURN(auto pf_cores, Run(*be, m, cache, runs.pf_batch, runs.pf_prompt, 0));
+  be->set_tensor_core_prefill(true);
+  const double cores_tok_s = double(runs.pf_batch * runs.pf_prompt) / pf_cores.first;
+  rows.push_back({"prefill, attention on CUDA cores", cores_tok_s,
+                  absl::StrFormat("tensor-core attention %.2fx", prefill_tok_s / cores_tok_s)});
   ASSIGN_OR_RETURN(auto b64, Run(*be, m, cache, runs.big_batch, runs.big_prompt, runs.big_decode));
   const double out_tokens = double(runs.big_batch * runs.big_decode);
   rows.push_back({absl::StrFormat("batch %d, %d in + %d out: output", runs.big_batch,

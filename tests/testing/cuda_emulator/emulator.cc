@@ -452,9 +452,10 @@ void RunGrid(const char* name, dim3 grid, dim3 block, size_t smem,
   g_block.kernel = name;
   g_grid_dim = grid;
   g_block_dim = block;
-  std::vector<unsigned char> shared(std::max<size_t>(smem, 16) + 16);
+  // 128-byte aligned, as TPSERVE_DYNAMIC_SHARED declares it (WMMA tiles need 32 bytes).
+  std::vector<unsigned char> shared(std::max<size_t>(smem, 16) + 128);
   g_dynamic_shared =
-      reinterpret_cast<void*>(RoundUp(reinterpret_cast<uintptr_t>(shared.data()), 16));
+      reinterpret_cast<void*>(RoundUp(reinterpret_cast<uintptr_t>(shared.data()), 128));
   const int n = static_cast<int>(block.x * block.y * block.z);
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {

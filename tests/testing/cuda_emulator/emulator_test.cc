@@ -2,8 +2,10 @@
 // shuffles), device memory is out of the host's reach, work runs only at synchronisation points,
 // and the mistakes a GPU punishes (divergent barriers, out-of-bounds writes, host dereferences of
 // device pointers, oversize launches) are reported instead of passing silently.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
+#include <mma.h>
 
 #include <numeric>
 #include <vector>
@@ -72,6 +74,28 @@ __global__ void WriteKernel(int* out, int64_t index) { out[index] = 7; }
 __global__ void Grid2dKernel(int* out) {
   const int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
   out[y * gridDim.x * blockDim.x + x] = y * 1000 + x;
+}
+
+// One warp: d = a b + c for 16x16 tiles, a row-major and b column-major (ldm 24 halves: padded
+// rows), c and d row-major; `offset` halves shift a's tile (16 bytes: misaligned for WMMA).
+__global__ void WmmaKernel(const __half* a, const __half* b, const float* c, float* d, int offset) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::load_matrix_sync(fa, a + offset, 24);
+  wmma::load_matrix_sync(fb, b, 24);
+  wmma::load_matrix_sync(acc, c, 16, wmma::mem_row_major);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, 16, wmma::mem_row_major);
+}
+
+// Lane i reads what lane i + 1 wrote just before: right only with the warp barrier.
+__global__ void SyncwarpKernel(int* out) {
+  __shared__ int tile[32];
+  tile[threadIdx.x] = static_cast<int>(threadIdx.x) * 3;
+  __syncwarp();
+  out[threadIdx.x] = tile[(threadIdx.x + 1) % 32];
 }
 
 template <class T>
@@ -327,6 +351,43 @@ TEST(CudaEmulator, LaunchLimitsAreAnH100s) {
   cudaFree(d);
 }
 
+TEST(CudaEmulator, WmmaMultipliesAsTheHostDoes) {
+  std::vector<__half> a(16 * 24 + 8), b(16 * 24);
+  std::vector<float> af(16 * 16), bf(16 * 16), c(16 * 16);
+  for (int r = 0; r < 16; ++r) {
+    for (int k = 0; k < 16; ++k) {
+      af[r * 16 + k] = static_cast<float>((r * 7 + k * 3) % 11) - 5.0f;  // small integers: exact
+      bf[k * 16 + r] = static_cast<float>((r * 5 + k) % 9) * 0.5f - 2.0f;
+      a[r * 24 + k] = __float2half_rn(af[r * 16 + k]);
+      b[r * 24 + k] = __float2half_rn(bf[k * 16 + r]);  // column r of b, column-major
+    }
+  }
+  for (int i = 0; i < 256; ++i) c[i] = static_cast<float>(i % 13);
+  __half* d_a = DeviceCopy(a);
+  __half* d_b = DeviceCopy(b);
+  float* d_c = DeviceCopy(c);
+  float* d_d = nullptr;
+  ASSERT_EQ(cudaMalloc(&d_d, 256 * sizeof(float)), cudaSuccess);
+  TPSERVE_LAUNCH(WmmaKernel, (1, 32, 0, nullptr), d_a, d_b, d_c, d_d, 0);
+  const std::vector<float> d = HostCopy(d_d, 256);
+  for (int r = 0; r < 16; ++r) {
+    for (int n = 0; n < 16; ++n) {
+      float want = c[r * 16 + n];
+      for (int k = 0; k < 16; ++k) want += af[r * 16 + k] * bf[k * 16 + n];
+      EXPECT_EQ(d[r * 16 + n], want) << r << "," << n;
+    }
+  }
+  int* d_s = nullptr;
+  ASSERT_EQ(cudaMalloc(&d_s, 32 * sizeof(int)), cudaSuccess);
+  TPSERVE_LAUNCH(SyncwarpKernel, (1, 32, 0, nullptr), d_s);
+  const std::vector<int> s = HostCopy(d_s, 32);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(s[i], (i + 1) % 32 * 3) << i;
+  for (void* p : {static_cast<void*>(d_a), static_cast<void*>(d_b), static_cast<void*>(d_c),
+                  static_cast<void*>(d_d), static_cast<void*>(d_s)}) {
+    EXPECT_EQ(cudaFree(p), cudaSuccess);
+  }
+}
+
 using CudaEmulatorDeathTest = ::testing::Test;
 
 TEST(CudaEmulatorDeathTest, HostDereferenceOfDeviceMemoryFaults) {
@@ -334,6 +395,23 @@ TEST(CudaEmulatorDeathTest, HostDereferenceOfDeviceMemoryFaults) {
   ASSERT_EQ(cudaMalloc(&d, sizeof(int)), cudaSuccess);
   EXPECT_DEATH({ *static_cast<volatile int*>(d) = 1; }, "");
   cudaFree(d);
+}
+
+// A WMMA tile 16 bytes off the 256-bit alignment the API requires is reported.
+TEST(CudaEmulatorDeathTest, MisalignedWmmaTileIsReported) {
+  __half* d_h = nullptr;
+  float* d_f = nullptr;
+  ASSERT_EQ(cudaMalloc(&d_h, 16 * 24 * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&d_f, 512 * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(d_h) % 32, 0u);
+  EXPECT_DEATH(
+      {
+        TPSERVE_LAUNCH(WmmaKernel, (1, 32, 0, nullptr), d_h, d_h, d_f, d_f + 256, 8);
+        cudaDeviceSynchronize();
+      },
+      "not 256-bit aligned");
+  cudaFree(d_h);
+  cudaFree(d_f);
 }
 
 // Allocations of 1 MiB or more end at a guard page and are never reused (smaller ones share

@@ -49,6 +49,12 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   TPSERVE_CHECK(cache.head_dim <= 256, "Attention: head_dim %lld > 256 is not supported on CUDA",
                 static_cast<long long>(cache.head_dim));
   const int64_t T = q.dim(0), bs = cache.block_size;
+  // Prefill rows on the tensor cores in bf16 mode (fp16 Q·K and P·V), fp32 on the CUDA cores in
+  // the exact fp32 mode. The choice depends on the backend and the pool, never on the batch.
+  const bool tensor_cores =
+      options_.precision == CudaPrecision::kBf16 && options_.tensor_core_prefill &&
+      cuda::TensorCorePrefillApplies(cache.head_dim, cache.dtype == KvDType::kFp16);
+  const int64_t tile = tensor_cores ? cuda::kTensorCoreTileRows : cuda::kPrefillTileRows;
 
   // A row's kernel depends only on its own sequence: one-token sequences (decode) always take
   // the decode kernel, longer ones the prefill kernel, whatever else shares the step, so a
@@ -72,10 +78,9 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
       decode_ctx[seq.token_begin] = ctx_len[seq.token_begin];
       continue;
     }
-    for (int64_t t0 = 0; t0 < seq.num_tokens; t0 += cuda::kPrefillTileRows) {
+    for (int64_t t0 = 0; t0 < seq.num_tokens; t0 += tile) {
       tile_first.push_back(static_cast<int32_t>(seq.token_begin + t0));
-      tile_rows.push_back(
-          static_cast<int32_t>(std::min<int64_t>(cuda::kPrefillTileRows, seq.num_tokens - t0)));
+      tile_rows.push_back(static_cast<int32_t>(std::min<int64_t>(tile, seq.num_tokens - t0)));
     }
   }
   if (T == 0) return;
@@ -121,10 +126,12 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   }
   if (!tile_first.empty()) {
     a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_ctx);
+    const auto* first = reinterpret_cast<const int32_t*>(dev + off_first);
+    const auto* rows = reinterpret_cast<const int32_t*>(dev + off_rows);
+    const int64_t tiles = static_cast<int64_t>(tile_first.size());
     TPSERVE_CHECK(
-        cuda::LaunchFlashPrefillAttention(a, reinterpret_cast<const int32_t*>(dev + off_first),
-                                          reinterpret_cast<const int32_t*>(dev + off_rows),
-                                          static_cast<int64_t>(tile_first.size()), stream_),
+        tensor_cores ? cuda::LaunchTensorCorePrefillAttention(a, first, rows, tiles, stream_)
+                     : cuda::LaunchFlashPrefillAttention(a, first, rows, tiles, stream_),
         "Attention: prefill kernel cannot run head_dim %lld", static_cast<long long>(a.hd));
   }
   CheckLaunch("Attention");

@@ -62,6 +62,9 @@ struct CudaBackendOptions {
   // Decode steps of up to this many rows are recorded as CUDA graphs and replayed
   // (RunRecorded, step_recorder.h); 0 runs every step op by op.
   int64_t max_recorded_rows = 64;
+  // bf16 mode: prefill attention on the tensor cores where it applies (fp16 pools, head_dim a
+  // multiple of 16); false keeps the fp32 CUDA-core kernel (for comparison in benchmarks).
+  bool tensor_core_prefill = true;
 };
 
 class CudaBackend final : public Backend {
@@ -133,6 +136,8 @@ class CudaBackend final : public Backend {
   void CopyFromHost(const float* host, float* device, size_t count);
   // Device buffer of `bytes` from the backend's pool.
   absl::StatusOr<std::shared_ptr<void>> DeviceBytes(size_t bytes) { return pool_.Get(bytes); }
+  // Prefill attention on the tensor cores (CudaBackendOptions::tensor_core_prefill) from now on.
+  void set_tensor_core_prefill(bool on) { options_.tensor_core_prefill = on; }
   // Recorded steps so far: graphs held, captures made, replays run (all keys).
   struct RecordedStats {
     int64_t graphs = 0, captures = 0, replays = 0, fallbacks = 0;

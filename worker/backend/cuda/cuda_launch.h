@@ -78,5 +78,6 @@ bool LaunchAllowed(const char* kernel, const LaunchDims& d, const A&... args) {
       kernel<<<TPSERVE_LAUNCH_DIMS_ dims>>>(__VA_ARGS__);                                         \
     }                                                                                             \
   } while (0)
-#define TPSERVE_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+// 128-byte aligned: WMMA loads and stores need 256-bit aligned tiles.
+#define TPSERVE_DYNAMIC_SHARED(type, name) extern __shared__ __align__(128) type name[]
 #endif

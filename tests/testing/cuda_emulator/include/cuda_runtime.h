@@ -28,7 +28,11 @@
 #define warpSize 32
 
 inline void __syncthreads() { ::tpserve_emu::SyncThreads(); }
-inline void __syncwarp(unsigned = 0xffffffffu) {}
+// A barrier of the warp (full warps only, as the shuffles): shared memory one lane wrote before it
+// is visible to the others after it, and a lane that does not come is reported as divergence.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  (void)::tpserve_emu::ShuffleBits(mask, 0, static_cast<int>(::tpserve_emu::g_thread->linear % 32));
+}
 
 template <class T>
 T __shfl_sync(unsigned mask, T v, int src, int width = 32) {

@@ -71,6 +71,24 @@ Tensor Poisoned(Backend& be, std::vector<int64_t> shape) {
                      std::move(shape));
 }
 
+// One layer's K and V pools in the backend's KV dtype (fp32 floats hold a pool of any dtype).
+struct TestPool {
+  Tensor k, v;
+  KvLayerView view;
+};
+TestPool MakePool(Backend& be, int64_t blocks, int64_t bs, int64_t kv_heads, int64_t hd) {
+  TestPool p{.k = be.Alloc({blocks * bs * kv_heads * hd}),
+             .v = be.Alloc({blocks * bs * kv_heads * hd})};
+  p.view = KvLayerView{.k = p.k.data(),
+                       .v = p.v.data(),
+                       .dtype = be.kv_dtype(),
+                       .num_blocks = blocks,
+                       .block_size = bs,
+                       .kv_heads = kv_heads,
+                       .head_dim = hd};
+  return p;
+}
+
 TensorView ViewOf(const Weight& w) {
   return TensorView{.dtype = w.dtype,
                     .rows = w.rows,
@@ -224,15 +242,37 @@ std::vector<OpCase> MakeCases() {
     std::vector<AttentionSeq> seqs;  // block tables filled below
     int64_t rows;
   };
-  const int64_t heads = 6, kv_heads = 2, global_kv = 3, bs = 16, blocks = 24;
+  const int64_t heads = 6, kv_heads = 2, global_kv = 3, bs = 16;
   for (int64_t hd : {64, 80, 128}) {  // 80: not a multiple of the 32 lanes
-    for (bool decode : {true, false}) {
-      // Sequence i uses blocks {3i+2, 3i+1, 3i} (shuffled: the table, not contiguity, matters).
+    for (const char* kind : {"decode", "prefill", "long_prefill"}) {
+      const bool decode = kind == std::string("decode");
+      const bool long_prefill = kind == std::string("long_prefill");
+      const int64_t blocks = long_prefill ? 40 : 24;  // the last one takes the padding row
+      // Sequence i uses blocks {3i+2, 3i+1, 3i, 12+i}, or i, i+3, ..., i+30 in reverse (the
+      // table, not contiguity, matters).
       auto tables = std::make_shared<std::vector<std::vector<int32_t>>>();
-      for (int i = 0; i < 4; ++i) tables->push_back({3 * i + 2, 3 * i + 1, 3 * i, 12 + i});
+      for (int i = 0; i < 4; ++i) {
+        if (!long_prefill) {
+          tables->push_back({3 * i + 2, 3 * i + 1, 3 * i, 12 + i});
+          continue;
+        }
+        tables->emplace_back();
+        for (int j = 10; j >= 0; --j) tables->back().push_back(i + 3 * j);
+      }
       std::vector<AttentionSeq> seqs;
       int64_t rows = 0;
-      if (decode) {  // contexts 1, 17, 40, 64; one padding row at the end
+      float q_scale = 1.0f;
+      if (long_prefill) {
+        // Several query tiles and K/V tiles on every kernel: a 150-token prompt; a 30-token chunk
+        // after 70 cached (its rows see 71..100 positions: across a 64-position tile boundary);
+        // a decode row; padding. Larger queries make the softmax peaked, so the running maximum
+        // and the rescaling of earlier tiles matter.
+        seqs.push_back({.token_begin = 0, .num_tokens = 150, .start_pos = 0});
+        seqs.push_back({.token_begin = 150, .num_tokens = 30, .start_pos = 70});
+        seqs.push_back({.token_begin = 180, .num_tokens = 1, .start_pos = 90});
+        rows = 182;
+        q_scale = 3.0f;
+      } else if (decode) {  // contexts 1, 17, 40, 64; one padding row at the end
         const int64_t starts[] = {0, 16, 39, 63};
         for (int i = 0; i < 4; ++i) {
           seqs.push_back({.token_begin = i, .num_tokens = 1, .start_pos = starts[i]});
@@ -256,7 +296,7 @@ std::vector<OpCase> MakeCases() {
       const int64_t hist = static_cast<int64_t>(hist_slots->size());
       auto k_hist = std::make_shared<std::vector<float>>(RandomFloats(hist * kv_heads * hd, *rng));
       auto v_hist = std::make_shared<std::vector<float>>(RandomFloats(hist * kv_heads * hd, *rng));
-      auto q = std::make_shared<std::vector<float>>(RandomFloats(rows * heads * hd, *rng));
+      auto q = std::make_shared<std::vector<float>>(RandomFloats(rows * heads * hd, *rng, q_scale));
       auto k = std::make_shared<std::vector<float>>(RandomFloats(rows * kv_heads * hd, *rng));
       auto v = std::make_shared<std::vector<float>>(RandomFloats(rows * kv_heads * hd, *rng));
       auto slots = std::make_shared<std::vector<int64_t>>();
@@ -266,22 +306,15 @@ std::vector<OpCase> MakeCases() {
           slots->push_back((*tables)[s][p / bs] * bs + p % bs);
         }
       }
-      while (static_cast<int64_t>(slots->size()) < rows) slots->push_back(23 * bs);  // padding
+      while (static_cast<int64_t>(slots->size()) < rows) {
+        slots->push_back((blocks - 1) * bs);  // padding
+      }
       cases.push_back(
-          {"Attention_hd" + std::to_string(hd) + (decode ? "_decode" : "_prefill"), false,
-           [=](Backend& be) {
+          {"Attention_hd" + std::to_string(hd) + "_" + kind, false, [=](Backend& be) {
              std::vector<AttentionSeq> ss = seqs;
              for (size_t s = 0; s < ss.size(); ++s) ss[s].block_table = (*tables)[s];
-             // fp32 floats hold a pool of any KV dtype.
-             Tensor kc = be.Alloc({blocks * bs * kv_heads * hd});
-             Tensor vc = be.Alloc({blocks * bs * kv_heads * hd});
-             const KvLayerView view{.k = kc.data(),
-                                    .v = vc.data(),
-                                    .dtype = be.kv_dtype(),
-                                    .num_blocks = blocks,
-                                    .block_size = bs,
-                                    .kv_heads = kv_heads,
-                                    .head_dim = hd};
+             const TestPool pool = MakePool(be, blocks, bs, kv_heads, hd);
+             const KvLayerView& view = pool.view;
              if (hist > 0) {
                be.WriteKv(be.FromHost(*k_hist, {hist, kv_heads, hd}),
                           be.FromHost(*v_hist, {hist, kv_heads, hd}), *hist_slots, view);
@@ -541,6 +574,73 @@ INSTANTIATE_TEST_SUITE_P(
                       Under("fp32_kv16", "cuda:0:fp32", 2e-5, 2e-5, KvDType::kFp16),
                       Under("bf16", "cuda:0:bf16", 1e-2, 3e-2, std::nullopt)),
     [](const ::testing::TestParamInfo<BackendUnderTest>& info) { return info.param.label; });
+
+// A prompt row's attention is the same, bit for bit, however the prompt is chunked (into chunks of
+// two rows or more: a one-row chunk takes the decode kernel) and whatever shares the step: the
+// prefill kernels' tiles start wherever a chunk starts, and a row's sums must not depend on its
+// place in a tile (bf16: the tensor-core kernel; fp32: the CUDA cores).
+TEST(CudaPrefillAttention, RowsDoNotDependOnChunkingOrBatch) {
+  absl::StatusOr<cuda::DeviceSummary> devices = cuda::ProbeDevices();
+  if (!devices.ok()) GTEST_SKIP() << "no GPU here: " << devices.status();
+  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
+    SCOPED_TRACE(precision == CudaPrecision::kBf16 ? "bf16" : "fp32");
+    absl::StatusOr<std::unique_ptr<CudaBackend>> made =
+        CudaBackend::Create({.device = 0, .precision = precision});
+    ASSERT_TRUE(made.ok()) << made.status();
+    CudaBackend& be = **made;
+    std::mt19937 rng(5);
+    const int64_t heads = 4, kv_heads = 2, hd = 64, bs = 16, blocks = 16, n = 140;
+    const TestPool pool = MakePool(be, blocks, bs, kv_heads, hd);
+    const KvLayerView& view = pool.view;
+    std::vector<int32_t> table;
+    for (int b = 8; b >= 0; --b) table.push_back(b);  // 144 positions; blocks 9.. for the other
+    const std::vector<int32_t> other_table = {12, 11};
+    std::vector<int64_t> slots;
+    for (int64_t p = 0; p < n; ++p) slots.push_back(table[p / bs] * bs + p % bs);
+    for (int64_t p = 0; p < 20; ++p) slots.push_back(other_table[p / bs] * bs + p % bs);
+    be.WriteKv(be.FromHost(RandomFloats((n + 20) * kv_heads * hd, rng), {n + 20, kv_heads, hd}),
+               be.FromHost(RandomFloats((n + 20) * kv_heads * hd, rng), {n + 20, kv_heads, hd}),
+               slots, view);
+    const std::vector<float> q = RandomFloats(n * heads * hd, rng, 3.0f);
+    const std::vector<float> other_q = RandomFloats(20 * heads * hd, rng, 3.0f);
+    const AttentionParams params{.scale = 0.125f, .group_size = 2};
+    const int64_t row = heads * hd;
+
+    // Rows [begin, end) of the prompt as one chunk, after `lead` rows of another sequence's
+    // 20-token prompt in the same step (0: alone).
+    auto chunk = [&](int64_t begin, int64_t end, int64_t lead) {
+      const int64_t rows = lead + end - begin;
+      std::vector<float> qs(other_q.begin(), other_q.begin() + lead * row);
+      qs.insert(qs.end(), q.begin() + begin * row, q.begin() + end * row);
+      std::vector<AttentionSeq> seqs;
+      if (lead > 0) {
+        seqs.push_back({.token_begin = 0,
+                        .num_tokens = lead,
+                        .start_pos = 20 - lead,
+                        .block_table = other_table});
+      }
+      seqs.push_back({.token_begin = lead,
+                      .num_tokens = end - begin,
+                      .start_pos = begin,
+                      .block_table = table});
+      Tensor out = Poisoned(be, {rows, heads, hd});
+      be.Attention(be.FromHost(qs, {rows, heads, hd}), view, seqs, params, &out);
+      std::vector<float> got = be.ToHost(out);
+      return std::vector<float>(got.begin() + lead * row, got.end());
+    };
+    const std::vector<float> whole = chunk(0, n, 0);
+    std::vector<float> pieces = chunk(0, 37, 0);
+    for (const auto& [begin, end, lead] :
+         {std::tuple<int64_t, int64_t, int64_t>{37, 101, 13}, {101, 140, 5}}) {
+      const std::vector<float> part = chunk(begin, end, lead);
+      pieces.insert(pieces.end(), part.begin(), part.end());
+    }
+    ASSERT_EQ(pieces.size(), whole.size());
+    int64_t differ = 0;
+    for (size_t i = 0; i < whole.size(); ++i) differ += !(pieces[i] == whole[i]);
+    EXPECT_EQ(differ, 0) << "of " << whole.size() << " values; row 0: " << whole[0];
+  }
+}
 
 // The bf16 copy an op writes along with its output equals rounding the output afterwards, bit for
 // bit; an op in between (which may have changed the tensor) makes the matmul round again.
