@@ -18,7 +18,9 @@
 namespace tpserve::cuda {
 namespace {
 
-constexpr int kWarps = 4;
+constexpr int kWarps = 4;        // the CUDA-core prefill kernel's
+constexpr int kDecodeWarps = 8;  // the decode kernel's, each over kDecodeUnroll positions a step
+constexpr int kDecodeUnroll = 4;
 constexpr int kKvTile = 32;  // positions per K/V tile: one per lane
 constexpr int kRowsPerWarp = kPrefillTileRows / kWarps;
 
@@ -56,12 +58,12 @@ __device__ __forceinline__ int64_t KvRow(const AttentionArgs& a, const int32_t* 
   return (slot * a.kv_heads + kvh) * a.hd;
 }
 
-// grid (heads, rows), kWarps warps. Lane owns dims lane + 32 i, i < kPerLane. The heads of a row
-// are neighbours in launch order: the group_size query heads that read one KV head run together,
-// so the KV rows come from HBM once and from L2 for the others (with rows outermost, a KV head's
-// rows were read again only after a sweep over the whole batch, long evicted at batch 64).
+// grid (heads, rows), kDecodeWarps warps. Lane owns dims lane + 32 i, i < kPerLane. The heads of a
+// row are neighbours in launch order: the group_size query heads that read one KV head run
+// together, so the KV rows come from HBM once and from L2 for the others (with rows outermost, a KV
+// head's rows were read again only after a sweep over the whole batch, long evicted at batch 64).
 template <int kPerLane, typename KV>
-__global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a) {
+__global__ void __launch_bounds__(kDecodeWarps * 32) PagedDecodeKernel(AttentionArgs a) {
   const KV* k_cache = static_cast<const KV*>(a.k_cache);
   const KV* v_cache = static_cast<const KV*>(a.v_cache);
   const int64_t h = blockIdx.x, t = blockIdx.y;
@@ -91,30 +93,54 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
     acc[i] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int64_t p = warp; p < ctx; p += kWarps) {
-    const int64_t row = KvRow(a, table, p, kvh);
-    float s = 0.0f;
+  // A warp takes kDecodeUnroll positions a step and loads all their K and V values before it
+  // needs the first sum: several rows in flight instead of one. At batch 1 the whole GPU has only
+  // `heads` of these blocks, and a loop with one row in flight waits out the memory latency at
+  // every position (the per-position sum is a chain of shuffles that the next load used to wait
+  // behind).
+  for (int64_t p0 = warp * kDecodeUnroll; p0 < ctx; p0 += kDecodeWarps * kDecodeUnroll) {
+    int64_t row[kDecodeUnroll];
+    float s[kDecodeUnroll], vv[kDecodeUnroll][kPerLane];
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int64_t d = lane + 32 * i;
-      if (d < hd) s += qv[i] * Ld(k_cache, row + d);
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      row[u] = p0 + u < ctx ? KvRow(a, table, p0 + u, kvh) : -1;  // warp-uniform
+      s[u] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int64_t d = lane + 32 * i;
+        const bool in = row[u] >= 0 && d < hd;
+        s[u] += in ? qv[i] * Ld(k_cache, row[u] + d) : 0.0f;
+        vv[u][i] = in ? Ld(v_cache, row[u] + d) : 0.0f;
+      }
     }
-    s = WarpSum(s) * a.scale;
-    const float m_new = fmaxf(m, s);
-    const float alpha = expf(m - m_new);  // 0 on the first position (m = -inf)
-    const float e = expf(s - m_new);
-    l = l * alpha + e;
+    float step_max = -INFINITY;
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      s[u] = WarpSum(s[u]) * a.scale;
+      if (row[u] >= 0) step_max = fmaxf(step_max, s[u]);
+    }
+    const float m_new = fmaxf(m, step_max);  // finite: position p0 is visible
+    const float alpha = expf(m - m_new);     // 0 on the first step (m = -inf)
+    float e[kDecodeUnroll], e_sum = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kDecodeUnroll; ++u) {
+      e[u] = row[u] >= 0 ? expf(s[u] - m_new) : 0.0f;
+      e_sum += e[u];
+    }
+    l = l * alpha + e_sum;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
-      const int64_t d = lane + 32 * i;
-      acc[i] = acc[i] * alpha + (d < hd ? e * Ld(v_cache, row + d) : 0.0f);
+      float v = acc[i] * alpha;
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) v += e[u] * vv[u][i];
+      acc[i] = v;
     }
     m = m_new;
   }
 
   // Merge the warps' partial softmax states.
-  __shared__ float sm_m[kWarps], sm_l[kWarps];
-  __shared__ float sm_acc[kWarps][32 * kPerLane];
+  __shared__ float sm_m[kDecodeWarps], sm_l[kDecodeWarps];
+  __shared__ float sm_acc[kDecodeWarps][32 * kPerLane];
   if (lane == 0) {
     sm_m[warp] = m;
     sm_l[warp] = l;
@@ -123,15 +149,15 @@ __global__ void __launch_bounds__(kWarps * 32) PagedDecodeKernel(AttentionArgs a
   for (int i = 0; i < kPerLane; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
   __syncthreads();
   float big = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) big = fmaxf(big, sm_m[w]);
-  float total = 0.0f, wscale[kWarps];
-  for (int w = 0; w < kWarps; ++w) {
+  for (int w = 0; w < kDecodeWarps; ++w) big = fmaxf(big, sm_m[w]);
+  float total = 0.0f, wscale[kDecodeWarps];
+  for (int w = 0; w < kDecodeWarps; ++w) {
     wscale[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - big);
     total += sm_l[w] * wscale[w];
   }
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.0f;
-    for (int w = 0; w < kWarps; ++w) o += sm_acc[w][d] * wscale[w];
+    for (int w = 0; w < kDecodeWarps; ++w) o += sm_acc[w][d] * wscale[w];
     const float v = o / total;
     out[d] = v;
     if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
@@ -484,7 +510,7 @@ void LaunchDecode(const AttentionArgs& a, cudaStream_t stream) {
   void (*decode_kernel)(AttentionArgs) = a.hd <= 64    ? PagedDecodeKernel<2, KV>
                                          : a.hd <= 128 ? PagedDecodeKernel<4, KV>
                                                        : PagedDecodeKernel<8, KV>;
-  TPSERVE_LAUNCH(decode_kernel, (grid, kWarps * 32, 0, stream), a);
+  TPSERVE_LAUNCH(decode_kernel, (grid, kDecodeWarps * 32, 0, stream), a);
 }
 
 template <typename KV>
