@@ -63,6 +63,11 @@ struct KvLayerView {
 // A WriteKv slot that stores nothing: the row of a step padded to a recorded shape.
 inline constexpr int64_t kNoKvSlot = -1;
 
+// Attention may keep, for each decode row (a one-token sequence) and query head, up to this many
+// partial results of head_dim + 2 floats (a long context cut into chunks that run in parallel);
+// StepActivationBytes counts them.
+inline constexpr int64_t kMaxAttentionChunks = 16;
+
 // One sequence's part of a step: rows [token_begin, token_begin + num_tokens) of q/k/v are its
 // positions start_pos .. start_pos + num_tokens - 1; earlier positions are already in the cache.
 struct AttentionSeq {

@@ -79,6 +79,8 @@ int64_t StepActivationBytes(const ModelConfig& c, const RankShard& shard, int64_
   const int64_t Fl = shard.ffn_columns.size();
   // x, h, proj [T, H]; q, attn [T, nq*hd]; k, v [T, nkv*hd]; gate, up [T, Fl]; rope [T, hd].
   int64_t floats = 3 * T * H + 2 * T * nq * hd + 2 * T * nkv * hd + 2 * T * Fl + T * hd;
+  // Decode attention's chunk results: [R, nq, kMaxAttentionChunks, hd + 2] at most.
+  floats += R * nq * kMaxAttentionChunks * (hd + 2);
   // Local logits [R, Vl]; on rank 0 the gathered, the assembled and the host copy [R, V].
   floats += R * shard.vocab.size();
   if (shard.rank == 0) floats += 3 * R * c.vocab_size;

@@ -58,12 +58,19 @@ __device__ __forceinline__ int64_t KvRow(const AttentionArgs& a, const int32_t* 
   return (slot * a.kv_heads + kvh) * a.hd;
 }
 
-// grid (heads, rows), kDecodeWarps warps. Lane owns dims lane + 32 i, i < kPerLane. The heads of a
-// row are neighbours in launch order: the group_size query heads that read one KV head run
-// together, so the KV rows come from HBM once and from L2 for the others (with rows outermost, a KV
-// head's rows were read again only after a sweep over the whole batch, long evicted at batch 64).
+// grid (heads, rows, splits), kDecodeWarps warps. A row's positions are cut into chunks whose
+// length depends only on its own context (DecodeChunkLen): block z computes chunks z, z + splits,
+// ... each from scratch (a row of one chunk writes its output directly; longer rows write each
+// chunk's softmax state to `partials`, which CombineDecodeChunks merges in chunk order). So the
+// arithmetic of a row is the same whatever `splits` and the rest of the batch are, and a small
+// batch still has heads x rows x splits blocks on the GPU instead of heads x rows. Lane owns dims
+// lane + 32 i, i < kPerLane. The heads of a row are neighbours in launch order: the group_size
+// query heads that read one KV head run together, so the KV rows come from HBM once and from L2
+// for the others (with rows outermost, a KV head's rows were read again only after a sweep over
+// the whole batch, long evicted at batch 64).
 template <int kPerLane, typename KV>
-__global__ void __launch_bounds__(kDecodeWarps * 32) PagedDecodeKernel(AttentionArgs a) {
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+    PagedDecodeKernel(AttentionArgs a, DecodeSplit split) {
   const KV* k_cache = static_cast<const KV*>(a.k_cache);
   const KV* v_cache = static_cast<const KV*>(a.v_cache);
   const int64_t h = blockIdx.x, t = blockIdx.y;
@@ -75,6 +82,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) PagedDecodeKernel(Attention
                             : nullptr;
   const int32_t ctx = a.ctx_len[t];
   if (ctx == 0) {
+    if (blockIdx.z != 0) return;
     for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
       out[d] = 0.0f;
       if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(0.0f);
@@ -84,80 +92,127 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) PagedDecodeKernel(Attention
   const int64_t kvh = (a.q_head_begin + h) / a.group_size - a.kv_head_begin;
   const int32_t* table = a.block_tables + a.table_offset[t];
   const float* q = a.q + (t * a.heads + h) * hd;
+  const int32_t chunk_len = DecodeChunkLen(ctx), chunks = (ctx + chunk_len - 1) / chunk_len;
 
-  float qv[kPerLane], acc[kPerLane];
+  float qv[kPerLane];
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int64_t d = lane + 32 * i;
     qv[i] = d < hd ? q[d] : 0.0f;
-    acc[i] = 0.0f;
   }
-  float m = -INFINITY, l = 0.0f;
-  // A warp takes kDecodeUnroll positions a step and loads all their K and V values before it
-  // needs the first sum: several rows in flight instead of one. At batch 1 the whole GPU has only
-  // `heads` of these blocks, and a loop with one row in flight waits out the memory latency at
-  // every position (the per-position sum is a chain of shuffles that the next load used to wait
-  // behind).
-  for (int64_t p0 = warp * kDecodeUnroll; p0 < ctx; p0 += kDecodeWarps * kDecodeUnroll) {
-    int64_t row[kDecodeUnroll];
-    float s[kDecodeUnroll], vv[kDecodeUnroll][kPerLane];
-#pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      row[u] = p0 + u < ctx ? KvRow(a, table, p0 + u, kvh) : -1;  // warp-uniform
-      s[u] = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        const int64_t d = lane + 32 * i;
-        const bool in = row[u] >= 0 && d < hd;
-        s[u] += in ? qv[i] * Ld(k_cache, row[u] + d) : 0.0f;
-        vv[u][i] = in ? Ld(v_cache, row[u] + d) : 0.0f;
-      }
-    }
-    float step_max = -INFINITY;
-#pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      s[u] = WarpSum(s[u]) * a.scale;
-      if (row[u] >= 0) step_max = fmaxf(step_max, s[u]);
-    }
-    const float m_new = fmaxf(m, step_max);  // finite: position p0 is visible
-    const float alpha = expf(m - m_new);     // 0 on the first step (m = -inf)
-    float e[kDecodeUnroll], e_sum = 0.0f;
-#pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      e[u] = row[u] >= 0 ? expf(s[u] - m_new) : 0.0f;
-      e_sum += e[u];
-    }
-    l = l * alpha + e_sum;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      float v = acc[i] * alpha;
-#pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) v += e[u] * vv[u][i];
-      acc[i] = v;
-    }
-    m = m_new;
-  }
-
-  // Merge the warps' partial softmax states.
   __shared__ float sm_m[kDecodeWarps], sm_l[kDecodeWarps];
   __shared__ float sm_acc[kDecodeWarps][32 * kPerLane];
-  if (lane == 0) {
-    sm_m[warp] = m;
-    sm_l[warp] = l;
-  }
+
+  for (int32_t c = blockIdx.z; c < chunks; c += gridDim.z) {  // block-uniform
+    const int32_t begin = c * chunk_len, end = begin + chunk_len < ctx ? begin + chunk_len : ctx;
+    float m = -INFINITY, l = 0.0f, acc[kPerLane];
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
-  __syncthreads();
-  float big = -INFINITY;
-  for (int w = 0; w < kDecodeWarps; ++w) big = fmaxf(big, sm_m[w]);
-  float total = 0.0f, wscale[kDecodeWarps];
-  for (int w = 0; w < kDecodeWarps; ++w) {
-    wscale[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - big);
-    total += sm_l[w] * wscale[w];
+    for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
+    // A warp takes kDecodeUnroll positions a step and loads all their K and V values before it
+    // needs the first sum: several rows in flight instead of one (the per-position sum is a chain
+    // of shuffles that the next load would wait behind).
+    for (int64_t p0 = begin + warp * kDecodeUnroll; p0 < end; p0 += kDecodeWarps * kDecodeUnroll) {
+      int64_t row[kDecodeUnroll];
+      float s[kDecodeUnroll], vv[kDecodeUnroll][kPerLane];
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) {
+        row[u] = p0 + u < end ? KvRow(a, table, p0 + u, kvh) : -1;  // warp-uniform
+        s[u] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int64_t d = lane + 32 * i;
+          const bool in = row[u] >= 0 && d < hd;
+          s[u] += in ? qv[i] * Ld(k_cache, row[u] + d) : 0.0f;
+          vv[u][i] = in ? Ld(v_cache, row[u] + d) : 0.0f;
+        }
+      }
+      float step_max = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) {
+        s[u] = WarpSum(s[u]) * a.scale;
+        if (row[u] >= 0) step_max = fmaxf(step_max, s[u]);
+      }
+      const float m_new = fmaxf(m, step_max);  // finite: position p0 is visible
+      const float alpha = expf(m - m_new);     // 0 on the first step (m = -inf)
+      float e[kDecodeUnroll], e_sum = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kDecodeUnroll; ++u) {
+        e[u] = row[u] >= 0 ? expf(s[u] - m_new) : 0.0f;
+        e_sum += e[u];
+      }
+      l = l * alpha + e_sum;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        float v = acc[i] * alpha;
+#pragma unroll
+        for (int u = 0; u < kDecodeUnroll; ++u) v += e[u] * vv[u][i];
+        acc[i] = v;
+      }
+      m = m_new;
+    }
+
+    // Merge the warps' softmax states.
+    __syncthreads();  // the previous chunk's merge has read the shared state
+    if (lane == 0) {
+      sm_m[warp] = m;
+      sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) sm_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float big = -INFINITY;
+    for (int w = 0; w < kDecodeWarps; ++w) big = fmaxf(big, sm_m[w]);
+    float total = 0.0f, wscale[kDecodeWarps];
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      wscale[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - big);
+      total += sm_l[w] * wscale[w];
+    }
+    float* partial =
+        chunks > 1
+            ? split.partials + ((split.slot[t] * a.heads + h) * kMaxDecodeChunks + c) * (hd + 2)
+            : nullptr;
+    if (partial != nullptr && threadIdx.x == 0) {
+      partial[0] = big;
+      partial[1] = total;
+    }
+    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
+      float o = 0.0f;
+      for (int w = 0; w < kDecodeWarps; ++w) o += sm_acc[w][d] * wscale[w];
+      if (partial != nullptr) {
+        partial[2 + d] = o;
+        continue;
+      }
+      const float v = o / total;
+      out[d] = v;
+      if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
+    }
   }
+}
+
+// grid (heads, rows), one warp: the rows of more than one chunk, their chunks merged in order.
+__global__ void __launch_bounds__(32) CombineDecodeChunks(AttentionArgs a, DecodeSplit split) {
+  const int64_t h = blockIdx.x, t = blockIdx.y, hd = a.hd;
+  const int32_t ctx = a.ctx_len[t];
+  if (ctx == 0) return;
+  const int32_t chunk_len = DecodeChunkLen(ctx), chunks = (ctx + chunk_len - 1) / chunk_len;
+  if (chunks <= 1) return;  // written by the decode kernel
+  const float* partials =
+      split.partials + (split.slot[t] * a.heads + h) * kMaxDecodeChunks * (hd + 2);
+  float big = -INFINITY;
+  for (int32_t c = 0; c < chunks; ++c) big = fmaxf(big, partials[c * (hd + 2)]);
+  float total = 0.0f;
+  for (int32_t c = 0; c < chunks; ++c) {
+    total += partials[c * (hd + 2) + 1] * expf(partials[c * (hd + 2)] - big);
+  }
+  float* out = a.out + (t * a.heads + h) * hd;
+  __nv_bfloat16* out_bf16 =
+      a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) + (t * a.heads + h) * hd
+                            : nullptr;
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.0f;
-    for (int w = 0; w < kDecodeWarps; ++w) o += sm_acc[w][d] * wscale[w];
+    for (int32_t c = 0; c < chunks; ++c) {
+      o += partials[c * (hd + 2) + 2 + d] * expf(partials[c * (hd + 2)] - big);
+    }
     const float v = o / total;
     out[d] = v;
     if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
@@ -505,12 +560,17 @@ bool LaunchFlash(const AttentionArgs& a, const int32_t* first, const int32_t* ro
 }
 
 template <typename KV>
-void LaunchDecode(const AttentionArgs& a, cudaStream_t stream) {
-  dim3 grid(static_cast<unsigned>(a.heads), static_cast<unsigned>(a.num_tokens));
-  void (*decode_kernel)(AttentionArgs) = a.hd <= 64    ? PagedDecodeKernel<2, KV>
-                                         : a.hd <= 128 ? PagedDecodeKernel<4, KV>
-                                                       : PagedDecodeKernel<8, KV>;
-  TPSERVE_LAUNCH(decode_kernel, (grid, kDecodeWarps * 32, 0, stream), a);
+void LaunchDecode(const AttentionArgs& a, const DecodeSplit& split, cudaStream_t stream) {
+  dim3 grid(static_cast<unsigned>(a.heads), static_cast<unsigned>(a.num_tokens),
+            static_cast<unsigned>(split.splits));
+  void (*decode_kernel)(AttentionArgs, DecodeSplit) = a.hd <= 64    ? PagedDecodeKernel<2, KV>
+                                                      : a.hd <= 128 ? PagedDecodeKernel<4, KV>
+                                                                    : PagedDecodeKernel<8, KV>;
+  TPSERVE_LAUNCH(decode_kernel, (grid, kDecodeWarps * 32, 0, stream), a, split);
+  if (split.partials != nullptr) {
+    dim3 rows(static_cast<unsigned>(a.heads), static_cast<unsigned>(a.num_tokens));
+    TPSERVE_LAUNCH(CombineDecodeChunks, (rows, 32, 0, stream), a, split);
+  }
 }
 
 template <typename KV>
@@ -524,12 +584,13 @@ bool LaunchPrefill(const AttentionArgs& a, const int32_t* first, const int32_t* 
 
 }  // namespace
 
-void LaunchPagedDecodeAttention(const AttentionArgs& a, cudaStream_t stream) {
+void LaunchPagedDecodeAttention(const AttentionArgs& a, const DecodeSplit& split,
+                                cudaStream_t stream) {
   if (a.num_tokens == 0 || a.heads == 0) return;
   if (a.kv_half) {
-    LaunchDecode<__half>(a, stream);
+    LaunchDecode<__half>(a, split, stream);
   } else {
-    LaunchDecode<float>(a, stream);
+    LaunchDecode<float>(a, split, stream);
   }
 }
 

@@ -5,6 +5,7 @@
 // sequence) and uploads it in one copy; the kernels do the rest (attention_kernels.cu).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -16,6 +17,8 @@
 namespace tpserve {
 
 using cuda::Pack;
+
+static_assert(cuda::kMaxDecodeChunks == kMaxAttentionChunks, "the scratch the budget counts");
 
 void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int64_t> slots,
                           const KvLayerView& cache) {
@@ -63,8 +66,10 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   const bool split = T <= cuda::kMaxDecodeRows;
   std::vector<int32_t> tables;
   std::vector<int64_t> table_offset(T, 0);
-  std::vector<int32_t> ctx_len(T, 0);     // 0: row of no sequence (padding) -> zeros
-  std::vector<int32_t> decode_ctx(T, 0);  // the decode kernel's rows; 0 elsewhere (zeros)
+  std::vector<int32_t> ctx_len(T, 0);       // 0: row of no sequence (padding) -> zeros
+  std::vector<int32_t> decode_ctx(T, 0);    // the decode kernel's rows; 0 elsewhere (zeros)
+  std::vector<int32_t> decode_slot(T, -1);  // a decode row's place among them (its partials)
+  int64_t decode_rows = 0;
   std::vector<int32_t> tile_first, tile_rows;
   for (size_t s = 0; s < seqs.size(); ++s) {
     const AttentionSeq& seq = seqs[s];
@@ -76,6 +81,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     }
     if (split && seq.num_tokens == 1) {
       decode_ctx[seq.token_begin] = ctx_len[seq.token_begin];
+      decode_slot[seq.token_begin] = static_cast<int32_t>(decode_rows++);
       continue;
     }
     for (int64_t t0 = 0; t0 < seq.num_tokens; t0 += tile) {
@@ -89,8 +95,9 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   // offsets (a recorded decode step's pointers stay the same as its sequences grow).
   std::vector<uint8_t> meta;
   const size_t off_offset = Pack(&meta, table_offset), off_ctx = Pack(&meta, ctx_len),
-               off_decode = Pack(&meta, decode_ctx), off_first = Pack(&meta, tile_first),
-               off_rows = Pack(&meta, tile_rows), off_tables = Pack(&meta, tables);
+               off_decode = Pack(&meta, decode_ctx), off_slot = Pack(&meta, decode_slot),
+               off_first = Pack(&meta, tile_first), off_rows = Pack(&meta, tile_rows),
+               off_tables = Pack(&meta, tables);
   std::shared_ptr<void> keep;
   const uint8_t* dev = Upload(std::span<const uint8_t>(meta), &keep);
 
@@ -115,9 +122,22 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
 
   if (split) {
     // Every row: the decode rows' attention, zeros for the others (padding, and the prefill
-    // rows the prefill kernel writes next on the same stream).
+    // rows the prefill kernel writes next on the same stream). Rows longer than a chunk keep
+    // their chunks' states in `partials`, and a small batch spreads them over more blocks (about
+    // 256 in all): how many depends on the step's rows, never a row's numbers.
     a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_decode);
-    cuda::LaunchPagedDecodeAttention(a, stream_);
+    cuda::DecodeSplit ds;
+    std::shared_ptr<void> partials;
+    if (*std::max_element(decode_ctx.begin(), decode_ctx.end()) > cuda::kDecodeChunk) {
+      partials =
+          Scratch(static_cast<size_t>(decode_rows * a.heads * cuda::kMaxDecodeChunks * (a.hd + 2)) *
+                  sizeof(float));
+      ds.partials = static_cast<float*>(partials.get());
+      ds.slot = reinterpret_cast<const int32_t*>(dev + off_slot);
+      ds.splits =
+          std::clamp<int64_t>(256 / std::max<int64_t>(T * a.heads, 1), 1, cuda::kMaxDecodeChunks);
+    }
+    cuda::LaunchPagedDecodeAttention(a, ds, stream_);
   } else {
     Zero(out->data(), static_cast<size_t>(out->numel()) * sizeof(float));
     if (a.out_bf16 != nullptr) {  // bf16 zero is all zero bits

@@ -79,10 +79,35 @@ static_assert(sizeof(AttentionArgs) == 8 * sizeof(void*) + 8 * sizeof(int64_t) +
 template <>
 struct IsPaddingFree<AttentionArgs> : std::true_type {};
 
-// Decode: one token row per (head, row) block; 4 warps split the positions, online softmax,
-// warps merged through shared memory. At most kMaxDecodeRows rows (the grid's y); hd <= 256.
+// Decode: blocks (head, row, split), 8 warps over a chunk of the row's positions, online softmax,
+// warps merged through shared memory. A row's positions are cut into chunks of DecodeChunkLen
+// (a function of its context alone, so a row's arithmetic does not depend on the batch): at most
+// kMaxDecodeChunks of them, kDecodeChunk positions each until the context is longer than
+// kDecodeChunk * kMaxDecodeChunks. Block z takes chunks z, z + splits, ...; a row of one chunk is
+// written directly, a longer one's chunks go to `partials` ([decode rows, heads,
+// kMaxDecodeChunks, hd + 2] floats: max, sum, unnormalised output; row t at slot[t]) and a second
+// kernel merges them in order. `partials` may be null only when no row has more than kDecodeChunk
+// positions. At most kMaxDecodeRows rows (the grid's y); hd <= 256.
 inline constexpr int64_t kMaxDecodeRows = 65535;
-void LaunchPagedDecodeAttention(const AttentionArgs& a, cudaStream_t stream);
+inline constexpr int32_t kDecodeChunk = 512;
+inline constexpr int32_t kMaxDecodeChunks = 16;  // = kMaxAttentionChunks (backend.h)
+struct DecodeSplit {
+  float* partials = nullptr;
+  const int32_t* slot = nullptr;  // [T]: a decode row's index into partials
+  int64_t splits = 1;             // the grid's z: blocks a row's chunks are spread over
+};
+static_assert(sizeof(DecodeSplit) == 24);
+#if defined(__CUDACC__)
+#define TPSERVE_HOST_DEVICE __host__ __device__
+#else
+#define TPSERVE_HOST_DEVICE
+#endif
+TPSERVE_HOST_DEVICE inline int32_t DecodeChunkLen(int32_t ctx) {
+  const int32_t span = kDecodeChunk * kMaxDecodeChunks;
+  return kDecodeChunk * ((ctx + span - 1) / span);
+}
+void LaunchPagedDecodeAttention(const AttentionArgs& a, const DecodeSplit& split,
+                                cudaStream_t stream);
 
 // Prefill: tiles of up to kPrefillTileRows query rows of one sequence (`tile_first_row`,
 // `tile_rows` per tile, `num_tiles`) against K/V tiles staged in shared memory, online softmax

@@ -244,14 +244,26 @@ std::vector<OpCase> MakeCases() {
   };
   const int64_t heads = 6, kv_heads = 2, global_kv = 3, bs = 16;
   for (int64_t hd : {64, 80, 128}) {  // 80: not a multiple of the 32 lanes
-    for (const char* kind : {"decode", "prefill", "long_prefill"}) {
+    for (const char* kind : {"decode", "prefill", "long_prefill", "long_decode"}) {
       const bool decode = kind == std::string("decode");
       const bool long_prefill = kind == std::string("long_prefill");
-      const int64_t blocks = long_prefill ? 40 : 24;  // the last one takes the padding row
-      // Sequence i uses blocks {3i+2, 3i+1, 3i, 12+i}, or i, i+3, ..., i+30 in reverse (the
-      // table, not contiguity, matters).
+      const bool long_decode = kind == std::string("long_decode");
+      // Decode rows of 9000 (chunks of 1024), 1300, 513 (two chunks) and 512 positions (one).
+      const int64_t long_ctx[] = {9000, 1300, 513, 512};
+      // The last block takes the padding row.
+      const int64_t blocks = long_decode ? 711 : (long_prefill ? 40 : 24);
+      // Sequence i uses blocks {3i+2, 3i+1, 3i, 12+i}, or i, i+3, ..., i+30 in reverse, or (long
+      // decode) a range of its own in reverse: the table, not contiguity, matters.
       auto tables = std::make_shared<std::vector<std::vector<int32_t>>>();
+      int32_t next_block = 0;
       for (int i = 0; i < 4; ++i) {
+        if (long_decode) {
+          const int32_t n = static_cast<int32_t>((long_ctx[i] + bs - 1) / bs);
+          tables->emplace_back();
+          for (int32_t b = next_block + n - 1; b >= next_block; --b) tables->back().push_back(b);
+          next_block += n;
+          continue;
+        }
         if (!long_prefill) {
           tables->push_back({3 * i + 2, 3 * i + 1, 3 * i, 12 + i});
           continue;
@@ -262,7 +274,13 @@ std::vector<OpCase> MakeCases() {
       std::vector<AttentionSeq> seqs;
       int64_t rows = 0;
       float q_scale = 1.0f;
-      if (long_prefill) {
+      if (long_decode) {  // several chunks a row, spread over the blocks of a small batch
+        for (int i = 0; i < 4; ++i) {
+          seqs.push_back({.token_begin = i, .num_tokens = 1, .start_pos = long_ctx[i] - 1});
+        }
+        rows = 5;
+        q_scale = 3.0f;
+      } else if (long_prefill) {
         // Several query tiles and K/V tiles on every kernel: a 150-token prompt; a 30-token chunk
         // after 70 cached (its rows see 71..100 positions: across a 64-position tile boundary);
         // a decode row; padding. Larger queries make the softmax peaked, so the running maximum
@@ -639,6 +657,59 @@ TEST(CudaPrefillAttention, RowsDoNotDependOnChunkingOrBatch) {
     int64_t differ = 0;
     for (size_t i = 0; i < whole.size(); ++i) differ += !(pieces[i] == whole[i]);
     EXPECT_EQ(differ, 0) << "of " << whole.size() << " values; row 0: " << whole[0];
+  }
+}
+
+// A decode row's attention is the same, bit for bit, alone (its chunks spread over many blocks)
+// and in a batch of 41 rows (each row's chunks in one block), at contexts of one chunk and more.
+TEST(CudaDecodeAttention, RowsDoNotDependOnTheBatch) {
+  absl::StatusOr<cuda::DeviceSummary> devices = cuda::ProbeDevices();
+  if (!devices.ok()) GTEST_SKIP() << "no GPU here: " << devices.status();
+  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
+    SCOPED_TRACE(precision == CudaPrecision::kBf16 ? "bf16" : "fp32");
+    absl::StatusOr<std::unique_ptr<CudaBackend>> made =
+        CudaBackend::Create({.device = 0, .precision = precision});
+    ASSERT_TRUE(made.ok()) << made.status();
+    CudaBackend& be = **made;
+    std::mt19937 rng(11);
+    const int64_t heads = 4, kv_heads = 2, hd = 64, bs = 16, blocks = 128, n = 1300;
+    const TestPool pool = MakePool(be, blocks, bs, kv_heads, hd);
+    std::vector<int32_t> table;
+    for (int b = 0; b < (n + bs - 1) / bs; ++b) table.push_back(b);
+    std::vector<int64_t> slots;
+    for (int64_t p = 0; p < n; ++p) slots.push_back(table[p / bs] * bs + p % bs);
+    be.WriteKv(be.FromHost(RandomFloats(n * kv_heads * hd, rng), {n, kv_heads, hd}),
+               be.FromHost(RandomFloats(n * kv_heads * hd, rng), {n, kv_heads, hd}), slots,
+               pool.view);
+    const AttentionParams params{.scale = 0.125f, .group_size = 2};
+    const int64_t row = heads * hd;
+    for (int64_t ctx : {int64_t{300}, int64_t{1300}}) {
+      SCOPED_TRACE("context " + std::to_string(ctx));
+      // `batch` decode rows: the row under test first, then rows of the same sequence at
+      // shorter contexts (their block tables are the same table).
+      auto step = [&](int64_t batch) {
+        std::vector<AttentionSeq> seqs;
+        for (int64_t r = 0; r < batch; ++r) {
+          seqs.push_back({.token_begin = r,
+                          .num_tokens = 1,
+                          .start_pos = r == 0 ? ctx - 1 : 10 * r,
+                          .block_table = table});
+        }
+        std::vector<float> q = RandomFloats(batch * row, rng, 3.0f);
+        std::mt19937 fixed(3);  // row 0's query is the same in every call
+        const std::vector<float> q0 = RandomFloats(row, fixed, 3.0f);
+        std::copy(q0.begin(), q0.end(), q.begin());
+        Tensor out = Poisoned(be, {batch, heads, hd});
+        be.Attention(be.FromHost(q, {batch, heads, hd}), pool.view, seqs, params, &out);
+        const std::vector<float> got = be.ToHost(out);
+        return std::vector<float>(got.begin(), got.begin() + row);
+      };
+      const std::vector<float> alone = step(1), batched = step(41);
+      int64_t differ = 0;
+      for (int64_t i = 0; i < row; ++i) differ += !(alone[i] == batched[i]);
+      EXPECT_EQ(differ, 0) << "of " << row << " values; first: " << alone[0] << " vs "
+                           << batched[0];
+    }
   }
 }
 
