@@ -223,7 +223,7 @@ absl::StatusOr<std::pair<double, double>> Run(CudaBackend& be, const Model& m, K
 // the benchmark runs end to end (the CUDA emulator runs it in ctest; figures meaningless).
 struct Runs {
   int64_t b1_prompt = 128, b1_decode = 64, pf_batch = 4, pf_prompt = 1024, big_batch = 64,
-          big_prompt = 128, big_decode = 128;
+          big_prompt = 128, big_decode = 128, long_ctx = 8192, long_decode = 32;
 };
 
 absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t layers,
@@ -247,7 +247,9 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
                 .pf_prompt = 40,
                 .big_batch = 5,
                 .big_prompt = 6,
-                .big_decode = 3};
+                .big_decode = 3,
+                .long_ctx = 600,  // beyond one 512-position attention chunk
+                .long_decode = 2};
   }
   const auto load0 = Clock::now();
   ASSIGN_OR_RETURN(Model m, MakeModel(*be, shape));
@@ -262,8 +264,9 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
                    .kv_heads = shape.kv_heads,
                    .head_dim = shape.head_dim,
                    .dtype = be->kv_dtype()};
-  const int64_t needed = std::max(runs.big_batch * ((runs.big_prompt + runs.big_decode + 15) / 16),
-                                  runs.pf_batch * ((runs.pf_prompt + 15) / 16));
+  const int64_t needed = std::max({runs.big_batch * ((runs.big_prompt + runs.big_decode + 15) / 16),
+                                   runs.pf_batch * ((runs.pf_prompt + 15) / 16),
+                                   (runs.long_ctx + runs.long_decode + 15) / 16});
   kv.num_blocks =
       std::min<int64_t>(static_cast<int64_t>(0.8 * free_bytes) / kv.BytesPerBlock(), needed + 256);
   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(*be, kv));
@@ -303,6 +306,16 @@ absl::Status Main(int device, double bandwidth_tbs, double peak_tflops, int64_t 
   const double cores_tok_s = double(runs.pf_batch * runs.pf_prompt) / pf_cores.first;
   rows.push_back({"prefill, attention on CUDA cores", cores_tok_s,
                   absl::StrFormat("tensor-core attention %.2fx", prefill_tok_s / cores_tok_s)});
+  // Batch 1 at a long context: the KV cache read every step adds to the weights; the decode
+  // attention spreads each row's 512-position chunks over the GPU.
+  ASSIGN_OR_RETURN(auto lc, Run(*be, m, cache, 1, runs.long_ctx, runs.long_decode));
+  const double long_tok_s = runs.long_decode / lc.second;
+  const double kv_bytes =  // per step, at the run's mean context
+      double(runs.long_ctx + runs.long_decode / 2) * kv.BytesPerBlock() / kv.block_size;
+  const double long_bound = bandwidth_tbs * 1e12 / (m.weight_bytes + kv_bytes);
+  rows.push_back({absl::StrFormat("decode, batch 1 (ctx %d), graph", runs.long_ctx), long_tok_s,
+                  absl::StrFormat("%.1f%% of %.1f TB/s bound with the KV reads (%.0f tok/s)",
+                                  100 * long_tok_s / long_bound, bandwidth_tbs, long_bound)});
   ASSIGN_OR_RETURN(auto b64, Run(*be, m, cache, runs.big_batch, runs.big_prompt, runs.big_decode));
   const double out_tokens = double(runs.big_batch * runs.big_decode);
   rows.push_back({absl::StrFormat("batch %d, %d in + %d out: output", runs.big_batch,
