@@ -593,6 +593,17 @@ INSTANTIATE_TEST_SUITE_P(
                       Under("bf16", "cuda:0:bf16", 1e-2, 3e-2, std::nullopt)),
     [](const ::testing::TestParamInfo<BackendUnderTest>& info) { return info.param.label; });
 
+// Runs `body` on a CUDA backend in bf16 mode and on one in fp32 mode.
+void OnBf16AndFp32(const std::function<void(CudaBackend&)>& body) {
+  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
+    SCOPED_TRACE(precision == CudaPrecision::kBf16 ? "bf16" : "fp32");
+    absl::StatusOr<std::unique_ptr<CudaBackend>> made =
+        CudaBackend::Create({.device = 0, .precision = precision});
+    ASSERT_TRUE(made.ok()) << made.status();
+    body(**made);
+  }
+}
+
 // A prompt row's attention is the same, bit for bit, however the prompt is chunked (into chunks of
 // two rows or more: a one-row chunk takes the decode kernel) and whatever shares the step: the
 // prefill kernels' tiles start wherever a chunk starts, and a row's sums must not depend on its
@@ -600,12 +611,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(CudaPrefillAttention, RowsDoNotDependOnChunkingOrBatch) {
   absl::StatusOr<cuda::DeviceSummary> devices = cuda::ProbeDevices();
   if (!devices.ok()) GTEST_SKIP() << "no GPU here: " << devices.status();
-  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
-    SCOPED_TRACE(precision == CudaPrecision::kBf16 ? "bf16" : "fp32");
-    absl::StatusOr<std::unique_ptr<CudaBackend>> made =
-        CudaBackend::Create({.device = 0, .precision = precision});
-    ASSERT_TRUE(made.ok()) << made.status();
-    CudaBackend& be = **made;
+  OnBf16AndFp32([](CudaBackend& be) {
     std::mt19937 rng(5);
     const int64_t heads = 4, kv_heads = 2, hd = 64, bs = 16, blocks = 16, n = 140;
     const TestPool pool = MakePool(be, blocks, bs, kv_heads, hd);
@@ -657,7 +663,7 @@ TEST(CudaPrefillAttention, RowsDoNotDependOnChunkingOrBatch) {
     int64_t differ = 0;
     for (size_t i = 0; i < whole.size(); ++i) differ += !(pieces[i] == whole[i]);
     EXPECT_EQ(differ, 0) << "of " << whole.size() << " values; row 0: " << whole[0];
-  }
+  });
 }
 
 // A decode row's attention is the same, bit for bit, alone (its chunks spread over many blocks)
@@ -665,12 +671,7 @@ TEST(CudaPrefillAttention, RowsDoNotDependOnChunkingOrBatch) {
 TEST(CudaDecodeAttention, RowsDoNotDependOnTheBatch) {
   absl::StatusOr<cuda::DeviceSummary> devices = cuda::ProbeDevices();
   if (!devices.ok()) GTEST_SKIP() << "no GPU here: " << devices.status();
-  for (CudaPrecision precision : {CudaPrecision::kBf16, CudaPrecision::kFp32}) {
-    SCOPED_TRACE(precision == CudaPrecision::kBf16 ? "bf16" : "fp32");
-    absl::StatusOr<std::unique_ptr<CudaBackend>> made =
-        CudaBackend::Create({.device = 0, .precision = precision});
-    ASSERT_TRUE(made.ok()) << made.status();
-    CudaBackend& be = **made;
+  OnBf16AndFp32([](CudaBackend& be) {
     std::mt19937 rng(11);
     const int64_t heads = 4, kv_heads = 2, hd = 64, bs = 16, blocks = 128, n = 1300;
     const TestPool pool = MakePool(be, blocks, bs, kv_heads, hd);
@@ -710,7 +711,7 @@ TEST(CudaDecodeAttention, RowsDoNotDependOnTheBatch) {
       EXPECT_EQ(differ, 0) << "of " << row << " values; first: " << alone[0] << " vs "
                            << batched[0];
     }
-  }
+  });
 }
 
 // The bf16 copy an op writes along with its output equals rounding the output afterwards, bit for
