@@ -15,8 +15,13 @@
 namespace tpserve {
 namespace {
 
-constexpr size_t kMaxRecordings = 24;          // graphs kept; the least recently used go first
-constexpr int kMaxCaptures = 8;                // per key, before it runs op by op for good
+constexpr size_t kMaxRecordings = 24;  // graphs kept; the least recently used go first
+// A key recorded this many times in a row, each time replayed fewer than kStableReplays times
+// before it changed, runs op by op for good: its steps keep changing. A step that changes now and
+// then (a long request joins or leaves the batch, the block tables outgrow their room) is
+// recorded again every time, however often over a server's life.
+constexpr int kMaxCaptures = 8;
+constexpr uint64_t kStableReplays = 16;
 constexpr size_t kFirstArenaBytes = 64 << 10;  // a decode step's uploads take a few KiB
 
 }  // namespace
@@ -127,22 +132,27 @@ absl::Status CudaBackend::RunRecorded(const std::string& key, bool with_peers,
     if (!replay.failed() && replay.at_end()) {
       if (!st.ok()) return st;  // nothing ran on the device
       ++rec->replays;
+      ++rec->replays_since_capture;
       ++recorded_stats_.replays;
       return LaunchRecording(*rec, nullptr);
     }
     why = replay.failed() ? replay.failure() : "the step ended before the recording did";
+    if (rec->replays_since_capture >= kStableReplays) rec->captures_in_a_row = 0;
     rec->Reset();  // record it again, now
   }
-  if (rec->captures >= kMaxCaptures) {
+  if (rec->captures_in_a_row >= kMaxCaptures) {
     rec->disabled = true;
-    spdlog::warn("recorded step {}: recorded {} times and still changing ({}); runs op by op", key,
-                 rec->captures, why);
+    spdlog::warn(
+        "recorded step {}: recorded {} times in a row and still changing ({}); runs op by op", key,
+        rec->captures_in_a_row, why);
     return step();
   }
   if (!why.empty()) spdlog::debug("recorded step {}: recording again: {}", key, why);
   EvictRecordings();  // frees memory: never while a capture is open
 
   ++rec->captures;
+  ++rec->captures_in_a_row;
+  rec->replays_since_capture = 0;
   ++recorded_stats_.captures;
   rec->pool = std::make_unique<cuda::DevicePool>();
   if (rec->arena_capacity == 0) rec->arena_capacity = kFirstArenaBytes;

@@ -66,7 +66,9 @@ struct StepRecording {
   size_t nodes = 0;       // in the graph
   uint64_t last_use = 0;  // for evicting the least recently used
   uint64_t replays = 0;
-  int captures = 0;  // how often this key was (re)captured
+  uint64_t replays_since_capture = 0;
+  int captures = 0;           // how often this key was (re)captured
+  int captures_in_a_row = 0;  // with fewer than kStableReplays replays after each
   bool disabled = false;
 };
 

@@ -218,6 +218,18 @@ TEST_F(CudaRecordedSteps, StepThatKeepsChangingIsRecordedAgainThenGivenUp) {
   EXPECT_EQ(s.replays, 0);
 }
 
+// A step that changes now and then (here every 20 steps, 12 times: more than the 8 recordings a
+// key that keeps changing gets) is recorded again each time and replayed in between, for good.
+TEST_F(CudaRecordedSteps, StepThatChangesNowAndThenStaysRecorded) {
+  for (int i = 0; i < 240; ++i) {
+    const float eps = 1e-5f * static_cast<float>(i / 20 % 2 + 1);
+    EXPECT_EQ(Recorded({1, 2}, eps, false), Expected({1, 2}, eps)) << "step " << i;
+  }
+  const CudaBackend::RecordedStats s = be_->recorded_stats();
+  EXPECT_EQ(s.captures, 12);
+  EXPECT_EQ(s.replays, 240 - 12);
+}
+
 // With peers (TP > 1 over NCCL) a rank that cannot record a step its peers may have recorded
 // must not run it op by op alone: the step fails, saying why and what to change.
 TEST_F(CudaRecordedSteps, WithPeersARankThatCannotRecordFailsTheStep) {
