@@ -344,10 +344,10 @@ __global__ void __launch_bounds__(kWarps * 32)
 // ---- prefill on the tensor cores ----
 // A block takes kTensorCoreTileRows query rows of one sequence and one query head (4 warps, 16
 // rows each) and walks the sequence's positions kTcKv at a time: K and V staged in shared memory
-// as they are in the pool (fp16), S = Q Kᵀ by WMMA (fp16 in, fp32 out) into shared memory, the
-// online softmax on S in fp32 (a lane pair per row), P = exp(S - m) rounded to fp16, and
-// O += P V by WMMA with O kept in shared memory in fp32 (WMMA's register layout is unspecified,
-// so the per-row rescaling by exp(m_old - m_new) happens there). The row sums add the rounded
+// as they are in the pool (fp16), S = (scale Q) Kᵀ by WMMA (fp16 in, fp32 out) into shared memory,
+// the online softmax on S in fp32 (a lane pair per row), P = exp(S - m) rounded to fp16, and O += P
+// V by WMMA with O kept in shared memory in fp32 (WMMA's register layout is unspecified, so the
+// per-row rescaling by exp(m_old - m_new) happens there). The row sums add the rounded
 // probabilities, so each output row is a weighted mean of V with the weights actually applied.
 // A warp does nothing for a KV tile none of its rows can see, and computes only the 16-position
 // column groups some of its rows see. Every row's arithmetic is the same whichever tile it lands
@@ -429,8 +429,10 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 
   for (int64_t i = threadIdx.x; i < kTensorCoreTileRows * hd; i += blockDim.x) {
     const int64_t r = i / hd, d = i % hd;
+    // Scaled before the rounding to fp16 (the scores come out scaled): 1/sqrt(hd) of the range
+    // a large query would need.
     qs[r * L.ldh + d] =
-        __float2half_rn(r < nrows ? a.q[((first + r) * a.heads + h) * hd + d] : 0.0f);
+        __float2half_rn(r < nrows ? a.q[((first + r) * a.heads + h) * hd + d] * a.scale : 0.0f);
     os[r * L.ldo + d] = 0.0f;
   }
 
@@ -473,7 +475,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     __half* prow = ps + my_row * L.ldp;
     float tile_max = -INFINITY;
     for (int c = odd; c < kTcKv; c += 2) {
-      if (kv0 + c < my_ctx) tile_max = fmaxf(tile_max, srow[c] * a.scale);
+      if (kv0 + c < my_ctx) tile_max = fmaxf(tile_max, srow[c]);
     }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     const float m_new = fmaxf(m, tile_max);
@@ -481,7 +483,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     for (int c = odd; c < kTcKv; c += 2) {
       __half pv = __float2half_rn(0.0f);
       if (kv0 + c < my_ctx) {
-        pv = __float2half_rn(expf(srow[c] * a.scale - m_new));
+        pv = __float2half_rn(expf(srow[c] - m_new));
         sum += __half2float(pv);
       }
       prow[c] = pv;

@@ -117,8 +117,9 @@ bool LaunchFlashPrefillAttention(const AttentionArgs& a, const int32_t* tile_fir
                                  const int32_t* tile_rows, int64_t num_tiles, cudaStream_t stream);
 
 // Prefill on the tensor cores (bf16 mode; fp16 pools; hd a multiple of 16, at most 256): tiles of
-// up to kTensorCoreTileRows rows; Q and the probabilities rounded to fp16 for the WMMA products,
-// scores, softmax state and output accumulated in fp32. Returns false when it does not apply.
+// up to kTensorCoreTileRows rows; Q (times the scale) and the probabilities rounded to fp16 for the
+// WMMA products, scores, softmax state and output accumulated in fp32. Returns false when it does
+// not apply.
 inline constexpr int kTensorCoreTileRows = 64;
 bool TensorCorePrefillApplies(int64_t hd, bool kv_half);
 bool LaunchTensorCorePrefillAttention(const AttentionArgs& a, const int32_t* tile_first_row,

@@ -244,7 +244,8 @@ std::vector<OpCase> MakeCases() {
   };
   const int64_t heads = 6, kv_heads = 2, global_kv = 3, bs = 16;
   for (int64_t hd : {64, 80, 128}) {  // 80: not a multiple of the 32 lanes
-    for (const char* kind : {"decode", "prefill", "long_prefill", "long_decode"}) {
+    for (const char* kind : {"decode", "prefill", "long_prefill", "long_decode", "large_queries"}) {
+      if (kind == std::string("large_queries") && hd != 64) continue;
       const bool decode = kind == std::string("decode");
       const bool long_prefill = kind == std::string("long_prefill");
       const bool long_decode = kind == std::string("long_decode");
@@ -273,7 +274,7 @@ std::vector<OpCase> MakeCases() {
       }
       std::vector<AttentionSeq> seqs;
       int64_t rows = 0;
-      float q_scale = 1.0f;
+      float q_scale = 1.0f, k_scale = 1.0f;
       if (long_decode) {  // several chunks a row, spread over the blocks of a small batch
         for (int i = 0; i < 4; ++i) {
           seqs.push_back({.token_begin = i, .num_tokens = 1, .start_pos = long_ctx[i] - 1});
@@ -297,6 +298,12 @@ std::vector<OpCase> MakeCases() {
         }
         rows = 5;
       } else {  // a 37-token prompt, a 5-token chunk after 20 cached, a 1-token decode, padding
+        if (kind == std::string("large_queries")) {
+          // Query values beyond fp16's range (65504) against small keys: the scores are
+          // ordinary, and a kernel that rounds the queries to fp16 unscaled makes them inf.
+          q_scale = 7e4f;
+          k_scale = 1e-4f;
+        }
         seqs.push_back({.token_begin = 0, .num_tokens = 37, .start_pos = 0});
         seqs.push_back({.token_begin = 37, .num_tokens = 5, .start_pos = 20});
         seqs.push_back({.token_begin = 42, .num_tokens = 1, .start_pos = 50});
@@ -312,10 +319,12 @@ std::vector<OpCase> MakeCases() {
         }
       }
       const int64_t hist = static_cast<int64_t>(hist_slots->size());
-      auto k_hist = std::make_shared<std::vector<float>>(RandomFloats(hist * kv_heads * hd, *rng));
+      auto k_hist =
+          std::make_shared<std::vector<float>>(RandomFloats(hist * kv_heads * hd, *rng, k_scale));
       auto v_hist = std::make_shared<std::vector<float>>(RandomFloats(hist * kv_heads * hd, *rng));
       auto q = std::make_shared<std::vector<float>>(RandomFloats(rows * heads * hd, *rng, q_scale));
-      auto k = std::make_shared<std::vector<float>>(RandomFloats(rows * kv_heads * hd, *rng));
+      auto k =
+          std::make_shared<std::vector<float>>(RandomFloats(rows * kv_heads * hd, *rng, k_scale));
       auto v = std::make_shared<std::vector<float>>(RandomFloats(rows * kv_heads * hd, *rng));
       auto slots = std::make_shared<std::vector<int64_t>>();
       for (size_t s = 0; s < seqs.size(); ++s) {
