@@ -198,21 +198,23 @@ __global__ void __launch_bounds__(32) CombineDecodeChunks(AttentionArgs a, Decod
   if (chunks <= 1) return;  // written by the decode kernel
   const float* partials =
       split.partials + (split.slot[t] * a.heads + h) * kMaxDecodeChunks * (hd + 2);
+  // Each chunk's weight exp(m_c - max), once.
+  __shared__ float weight[kMaxDecodeChunks];
   float big = -INFINITY;
   for (int32_t c = 0; c < chunks; ++c) big = fmaxf(big, partials[c * (hd + 2)]);
-  float total = 0.0f;
-  for (int32_t c = 0; c < chunks; ++c) {
-    total += partials[c * (hd + 2) + 1] * expf(partials[c * (hd + 2)] - big);
+  for (int32_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    weight[c] = expf(partials[c * (hd + 2)] - big);
   }
+  __syncthreads();
+  float total = 0.0f;
+  for (int32_t c = 0; c < chunks; ++c) total += partials[c * (hd + 2) + 1] * weight[c];
   float* out = a.out + (t * a.heads + h) * hd;
   __nv_bfloat16* out_bf16 =
       a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) + (t * a.heads + h) * hd
                             : nullptr;
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.0f;
-    for (int32_t c = 0; c < chunks; ++c) {
-      o += partials[c * (hd + 2) + 2 + d] * expf(partials[c * (hd + 2)] - big);
-    }
+    for (int32_t c = 0; c < chunks; ++c) o += partials[c * (hd + 2) + 2 + d] * weight[c];
     const float v = o / total;
     out[d] = v;
     if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);

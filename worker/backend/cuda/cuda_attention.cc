@@ -70,6 +70,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   std::vector<int32_t> decode_ctx(T, 0);    // the decode kernel's rows; 0 elsewhere (zeros)
   std::vector<int32_t> decode_slot(T, -1);  // a decode row's place among them (its partials)
   int64_t decode_rows = 0;
+  int32_t longest_decode = 0;
   std::vector<int32_t> tile_first, tile_rows;
   for (size_t s = 0; s < seqs.size(); ++s) {
     const AttentionSeq& seq = seqs[s];
@@ -82,6 +83,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     if (split && seq.num_tokens == 1) {
       decode_ctx[seq.token_begin] = ctx_len[seq.token_begin];
       decode_slot[seq.token_begin] = static_cast<int32_t>(decode_rows++);
+      longest_decode = std::max(longest_decode, ctx_len[seq.token_begin]);
       continue;
     }
     for (int64_t t0 = 0; t0 < seq.num_tokens; t0 += tile) {
@@ -128,7 +130,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_decode);
     cuda::DecodeSplit ds;
     std::shared_ptr<void> partials;
-    if (*std::max_element(decode_ctx.begin(), decode_ctx.end()) > cuda::kDecodeChunk) {
+    if (longest_decode > cuda::kDecodeChunk) {
       partials =
           Scratch(static_cast<size_t>(decode_rows * a.heads * cuda::kMaxDecodeChunks * (a.hd + 2)) *
                   sizeof(float));
