@@ -131,10 +131,11 @@ absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, Kv
     be.Embedding(tokens, m.embedding, 0, &x);
     Tensor cos_sin = be.AllocUninitialized({T, hd});
     be.RopeTable(positions, m.inv_freq, &cos_sin);
-    Tensor h = be.AllocUninitialized({T, H}), q = be.AllocUninitialized({T, nq, hd}),
-           k = be.AllocUninitialized({T, nkv, hd}), v = be.AllocUninitialized({T, nkv, hd}),
-           o = be.AllocUninitialized({T, nq, hd}), gate = be.AllocUninitialized({T, s.ffn}),
-           up = be.AllocUninitialized({T, s.ffn});
+    // As the model does (worker/model/llama.cc): bf16 activations around the matmuls.
+    Tensor h = be.AllocActivation({T, H}), q = be.AllocActivation({T, nq, hd}),
+           k = be.AllocActivation({T, nkv, hd}), v = be.AllocActivation({T, nkv, hd}),
+           o = be.AllocActivation({T, nq, hd}), gate = be.AllocActivation({T, s.ffn}),
+           up = be.AllocActivation({T, s.ffn});
     Tensor q2 = q.Reshaped({T, nq * hd}), k2 = k.Reshaped({T, nkv * hd}),
            v2 = v.Reshaped({T, nkv * hd}), o2 = o.Reshaped({T, nq * hd});
     const AttentionParams params{.scale = 1.0f / std::sqrt(float(hd)), .group_size = nq / nkv};
@@ -164,8 +165,9 @@ absl::StatusOr<std::vector<int32_t>> Forward(CudaBackend& be, const Model& m, Kv
     Tensor last = be.AllocUninitialized({R, H});
     be.Embedding(last_rows, RowsAsWeight(x), 0, &last);
     logits = be.AllocUninitialized({R, s.vocab});
-    be.RmsNorm(last, m.final_norm, 1e-5f, &last);
-    be.MatMul(last, m.lm_head, &logits);
+    Tensor last_normed = be.AllocActivation({R, H});
+    be.RmsNorm(last, m.final_norm, 1e-5f, &last_normed);
+    be.MatMul(last_normed, m.lm_head, &logits);
     return absl::OkStatus();
   };
   if (record) {

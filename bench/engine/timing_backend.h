@@ -67,6 +67,13 @@ class TimingBackend final : public Backend {
   std::vector<float> ToHost(const Tensor& t) override {
     return Time("copy", [&] { return inner_.ToHost(t); });
   }
+  DType activation_dtype() const override { return inner_.activation_dtype(); }
+  Tensor AllocActivation(std::vector<int64_t> shape) override {
+    return Time("alloc", [&] { return inner_.AllocActivation(std::move(shape)); });
+  }
+  Tensor ActivationFromHost(std::span<const float> values, std::vector<int64_t> shape) override {
+    return Time("copy", [&] { return inner_.ActivationFromHost(values, std::move(shape)); });
+  }
   absl::StatusOr<Weight> LoadWeight(const TensorView& view) override {
     return inner_.LoadWeight(view);
   }

@@ -2,8 +2,11 @@
 // backend (fp32 compute) is the oracle the others are tested against.
 //
 // Shapes: T = tokens of this step over all sequences, H = hidden size, heads/kv_heads = this
-// rank's heads, hd = head dim, V = this rank's vocabulary rows. All activations are fp32 Tensors
-// of this backend's device; token ids, positions and block tables are host arrays.
+// rank's heads, hd = head dim, V = this rank's vocabulary rows. Activations are Tensors of this
+// backend's device: fp32, except that a backend may keep those around the matmuls in bf16
+// (activation_dtype: the normed inputs, q/k/v, the attention output, the feed-forward's
+// intermediates), which its ops then take and write; the residual stream, the values that cross
+// ranks and the logits stay fp32. Token ids, positions and block tables are host arrays.
 #pragma once
 
 #include <cstdint>
@@ -115,7 +118,19 @@ class Backend {
   // a backend may skip the clearing.
   virtual Tensor AllocUninitialized(std::vector<int64_t> shape) { return Alloc(std::move(shape)); }
   virtual Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) = 0;
+  // Any dtype, widened to fp32.
   virtual std::vector<float> ToHost(const Tensor& t) = 0;
+  // The dtype of the activations around the matmuls (see the top of this file): kF32, or kBF16
+  // where the backend computes in bf16. Ops that take such an activation also take fp32.
+  virtual DType activation_dtype() const { return DType::kF32; }
+  // AllocUninitialized in activation_dtype().
+  virtual Tensor AllocActivation(std::vector<int64_t> shape) {
+    return AllocUninitialized(std::move(shape));
+  }
+  // FromHost in activation_dtype() (each value rounded to it): test inputs.
+  virtual Tensor ActivationFromHost(std::span<const float> values, std::vector<int64_t> shape) {
+    return FromHost(values, std::move(shape));
+  }
   // A weight matrix ([out, in] window of a file tensor). Kept in its dtype where the matmul
   // kernels read it, converted to fp32 otherwise. INVALID_ARGUMENT for unusable views.
   virtual absl::StatusOr<Weight> LoadWeight(const TensorView& view) = 0;

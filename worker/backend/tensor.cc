@@ -41,26 +41,39 @@ Tensor::Tensor(std::vector<int64_t> shape, bool clear) : shape_(std::move(shape)
     void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     TPSERVE_CHECK(m != MAP_FAILED, "out of memory mapping %zu bytes", bytes);
     storage_ = std::shared_ptr<void>(m, [bytes](void* q) { munmap(q, bytes); });
-    data_ = static_cast<float*>(m);
+    data_ = m;
     return;
   }
   void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
   TPSERVE_CHECK(p != nullptr, "out of memory allocating %zu bytes", bytes);
   if (clear) std::memset(p, 0, bytes);
   storage_ = std::shared_ptr<void>(p, std::free);
-  data_ = static_cast<float*>(p);
+  data_ = p;
 }
 
-Tensor::Tensor(std::shared_ptr<void> storage, float* data, std::vector<int64_t> shape,
-               Device device)
-    : storage_(std::move(storage)), data_(data), shape_(std::move(shape)), device_(device) {}
+Tensor::Tensor(std::shared_ptr<void> storage, void* data, std::vector<int64_t> shape, Device device,
+               DType dtype)
+    : storage_(std::move(storage)),
+      data_(data),
+      shape_(std::move(shape)),
+      device_(device),
+      dtype_(dtype) {
+  TPSERVE_CHECK(dtype == DType::kF32 || dtype == DType::kBF16, "a %s tensor %s", DTypeName(dtype),
+                ShapeString().c_str());
+}
+
+void Tensor::NotFp32() const {
+  TPSERVE_CHECK(dtype_ == DType::kF32, "the fp32 elements of a %s tensor %s", DTypeName(dtype_),
+                ShapeString().c_str());
+  std::abort();
+}
 
 int64_t Tensor::numel() const { return shape_.empty() && data_ == nullptr ? 0 : Product(shape_); }
 
 Tensor Tensor::Reshaped(std::vector<int64_t> shape) const {
   TPSERVE_CHECK(Product(shape) == numel(), "reshape %s -> [%s]", ShapeString().c_str(),
                 absl::StrJoin(shape, ", ").c_str());
-  return Tensor(storage_, data_, std::move(shape), device_);
+  return Tensor(storage_, data_, std::move(shape), device_, dtype_);
 }
 
 Tensor Tensor::Slice0(int64_t begin, int64_t end) const {
@@ -70,7 +83,8 @@ Tensor Tensor::Slice0(int64_t begin, int64_t end) const {
   std::vector<int64_t> shape = shape_;
   const int64_t inner = shape_[0] == 0 ? 0 : numel() / shape_[0];
   shape[0] = end - begin;
-  return Tensor(storage_, data_ + begin * inner, std::move(shape), device_);
+  return Tensor(storage_, static_cast<char*>(data_) + begin * inner * element_bytes(),
+                std::move(shape), device_, dtype_);
 }
 
 std::string Tensor::ShapeString() const { return "[" + absl::StrJoin(shape_, ", ") + "]"; }

@@ -1,4 +1,6 @@
-// Activations: fp32, row-major, shape stored beside the buffer (outermost dimension first).
+// Activations: row-major, shape stored beside the buffer (outermost dimension first). fp32, or
+// bf16 where a backend keeps the activations around its matmuls in bf16
+// (Backend::activation_dtype: the CUDA backend's bf16 mode); data() is for fp32 tensors only.
 //
 // A Tensor shares its storage: copies are cheap views, `RowSlice` and `Reshaped` alias the same
 // buffer. Which device the buffer lives on is recorded so that a backend can refuse a tensor of
@@ -10,6 +12,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "common/format/dtype.h"
 
 namespace tpserve {
 
@@ -23,8 +27,9 @@ class Tensor {
   Tensor(std::initializer_list<int64_t> shape) : Tensor(std::vector<int64_t>(shape)) {}
   // Host tensor of `shape` whose contents are unspecified until written (large ones are zero).
   static Tensor Uninitialized(std::vector<int64_t> shape);
-  // Wraps a buffer owned by `storage` (any device).
-  Tensor(std::shared_ptr<void> storage, float* data, std::vector<int64_t> shape, Device device);
+  // Wraps a buffer owned by `storage` (any device) of `dtype` elements: kF32 or kBF16.
+  Tensor(std::shared_ptr<void> storage, void* data, std::vector<int64_t> shape, Device device,
+         DType dtype = DType::kF32);
 
   const std::vector<int64_t>& shape() const { return shape_; }
   int ndim() const { return static_cast<int>(shape_.size()); }
@@ -36,9 +41,19 @@ class Tensor {
   int64_t rows() const { return cols() == 0 ? 0 : numel() / cols(); }
   bool empty() const { return data_ == nullptr; }
   Device device() const { return device_; }
+  DType dtype() const { return dtype_; }
+  int64_t element_bytes() const { return dtype_ == DType::kF32 ? 4 : 2; }
+  int64_t bytes() const { return numel() * element_bytes(); }
 
-  float* data() const { return data_; }
-  float* row(int64_t r) const { return data_ + r * cols(); }
+  // The elements of an fp32 tensor (aborts for another dtype).
+  float* data() const {
+    if (dtype_ != DType::kF32) [[unlikely]]
+      NotFp32();
+    return static_cast<float*>(data_);
+  }
+  float* row(int64_t r) const { return data() + r * cols(); }
+  // The buffer, whatever the dtype (bf16: __nv_bfloat16 bit patterns).
+  void* raw() const { return data_; }
 
   // Same buffer, new shape with the same number of elements.
   Tensor Reshaped(std::vector<int64_t> shape) const;
@@ -49,11 +64,13 @@ class Tensor {
 
  private:
   Tensor(std::vector<int64_t> shape, bool clear);
+  [[noreturn]] void NotFp32() const;
 
   std::shared_ptr<void> storage_;
-  float* data_ = nullptr;
+  void* data_ = nullptr;
   std::vector<int64_t> shape_;
   Device device_ = Device::kCpu;
+  DType dtype_ = DType::kF32;
 };
 
 }  // namespace tpserve

@@ -169,14 +169,16 @@ absl::Status LlamaModel::Run(const Rows& rows, KvCache& cache, Tensor* logits) {
                                     .kv_head_begin = shard_.kv_heads.begin,
                                     .sliding_window = c.sliding_window};
 
-  Tensor h = be.AllocUninitialized({T, H});       // normed input of each block
-  Tensor q = be.AllocUninitialized({T, nq, hd});  // this rank's query heads
-  Tensor k = be.AllocUninitialized({T, nkv, hd});
-  Tensor v = be.AllocUninitialized({T, nkv, hd});
-  Tensor attn = be.AllocUninitialized({T, nq, hd});  // attention output per head
+  // The activations around the matmuls in the backend's activation dtype (bf16 on a bf16 GPU);
+  // x, the values summed across ranks and the logits in fp32.
+  Tensor h = be.AllocActivation({T, H});       // normed input of each block
+  Tensor q = be.AllocActivation({T, nq, hd});  // this rank's query heads
+  Tensor k = be.AllocActivation({T, nkv, hd});
+  Tensor v = be.AllocActivation({T, nkv, hd});
+  Tensor attn = be.AllocActivation({T, nq, hd});  // attention output per head
   Tensor proj;  // o_proj / down_proj output, partial sum over ranks (when not added in place)
-  Tensor gate = be.AllocUninitialized({T, Fl});
-  Tensor up = be.AllocUninitialized({T, Fl});
+  Tensor gate = be.AllocActivation({T, Fl});
+  Tensor up = be.AllocActivation({T, Fl});
   // 2-D views for the matmuls.
   Tensor q2 = q.Reshaped({T, nq * hd}), k2 = k.Reshaped({T, nkv * hd}),
          v2 = v.Reshaped({T, nkv * hd}), attn2 = attn.Reshaped({T, nq * hd});
@@ -226,8 +228,9 @@ absl::Status LlamaModel::Run(const Rows& rows, KvCache& cache, Tensor* logits) {
     be.Embedding(rows, RowsAsWeight(x), 0, &last);
   }
   Tensor local_logits = be.AllocUninitialized({R, shard_.vocab.size()});  // [R, Vl]
-  be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last);  // right before the matmul it feeds
-  be.MatMul(last, w_.lm_head, &local_logits);
+  Tensor last_normed = be.AllocActivation({R, H});
+  be.RmsNorm(last, w_.final_norm, c.rms_norm_eps, &last_normed);
+  be.MatMul(last_normed, w_.lm_head, &local_logits);
   RETURN_IF_ERROR(GatherLogits(local_logits, logits));
   // Collectives on a GPU return once enqueued: one wait per step, here, bounds a failed peer by
   // the communicator's op timeout before anyone reads a result on the host.

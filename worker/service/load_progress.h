@@ -60,6 +60,13 @@ class CountingBackend final : public Backend {
     return inner_.FromHost(values, std::move(shape));
   }
   std::vector<float> ToHost(const Tensor& t) override { return inner_.ToHost(t); }
+  DType activation_dtype() const override { return inner_.activation_dtype(); }
+  Tensor AllocActivation(std::vector<int64_t> shape) override {
+    return inner_.AllocActivation(std::move(shape));
+  }
+  Tensor ActivationFromHost(std::span<const float> values, std::vector<int64_t> shape) override {
+    return inner_.ActivationFromHost(values, std::move(shape));
+  }
   absl::StatusOr<Weight> LoadWeight(const TensorView& view) override;
   absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
   void MatMul(const Tensor& x, const Weight& w, Tensor* y) override { inner_.MatMul(x, w, y); }

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "worker/backend/backend.h"
@@ -70,28 +71,48 @@ int64_t ShardWeightBytes(const TensorSource& source, const ModelConfig& c, const
   return total;
 }
 
+namespace {
+// What an allocation of `bytes` may hold: the CUDA backend's pool rounds a request up to a size
+// class (a multiple of a quarter of the next power of two: less than 25% more; 256 bytes under
+// 4 KiB: cuda/device_pool.h), the host allocator to 64 bytes.
+int64_t Allocated(int64_t bytes) { return bytes + bytes / 4 + 256; }
+}  // namespace
+
 int64_t StepActivationBytes(const ModelConfig& c, const RankShard& shard, int64_t max_tokens,
-                            int64_t max_sequences) {
+                            int64_t max_sequences, DType activation_dtype) {
   const int64_t T = std::max<int64_t>(max_tokens, 1);
   const int64_t R = std::max<int64_t>(max_sequences, 1);
   const int64_t H = c.hidden_size, hd = c.head_dim;
   const int64_t nq = shard.q_heads.size(), nkv = shard.kv_heads.size();
   const int64_t Fl = shard.ffn_columns.size();
-  // x, h, proj [T, H]; q, attn [T, nq*hd]; k, v [T, nkv*hd]; gate, up [T, Fl]; rope [T, hd].
-  int64_t floats = 3 * T * H + 2 * T * nq * hd + 2 * T * nkv * hd + 2 * T * Fl + T * hd;
-  // Decode attention's chunk results: [R, nq, kMaxAttentionChunks, hd + 2] at most.
-  floats += R * nq * kMaxAttentionChunks * (hd + 2);
-  // Local logits [R, Vl]; on rank 0 the gathered, the assembled and the host copy [R, V].
-  floats += R * shard.vocab.size();
-  if (shard.rank == 0) floats += 3 * R * c.vocab_size;
-  return floats * static_cast<int64_t>(sizeof(float));
+  const int64_t f32 = sizeof(float), act = activation_dtype == DType::kBF16 ? 2 : 4;
+  // fp32: x, proj [T, H]; the RoPE table [T, hd]; the gathered rows of x [R, H]; decode
+  // attention's chunk results [R, nq, kMaxAttentionChunks, hd + 2] at most; the local logits
+  // [R, Vl], and on rank 0 the gathered, the assembled and the host copy [R, V].
+  std::vector<int64_t> tensors = {T * H * f32,
+                                  T * H * f32,
+                                  T * hd * f32,
+                                  R * H * f32,
+                                  R * nq * kMaxAttentionChunks * (hd + 2) * f32,
+                                  R * shard.vocab.size() * f32};
+  if (shard.rank == 0) tensors.insert(tensors.end(), 3, R * c.vocab_size * f32);
+  // In the activation dtype: h [T, H]; q, attn [T, nq*hd]; k, v [T, nkv*hd]; gate, up [T, Fl];
+  // the final norm's output [R, H] (every GEMM input is one of them: none is rounded on the way).
+  for (int64_t n :
+       {T * H, T * nq * hd, T * nq * hd, T * nkv * hd, T * nkv * hd, T * Fl, T * Fl, R * H}) {
+    tensors.push_back(n * act);
+  }
+  int64_t bytes = 0;
+  for (int64_t t : tensors) bytes += Allocated(t);
+  return bytes;
 }
 
-int64_t RecordedStepBytes(const ModelConfig& c, const RankShard& shard, int64_t max_rows) {
+int64_t RecordedStepBytes(const ModelConfig& c, const RankShard& shard, int64_t max_rows,
+                          DType activation_dtype) {
   int64_t bytes = 0;
   if (max_rows <= 0) return 0;
   for (int64_t rows = 1; rows <= RecordedRows(max_rows); rows = RecordedRows(rows + 1)) {
-    bytes += StepActivationBytes(c, shard, rows, rows);
+    bytes += StepActivationBytes(c, shard, rows, rows, activation_dtype);
   }
   return bytes;
 }

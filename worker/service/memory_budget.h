@@ -17,14 +17,17 @@ namespace tpserve {
 int64_t ShardWeightBytes(const TensorSource& source, const ModelConfig& config,
                          const RankShard& shard);
 
-// Upper bound of the fp32 activations of one step of `max_tokens` tokens and `max_sequences`
-// sequences (one logits row each) on this rank: residual stream, q/k/v, attention output,
-// FFN gate/up, and the gathered logits on rank 0.
+// Upper bound of the activations of one step of `max_tokens` tokens and `max_sequences`
+// sequences (one logits row each) on this rank: the fp32 residual stream, partial sums, RoPE
+// table, attention chunk results and logits (the gathered ones on rank 0), and the activations
+// around the matmuls (normed inputs, q/k/v, attention output, gate/up, the final norm's output)
+// in the backend's `activation_dtype` (Backend::activation_dtype: fp32 or bf16).
 int64_t StepActivationBytes(const ModelConfig& config, const RankShard& shard, int64_t max_tokens,
-                            int64_t max_sequences);
+                            int64_t max_sequences, DType activation_dtype = DType::kF32);
 // The activations the recorded decode steps (CUDA graphs) keep, each padded size up to
 // RecordedRows(max_rows) with a pool of its own: StepActivationBytes of each size, summed.
-int64_t RecordedStepBytes(const ModelConfig& config, const RankShard& shard, int64_t max_rows);
+int64_t RecordedStepBytes(const ModelConfig& config, const RankShard& shard, int64_t max_rows,
+                          DType activation_dtype = DType::kF32);
 
 // MemAvailable / MemTotal of /proc/meminfo in bytes (0 when unreadable).
 int64_t HostAvailableBytes();

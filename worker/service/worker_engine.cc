@@ -302,10 +302,11 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
   }
   sizing.activation_bytes = StepActivationBytes(
       config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 512,
-      spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256);
+      spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256, backend_.activation_dtype());
   // Recorded decode steps keep their activations, one pool per padded batch size.
   if (loaded->comm->records_in_graphs()) {
-    sizing.activation_bytes += RecordedStepBytes(config, spec.shard, backend_.max_recorded_rows());
+    sizing.activation_bytes += RecordedStepBytes(config, spec.shard, backend_.max_recorded_rows(),
+                                                 backend_.activation_dtype());
   }
   if (spec.max_batch_sequences > 0 && spec.max_context_length > 0) {
     sizing.max_useful_blocks =

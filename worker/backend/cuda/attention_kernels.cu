@@ -3,7 +3,7 @@
 // memory, online softmax): one in fp32 on the CUDA cores, one on the tensor cores (fp16 Q, K, V
 // and probabilities, fp32 scores and sums). All read K/V through the sequence's block table:
 // slot(p) = table[p / block_size] * block_size + p % block_size, K row = (slot * kv_heads + kvh) *
-// hd.
+// hd. Q and the output are fp32 or bf16 (AttentionArgs::act_bf16).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 
+#include "worker/backend/cuda/activation.cuh"
 #include "worker/backend/cuda/cuda_kernels.h"
 #include "worker/backend/cuda/cuda_launch.h"
 
@@ -76,29 +77,23 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   const int64_t h = blockIdx.x, t = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t hd = a.hd;
-  float* out = a.out + (t * a.heads + h) * hd;
-  __nv_bfloat16* out_bf16 =
-      a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) + (t * a.heads + h) * hd
-                            : nullptr;
+  const int64_t out_base = (t * a.heads + h) * hd;  // of out and q
   const int32_t ctx = a.ctx_len[t];
   if (ctx == 0) {
     if (blockIdx.z != 0) return;
-    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
-      out[d] = 0.0f;
-      if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(0.0f);
-    }
+    for (int64_t d = threadIdx.x; d < hd; d += blockDim.x)
+      ActStore(a.out, out_base + d, 0.0f, a.act_bf16);
     return;
   }
   const int64_t kvh = (a.q_head_begin + h) / a.group_size - a.kv_head_begin;
   const int32_t* table = a.block_tables + a.table_offset[t];
-  const float* q = a.q + (t * a.heads + h) * hd;
   const int32_t chunk_len = DecodeChunkLen(ctx), chunks = (ctx + chunk_len - 1) / chunk_len;
 
   float qv[kPerLane];
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int64_t d = lane + 32 * i;
-    qv[i] = d < hd ? q[d] : 0.0f;
+    qv[i] = d < hd ? ActLoad(a.q, out_base + d, a.act_bf16) : 0.0f;
   }
   __shared__ float sm_m[kDecodeWarps], sm_l[kDecodeWarps];
   __shared__ float sm_acc[kDecodeWarps][32 * kPerLane];
@@ -182,9 +177,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
         partial[2 + d] = o;
         continue;
       }
-      const float v = o / total;
-      out[d] = v;
-      if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
+      ActStore(a.out, out_base + d, o / total, a.act_bf16);
     }
   }
 }
@@ -208,16 +201,11 @@ __global__ void __launch_bounds__(32) CombineDecodeChunks(AttentionArgs a, Decod
   __syncthreads();
   float total = 0.0f;
   for (int32_t c = 0; c < chunks; ++c) total += partials[c * (hd + 2) + 1] * weight[c];
-  float* out = a.out + (t * a.heads + h) * hd;
-  __nv_bfloat16* out_bf16 =
-      a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) + (t * a.heads + h) * hd
-                            : nullptr;
+  const int64_t out_base = (t * a.heads + h) * hd;
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
     float o = 0.0f;
     for (int32_t c = 0; c < chunks; ++c) o += partials[c * (hd + 2) + 2 + d] * weight[c];
-    const float v = o / total;
-    out[d] = v;
-    if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
+    ActStore(a.out, out_base + d, o / total, a.act_bf16);
   }
 }
 
@@ -260,7 +248,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   for (int64_t i = threadIdx.x; i < kPrefillTileRows * hd; i += blockDim.x) {
     const int64_t r = i / hd, d = i % hd;
-    qs[i] = r < nrows ? a.q[((first + r) * a.heads + h) * hd + d] : 0.0f;
+    qs[i] = r < nrows ? ActLoad(a.q, ((first + r) * a.heads + h) * hd + d, a.act_bf16) : 0.0f;
   }
 
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kPerLane];
@@ -327,18 +315,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int r = warp * kRowsPerWarp + rr;
     if (r >= nrows) continue;
-    float* out = a.out + ((first + r) * a.heads + h) * hd;
-    __nv_bfloat16* out_bf16 = a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) +
-                                                          ((first + r) * a.heads + h) * hd
-                                                    : nullptr;
+    const int64_t out_base = ((first + r) * a.heads + h) * hd;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int64_t d = lane + 32 * i;
-      if (d < hd) {
-        const float v = acc[rr][i] / l[rr];
-        out[d] = v;
-        if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
-      }
+      if (d < hd) ActStore(a.out, out_base + d, acc[rr][i] / l[rr], a.act_bf16);
     }
   }
 }
@@ -433,8 +414,9 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     const int64_t r = i / hd, d = i % hd;
     // Scaled before the rounding to fp16 (the scores come out scaled): 1/sqrt(hd) of the range
     // a large query would need.
-    qs[r * L.ldh + d] =
-        __float2half_rn(r < nrows ? a.q[((first + r) * a.heads + h) * hd + d] * a.scale : 0.0f);
+    qs[r * L.ldh + d] = __float2half_rn(
+        r < nrows ? ActLoad(a.q, ((first + r) * a.heads + h) * hd + d, a.act_bf16) * a.scale
+                  : 0.0f);
     os[r * L.ldo + d] = 0.0f;
   }
 
@@ -516,15 +498,10 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     const float row_l = __shfl_sync(0xffffffffu, l, 2 * j);
     const int r = row0 + j;
     if (r >= nrows) continue;  // warp-uniform
-    float* out = a.out + ((first + r) * a.heads + h) * hd;
-    __nv_bfloat16* out_bf16 = a.out_bf16 != nullptr ? reinterpret_cast<__nv_bfloat16*>(a.out_bf16) +
-                                                          ((first + r) * a.heads + h) * hd
-                                                    : nullptr;
+    const int64_t out_base = ((first + r) * a.heads + h) * hd;
     const float inv = 1.0f / row_l;
     for (int64_t d = lane; d < hd; d += 32) {
-      const float v = os[r * L.ldo + d] * inv;
-      out[d] = v;
-      if (out_bf16 != nullptr) out_bf16[d] = __float2bfloat16_rn(v);
+      ActStore(a.out, out_base + d, os[r * L.ldo + d] * inv, a.act_bf16);
     }
   }
 }

@@ -35,10 +35,15 @@ void CudaBackend::WriteKv(const Tensor& k, const Tensor& v, std::span<const int6
                   "WriteKv: slot %lld of %lld", static_cast<long long>(slots[t]),
                   static_cast<long long>(capacity));
   }
+  TPSERVE_CHECK(k.dtype() == v.dtype(), "WriteKv: k %s, v %s", DTypeName(k.dtype()),
+                DTypeName(v.dtype()));
+  CheckDevice(k, "WriteKv");
+  CheckDevice(v, "WriteKv");
   std::shared_ptr<void> keep;
   const int64_t* dev_slots = Upload(slots, &keep);
-  cuda::LaunchWriteKv(k.data(), v.data(), dev_slots, static_cast<int64_t>(slots.size()), row,
-                      cache.k, cache.v, cache.dtype == KvDType::kFp16, stream_);
+  cuda::LaunchWriteKv(k.raw(), v.raw(), k.dtype() == DType::kBF16, dev_slots,
+                      static_cast<int64_t>(slots.size()), row, cache.k, cache.v,
+                      cache.dtype == KvDType::kFp16, stream_);
   CheckLaunch("WriteKv");
 }
 
@@ -49,6 +54,10 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   CheckAttentionArgs(q, cache, seqs, *out);
   TPSERVE_CHECK(cache.dtype == kv_dtype_, "Attention: a %s pool, this backend keeps %s",
                 KvDTypeName(cache.dtype), KvDTypeName(kv_dtype_));
+  TPSERVE_CHECK(q.dtype() == out->dtype(), "Attention: q %s, out %s", DTypeName(q.dtype()),
+                DTypeName(out->dtype()));
+  CheckDevice(q, "Attention");
+  CheckDevice(*out, "Attention");
   TPSERVE_CHECK(cache.head_dim <= 256, "Attention: head_dim %lld > 256 is not supported on CUDA",
                 static_cast<long long>(cache.head_dim));
   const int64_t T = q.dim(0), bs = cache.block_size;
@@ -104,8 +113,9 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   const uint8_t* dev = Upload(std::span<const uint8_t>(meta), &keep);
 
   cuda::AttentionArgs a;
-  a.q = q.data();
-  a.out = out->data();
+  a.q = q.raw();
+  a.out = out->raw();
+  a.act_bf16 = q.dtype() == DType::kBF16;
   a.k_cache = cache.k;
   a.v_cache = cache.v;
   a.kv_half = cache.dtype == KvDType::kFp16;
@@ -120,7 +130,6 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
   a.kv_head_begin = params.kv_head_begin;
   a.block_tables = reinterpret_cast<const int32_t*>(dev + off_tables);
   a.table_offset = reinterpret_cast<const int64_t*>(dev + off_offset);
-  a.out_bf16 = Bf16CopyOf(*out);  // the o_proj's input
 
   if (split) {
     // Every row: the decode rows' attention, zeros for the others (padding, and the prefill
@@ -141,10 +150,7 @@ void CudaBackend::Attention(const Tensor& q, const KvLayerView& cache,
     }
     cuda::LaunchPagedDecodeAttention(a, ds, stream_);
   } else {
-    Zero(out->data(), static_cast<size_t>(out->numel()) * sizeof(float));
-    if (a.out_bf16 != nullptr) {  // bf16 zero is all zero bits
-      Zero(a.out_bf16, static_cast<size_t>(out->numel()) * sizeof(uint16_t));
-    }
+    Zero(out->raw(), static_cast<size_t>(out->bytes()));  // bf16 zero is all zero bits too
   }
   if (!tile_first.empty()) {
     a.ctx_len = reinterpret_cast<const int32_t*>(dev + off_ctx);

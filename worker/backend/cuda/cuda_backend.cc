@@ -155,17 +155,7 @@ void CudaBackend::Zero(void* device, size_t bytes) {
   }
 }
 
-uint16_t* CudaBackend::Bf16CopyOf(const Tensor& y) {
-  if (options_.precision != CudaPrecision::kBf16 || y.numel() == 0) return nullptr;
-  bf16_copy_ = Bf16Copy{.of = y.data(),
-                        .numel = y.numel(),
-                        .call = binds_,
-                        .bits = Scratch(static_cast<size_t>(y.numel()) * sizeof(uint16_t))};
-  return static_cast<uint16_t*>(bf16_copy_.bits.get());
-}
-
 void CudaBackend::Bind() const {
-  ++binds_;
   // The current device is per host thread; ops may come from any thread (one per rank in tests,
   // the service's threads in a worker), and the stream belongs to device K.
   int current = -1;
@@ -184,26 +174,32 @@ void CudaBackend::CheckLaunch(const char* op) {
   TPSERVE_CHECK(err == cudaSuccess, "%s: kernel launch failed: %s", op, cudaGetErrorString(err));
 }
 
-Tensor CudaBackend::Alloc(std::vector<int64_t> shape) {
+Tensor CudaBackend::AllocOf(std::vector<int64_t> shape, DType dtype, bool zero) {
   Bind();
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  const size_t bytes = std::max<size_t>(static_cast<size_t>(n) * sizeof(float), 1);
+  const size_t bytes = std::max<size_t>(static_cast<size_t>(n) * (dtype == DType::kF32 ? 4 : 2), 1);
   std::shared_ptr<void> storage = Scratch(bytes);
-  Zero(storage.get(), bytes);
-  float* data = static_cast<float*>(storage.get());
-  return Tensor(std::move(storage), data, std::move(shape), Device::kCuda);
+  if (zero) Zero(storage.get(), bytes);  // bf16 zero is all zero bits too
+  void* data = storage.get();
+  return Tensor(std::move(storage), data, std::move(shape), Device::kCuda, dtype);
+}
+
+Tensor CudaBackend::Alloc(std::vector<int64_t> shape) {
+  return AllocOf(std::move(shape), DType::kF32, /*zero=*/true);
 }
 
 // Every element is written before it is read (the Backend contract): no clearing.
 Tensor CudaBackend::AllocUninitialized(std::vector<int64_t> shape) {
-  Bind();
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  std::shared_ptr<void> storage =
-      Scratch(std::max<size_t>(static_cast<size_t>(n) * sizeof(float), 1));
-  float* data = static_cast<float*>(storage.get());
-  return Tensor(std::move(storage), data, std::move(shape), Device::kCuda);
+  return AllocOf(std::move(shape), DType::kF32, /*zero=*/false);
+}
+
+DType CudaBackend::activation_dtype() const {
+  return options_.precision == CudaPrecision::kBf16 ? DType::kBF16 : DType::kF32;
+}
+
+Tensor CudaBackend::AllocActivation(std::vector<int64_t> shape) {
+  return AllocOf(std::move(shape), activation_dtype(), /*zero=*/false);
 }
 
 Tensor CudaBackend::FromHost(std::span<const float> values, std::vector<int64_t> shape) {
@@ -214,10 +210,34 @@ Tensor CudaBackend::FromHost(std::span<const float> values, std::vector<int64_t>
   return t;
 }
 
+Tensor CudaBackend::ActivationFromHost(std::span<const float> values, std::vector<int64_t> shape) {
+  if (activation_dtype() == DType::kF32) return FromHost(values, std::move(shape));
+  Tensor t = AllocOf(std::move(shape), DType::kBF16, /*zero=*/true);
+  TPSERVE_CHECK(static_cast<int64_t>(values.size()) == t.numel(),
+                "ActivationFromHost: %zu values for %s", values.size(), t.ShapeString().c_str());
+  std::vector<uint16_t> bits(values.size());
+  for (size_t i = 0; i < values.size(); ++i) bits[i] = FloatToBFloat16(values[i]);
+  if (bits.empty() || Unrecordable("a copy from pageable host memory")) return t;
+  // Pageable source: returns once the data is staged, so `bits` may go right after.
+  TPSERVE_CUDA_CHECK(cudaMemcpyAsync(t.raw(), bits.data(), bits.size() * sizeof(uint16_t),
+                                     cudaMemcpyHostToDevice, stream_));
+  return t;
+}
+
 std::vector<float> CudaBackend::ToHost(const Tensor& t) {
   Bind();
   std::vector<float> host(t.numel());
-  CopyToHost(t.data(), host.data(), host.size());
+  if (t.dtype() == DType::kF32) {
+    CopyToHost(t.data(), host.data(), host.size());
+    return host;
+  }
+  std::vector<uint16_t> bits(host.size());
+  if (!bits.empty() && !Unrecordable("a copy to the host")) {
+    TPSERVE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), t.raw(), bits.size() * sizeof(uint16_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+    TPSERVE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  for (size_t i = 0; i < bits.size(); ++i) host[i] = BFloat16ToFloat(bits[i]);
   return host;
 }
 
@@ -324,18 +344,25 @@ void CudaBackend::CopyColumns(const Tensor& src, int64_t col_begin, Tensor* dst)
   CheckCopyColumns(src, col_begin, *dst);
   CheckDevice(src, "CopyColumns");
   CheckDevice(*dst, "CopyColumns");
+  TPSERVE_CHECK(src.dtype() == dst->dtype(), "CopyColumns: %s into %s", DTypeName(src.dtype()),
+                DTypeName(dst->dtype()));
   if (src.numel() == 0) return;
-  const size_t width = static_cast<size_t>(src.cols()) * sizeof(float);
+  const size_t elem = static_cast<size_t>(src.element_bytes());
+  const size_t width = static_cast<size_t>(src.cols()) * elem;
+  void* to = static_cast<char*>(dst->raw()) + col_begin * elem;
   const struct {
     const void *dst, *src;
     size_t dpitch, width, height;
-  } copy_args{dst->data() + col_begin, src.data(), static_cast<size_t>(dst->cols()) * sizeof(float),
-              width, static_cast<size_t>(src.rows())};
+  } copy_args{to, src.raw(), static_cast<size_t>(dst->cols()) * elem, width,
+              static_cast<size_t>(src.rows())};
   if (!Observe("cudaMemcpy2DAsync", copy_args)) return;
-  TPSERVE_CUDA_CHECK(cudaMemcpy2DAsync(
-      dst->data() + col_begin, static_cast<size_t>(dst->cols()) * sizeof(float), src.data(), width,
-      width, static_cast<size_t>(src.rows()), cudaMemcpyDeviceToDevice, stream_));
+  TPSERVE_CUDA_CHECK(cudaMemcpy2DAsync(to, copy_args.dpitch, src.raw(), width, width,
+                                       copy_args.height, cudaMemcpyDeviceToDevice, stream_));
 }
+
+namespace {
+bool IsBf16(const Tensor& t) { return t.dtype() == DType::kBF16; }
+}  // namespace
 
 void CudaBackend::AddBias(const Tensor& bias, Tensor* y) {
   Bind();
@@ -343,7 +370,7 @@ void CudaBackend::AddBias(const Tensor& bias, Tensor* y) {
                 y->ShapeString().c_str());
   CheckDevice(bias, "AddBias");
   CheckDevice(*y, "AddBias");
-  cuda::LaunchAddBias(bias.data(), y->data(), y->rows(), y->cols(), stream_);
+  cuda::LaunchAddBias(bias.data(), y->raw(), IsBf16(*y), y->rows(), y->cols(), stream_);
   CheckLaunch("AddBias");
 }
 
@@ -351,7 +378,8 @@ void CudaBackend::Add(const Tensor& x, Tensor* y) {
   Bind();
   CheckSameShape(x, *y, "Add");
   CheckDevice(x, "Add");
-  cuda::LaunchAdd(x.data(), y->data(), y->numel(), stream_);
+  CheckDevice(*y, "Add");
+  cuda::LaunchAdd(x.raw(), IsBf16(x), y->raw(), IsBf16(*y), y->numel(), stream_);
   CheckLaunch("Add");
 }
 
@@ -360,10 +388,13 @@ void CudaBackend::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tens
   CheckSameShape(x, *y, "RmsNorm");
   TPSERVE_CHECK(weight.numel() == x.cols(), "RmsNorm: weight %s for %s",
                 weight.ShapeString().c_str(), x.ShapeString().c_str());
+  TPSERVE_CHECK(x.raw() != y->raw() || x.dtype() == y->dtype(), "RmsNorm: in place from %s to %s",
+                DTypeName(x.dtype()), DTypeName(y->dtype()));
   CheckDevice(x, "RmsNorm");
   CheckDevice(weight, "RmsNorm");
-  cuda::LaunchRmsNorm(x.data(), weight.data(), eps, y->data(), Bf16CopyOf(*y), x.rows(), x.cols(),
-                      stream_);
+  CheckDevice(*y, "RmsNorm");
+  cuda::LaunchRmsNorm(x.raw(), IsBf16(x), weight.data(), eps, y->raw(), IsBf16(*y), x.rows(),
+                      x.cols(), stream_);
   CheckLaunch("RmsNorm");
 }
 
@@ -371,8 +402,13 @@ void CudaBackend::SiluMul(const Tensor& gate, const Tensor& up, Tensor* out) {
   Bind();
   CheckSameShape(gate, up, "SiluMul");
   CheckSameShape(gate, *out, "SiluMul");
+  TPSERVE_CHECK(gate.dtype() == up.dtype() && gate.dtype() == out->dtype(),
+                "SiluMul: gate %s, up %s, out %s", DTypeName(gate.dtype()), DTypeName(up.dtype()),
+                DTypeName(out->dtype()));
   CheckDevice(gate, "SiluMul");
-  cuda::LaunchSiluMul(gate.data(), up.data(), out->data(), Bf16CopyOf(*out), gate.numel(), stream_);
+  CheckDevice(up, "SiluMul");
+  CheckDevice(*out, "SiluMul");
+  cuda::LaunchSiluMul(gate.raw(), up.raw(), out->raw(), IsBf16(gate), gate.numel(), stream_);
   CheckLaunch("SiluMul");
 }
 
@@ -402,10 +438,13 @@ void CudaBackend::RopeQK(const Tensor& cos_sin, bool interleaved, Tensor* q, Ten
     if (x == nullptr) continue;
     TPSERVE_CHECK(x->ndim() == 3 && x->dim(0) == cos_sin.rows() && x->dim(2) == cos_sin.cols(),
                   "Rope: x %s, table %s", x->ShapeString().c_str(), cos_sin.ShapeString().c_str());
+    TPSERVE_CHECK(x->dtype() == q->dtype(), "Rope: q %s, k %s", DTypeName(q->dtype()),
+                  DTypeName(x->dtype()));
+    CheckDevice(*x, "Rope");
   }
-  cuda::LaunchRope(cos_sin.data(), interleaved, q->data(), q->dim(0), q->dim(1),
-                   k != nullptr ? k->data() : nullptr, k != nullptr ? k->dim(1) : 0, q->dim(2),
-                   stream_);
+  cuda::LaunchRope(cos_sin.data(), interleaved, q->raw(), q->dim(0), q->dim(1),
+                   k != nullptr ? k->raw() : nullptr, k != nullptr ? k->dim(1) : 0, q->dim(2),
+                   IsBf16(*q), stream_);
   CheckLaunch("Rope");
 }
 
@@ -417,12 +456,13 @@ void CudaBackend::Embedding(std::span<const int32_t> tokens, const Weight& table
                 tokens.size(), static_cast<long long>(table.cols));
   TPSERVE_CHECK(table.dtype == DType::kF32 || table.dtype == DType::kBF16,
                 "Embedding: a %s table is not a CUDA weight", DTypeName(table.dtype));
+  CheckDevice(*out, "Embedding");
   const bool bf16 = table.dtype == DType::kBF16;
   std::shared_ptr<void> keep;
   const int32_t* ids = Upload(tokens, &keep);
   cuda::LaunchEmbedding(ids, static_cast<int64_t>(tokens.size()), table.data, bf16, table.rows,
                         table.cols, static_cast<int64_t>(table.row_stride_bytes / (bf16 ? 2 : 4)),
-                        vocab_begin, out->data(), stream_);
+                        vocab_begin, out->raw(), IsBf16(*out), stream_);
   CheckLaunch("Embedding");
 }
 

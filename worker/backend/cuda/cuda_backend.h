@@ -2,9 +2,13 @@
 // everything fp32 (for exact comparison with the CPU oracle). GEMMs through cuBLAS; RMSNorm,
 // RoPE, SwiGLU, embedding, paged attention and sampling are own kernels (cuda_kernels.h).
 //
-// Activations are fp32 device Tensors (the Backend contract); in bf16 mode a matmul converts its
-// input rows to bf16 on the fly, reads bf16 weights and writes fp32. All work goes to one stream
-// per backend (one backend per worker); ToHost synchronises it. Device memory comes from a
+// In bf16 mode the activations around the matmuls are bf16 (activation_dtype: normed inputs,
+// q/k/v, attention output, feed-forward intermediates), computed in fp32 by every kernel and
+// rounded once when stored; the matmuls read them and the bf16 weights directly (fp32 accumulate)
+// and write bf16 or fp32 as the output tensor is. The residual stream and logits stay fp32 (a
+// matmul given an fp32 input in bf16 mode rounds it first). fp32 mode: everything fp32. Every op
+// takes fp32 or bf16 activations where the Backend contract allows either. All work goes to one
+// stream per backend (one backend per worker); ToHost synchronises it. Device memory comes from a
 // recycling pool of plain cudaMalloc buffers, so steady-state steps allocate nothing. Quantised
 // GGUF weights are dequantised on the host at load (to bf16, or fp32 in fp32 mode).
 //
@@ -85,6 +89,9 @@ class CudaBackend final : public Backend {
   Tensor AllocUninitialized(std::vector<int64_t> shape) override;
   Tensor FromHost(std::span<const float> values, std::vector<int64_t> shape) override;
   std::vector<float> ToHost(const Tensor& t) override;
+  DType activation_dtype() const override;
+  Tensor AllocActivation(std::vector<int64_t> shape) override;
+  Tensor ActivationFromHost(std::span<const float> values, std::vector<int64_t> shape) override;
   absl::StatusOr<Weight> LoadWeight(const TensorView& view) override;
   absl::StatusOr<Tensor> LoadVector(const TensorView& view) override;
 
@@ -143,6 +150,16 @@ class CudaBackend final : public Backend {
     int64_t graphs = 0, captures = 0, replays = 0, fallbacks = 0;
   };
   RecordedStats recorded_stats() const;
+  // Device memory this backend holds for its tensors and weights (its pool's bytes in use, not
+  // the cached free buffers): now, and the most since ResetPeakMemory.
+  struct MemoryStats {
+    int64_t in_use = 0, peak = 0;
+  };
+  MemoryStats memory_stats() const {
+    return {static_cast<int64_t>(pool_.bytes_in_use()),
+            static_cast<int64_t>(pool_.peak_bytes_in_use())};
+  }
+  void ResetPeakMemory() { pool_.ResetPeak(); }
 
  private:
   explicit CudaBackend(const CudaBackendOptions& options) : options_(options) {}
@@ -172,18 +189,15 @@ class CudaBackend final : public Backend {
   // Adjustments, draws and log-probs for every row of `logits` (modified in place).
   absl::StatusOr<std::vector<DeviceDrawn>> DrawRows(const Tensor& logits,
                                                     std::span<const DeviceDraw> draws);
+  // A device tensor of `shape` and `dtype` (kF32 / kBF16), cleared when `zero`.
+  Tensor AllocOf(std::vector<int64_t> shape, DType dtype, bool zero);
   void CheckMatMul(const Tensor& x, const Weight& w, const Tensor& y, const char* op) const;
-  // x rounded to bf16: the copy the previous op made of it (Bf16CopyOf), else rounded now.
-  std::shared_ptr<void> Bf16Input(const Tensor& x);
-  // bf16 mode: a buffer for the bf16 copy of `y` the calling op writes along with y, which the
-  // next op may take as its matmul input instead of rounding y again (RmsNorm, SiluMul and
-  // Attention each feed a matmul). Null in fp32 mode. Only the op right after may use it: any
-  // backend call in between (each calls Bind) makes it stale.
-  uint16_t* Bf16CopyOf(const Tensor& y);
-  // y = x · wᵀ + beta y; x_bf16 is x rounded to bf16 where w is bf16.
-  void Gemm(const Tensor& x, const void* x_bf16, const Weight& w, float beta, Tensor* y);
-  // Makes this backend's device current in the calling thread; every op calls it first (which
-  // also counts the calls, for Bf16CopyOf).
+  // The matmul input for w: x itself where its dtype is w's, else x rounded to bf16 now (an fp32
+  // input to a bf16 weight); `keep` holds the rounded copy.
+  const void* MatMulInput(const Tensor& x, const Weight& w, std::shared_ptr<void>* keep);
+  // y = x · wᵀ + beta y; `xin` is x in w's dtype (MatMulInput).
+  void Gemm(const Tensor& x, const void* xin, const Weight& w, float beta, Tensor* y);
+  // Makes this backend's device current in the calling thread; every op calls it first.
   void Bind() const;
   void CheckDevice(const Tensor& t, const char* op) const;
   void CheckLaunch(const char* op);
@@ -202,14 +216,6 @@ class CudaBackend final : public Backend {
   };
   std::deque<Uploaded> recent_uploads_;  // newest first; small uploads only
   cuda::PinnedBuffer download_;          // sampled tokens on their way back
-  struct Bf16Copy {
-    const float* of = nullptr;  // the tensor's data
-    int64_t numel = 0;
-    uint64_t call = 0;  // the Bind() count of the op that made it
-    std::shared_ptr<void> bits;
-  };
-  Bf16Copy bf16_copy_;
-  mutable uint64_t binds_ = 0;
   // Recorded steps by key; the recorder of the step running now (null: none).
   std::map<std::string, std::shared_ptr<cuda::StepRecording>> recordings_;
   uint64_t recording_clock_ = 0;

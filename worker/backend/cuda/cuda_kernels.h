@@ -3,7 +3,9 @@
 //
 // Every launcher enqueues on `stream` and returns at once; errors surface at the next
 // synchronising call (the backend checks cudaGetLastError after each launch in debug paths).
-// Activations are fp32 row-major; "bf16" buffers hold __nv_bfloat16 bit patterns as uint16_t.
+// Activations are row-major, fp32 or bf16 (Backend::activation_dtype): a `void*` activation
+// comes with a flag saying which (bf16: __nv_bfloat16 bit patterns); the math is fp32 throughout
+// and a bf16 result is rounded to nearest even once, when stored.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -19,16 +21,16 @@ namespace tpserve::cuda {
 // dst[i] = bf16(src[i]) (round to nearest even), n elements.
 void LaunchF32ToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t stream);
 // y[i] += x[i].
-void LaunchAdd(const float* x, float* y, int64_t n, cudaStream_t stream);
+void LaunchAdd(const void* x, bool x_bf16, void* y, bool y_bf16, int64_t n, cudaStream_t stream);
 // y[r, c] += bias[c] for rows x cols.
-void LaunchAddBias(const float* bias, float* y, int64_t rows, int64_t cols, cudaStream_t stream);
-// out = silu(gate) * up; out may alias gate. With out_bf16, also bf16(out) there (the next
-// matmul's input, rounded as LaunchF32ToBf16 does).
-void LaunchSiluMul(const float* gate, const float* up, float* out, uint16_t* out_bf16, int64_t n,
+void LaunchAddBias(const float* bias, void* y, bool y_bf16, int64_t rows, int64_t cols,
                    cudaStream_t stream);
-// y[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * weight; y may alias x. One block a row.
-// With y_bf16, also bf16(y) there.
-void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, uint16_t* y_bf16,
+// out = silu(gate) * up (all three of one dtype); out may alias gate.
+void LaunchSiluMul(const void* gate, const void* up, void* out, bool bf16, int64_t n,
+                   cudaStream_t stream);
+// y[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * weight; y may alias x when of its dtype.
+// One block a row.
+void LaunchRmsNorm(const void* x, bool x_bf16, const float* weight, float eps, void* y, bool y_bf16,
                    int64_t rows, int64_t cols, cudaStream_t stream);
 // Fills n values of `dst` (fp32 or bf16 per `bf16`) with uniform(-scale, scale) from a hash of
 // (seed, index): random weights for benchmarks without host traffic.
@@ -40,27 +42,27 @@ void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t see
 void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos_sin, int64_t T,
                      int64_t half, cudaStream_t stream);
 // Rotates q [T, heads, hd] in place, and k [T, k_heads, hd] when not null, in one launch;
-// interleaved pairs (2i, 2i+1) or rotate-half (i, i+hd/2).
-void LaunchRope(const float* cos_sin, bool interleaved, float* q, int64_t T, int64_t heads,
-                float* k, int64_t k_heads, int64_t hd, cudaStream_t stream);
+// interleaved pairs (2i, 2i+1) or rotate-half (i, i+hd/2). q and k of one dtype.
+void LaunchRope(const float* cos_sin, bool interleaved, void* q, int64_t T, int64_t heads, void* k,
+                int64_t k_heads, int64_t hd, bool bf16, cudaStream_t stream);
 
 // ---- vocabulary ----
 // out[t, :] = table[tokens[t] - vocab_begin, :] (rows `row_stride` elements apart) when in
 // [0, table_rows), else zeros. Table is fp32 or bf16.
 void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool table_bf16,
                      int64_t table_rows, int64_t cols, int64_t row_stride, int64_t vocab_begin,
-                     float* out, cudaStream_t stream);
+                     void* out, bool out_bf16, cudaStream_t stream);
 
 // ---- KV cache and attention ----
 // cache_k/v[slots[t] * row + i] = k/v[t * row + i], row = kv_heads * hd elements: fp32 pools,
 // or fp16 (`half`) with the value saturated to +-65504 and rounded to nearest even (NaN kept).
-// Rows with a negative slot (padding) are not written.
-void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
-                   void* cache_k, void* cache_v, bool half, cudaStream_t stream);
+// Rows with a negative slot (padding) are not written. k and v of one dtype (kv_bf16).
+void LaunchWriteKv(const void* k, const void* v, bool kv_bf16, const int64_t* slots, int64_t T,
+                   int64_t row, void* cache_k, void* cache_v, bool half, cudaStream_t stream);
 
 struct AttentionArgs {
-  const float* q = nullptr;       // [T, heads, hd]
-  float* out = nullptr;           // [T, heads, hd]
+  const void* q = nullptr;        // [T, heads, hd], fp32 or bf16 (act_bf16)
+  void* out = nullptr;            // [T, heads, hd], q's dtype
   const void* k_cache = nullptr;  // [num_blocks, block_size, kv_heads, hd], fp32 or fp16
   const void* v_cache = nullptr;
   // Per token row: its sequence's block table (offset into `block_tables`, int32 block ids) and
@@ -68,14 +70,15 @@ struct AttentionArgs {
   const int32_t* block_tables = nullptr;
   const int64_t* table_offset = nullptr;  // [T]
   const int32_t* ctx_len = nullptr;       // [T]
-  uint16_t* out_bf16 = nullptr;           // when set, also bf16(out) (the o_proj's input)
   int64_t num_tokens = 0, heads = 0, hd = 0, kv_heads = 0, block_size = 0;
   int64_t group_size = 1, q_head_begin = 0, kv_head_begin = 0;
   float scale = 1.0f;
-  int32_t kv_half = 0;  // the pools hold fp16
+  int32_t kv_half = 0;   // the pools hold fp16
+  int32_t act_bf16 = 0;  // q and out hold bf16
+  int32_t pad = 0;
 };
 // No padding bytes (launches are compared as bytes when steps are recorded: cuda_launch.h).
-static_assert(sizeof(AttentionArgs) == 8 * sizeof(void*) + 8 * sizeof(int64_t) + 8);
+static_assert(sizeof(AttentionArgs) == 7 * sizeof(void*) + 8 * sizeof(int64_t) + 16);
 template <>
 struct IsPaddingFree<AttentionArgs> : std::true_type {};
 

@@ -108,13 +108,6 @@ absl::Status CudaBackend::RunRecorded(const std::string& key, bool with_peers,
                                       const std::function<absl::Status()>& step) {
   if (options_.max_recorded_rows <= 0 || recorder_ != nullptr) return step();
   Bind();
-  // A bf16 copy kept past the step could hold a recording's memory, whose release (cudaFree)
-  // must not fall inside a later capture.
-  struct DropCopy {
-    Bf16Copy& copy;
-    ~DropCopy() { copy = Bf16Copy{}; }
-  } drop_copy{bf16_copy_};
-  bf16_copy_ = Bf16Copy{};
   std::shared_ptr<cuda::StepRecording>& slot = recordings_[key];
   if (slot == nullptr) slot = std::make_shared<cuda::StepRecording>();
   const std::shared_ptr<cuda::StepRecording> rec = slot;

@@ -2,6 +2,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <bit>
 
 #include "absl/strings/str_cat.h"
@@ -55,6 +56,7 @@ absl::StatusOr<std::shared_ptr<void>> DevicePool::Get(size_t bytes) {
   {
     std::lock_guard<std::mutex> lock(state->mu);
     state->in_use += size;
+    state->peak = std::max(state->peak, state->in_use);
   }
   return std::shared_ptr<void>(ptr, [state, size](void* p) {
     std::lock_guard<std::mutex> lock(state->mu);
@@ -75,6 +77,16 @@ void DevicePool::Trim() {
 size_t DevicePool::bytes_in_use() const {
   std::lock_guard<std::mutex> lock(state_->mu);
   return state_->in_use;
+}
+
+size_t DevicePool::peak_bytes_in_use() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->peak;
+}
+
+void DevicePool::ResetPeak() {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  state_->peak = state_->in_use;
 }
 
 }  // namespace tpserve::cuda

@@ -26,6 +26,9 @@ class DevicePool {
   // Gives every cached free buffer back to the driver.
   void Trim();
   size_t bytes_in_use() const;
+  // The most bytes_in_use since the pool was made or ResetPeak.
+  size_t peak_bytes_in_use() const;
+  void ResetPeak();
 
   // Size class of a request: multiples of 256 B, then of a quarter of the next power of two
   // (at most 25% waste).
@@ -36,6 +39,7 @@ class DevicePool {
     std::mutex mu;
     std::map<size_t, std::vector<void*>> free;  // size class -> buffers
     size_t in_use = 0;
+    size_t peak = 0;
     ~State();
   };
   std::shared_ptr<State> state_;

@@ -1,8 +1,11 @@
 // Elementwise, normalisation, RoPE, embedding and KV-write kernels of the CUDA backend. All
-// fp32 math; the formulas mirror the CPU oracle (worker/backend/cpu/cpu_backend.cc).
+// fp32 math; the formulas mirror the CPU oracle (worker/backend/cpu/cpu_backend.cc). Activation
+// buffers are fp32 or bf16 (a flag per buffer, activation.cuh): bf16 is read exactly and written
+// once, rounded, at the end of each element's computation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "worker/backend/cuda/activation.cuh"
 #include "worker/backend/cuda/cuda_kernels.h"
 #include "worker/backend/cuda/cuda_launch.h"
 
@@ -24,38 +27,37 @@ __global__ void F32ToBf16Kernel(const float* src, __nv_bfloat16* dst, int64_t n)
   }
 }
 
-__global__ void AddKernel(const float* x, float* y, int64_t n) {
+__global__ void AddKernel(const void* x, bool x_bf16, void* y, bool y_bf16, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    y[i] += x[i];
+    ActStore(y, i, ActLoad(y, i, y_bf16) + ActLoad(x, i, x_bf16), y_bf16);
   }
 }
 
-__global__ void AddBiasKernel(const float* bias, float* y, int64_t n, int64_t cols) {
+__global__ void AddBiasKernel(const float* bias, void* y, bool bf16, int64_t n, int64_t cols) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    y[i] += bias[i % cols];
+    ActStore(y, i, ActLoad(y, i, bf16) + bias[i % cols], bf16);
   }
 }
 
-__global__ void SiluMulKernel(const float* gate, const float* up, float* out,
-                              __nv_bfloat16* out_bf16, int64_t n) {
+__global__ void SiluMulKernel(const void* gate, const void* up, void* out, bool bf16, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const float g = gate[i];
-    const float v = g / (1.0f + expf(-g)) * up[i];
-    out[i] = v;
-    if (out_bf16 != nullptr) out_bf16[i] = __float2bfloat16_rn(v);
+    const float g = ActLoad(gate, i, bf16);
+    ActStore(out, i, g / (1.0f + expf(-g)) * ActLoad(up, i, bf16), bf16);
   }
 }
 
 // One block per row; sum of squares in double like the CPU (which accumulates in double).
-__global__ void RmsNormKernel(const float* x, const float* weight, float eps, float* y,
-                              __nv_bfloat16* y_bf16, int64_t cols) {
-  const float* xr = x + blockIdx.x * cols;
-  float* yr = y + blockIdx.x * cols;
+__global__ void RmsNormKernel(const void* x, bool x_bf16, const float* weight, float eps, void* y,
+                              bool y_bf16, int64_t cols) {
+  const int64_t base = blockIdx.x * cols;
   double ss = 0.0;
-  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) ss += double(xr[i]) * xr[i];
+  for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+    const double v = ActLoad(x, base + i, x_bf16);
+    ss += v * v;
+  }
   __shared__ double partial[32];
   for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -68,11 +70,9 @@ __global__ void RmsNormKernel(const float* x, const float* weight, float eps, fl
   }
   __syncthreads();
   const float inv = 1.0f / sqrtf(static_cast<float>(partial[0] / cols) + eps);
-  __nv_bfloat16* yb = y_bf16 != nullptr ? y_bf16 + blockIdx.x * cols : nullptr;
+  // y may alias x (same dtype): each element is read by the thread that writes it, after the sum.
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    const float v = weight[i] * (xr[i] * inv);
-    yr[i] = v;  // y may alias x: each element is read by the thread that writes it, after the sum
-    if (yb != nullptr) yb[i] = __float2bfloat16_rn(v);
+    ActStore(y, base + i, weight[i] * (ActLoad(x, base + i, x_bf16) * inv), y_bf16);
   }
 }
 
@@ -106,8 +106,8 @@ __global__ void RopeTableKernel(const int32_t* positions, const float* inv_freq,
 }
 
 // Rotates q [T, heads, hd] and, when k is given, k [T, k_heads, hd]: one launch for both.
-__global__ void RopeKernel(const float* cos_sin, bool interleaved, float* q, int64_t T,
-                           int64_t heads, float* k, int64_t k_heads, int64_t hd) {
+__global__ void RopeKernel(const float* cos_sin, bool interleaved, void* q, int64_t T,
+                           int64_t heads, void* k, int64_t k_heads, int64_t hd, bool bf16) {
   const int64_t half = hd / 2, nq = T * heads * half, n = nq + T * k_heads * half;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -115,21 +115,20 @@ __global__ void RopeKernel(const float* cos_sin, bool interleaved, float* q, int
     const int64_t e = is_q ? i : i - nq, nh = is_q ? heads : k_heads;
     const int64_t j = e % half, th = e / half, t = th / nh;
     const float c = cos_sin[t * hd + j], s = cos_sin[t * hd + half + j];
-    float* v = (is_q ? q : k) + th * hd;
-    float* a = interleaved ? v + 2 * j : v + j;
-    float* b = interleaved ? v + 2 * j + 1 : v + j + half;
-    const float x0 = *a, x1 = *b;
-    *a = x0 * c - x1 * s;
-    *b = x1 * c + x0 * s;
+    void* v = is_q ? q : k;
+    const int64_t a = th * hd + (interleaved ? 2 * j : j);
+    const int64_t b = th * hd + (interleaved ? 2 * j + 1 : j + half);
+    const float x0 = ActLoad(v, a, bf16), x1 = ActLoad(v, b, bf16);
+    ActStore(v, a, x0 * c - x1 * s, bf16);
+    ActStore(v, b, x1 * c + x0 * s, bf16);
   }
 }
 
 __global__ void EmbeddingKernel(const int32_t* tokens, const void* table, bool bf16,
                                 int64_t table_rows, int64_t cols, int64_t row_stride,
-                                int64_t vocab_begin, float* out) {
+                                int64_t vocab_begin, void* out, bool out_bf16) {
   const int64_t t = blockIdx.x;
   const int64_t local = static_cast<int64_t>(tokens[t]) - vocab_begin;
-  float* o = out + t * cols;
   const bool mine = local >= 0 && local < table_rows;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
     float v = 0.0f;
@@ -137,7 +136,7 @@ __global__ void EmbeddingKernel(const int32_t* tokens, const void* table, bool b
       v = bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(table)[local * row_stride + i])
                : static_cast<const float*>(table)[local * row_stride + i];
     }
-    o[i] = v;
+    ActStore(out, t * cols + i, v, out_bf16);
   }
 }
 
@@ -149,15 +148,15 @@ __device__ __forceinline__ void StoreKv(float x, __half* dst) {
 }
 
 template <typename KV>
-__global__ void WriteKvKernel(const float* k, const float* v, const int64_t* slots, int64_t T,
-                              int64_t row, KV* ck, KV* cv) {
+__global__ void WriteKvKernel(const void* k, const void* v, bool bf16, const int64_t* slots,
+                              int64_t T, int64_t row, KV* ck, KV* cv) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < T * row;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / row, j = i % row;
     if (slots[t] < 0) continue;  // kNoKvSlot: a padding row
     const int64_t dst = slots[t] * row + j;
-    StoreKv(k[i], ck + dst);
-    StoreKv(v[i], cv + dst);
+    StoreKv(ActLoad(k, i, bf16), ck + dst);
+    StoreKv(ActLoad(v, i, bf16), cv + dst);
   }
 }
 
@@ -168,26 +167,29 @@ void LaunchF32ToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t st
                  reinterpret_cast<__nv_bfloat16*>(dst), n);
 }
 
-void LaunchAdd(const float* x, float* y, int64_t n, cudaStream_t stream) {
-  TPSERVE_LAUNCH(AddKernel, (Blocks(n), kThreads, 0, stream), x, y, n);
+void LaunchAdd(const void* x, bool x_bf16, void* y, bool y_bf16, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  TPSERVE_LAUNCH(AddKernel, (Blocks(n), kThreads, 0, stream), x, x_bf16, y, y_bf16, n);
 }
 
-void LaunchAddBias(const float* bias, float* y, int64_t rows, int64_t cols, cudaStream_t stream) {
-  TPSERVE_LAUNCH(AddBiasKernel, (Blocks(rows * cols), kThreads, 0, stream), bias, y, rows * cols,
-                 cols);
-}
-
-void LaunchSiluMul(const float* gate, const float* up, float* out, uint16_t* out_bf16, int64_t n,
+void LaunchAddBias(const float* bias, void* y, bool y_bf16, int64_t rows, int64_t cols,
                    cudaStream_t stream) {
-  TPSERVE_LAUNCH(SiluMulKernel, (Blocks(n), kThreads, 0, stream), gate, up, out,
-                 reinterpret_cast<__nv_bfloat16*>(out_bf16), n);
+  if (rows * cols == 0) return;
+  TPSERVE_LAUNCH(AddBiasKernel, (Blocks(rows * cols), kThreads, 0, stream), bias, y, y_bf16,
+                 rows * cols, cols);
 }
 
-void LaunchRmsNorm(const float* x, const float* weight, float eps, float* y, uint16_t* y_bf16,
+void LaunchSiluMul(const void* gate, const void* up, void* out, bool bf16, int64_t n,
+                   cudaStream_t stream) {
+  if (n == 0) return;
+  TPSERVE_LAUNCH(SiluMulKernel, (Blocks(n), kThreads, 0, stream), gate, up, out, bf16, n);
+}
+
+void LaunchRmsNorm(const void* x, bool x_bf16, const float* weight, float eps, void* y, bool y_bf16,
                    int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows == 0) return;
-  TPSERVE_LAUNCH(RmsNormKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), x, weight, eps,
-                 y, reinterpret_cast<__nv_bfloat16*>(y_bf16), cols);
+  TPSERVE_LAUNCH(RmsNormKernel, (static_cast<unsigned>(rows), kThreads, 0, stream), x, x_bf16,
+                 weight, eps, y, y_bf16, cols);
 }
 
 void LaunchRandomFill(void* dst, bool bf16, int64_t n, float scale, uint64_t seed,
@@ -202,32 +204,32 @@ void LaunchRopeTable(const int32_t* positions, const float* inv_freq, float* cos
                  cos_sin, T, half);
 }
 
-void LaunchRope(const float* cos_sin, bool interleaved, float* q, int64_t T, int64_t heads,
-                float* k, int64_t k_heads, int64_t hd, cudaStream_t stream) {
+void LaunchRope(const float* cos_sin, bool interleaved, void* q, int64_t T, int64_t heads, void* k,
+                int64_t k_heads, int64_t hd, bool bf16, cudaStream_t stream) {
   if (k == nullptr) k_heads = 0;
   const int64_t n = T * (heads + k_heads) * (hd / 2);
   if (n == 0) return;
   TPSERVE_LAUNCH(RopeKernel, (Blocks(n), kThreads, 0, stream), cos_sin, interleaved, q, T, heads, k,
-                 k_heads, hd);
+                 k_heads, hd, bf16);
 }
 
 void LaunchEmbedding(const int32_t* tokens, int64_t T, const void* table, bool table_bf16,
                      int64_t table_rows, int64_t cols, int64_t row_stride, int64_t vocab_begin,
-                     float* out, cudaStream_t stream) {
+                     void* out, bool out_bf16, cudaStream_t stream) {
   if (T == 0) return;
   TPSERVE_LAUNCH(EmbeddingKernel, (static_cast<unsigned>(T), kThreads, 0, stream), tokens, table,
-                 table_bf16, table_rows, cols, row_stride, vocab_begin, out);
+                 table_bf16, table_rows, cols, row_stride, vocab_begin, out, out_bf16);
 }
 
-void LaunchWriteKv(const float* k, const float* v, const int64_t* slots, int64_t T, int64_t row,
-                   void* cache_k, void* cache_v, bool half, cudaStream_t stream) {
+void LaunchWriteKv(const void* k, const void* v, bool kv_bf16, const int64_t* slots, int64_t T,
+                   int64_t row, void* cache_k, void* cache_v, bool half, cudaStream_t stream) {
   if (T * row == 0) return;
   if (half) {
-    TPSERVE_LAUNCH(WriteKvKernel<__half>, (Blocks(T * row), kThreads, 0, stream), k, v, slots, T,
-                   row, static_cast<__half*>(cache_k), static_cast<__half*>(cache_v));
+    TPSERVE_LAUNCH(WriteKvKernel<__half>, (Blocks(T * row), kThreads, 0, stream), k, v, kv_bf16,
+                   slots, T, row, static_cast<__half*>(cache_k), static_cast<__half*>(cache_v));
   } else {
-    TPSERVE_LAUNCH(WriteKvKernel<float>, (Blocks(T * row), kThreads, 0, stream), k, v, slots, T,
-                   row, static_cast<float*>(cache_k), static_cast<float*>(cache_v));
+    TPSERVE_LAUNCH(WriteKvKernel<float>, (Blocks(T * row), kThreads, 0, stream), k, v, kv_bf16,
+                   slots, T, row, static_cast<float*>(cache_k), static_cast<float*>(cache_v));
   }
 }
 
