@@ -117,6 +117,9 @@ void Engine::DeliverToken(const SampledToken& t, scheduler::FinishReason reason)
 }
 
 void Engine::Finish(Request& r, Completion& c, FinishReason reason, RequestOutput out) {
+  // The scheduler let the sequence go already (Update, Abort): the gauges a client may scrape
+  // right after its last token (running, waiting, KV usage) leave it out too.
+  RefreshQueueStats();
   const absl::Time now = absl::Now();
   EndCompletion(r, c, reason, now, out);
   const bool alone = r.forked || r.live == 0;

@@ -151,6 +151,33 @@ TEST(EngineTest, GeneratesUntilMaxTokensAndReportsUsage) {
   EXPECT_LT(plans[0].step_id, plans[1].step_id);
 }
 
+// When a client hears that its request ended, the engine's gauges (what /metrics and health
+// report) already leave the request out: a scrape right after the last token must not count it
+// as running or holding KV blocks.
+TEST(EngineTest, GaugesLeaveAFinishedRequestOutBeforeItsClientHears) {
+  FakeExecutor exec;
+  auto engine = Engine::Create(Config(), exec, nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  absl::Mutex mu;
+  bool done = false;
+  EngineStats at_end;
+  auto sink = [&](RequestOutput o) {
+    if (!o.last()) return;
+    const EngineStats s = (*engine)->stats();  // on the engine's thread, in the delivery
+    absl::MutexLock lock(&mu);
+    at_end = s;
+    done = true;
+  };
+  ASSERT_TRUE((*engine)->Submit("a", Opts({10, 11, 12}, 3), sink).ok());
+  {
+    absl::MutexLock lock(&mu);
+    ASSERT_TRUE(mu.AwaitWithTimeout(absl::Condition(&done), absl::Seconds(10)));
+  }
+  EXPECT_EQ(at_end.running, 0);
+  EXPECT_EQ(at_end.waiting, 0);
+  EXPECT_EQ(at_end.blocks.used, 0);
+}
+
 TEST(EngineTest, StopsAtEosUnlessIgnored) {
   FakeExecutor exec;
   auto engine = Engine::Create(Config(), exec, nullptr);
