@@ -108,11 +108,18 @@ int64_t StepActivationBytes(const ModelConfig& c, const RankShard& shard, int64_
 }
 
 int64_t RecordedStepBytes(const ModelConfig& c, const RankShard& shard, int64_t max_rows,
-                          DType activation_dtype) {
+                          int64_t max_blocks_per_seq, DType activation_dtype) {
   int64_t bytes = 0;
   if (max_rows <= 0) return 0;
   for (int64_t rows = 1; rows <= RecordedRows(max_rows); rows = RecordedRows(rows + 1)) {
     bytes += StepActivationBytes(c, shard, rows, rows, activation_dtype);
+    // A decode step's uploads: per row its token, position, slot, logits row and attention
+    // metadata (under 64 bytes) and its block table; the RoPE frequencies; 16-byte alignment of
+    // each. The recorder gives each upload room to the next power of two and doubles an arena
+    // it outgrew (cuda/step_recorder.cc): at most 4 times the uploads, 64 KiB at least.
+    const int64_t uploads =
+        rows * (64 + 4 * std::max<int64_t>(max_blocks_per_seq, 1)) + 4 * c.head_dim + 1024;
+    bytes += Allocated(std::max<int64_t>(int64_t{64} << 10, 4 * uploads));
   }
   return bytes;
 }

@@ -24,10 +24,12 @@ int64_t ShardWeightBytes(const TensorSource& source, const ModelConfig& config,
 // in the backend's `activation_dtype` (Backend::activation_dtype: fp32 or bf16).
 int64_t StepActivationBytes(const ModelConfig& config, const RankShard& shard, int64_t max_tokens,
                             int64_t max_sequences, DType activation_dtype = DType::kF32);
-// The activations the recorded decode steps (CUDA graphs) keep, each padded size up to
-// RecordedRows(max_rows) with a pool of its own: StepActivationBytes of each size, summed.
+// What the recorded decode steps (CUDA graphs) keep, each padded size up to RecordedRows(max_rows)
+// with a pool of its own: StepActivationBytes of each size, and its upload arena (the step's
+// token ids, positions, slots and block tables of up to `max_blocks_per_seq` blocks a row, with
+// the recorder's room to grow), summed.
 int64_t RecordedStepBytes(const ModelConfig& config, const RankShard& shard, int64_t max_rows,
-                          DType activation_dtype = DType::kF32);
+                          int64_t max_blocks_per_seq, DType activation_dtype = DType::kF32);
 
 // MemAvailable / MemTotal of /proc/meminfo in bytes (0 when unreadable).
 int64_t HostAvailableBytes();

@@ -303,10 +303,14 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
   sizing.activation_bytes = StepActivationBytes(
       config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 512,
       spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256, backend_.activation_dtype());
-  // Recorded decode steps keep their activations, one pool per padded batch size.
+  // Recorded decode steps keep their activations and upload arenas, one per padded batch size.
   if (loaded->comm->records_in_graphs()) {
-    sizing.activation_bytes += RecordedStepBytes(config, spec.shard, backend_.max_recorded_rows(),
-                                                 backend_.activation_dtype());
+    const int64_t max_context =
+        spec.max_context_length > 0 ? spec.max_context_length : config.max_position;
+    sizing.activation_bytes +=
+        RecordedStepBytes(config, spec.shard, backend_.max_recorded_rows(),
+                          (std::max<int64_t>(max_context, 1) + block_size - 1) / block_size,
+                          backend_.activation_dtype());
   }
   if (spec.max_batch_sequences > 0 && spec.max_context_length > 0) {
     sizing.max_useful_blocks =

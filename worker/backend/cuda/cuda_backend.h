@@ -145,9 +145,11 @@ class CudaBackend final : public Backend {
   absl::StatusOr<std::shared_ptr<void>> DeviceBytes(size_t bytes) { return pool_.Get(bytes); }
   // Prefill attention on the tensor cores (CudaBackendOptions::tensor_core_prefill) from now on.
   void set_tensor_core_prefill(bool on) { options_.tensor_core_prefill = on; }
-  // Recorded steps so far: graphs held, captures made, replays run (all keys).
+  // Recorded steps so far: graphs held, captures made, replays run (all keys); the device
+  // memory the held recordings keep (their activations and upload arenas).
   struct RecordedStats {
     int64_t graphs = 0, captures = 0, replays = 0, fallbacks = 0;
+    int64_t bytes = 0;
   };
   RecordedStats recorded_stats() const;
   // Device memory this backend holds for its tensors and weights (its pool's bytes in use, not

@@ -67,6 +67,9 @@ CudaBackend::RecordedStats CudaBackend::recorded_stats() const {
   RecordedStats s = recorded_stats_;
   s.graphs = std::count_if(recordings_.begin(), recordings_.end(),
                            [](const auto& r) { return r.second->exec != nullptr; });
+  for (const auto& [key, rec] : recordings_) {
+    if (rec->pool != nullptr) s.bytes += static_cast<int64_t>(rec->pool->bytes_held());
+  }
   return s;
 }
 

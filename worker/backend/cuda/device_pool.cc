@@ -51,6 +51,8 @@ absl::StatusOr<std::shared_ptr<void>> DevicePool::Get(size_t bytes) {
       }
       return CudaStatus(err, "cudaMalloc");
     }
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->held += size;
   }
   std::shared_ptr<State> state = state_;
   {
@@ -70,8 +72,14 @@ void DevicePool::Trim() {
   cudaDeviceSynchronize();  // a cached buffer may still be read by queued work
   for (auto& [size, list] : state_->free) {
     for (void* p : list) cudaFree(p);
+    state_->held -= size * list.size();
     list.clear();
   }
+}
+
+size_t DevicePool::bytes_held() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->held;
 }
 
 size_t DevicePool::bytes_in_use() const {

@@ -26,6 +26,8 @@ class DevicePool {
   // Gives every cached free buffer back to the driver.
   void Trim();
   size_t bytes_in_use() const;
+  // Device memory the pool holds from the driver: in use and cached free.
+  size_t bytes_held() const;
   // The most bytes_in_use since the pool was made or ResetPeak.
   size_t peak_bytes_in_use() const;
   void ResetPeak();
@@ -40,6 +42,7 @@ class DevicePool {
     std::map<size_t, std::vector<void*>> free;  // size class -> buffers
     size_t in_use = 0;
     size_t peak = 0;
+    size_t held = 0;
     ~State();
   };
   std::shared_ptr<State> state_;

@@ -351,6 +351,57 @@ TEST_P(CudaModel, StepActivationsStayWithinTheirBound) {
   }
 }
 
+// The device memory the recorded decode steps keep (each padded batch size's activations and
+// upload arena) stays within RecordedStepBytes, which the worker reserves for them next to the
+// KV pool: decode steps of 1 to 8 sequences, recorded up to 8 rows (graphs of 1, 2, 4 and 8).
+TEST_P(CudaModel, RecordedStepsStayWithinTheirBound) {
+  absl::StatusOr<std::unique_ptr<CudaBackend>> made =
+      CudaBackend::Create({.device = 0, .precision = CudaPrecision::kBf16, .max_recorded_rows = 8});
+  ASSERT_TRUE(made.ok()) << made.status();
+  CudaBackend* cuda = made->get();
+  const DType act = cuda->activation_dtype();
+  absl::StatusOr<std::vector<Rank>> ranks = OneRank(std::move(*made));
+  ASSERT_TRUE(ranks.ok()) << ranks.status();
+  Rank& rank = (*ranks)[0];
+  const ModelConfig& config = rank.files.config;
+  constexpr int kSeqs = 8;
+  std::vector<StepSequence> seqs(kSeqs);
+  Step prefill;
+  for (int i = 0; i < kSeqs; ++i) {
+    seqs[i].seq_id = i + 1;
+    seqs[i].tokens = {static_cast<int32_t>((3 * i + 1) % config.vocab_size), 5, 7};
+    seqs[i].block_table = {2 * i, 2 * i + 1};
+    prefill.sequences.push_back(seqs[i]);
+  }
+  absl::StatusOr<StepResult> first = rank.runner->Execute(prefill);
+  ASSERT_TRUE(first.ok()) << first.status();
+  for (int i = 0; i < kSeqs; ++i) {
+    seqs[i].start_pos = 3;
+    seqs[i].tokens = {first->tokens.at(i)};
+  }
+  for (int batch = 1; batch <= kSeqs; ++batch) {
+    Step step;
+    for (int i = 0; i < batch; ++i) {
+      seqs[i].sample_step = batch;
+      step.sequences.push_back(seqs[i]);
+    }
+    absl::StatusOr<StepResult> r = rank.runner->Execute(step);
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (int i = 0; i < batch; ++i) {
+      ++seqs[i].start_pos;
+      seqs[i].tokens = {r->tokens.at(i)};
+    }
+  }
+  const CudaBackend::RecordedStats stats = cuda->recorded_stats();
+  EXPECT_EQ(stats.graphs, 4) << "padded sizes 1, 2, 4, 8";
+  const int64_t bound = RecordedStepBytes(config, SingleRankPlan(config).ranks[0], /*max_rows=*/8,
+                                          /*max_blocks_per_seq=*/kNumBlocks, act);
+  std::printf("recorded decode steps of 1..8 rows hold %lld bytes; bound %lld\n",
+              static_cast<long long>(stats.bytes), static_cast<long long>(bound));
+  EXPECT_GT(stats.bytes, 0);
+  EXPECT_LE(stats.bytes, bound);
+}
+
 // A model's recorded steps, and the device memory they hold, go when the model goes (a worker
 // that loads another model does not keep the old one's graphs).
 TEST_P(CudaModel, RecordedStepsGoWithTheModel) {
