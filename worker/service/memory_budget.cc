@@ -79,7 +79,7 @@ int64_t Allocated(int64_t bytes) { return bytes + bytes / 4 + 256; }
 }  // namespace
 
 int64_t StepActivationBytes(const ModelConfig& c, const RankShard& shard, int64_t max_tokens,
-                            int64_t max_sequences, DType activation_dtype) {
+                            int64_t max_sequences, DType activation_dtype, bool samples_on_device) {
   const int64_t T = std::max<int64_t>(max_tokens, 1);
   const int64_t R = std::max<int64_t>(max_sequences, 1);
   const int64_t H = c.hidden_size, hd = c.head_dim;
@@ -96,6 +96,13 @@ int64_t StepActivationBytes(const ModelConfig& c, const RankShard& shard, int64_
                                   R * nq * kMaxAttentionChunks * (hd + 2) * f32,
                                   R * shard.vocab.size() * f32};
   if (shard.rank == 0) tensors.insert(tensors.end(), 3, R * c.vocab_size * f32);
+  if (samples_on_device && shard.rank == 0) {
+    // The listed rows gathered [R, V], and one buffer for the sort (cuda/sampling_kernels.cu):
+    // sorted keys, token ids in and out, and CUB's alternate keys and values (the emulator's CUB
+    // needs 1 KiB there, a GPU's two more copies of the rows).
+    tensors.push_back(R * c.vocab_size * f32);
+    tensors.push_back(5 * R * c.vocab_size * f32 + (R + 1) * 4 + (int64_t{1} << 20));
+  }
   // In the activation dtype: h [T, H]; q, attn [T, nq*hd]; k, v [T, nkv*hd]; gate, up [T, Fl];
   // the final norm's output [R, H] (every GEMM input is one of them: none is rounded on the way).
   for (int64_t n :

@@ -21,9 +21,12 @@ int64_t ShardWeightBytes(const TensorSource& source, const ModelConfig& config,
 // sequences (one logits row each) on this rank: the fp32 residual stream, partial sums, RoPE
 // table, attention chunk results and logits (the gathered ones on rank 0), and the activations
 // around the matmuls (normed inputs, q/k/v, attention output, gate/up, the final norm's output)
-// in the backend's `activation_dtype` (Backend::activation_dtype: fp32 or bf16).
+// in the backend's `activation_dtype` (Backend::activation_dtype: fp32 or bf16). With
+// `samples_on_device` (Backend::samples_on_device, rank 0) also what drawing every row there
+// takes: the rows gathered, sorted with their token ids, and the sort's own storage.
 int64_t StepActivationBytes(const ModelConfig& config, const RankShard& shard, int64_t max_tokens,
-                            int64_t max_sequences, DType activation_dtype = DType::kF32);
+                            int64_t max_sequences, DType activation_dtype = DType::kF32,
+                            bool samples_on_device = false);
 // What the recorded decode steps (CUDA graphs) keep, each padded size up to RecordedRows(max_rows)
 // with a pool of its own: StepActivationBytes of each size, and its upload arena (the step's
 // token ids, positions, slots and block tables of up to `max_blocks_per_seq` blocks a row, with

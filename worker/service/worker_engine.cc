@@ -302,7 +302,8 @@ absl::StatusOr<LoadReport> WorkerEngine::LoadLocked(const LoadSpec& spec) {
   }
   sizing.activation_bytes = StepActivationBytes(
       config, spec.shard, spec.max_batch_tokens > 0 ? spec.max_batch_tokens : 512,
-      spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256, backend_.activation_dtype());
+      spec.max_batch_sequences > 0 ? spec.max_batch_sequences : 256, backend_.activation_dtype(),
+      options_.rank == 0 && backend_.samples_on_device() && !options_.host_sampling);
   // Recorded decode steps keep their activations and upload arenas, one per padded batch size.
   if (loaded->comm->records_in_graphs()) {
     const int64_t max_context =

@@ -351,6 +351,48 @@ TEST_P(CudaModel, StepActivationsStayWithinTheirBound) {
   }
 }
 
+// A step whose rows are drawn on the device as the worker does (SampleOnDevice: non-greedy
+// draws sort each row, log-probs with alternatives) stays within the same bound: 8 prompts in
+// one step, each drawn with temperature, top-p and 5 alternatives.
+TEST_P(CudaModel, DeviceSamplingStaysWithinTheStepBound) {
+  absl::StatusOr<std::unique_ptr<CudaBackend>> made =
+      CudaBackend::Create({.device = 0, .precision = CudaPrecision::kBf16});
+  ASSERT_TRUE(made.ok()) << made.status();
+  CudaBackend* cuda = made->get();
+  absl::StatusOr<std::vector<Rank>> ranks = OneRank(std::move(*made));
+  ASSERT_TRUE(ranks.ok()) << ranks.status();
+  Rank& rank = (*ranks)[0];
+  const ModelConfig& config = rank.files.config;
+  constexpr int kSeqs = 8;
+  Step step;
+  step.keep_device_logits = true;
+  for (int i = 0; i < kSeqs; ++i) {
+    StepSequence seq;
+    seq.seq_id = i + 1;
+    seq.tokens = {static_cast<int32_t>((3 * i + 1) % config.vocab_size), 5, 7};
+    seq.block_table = {2 * i, 2 * i + 1};
+    seq.sample = false;  // drawn below, on the device
+    step.sequences.push_back(seq);
+  }
+  const int64_t held = cuda->memory_stats().in_use;
+  cuda->ResetPeakMemory();
+  absl::StatusOr<StepResult> result = rank.runner->Execute(step);
+  ASSERT_TRUE(result.ok()) << result.status();
+  std::vector<Backend::DeviceDraw> draws(
+      kSeqs, {.temperature = 0.8f, .top_p = 0.9f, .seed = 7, .top_logprobs = 5});
+  absl::StatusOr<std::vector<Backend::DeviceDrawn>> drawn =
+      rank.backend->SampleOnDevice(result->logits_device, result->logits_row, draws);
+  ASSERT_TRUE(drawn.ok()) << drawn.status();
+  ASSERT_EQ(drawn->size(), static_cast<size_t>(kSeqs));
+  const int64_t used = cuda->memory_stats().peak - held;
+  const int64_t bound = StepActivationBytes(config, SingleRankPlan(config).ranks[0], 3 * kSeqs,
+                                            kSeqs, cuda->activation_dtype(),
+                                            /*samples_on_device=*/true);
+  std::printf("a step of %d prompts drawn on the device took %lld bytes at most; bound %lld\n",
+              kSeqs, static_cast<long long>(used), static_cast<long long>(bound));
+  EXPECT_LE(used, bound);
+}
+
 // The device memory the recorded decode steps keep (each padded batch size's activations and
 // upload arena) stays within RecordedStepBytes, which the worker reserves for them next to the
 // KV pool: decode steps of 1 to 8 sequences, recorded up to 8 rows (graphs of 1, 2, 4 and 8).
