@@ -1,5 +1,6 @@
-// How a CPU rank splits its memory budget (worker.proto LoadModelRequest.memory_budget_bytes):
-// its weight slices, the activations of the largest step, and KV blocks with the rest.
+// How a rank splits its memory budget (worker.proto LoadModelRequest.memory_budget_bytes; on a
+// GPU, by default, what the device has free): its weight slices, the activations of the largest
+// step (and of the recorded steps), and KV blocks with the rest.
 #pragma once
 
 #include <cstdint>

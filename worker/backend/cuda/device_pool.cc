@@ -27,6 +27,7 @@ size_t DevicePool::RoundUp(size_t bytes) {
 absl::StatusOr<std::shared_ptr<void>> DevicePool::Get(size_t bytes) {
   const size_t size = RoundUp(bytes);
   void* ptr = nullptr;
+  bool fresh = false;  // from the driver, not the free lists
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     auto it = state_->free.find(size);
@@ -51,12 +52,12 @@ absl::StatusOr<std::shared_ptr<void>> DevicePool::Get(size_t bytes) {
       }
       return CudaStatus(err, "cudaMalloc");
     }
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->held += size;
+    fresh = true;
   }
   std::shared_ptr<State> state = state_;
   {
     std::lock_guard<std::mutex> lock(state->mu);
+    if (fresh) state->held += size;
     state->in_use += size;
     state->peak = std::max(state->peak, state->in_use);
   }

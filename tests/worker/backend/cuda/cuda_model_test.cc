@@ -351,6 +351,17 @@ TEST_P(CudaModel, StepActivationsStayWithinTheirBound) {
   }
 }
 
+// `n` sequences with 3-token prompts, sequence i in KV blocks 2i and 2i + 1.
+std::vector<StepSequence> ThreeTokenPrompts(const ModelConfig& config, int n) {
+  std::vector<StepSequence> seqs(n);
+  for (int i = 0; i < n; ++i) {
+    seqs[i].seq_id = i + 1;
+    seqs[i].tokens = {static_cast<int32_t>((3 * i + 1) % config.vocab_size), 5, 7};
+    seqs[i].block_table = {2 * i, 2 * i + 1};
+  }
+  return seqs;
+}
+
 // A step whose rows are drawn on the device as the worker does (SampleOnDevice: non-greedy
 // draws sort each row, log-probs with alternatives) stays within the same bound: 8 prompts in
 // one step, each drawn with temperature, top-p and 5 alternatives.
@@ -366,14 +377,8 @@ TEST_P(CudaModel, DeviceSamplingStaysWithinTheStepBound) {
   constexpr int kSeqs = 8;
   Step step;
   step.keep_device_logits = true;
-  for (int i = 0; i < kSeqs; ++i) {
-    StepSequence seq;
-    seq.seq_id = i + 1;
-    seq.tokens = {static_cast<int32_t>((3 * i + 1) % config.vocab_size), 5, 7};
-    seq.block_table = {2 * i, 2 * i + 1};
-    seq.sample = false;  // drawn below, on the device
-    step.sequences.push_back(seq);
-  }
+  step.sequences = ThreeTokenPrompts(config, kSeqs);
+  for (StepSequence& seq : step.sequences) seq.sample = false;  // drawn below, on the device
   const int64_t held = cuda->memory_stats().in_use;
   cuda->ResetPeakMemory();
   absl::StatusOr<StepResult> result = rank.runner->Execute(step);
@@ -407,14 +412,9 @@ TEST_P(CudaModel, RecordedStepsStayWithinTheirBound) {
   Rank& rank = (*ranks)[0];
   const ModelConfig& config = rank.files.config;
   constexpr int kSeqs = 8;
-  std::vector<StepSequence> seqs(kSeqs);
+  std::vector<StepSequence> seqs = ThreeTokenPrompts(config, kSeqs);
   Step prefill;
-  for (int i = 0; i < kSeqs; ++i) {
-    seqs[i].seq_id = i + 1;
-    seqs[i].tokens = {static_cast<int32_t>((3 * i + 1) % config.vocab_size), 5, 7};
-    seqs[i].block_table = {2 * i, 2 * i + 1};
-    prefill.sequences.push_back(seqs[i]);
-  }
+  prefill.sequences = seqs;
   absl::StatusOr<StepResult> first = rank.runner->Execute(prefill);
   ASSERT_TRUE(first.ok()) << first.status();
   for (int i = 0; i < kSeqs; ++i) {

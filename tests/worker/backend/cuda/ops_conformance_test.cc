@@ -761,17 +761,13 @@ TEST(CudaBf16Activations, RoundOnceAndFeedTheMatmulAsTheyAre) {
   ASSERT_EQ(be.activation_dtype(), DType::kBF16);
   std::mt19937 rng(99);
   const int64_t n = 5, in = 64, heads = 4, kv_heads = 2, hd = 16;
-  auto bf16_exact = [](std::vector<float> v) {
+  // Values rounded to bf16: inputs exact in bf16, and what storing fp32 results in bf16 makes.
+  auto rounded = [](std::vector<float> v) {
     for (float& x : v) x = BFloat16ToFloat(FloatToBFloat16(x));
     return v;
   };
-  auto rounded = [](std::vector<float> v) {  // what storing in bf16 makes of fp32 results
-    for (float& x : v) x = BFloat16ToFloat(FloatToBFloat16(x));
-    return v;
-  };
-  const std::vector<float> xv = RandomFloats(n * in, rng),
-                           uv = bf16_exact(RandomFloats(n * in, rng));
-  const std::vector<float> gv = bf16_exact(RandomFloats(n * in, rng));
+  const std::vector<float> xv = RandomFloats(n * in, rng), uv = rounded(RandomFloats(n * in, rng));
+  const std::vector<float> gv = rounded(RandomFloats(n * in, rng));
   const Tensor x = be.FromHost(xv, {n, in});  // the fp32 residual
   const Tensor norm = be.FromHost(RandomFloats(in, rng), {in});
   const Tensor bias = be.FromHost(RandomFloats(in, rng), {in});
@@ -797,8 +793,8 @@ TEST(CudaBf16Activations, RoundOnceAndFeedTheMatmulAsTheyAre) {
 
   // Rope of q and k together.
   {
-    const std::vector<float> qv = bf16_exact(RandomFloats(n * heads * hd, rng));
-    const std::vector<float> kv = bf16_exact(RandomFloats(n * kv_heads * hd, rng));
+    const std::vector<float> qv = rounded(RandomFloats(n * heads * hd, rng));
+    const std::vector<float> kv = rounded(RandomFloats(n * kv_heads * hd, rng));
     const std::vector<int32_t> pos = {0, 1, 7, 300, 4000};
     std::vector<float> inv;
     for (int i = 0; i < hd / 2; ++i) inv.push_back(std::pow(10000.0f, -2.0f * i / hd));
@@ -817,9 +813,9 @@ TEST(CudaBf16Activations, RoundOnceAndFeedTheMatmulAsTheyAre) {
   // pool of its own): a 6-token prompt (the tensor cores) and a decode row.
   {
     const int64_t bs = 16, T = 7;
-    const std::vector<float> qv = bf16_exact(RandomFloats(T * heads * hd, rng, 3.0f));
-    const std::vector<float> kv = bf16_exact(RandomFloats(T * kv_heads * hd, rng));
-    const std::vector<float> vv = bf16_exact(RandomFloats(T * kv_heads * hd, rng));
+    const std::vector<float> qv = rounded(RandomFloats(T * heads * hd, rng, 3.0f));
+    const std::vector<float> kv = rounded(RandomFloats(T * kv_heads * hd, rng));
+    const std::vector<float> vv = rounded(RandomFloats(T * kv_heads * hd, rng));
     const std::vector<int32_t> table0 = {1}, table1 = {0};
     const std::vector<int64_t> slots = {16, 17, 18, 19, 20, 21, 0};
     const std::vector<AttentionSeq> seqs = {
