@@ -84,12 +84,7 @@ __global__ void RandomFillKernel(void* dst, bool bf16, int64_t n, float scale, u
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     z ^= z >> 31;
     const float u = static_cast<float>(z >> 40) * (1.0f / 16777216.0f);  // [0, 1)
-    const float v = (2.0f * u - 1.0f) * scale;
-    if (bf16) {
-      static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(v);
-    } else {
-      static_cast<float*>(dst)[i] = v;
-    }
+    ActStore(dst, i, (2.0f * u - 1.0f) * scale, bf16);
   }
 }
 
@@ -131,11 +126,7 @@ __global__ void EmbeddingKernel(const int32_t* tokens, const void* table, bool b
   const int64_t local = static_cast<int64_t>(tokens[t]) - vocab_begin;
   const bool mine = local >= 0 && local < table_rows;
   for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
-    float v = 0.0f;
-    if (mine) {
-      v = bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(table)[local * row_stride + i])
-               : static_cast<const float*>(table)[local * row_stride + i];
-    }
+    const float v = mine ? ActLoad(table, local * row_stride + i, bf16) : 0.0f;
     ActStore(out, t * cols + i, v, out_bf16);
   }
 }
